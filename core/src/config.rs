@@ -1,0 +1,268 @@
+//! The TinyViT model configuration: the one place that says what a model looks like.
+//!
+//! A [`ModelConfig`] fixes every dimension of the network. The official presets
+//! (`tiny_vit_5m_224` ... `tiny_vit_21m_512`) match the reference implementation; the
+//! microcontroller presets are this project's own and are documented where they are defined.
+//!
+//! The network always has four stages: stage 0 is a stack of MBConv blocks, stages 1..3 are
+//! TinyViT blocks (windowed attention + local conv + MLP). A PatchMerging downsample ends each of
+//! stages 0..2. Stage resolutions are img/4, /8, /16, /32 (each rounded up, as a stride-2 conv
+//! with padding 1 does).
+
+use serde::{Deserialize, Serialize};
+
+/// Number of stages in every TinyViT.
+pub const STAGES: usize = 4;
+
+/// Everything that fixes the shape of a TinyViT network.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Input channels: 3 for RGB, 1 for grey images.
+    pub in_chans: u32,
+    /// Input height and width in pixels (square inputs).
+    pub img_size: u32,
+    /// Output classes of the head.
+    pub num_classes: u32,
+    /// Channels of each stage.
+    pub embed_dims: [u32; STAGES],
+    /// Blocks in each stage (stage 0: MBConv blocks).
+    pub depths: [u32; STAGES],
+    /// Attention heads of each stage (stage 0 has no attention; its value is ignored).
+    pub num_heads: [u32; STAGES],
+    /// Attention window size of each stage (stage 0's value is ignored).
+    pub window_sizes: [u32; STAGES],
+    /// MLP hidden width as a multiple of the stage width.
+    pub mlp_ratio: u32,
+    /// MBConv expansion ratio (stage 0).
+    pub mbconv_expand_ratio: u32,
+    /// Kernel size of the depthwise local conv inside each TinyViT block.
+    pub local_conv_size: u32,
+    /// Stochastic depth rate of the last block (training only).
+    pub drop_path_rate: f32,
+}
+
+/// Key dimension per attention head, fixed at 32 in every TinyViT.
+pub const KEY_DIM: u32 = 32;
+
+/// Why a configuration cannot describe a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A dimension that must be positive is zero (the field is named).
+    Zero(&'static str),
+    /// `in_chans` must be 1 or 3.
+    InChans,
+    /// A stage width is not divisible by its head count.
+    HeadsDoNotDivide { stage: usize },
+    /// A dimension is so large that sizes would overflow.
+    TooLarge(&'static str),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::Zero(field) => write!(f, "config field `{field}` must be positive"),
+            ConfigError::InChans => write!(f, "config field `in_chans` must be 1 or 3"),
+            ConfigError::HeadsDoNotDivide { stage } => write!(
+                f,
+                "config field `embed_dims[{stage}]` is not divisible by `num_heads[{stage}]`"
+            ),
+            ConfigError::TooLarge(field) => write!(f, "config field `{field}` is too large"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConfigError {}
+
+/// Names of every preset, official ones first.
+pub const PRESET_NAMES: &[&str] = &[
+    "tiny_vit_5m_224",
+    "tiny_vit_11m_224",
+    "tiny_vit_21m_224",
+    "tiny_vit_21m_384",
+    "tiny_vit_21m_512",
+];
+
+impl ModelConfig {
+    fn official(embed_dims: [u32; 4], num_heads: [u32; 4], ws: u32, img: u32, dpr: f32) -> Self {
+        ModelConfig {
+            in_chans: 3,
+            img_size: img,
+            num_classes: 1000,
+            embed_dims,
+            depths: [2, 2, 6, 2],
+            num_heads,
+            window_sizes: [ws, ws, 2 * ws, ws],
+            mlp_ratio: 4,
+            mbconv_expand_ratio: 4,
+            local_conv_size: 3,
+            drop_path_rate: dpr,
+        }
+    }
+
+    /// TinyViT-5M at 224 px (5,392,764 parameters with a 1000-class head).
+    pub fn tiny_vit_5m_224() -> Self {
+        Self::official([64, 128, 160, 320], [2, 4, 5, 10], 7, 224, 0.0)
+    }
+
+    /// TinyViT-11M at 224 px (10,996,972 parameters).
+    pub fn tiny_vit_11m_224() -> Self {
+        Self::official([64, 128, 256, 448], [2, 4, 8, 14], 7, 224, 0.1)
+    }
+
+    /// TinyViT-21M at 224 px (21,198,568 parameters).
+    pub fn tiny_vit_21m_224() -> Self {
+        Self::official([96, 192, 384, 576], [3, 6, 12, 18], 7, 224, 0.2)
+    }
+
+    /// TinyViT-21M at 384 px, windows 12/12/24/12 (21,230,488 parameters).
+    pub fn tiny_vit_21m_384() -> Self {
+        Self::official([96, 192, 384, 576], [3, 6, 12, 18], 12, 384, 0.1)
+    }
+
+    /// TinyViT-21M at 512 px, windows 16/16/32/16 (21,268,120 parameters).
+    pub fn tiny_vit_21m_512() -> Self {
+        Self::official([96, 192, 384, 576], [3, 6, 12, 18], 16, 512, 0.1)
+    }
+
+    /// The preset of that name, if there is one.
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "tiny_vit_5m_224" => Self::tiny_vit_5m_224(),
+            "tiny_vit_11m_224" => Self::tiny_vit_11m_224(),
+            "tiny_vit_21m_224" => Self::tiny_vit_21m_224(),
+            "tiny_vit_21m_384" => Self::tiny_vit_21m_384(),
+            "tiny_vit_21m_512" => Self::tiny_vit_21m_512(),
+            _ => return None,
+        })
+    }
+
+    /// The same network with another class count.
+    pub fn with_num_classes(mut self, n: u32) -> Self {
+        self.num_classes = n;
+        self
+    }
+
+    /// The same network for another input channel count (1 or 3).
+    pub fn with_in_chans(mut self, c: u32) -> Self {
+        self.in_chans = c;
+        self
+    }
+
+    /// The same network at another input size.
+    pub fn with_img_size(mut self, s: u32) -> Self {
+        self.img_size = s;
+        self
+    }
+
+    /// Checks that the configuration describes a buildable network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.in_chans != 1 && self.in_chans != 3 {
+            return Err(ConfigError::InChans);
+        }
+        let positive: [(&'static str, u32); 5] = [
+            ("img_size", self.img_size),
+            ("num_classes", self.num_classes),
+            ("mlp_ratio", self.mlp_ratio),
+            ("mbconv_expand_ratio", self.mbconv_expand_ratio),
+            ("local_conv_size", self.local_conv_size),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Zero(field));
+            }
+        }
+        if self.local_conv_size % 2 == 0 {
+            return Err(ConfigError::Zero("local_conv_size (must be odd)"));
+        }
+        for s in 0..STAGES {
+            if self.embed_dims[s] == 0 {
+                return Err(ConfigError::Zero("embed_dims"));
+            }
+            if self.depths[s] == 0 {
+                return Err(ConfigError::Zero("depths"));
+            }
+            if s > 0 {
+                if self.num_heads[s] == 0 {
+                    return Err(ConfigError::Zero("num_heads"));
+                }
+                if self.window_sizes[s] == 0 {
+                    return Err(ConfigError::Zero("window_sizes"));
+                }
+                if self.embed_dims[s] % self.num_heads[s] != 0 {
+                    return Err(ConfigError::HeadsDoNotDivide { stage: s });
+                }
+            }
+            if self.embed_dims[s] > 1 << 16 || self.depths[s] > 1 << 10 {
+                return Err(ConfigError::TooLarge("embed_dims/depths"));
+            }
+        }
+        if self.img_size > 1 << 14 {
+            return Err(ConfigError::TooLarge("img_size"));
+        }
+        if self.num_classes > 1 << 24 {
+            return Err(ConfigError::TooLarge("num_classes"));
+        }
+        Ok(())
+    }
+
+    /// Spatial side of each stage's feature map: img/4, /8, /16, /32, rounded up.
+    pub fn stage_resolutions(&self) -> [u32; STAGES] {
+        let mut r = [0; STAGES];
+        // Two stride-2 convs with padding 1: ceil twice.
+        let mut side = self.img_size.div_ceil(2).div_ceil(2);
+        for (s, out) in r.iter_mut().enumerate() {
+            if s > 0 {
+                side = side.div_ceil(2);
+            }
+            *out = side;
+        }
+        r
+    }
+
+    /// Total number of blocks over all stages (MBConv included).
+    pub fn total_blocks(&self) -> u32 {
+        self.depths.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_presets_validate() {
+        for name in PRESET_NAMES {
+            let c = ModelConfig::preset(name).unwrap();
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn stage_resolutions_round_up() {
+        assert_eq!(
+            ModelConfig::tiny_vit_5m_224().stage_resolutions(),
+            [56, 28, 14, 7]
+        );
+        assert_eq!(
+            ModelConfig::tiny_vit_5m_224()
+                .with_img_size(28)
+                .stage_resolutions(),
+            [7, 4, 2, 1]
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_errors() {
+        let mut c = ModelConfig::tiny_vit_5m_224();
+        c.in_chans = 2;
+        assert_eq!(c.validate(), Err(ConfigError::InChans));
+        let mut c = ModelConfig::tiny_vit_5m_224();
+        c.num_heads[2] = 3;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::HeadsDoNotDivide { stage: 2 })
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! # tinyvit-core
+//!
+//! The part of tinyvit that runs everywhere, from x86 servers to Cortex-M boards, with no
+//! allocator and no I/O:
+//!
+//! - the TinyViT model definition ([`config`], [`params`]) and its inference engines ([`engine`]),
+//! - the deployable model file format ([`tvb`]),
+//! - replayable data augmentation driven by one seed per sample ([`aug`]),
+//! - sparse soft-label math for fast distillation ([`softlabel`]),
+//! - the on-disk record format of the sparse logit store ([`store`]).
+//!
+//! TinyViT: Wu et al., "TinyViT: Fast Pretraining Distillation for Small Vision Transformers",
+//! ECCV 2022 (arXiv 2207.10666).
+//!
+//! Nothing in this crate panics on user data: every parser and every entry point that takes
+//! shapes, bytes or sizes from outside returns an error instead.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod config;

@@ -1,0 +1,7 @@
+//! The host side of tinyvit: everything that needs std, files, threads or libtorch.
+//! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
+
+pub mod device;
+
+/// The libtorch version this crate is built and tested against.
+pub const LIBTORCH_VERSION: &str = "2.11.0";

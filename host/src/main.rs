@@ -1,0 +1,39 @@
+//! `tinyvit`: the command-line front of the host crate. This file only parses and dispatches;
+//! each subcommand lives in its own module.
+
+use clap::{Parser, Subcommand};
+
+use tinyvit_host::device;
+
+#[derive(Parser)]
+#[command(name = "tinyvit", version = version(), about = "Fast pretraining distillation for small vision transformers, from GPU servers to microcontrollers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the compute devices this binary can use.
+    Devices,
+}
+
+fn version() -> String {
+    format!(
+        "{} (libtorch {}; {})",
+        env!("CARGO_PKG_VERSION"),
+        tinyvit_host::LIBTORCH_VERSION,
+        device::describe()
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    device::load_cuda();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Devices => {
+            println!("{}", device::describe());
+            Ok(())
+        }
+    }
+}

