@@ -57,8 +57,10 @@ pub fn describe() -> String {
         CudaLoad::Loaded { devices } => format!("CUDA available ({devices} device(s))"),
         CudaLoad::NoDevice => "CUDA backend loaded, but no CUDA device is visible".to_string(),
         CudaLoad::Unavailable(why) => {
-            let short = why.split(':').next_back().unwrap_or(why).trim();
-            format!("CUDA not available ({short}); using CPU")
+            // dlerror reads "libX.so: cannot open shared object file: No such file or directory";
+            // the library that is missing is what a user needs to know.
+            let missing = why.split(':').next().unwrap_or(why).trim();
+            format!("CUDA not available (cannot load {missing}); using CPU")
         }
     }
 }

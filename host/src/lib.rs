@@ -2,6 +2,7 @@
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
 pub mod device;
+pub mod model;
 
 /// The libtorch version this crate is built and tested against.
 pub const LIBTORCH_VERSION: &str = "2.11.0";

@@ -18,13 +18,16 @@ enum Command {
     Devices,
 }
 
-fn version() -> String {
-    format!(
-        "{} (libtorch {}; {})",
-        env!("CARGO_PKG_VERSION"),
-        tinyvit_host::LIBTORCH_VERSION,
-        device::describe()
-    )
+fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            "{} (libtorch {}; {})",
+            env!("CARGO_PKG_VERSION"),
+            tinyvit_host::LIBTORCH_VERSION,
+            device::describe()
+        )
+    })
 }
 
 fn main() -> anyhow::Result<()> {
