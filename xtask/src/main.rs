@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks. This file only dispatches; one module a task.
 
 mod bench;
+mod firmware;
 mod install;
 mod setup;
 mod test;
@@ -16,6 +17,8 @@ tasks:
   train     the main job: teacher, teacher pass, distilled student, baseline, report
   bench     run the benchmarks and print each figure with its ratio to the named peer
   install   build the release `tinyvit` command and install it into ~/.cargo/bin
+  firmware  build|run|size the Cortex-M firmware [--board qemu-m4|qemu-m7|nucleo-h743] [--model F.tvb]
+  flash     flash and run the firmware on a Nucleo-H743ZI with probe-rs [--model F.tvb]
 ";
 
 fn main() {
@@ -28,6 +31,8 @@ fn main() {
         Some("train") => train::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("install") => install::run(&rest),
+        Some("firmware") => firmware::run(&rest),
+        Some("flash") => firmware::flash(&rest),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())
