@@ -41,7 +41,9 @@ pub struct ModelConfig {
     pub drop_path_rate: f32,
 }
 
-/// Key dimension per attention head, fixed at 32 in every TinyViT.
+/// Key dimension per attention head in every official TinyViT. The reference computes it as
+/// `embed_dim / num_heads` (which is 32 in all official presets); the engines do the same, so
+/// the microcontroller presets use 16-channel heads.
 pub const KEY_DIM: u32 = 32;
 
 /// Why a configuration cannot describe a network.
@@ -82,6 +84,8 @@ pub const PRESET_NAMES: &[&str] = &[
     "tiny_vit_21m_224",
     "tiny_vit_21m_384",
     "tiny_vit_21m_512",
+    "tiny_vit_mcu_h7",
+    "tiny_vit_mcu_m4",
 ];
 
 impl ModelConfig {
@@ -126,6 +130,53 @@ impl ModelConfig {
         Self::official([96, 192, 384, 576], [3, 6, 12, 18], 16, 512, 0.1)
     }
 
+    /// Microcontroller preset for STM32H743-class boards (Cortex-M7, 2 MB flash, 1 MB RAM):
+    /// 64x64 grey input, 10 classes, widths 16/32/64/96, depths 2/2/3/1, heads -/2/4/6 (16
+    /// channels each), windows -/4/4/2 (stage 1 runs four 4x4 windows on its 8x8 map, stages 2
+    /// and 3 attend over the whole map).
+    ///
+    /// Budget: folded f32 weights <= 1.5 MB, exact-engine arena <= 384 KB. 324,290 folded
+    /// values (1,297,160 bytes); `tinyvit presets` prints the weight and arena bytes and tests in
+    /// `params` and `engine` check both budgets.
+    pub fn tiny_vit_mcu_h7() -> Self {
+        ModelConfig {
+            in_chans: 1,
+            img_size: 64,
+            num_classes: 10,
+            embed_dims: [16, 32, 64, 96],
+            depths: [2, 2, 3, 1],
+            num_heads: [1, 2, 4, 6],
+            window_sizes: [4, 4, 4, 2],
+            mlp_ratio: 4,
+            mbconv_expand_ratio: 4,
+            local_conv_size: 3,
+            drop_path_rate: 0.0,
+        }
+    }
+
+    /// Microcontroller preset for STM32F746 / Cortex-M4F-class boards (320 KB RAM, 1 MB flash):
+    /// 56x56 grey input, 10 classes, widths 16/32/48/64, depths 2/2/3/1, heads -/2/3/4 (16
+    /// channels each), windows -/4/4/2. Stage 1's 7x7 map is zero-padded to 8x8 and split into
+    /// four 4x4 windows, as the reference does; stages 2 and 3 attend over the whole map.
+    ///
+    /// Budget: folded f32 weights <= 800 KB, exact-engine arena <= 192 KB. 184,986 folded values
+    /// (739,944 bytes); tests in `params` and `engine` check both budgets.
+    pub fn tiny_vit_mcu_m4() -> Self {
+        ModelConfig {
+            in_chans: 1,
+            img_size: 56,
+            num_classes: 10,
+            embed_dims: [16, 32, 48, 64],
+            depths: [2, 2, 3, 1],
+            num_heads: [1, 2, 3, 4],
+            window_sizes: [4, 4, 4, 2],
+            mlp_ratio: 4,
+            mbconv_expand_ratio: 4,
+            local_conv_size: 3,
+            drop_path_rate: 0.0,
+        }
+    }
+
     /// The preset of that name, if there is one.
     pub fn preset(name: &str) -> Option<Self> {
         Some(match name {
@@ -134,6 +185,8 @@ impl ModelConfig {
             "tiny_vit_21m_224" => Self::tiny_vit_21m_224(),
             "tiny_vit_21m_384" => Self::tiny_vit_21m_384(),
             "tiny_vit_21m_512" => Self::tiny_vit_21m_512(),
+            "tiny_vit_mcu_h7" => Self::tiny_vit_mcu_h7(),
+            "tiny_vit_mcu_m4" => Self::tiny_vit_mcu_m4(),
             _ => return None,
         })
     }

@@ -18,3 +18,5 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod params;
+pub mod store;
