@@ -226,7 +226,7 @@ impl ModelConfig {
                 return Err(ConfigError::Zero(field));
             }
         }
-        if self.local_conv_size % 2 == 0 {
+        if self.local_conv_size.is_multiple_of(2) {
             return Err(ConfigError::Zero("local_conv_size (must be odd)"));
         }
         for s in 0..STAGES {
@@ -243,7 +243,7 @@ impl ModelConfig {
                 if self.window_sizes[s] == 0 {
                     return Err(ConfigError::Zero("window_sizes"));
                 }
-                if self.embed_dims[s] % self.num_heads[s] != 0 {
+                if !self.embed_dims[s].is_multiple_of(self.num_heads[s]) {
                     return Err(ConfigError::HeadsDoNotDivide { stage: s });
                 }
             }

@@ -20,3 +20,4 @@
 pub mod config;
 pub mod params;
 pub mod store;
+pub mod engine;

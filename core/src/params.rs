@@ -322,6 +322,81 @@ pub fn folded_blob_len(cfg: &ModelConfig) -> usize {
     n
 }
 
+/// splitmix64: a tiny, well-known 64-bit generator, trivial to reimplement anywhere.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform value in `[-1, 1)` from the top 24 bits of the next splitmix64 output.
+fn unit(state: &mut u64) -> f32 {
+    ((splitmix64(state) >> 40) as f32) * (2.0 / (1u64 << 24) as f32) - 1.0
+}
+
+/// One tensor of a synthetic state_dict.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticTensor {
+    /// Official name.
+    pub name: std::string::String,
+    /// Official shape.
+    pub shape: std::vec::Vec<usize>,
+    /// What it is (counters are int64 in a real checkpoint; here they hold `0.0`).
+    pub kind: TensorKind,
+    /// The values, row-major.
+    pub values: std::vec::Vec<f32>,
+}
+
+/// A deterministic, well-conditioned state_dict for tests, fixtures and benchmarks.
+///
+/// Tensor `k` (in [`for_each_tensor`] order) draws from a splitmix64 stream seeded with
+/// `seed ^ (k + 1) * 0x9E3779B97F4A7C15`; each value is `u` uniform in `[-1, 1)` mapped by role:
+/// conv/linear weights `u * sqrt(3 / fan_in)` (unit-variance outputs), BN weight `1 + 0.2u`,
+/// BN bias `0.1u`, running mean `0.1u`, running var `1 + 0.5u`, LayerNorm weight `1 + 0.1u`,
+/// LayerNorm and Linear biases `0.05u`, attention biases `0.5u`, counters `0`.
+/// Unlike the reference init, nothing is zero, so BN folding and the bias tables are exercised.
+#[cfg(feature = "std")]
+pub fn synthetic_state_dict(cfg: &ModelConfig, seed: u64) -> std::vec::Vec<SyntheticTensor> {
+    let mut out = std::vec::Vec::new();
+    let mut k = 0u64;
+    for_each_tensor(cfg, |name, shape, kind| {
+        k += 1;
+        let mut st = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let n = numel(shape);
+        let leaf = name.rsplit('.').next().unwrap_or(name);
+        let is_bn = name.contains(".bn.");
+        let values: std::vec::Vec<f32> = (0..n)
+            .map(|_| {
+                let u = unit(&mut st);
+                match (kind, leaf) {
+                    (TensorKind::Counter, _) => 0.0,
+                    (TensorKind::BnStat, "running_mean") => 0.1 * u,
+                    (TensorKind::BnStat, _) => 1.0 + 0.5 * u,
+                    (_, "attention_biases") => 0.5 * u,
+                    (_, "weight") if shape.len() >= 2 => {
+                        let fan_in = (n / shape[0]).max(1) as f32;
+                        u * libm::sqrtf(3.0 / fan_in)
+                    }
+                    (_, "weight") if is_bn => 1.0 + 0.2 * u,
+                    (_, "weight") => 1.0 + 0.1 * u,
+                    (_, _) if is_bn => 0.1 * u,
+                    _ => 0.05 * u,
+                }
+            })
+            .collect();
+        out.push(SyntheticTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            kind,
+            values,
+        });
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +440,10 @@ mod tests {
             }
         });
         assert_eq!(keys, 296);
-        assert_eq!(longest, "layers.2.blocks.5.local_conv.bn.num_batches_tracked".len());
+        assert_eq!(
+            longest,
+            "layers.2.blocks.5.local_conv.bn.num_batches_tracked".len()
+        );
         assert_eq!(first.unwrap().as_str(), "patch_embed.seq.0.c.weight");
         assert!(seen_bias);
     }
@@ -418,5 +496,31 @@ mod tests {
         assert_eq!(folded_count(&m4), 184_986);
         assert!(folded_blob_len(&h7) * 4 <= 1_500_000);
         assert!(folded_blob_len(&m4) * 4 <= 800_000);
+    }
+
+    #[test]
+    fn splitmix64_matches_the_reference_sequence() {
+        // First outputs for state 0, as published with the algorithm.
+        let mut s = 0u64;
+        assert_eq!(splitmix64(&mut s), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64(&mut s), 0x6E78_9E6A_A1B9_65F4);
+    }
+
+    #[test]
+    fn synthetic_state_dict_is_deterministic_and_complete() {
+        let cfg = ModelConfig::tiny_vit_mcu_m4();
+        let a = synthetic_state_dict(&cfg, 3);
+        assert_eq!(a, synthetic_state_dict(&cfg, 3));
+        assert_ne!(a, synthetic_state_dict(&cfg, 4));
+        let n: u64 = a
+            .iter()
+            .filter(|t| t.kind == TensorKind::Param)
+            .map(|t| t.values.len() as u64)
+            .sum();
+        assert_eq!(n, param_count(&cfg));
+        assert!(a
+            .iter()
+            .filter(|t| t.name.ends_with("running_var"))
+            .all(|t| t.values.iter().all(|v| *v >= 0.5)));
     }
 }
