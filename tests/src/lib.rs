@@ -1,1 +1,2 @@
 //! Cross-crate tests of tinyvit live in `tests/tests/`; this library holds their shared helpers.
+pub mod parity;
