@@ -21,3 +21,4 @@ pub mod config;
 pub mod params;
 pub mod store;
 pub mod engine;
+pub mod tvb;

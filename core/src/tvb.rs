@@ -1,0 +1,567 @@
+//! The deployable model file, `.tvb`: one TinyViT with BatchNorm folded, readable in place from
+//! flash with no allocator.
+//!
+//! # Layout (format version 1; all integers little-endian)
+//!
+//! ```text
+//! +----------------------------+ 0
+//! | magic  "TINYVITB"  8 bytes |
+//! | version          u32       |   = 1
+//! | header length H  u32       |   <= 1 MiB
+//! | header crc32     u32       |   crc32 (IEEE) of the H header bytes
+//! +----------------------------+ 20
+//! | header, postcard, H bytes: |
+//! |   config     ModelConfig   |
+//! |   tensors    u32 (count)   |
+//! |   data_len   u64 (bytes)   |
+//! |   data_crc32 u32           |
+//! |   then `tensors` entries:  |
+//! |     name   str             |
+//! |     ndim   u8, dims [u32;4]|   unused dims are 0
+//! |     offset u64 (bytes from |
+//! |            the data start) |
+//! +----------------------------+ 20 + H
+//! | zero padding to 16 bytes   |
+//! +----------------------------+ D = align16(20 + H)
+//! | data: data_len bytes of    |   f32 little-endian; every tensor starts 16-byte aligned,
+//! | f32 tensors                |   padded with zeros to a multiple of 4 values
+//! +----------------------------+ D + data_len = end of file (nothing may follow)
+//! ```
+//!
+//! The tensors are exactly [`params::for_each_folded`](crate::params::for_each_folded) of the
+//! config, in that order, and the data is exactly the packed blob [`Weights`] reads: a reader
+//! checks every name, shape and offset against the canonical list, so a file can never feed
+//! the engine a tensor it does not expect.
+//!
+//! # Safety limits
+//! Everything is checked before it is used: the header length against a 1 MiB cap and the file
+//! length, the header crc, the config ([`ModelConfig::validate`]), the tensor count, every
+//! entry, the data length (with overflow checks), zero padding, the data crc and that nothing
+//! trails. Any failure is a [`TvbError`]; parsing never panics and never reads out of bounds.
+//!
+//! # Alignment
+//! [`Tvb::weights`] views the data as `&[f32]` without copying (via `bytemuck`, no unsafe
+//! here). That needs the data start to be 4-byte aligned in memory, i.e. the file buffer
+//! itself 4-byte aligned (16 for the documented guarantee); a misaligned buffer is
+//! [`TvbError::Misaligned`], never undefined behaviour. On the host, [`Tvb::to_blob`] copies
+//! the data into an owned, aligned vector instead. Big-endian targets are refused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, ModelConfig};
+use crate::engine::{EngineError, Weights};
+use crate::params::{self, Name};
+
+/// File magic.
+pub const MAGIC: [u8; 8] = *b"TINYVITB";
+/// The format version this code reads and writes.
+pub const VERSION: u32 = 1;
+/// Largest header accepted, in bytes.
+pub const MAX_HEADER: u32 = 1 << 20;
+/// Bytes before the header.
+pub const PREFIX_LEN: usize = 20;
+
+/// Why bytes are not a usable `.tvb` file.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum TvbError {
+    /// The file ends before a field it must hold.
+    Truncated {
+        field: &'static str,
+        needed: u64,
+        got: u64,
+    },
+    /// The first 8 bytes are not `TINYVITB`.
+    BadMagic,
+    /// A format version this code does not read.
+    Version { found: u32 },
+    /// The header length exceeds [`MAX_HEADER`].
+    HeaderTooLarge { len: u32 },
+    /// The header bytes do not match their crc32.
+    HeaderCrc,
+    /// A header field does not decode (the field is named).
+    Decode { field: &'static str },
+    /// The config in the header is invalid.
+    Config(ConfigError),
+    /// The tensor table has the wrong number of entries.
+    TensorCount { expected: u32, got: u32 },
+    /// Entry `index` has the wrong name.
+    TensorName { index: u32, expected: Name },
+    /// Entry `index` (named) has the wrong shape.
+    TensorShape { index: u32, name: Name },
+    /// Entry `index` (named) has the wrong data offset.
+    TensorOffset { index: u32, name: Name },
+    /// Bytes follow the last tensor entry inside the header.
+    TrailingHeader,
+    /// The data length disagrees with the config or the file length.
+    DataLen { expected: u64, got: u64 },
+    /// Padding bytes that must be zero are not.
+    Padding,
+    /// The data does not match its crc32.
+    DataCrc,
+    /// The data is not 4-byte aligned in memory: zero-copy access is impossible.
+    Misaligned,
+    /// Big-endian targets cannot view little-endian f32 data in place.
+    BigEndian,
+    /// The engine rejects the weights (should not happen after the checks above).
+    Engine(EngineError),
+}
+
+impl core::fmt::Display for TvbError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TvbError::Truncated { field, needed, got } => write!(
+                f,
+                "tvb: file too short for `{field}`: needs {needed} bytes, has {got}"
+            ),
+            TvbError::BadMagic => write!(f, "tvb: bad magic (not a .tvb file)"),
+            TvbError::Version { found } => write!(
+                f,
+                "tvb: format version {found} is not supported (this build reads {VERSION})"
+            ),
+            TvbError::HeaderTooLarge { len } => {
+                write!(f, "tvb: header length {len} exceeds {MAX_HEADER}")
+            }
+            TvbError::HeaderCrc => write!(f, "tvb: header crc32 mismatch (corrupted header)"),
+            TvbError::Decode { field } => write!(f, "tvb: header field `{field}` does not decode"),
+            TvbError::Config(e) => write!(f, "tvb: {e}"),
+            TvbError::TensorCount { expected, got } => write!(
+                f,
+                "tvb: header lists {got} tensors, the config needs {expected}"
+            ),
+            TvbError::TensorName { index, expected } => {
+                write!(f, "tvb: tensor {index} should be `{expected}`")
+            }
+            TvbError::TensorShape { index, name } => {
+                write!(f, "tvb: tensor {index} `{name}` has the wrong shape")
+            }
+            TvbError::TensorOffset { index, name } => {
+                write!(f, "tvb: tensor {index} `{name}` has the wrong offset")
+            }
+            TvbError::TrailingHeader => write!(f, "tvb: bytes after the last tensor entry"),
+            TvbError::DataLen { expected, got } => {
+                write!(f, "tvb: data length {got} bytes, expected {expected}")
+            }
+            TvbError::Padding => write!(f, "tvb: non-zero padding"),
+            TvbError::DataCrc => write!(f, "tvb: data crc32 mismatch (corrupted weights)"),
+            TvbError::Misaligned => write!(
+                f,
+                "tvb: data is not 4-byte aligned in memory; copy the file to an aligned buffer"
+            ),
+            TvbError::BigEndian => write!(f, "tvb: big-endian targets are not supported"),
+            TvbError::Engine(e) => write!(f, "tvb: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for TvbError {}
+
+/// The fixed part of the postcard header.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    config: ModelConfig,
+    tensors: u32,
+    data_len: u64,
+    data_crc32: u32,
+}
+
+/// One tensor table entry.
+#[derive(Serialize, Deserialize)]
+struct Entry<'a> {
+    name: &'a str,
+    ndim: u8,
+    dims: [u32; 4],
+    offset: u64,
+}
+
+/// A parsed `.tvb` file, borrowing its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Tvb<'a> {
+    config: ModelConfig,
+    data: &'a [u8],
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn align16(n: u64) -> u64 {
+    n.div_ceil(16) * 16
+}
+
+/// Parses and fully validates a `.tvb` file (see the module doc for every check).
+pub fn parse(bytes: &[u8]) -> Result<Tvb<'_>, TvbError> {
+    let got = bytes.len() as u64;
+    if bytes.len() < PREFIX_LEN {
+        return Err(TvbError::Truncated {
+            field: "prefix",
+            needed: PREFIX_LEN as u64,
+            got,
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(TvbError::BadMagic);
+    }
+    let version = u32_at(bytes, 8);
+    if version != VERSION {
+        return Err(TvbError::Version { found: version });
+    }
+    let hlen = u32_at(bytes, 12);
+    if hlen > MAX_HEADER {
+        return Err(TvbError::HeaderTooLarge { len: hlen });
+    }
+    let hend = PREFIX_LEN + hlen as usize;
+    let header = bytes.get(PREFIX_LEN..hend).ok_or(TvbError::Truncated {
+        field: "header",
+        needed: hend as u64,
+        got,
+    })?;
+    if crc32fast::hash(header) != u32_at(bytes, 16) {
+        return Err(TvbError::HeaderCrc);
+    }
+    let (h, mut rest): (Header, &[u8]) =
+        postcard::take_from_bytes(header).map_err(|_| TvbError::Decode { field: "header" })?;
+    h.config.validate().map_err(TvbError::Config)?;
+    let cfg = h.config;
+    let expected_count = params::folded_tensor_count(&cfg) as u32;
+    if h.tensors != expected_count {
+        return Err(TvbError::TensorCount {
+            expected: expected_count,
+            got: h.tensors,
+        });
+    }
+    // Walk the canonical list and the table together.
+    let mut err: Option<TvbError> = None;
+    let mut index = 0u32;
+    let mut offset = 0u64;
+    params::for_each_folded(&cfg, |name, shape| {
+        if err.is_some() {
+            return;
+        }
+        let named = || Name::try_from(name).unwrap_or_default();
+        let entry: Entry<'_> = match postcard::take_from_bytes(rest) {
+            Ok((e, r)) => {
+                rest = r;
+                e
+            }
+            Err(_) => {
+                err = Some(TvbError::Decode {
+                    field: "tensor entry",
+                });
+                return;
+            }
+        };
+        if entry.name != name {
+            err = Some(TvbError::TensorName {
+                index,
+                expected: named(),
+            });
+            return;
+        }
+        let ndim = entry.ndim as usize;
+        let dims_ok = ndim == shape.len()
+            && ndim <= 4
+            && entry.dims[..ndim]
+                .iter()
+                .zip(shape)
+                .all(|(a, b)| *a as u64 == *b as u64)
+            && entry.dims[ndim..].iter().all(|d| *d == 0);
+        if !dims_ok {
+            err = Some(TvbError::TensorShape {
+                index,
+                name: named(),
+            });
+            return;
+        }
+        if entry.offset != offset {
+            err = Some(TvbError::TensorOffset {
+                index,
+                name: named(),
+            });
+            return;
+        }
+        offset += params::align_up(params::numel(shape)) as u64 * 4;
+        index += 1;
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if !rest.is_empty() {
+        return Err(TvbError::TrailingHeader);
+    }
+    let expected_data = params::folded_blob_len(&cfg) as u64 * 4;
+    if h.data_len != expected_data || offset != expected_data {
+        return Err(TvbError::DataLen {
+            expected: expected_data,
+            got: h.data_len,
+        });
+    }
+    let dstart = align16(hend as u64);
+    let end = dstart + h.data_len;
+    if got != end {
+        return Err(if got < end {
+            TvbError::Truncated {
+                field: "data",
+                needed: end,
+                got,
+            }
+        } else {
+            TvbError::DataLen {
+                expected: end - dstart,
+                got: got - dstart,
+            }
+        });
+    }
+    if bytes[hend..dstart as usize].iter().any(|b| *b != 0) {
+        return Err(TvbError::Padding);
+    }
+    let data = &bytes[dstart as usize..];
+    if crc32fast::hash(data) != h.data_crc32 {
+        return Err(TvbError::DataCrc);
+    }
+    Ok(Tvb { config: cfg, data })
+}
+
+impl<'a> Tvb<'a> {
+    /// The network of this file.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The raw little-endian tensor data.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// The weights, viewed in place (no copy). Fails with [`TvbError::Misaligned`] if the file
+    /// buffer is not 4-byte aligned, and on big-endian targets.
+    pub fn weights(&self) -> Result<Weights<'a>, TvbError> {
+        if cfg!(target_endian = "big") {
+            return Err(TvbError::BigEndian);
+        }
+        let floats: &'a [f32] =
+            bytemuck::try_cast_slice(self.data).map_err(|_| TvbError::Misaligned)?;
+        Weights::new(&self.config, floats).map_err(TvbError::Engine)
+    }
+
+    /// The weights copied into an owned blob (any alignment, any endianness).
+    #[cfg(feature = "std")]
+    pub fn to_blob(&self) -> std::vec::Vec<f32> {
+        self.data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+}
+
+/// Writes a `.tvb` file for `cfg` and its packed folded blob (as [`Weights::new`] takes it).
+#[cfg(feature = "std")]
+pub fn write(cfg: &ModelConfig, blob: &[f32]) -> Result<std::vec::Vec<u8>, TvbError> {
+    Weights::new(cfg, blob).map_err(TvbError::Engine)?;
+    let data: std::vec::Vec<u8> = blob.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let h = Header {
+        config: *cfg,
+        tensors: params::folded_tensor_count(cfg) as u32,
+        data_len: data.len() as u64,
+        data_crc32: crc32fast::hash(&data),
+    };
+    let mut header = postcard::to_allocvec(&h).map_err(|_| TvbError::Decode { field: "header" })?;
+    let mut offset = 0u64;
+    let mut failed = false;
+    params::for_each_folded(cfg, |name, shape| {
+        let mut dims = [0u32; 4];
+        for (d, s) in dims.iter_mut().zip(shape) {
+            *d = *s as u32;
+        }
+        let e = Entry {
+            name,
+            ndim: shape.len() as u8,
+            dims,
+            offset,
+        };
+        match postcard::to_allocvec(&e) {
+            Ok(b) => header.extend_from_slice(&b),
+            Err(_) => failed = true,
+        }
+        offset += params::align_up(params::numel(shape)) as u64 * 4;
+    });
+    if failed || header.len() > MAX_HEADER as usize {
+        return Err(TvbError::HeaderTooLarge {
+            len: header.len() as u32,
+        });
+    }
+    let mut out = std::vec::Vec::with_capacity(PREFIX_LEN + header.len() + 16 + data.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.resize(align16(out.len() as u64) as usize, 0);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fold::fold_state_dict;
+    use crate::params::synthetic_state_dict;
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    /// A small valid network (the M4 preset at 16 px, narrow) keeps property tests fast.
+    fn small() -> ModelConfig {
+        let mut c = ModelConfig::tiny_vit_mcu_m4().with_img_size(16);
+        c.embed_dims = [8, 8, 16, 16];
+        c.num_heads = [1, 1, 2, 2];
+        c.depths = [1, 1, 1, 1];
+        c
+    }
+
+    fn file(cfg: &ModelConfig) -> (Vec<f32>, Vec<u8>) {
+        let sd = synthetic_state_dict(cfg, 9);
+        let blob = fold_state_dict(cfg, |n| {
+            sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
+        })
+        .unwrap();
+        let bytes = write(cfg, &blob).unwrap();
+        (blob, bytes)
+    }
+
+    /// Copies bytes into a 16-byte aligned buffer and returns the buffer and the byte view.
+    fn aligned(bytes: &[u8]) -> Vec<u128> {
+        let mut v = std::vec![0u128; bytes.len().div_ceil(16)];
+        bytemuck::cast_slice_mut::<u128, u8>(&mut v)[..bytes.len()].copy_from_slice(bytes);
+        v
+    }
+
+    #[test]
+    fn round_trip_is_zero_copy_and_exact() {
+        let cfg = ModelConfig::tiny_vit_mcu_m4();
+        let (blob, bytes) = file(&cfg);
+        let buf = aligned(&bytes);
+        let view = &bytemuck::cast_slice::<u128, u8>(&buf)[..bytes.len()];
+        let t = parse(view).unwrap();
+        assert_eq!(t.config(), &cfg);
+        let w = t.weights().unwrap();
+        assert_eq!(w.blob(), &blob[..]);
+        assert_eq!(t.to_blob(), blob);
+        // The data region starts 16-byte aligned within the file.
+        assert_eq!(
+            (t.data().as_ptr() as usize - view.as_ptr() as usize) % 16,
+            0
+        );
+    }
+
+    #[test]
+    fn misaligned_buffers_are_an_error_not_ub() {
+        let (blob, bytes) = file(&small());
+        let buf = aligned(&[&[0u8][..], &bytes[..]].concat());
+        let view = &bytemuck::cast_slice::<u128, u8>(&buf)[1..bytes.len() + 1];
+        let t = parse(view).unwrap();
+        assert_eq!(t.weights().unwrap_err(), TvbError::Misaligned);
+        assert_eq!(t.to_blob(), blob);
+    }
+
+    #[test]
+    fn header_errors_are_specific() {
+        let (_, bytes) = file(&small());
+        let mut b = bytes.clone();
+        b[0] = b'X';
+        assert_eq!(parse(&b).unwrap_err(), TvbError::BadMagic);
+        let mut b = bytes.clone();
+        b[8] = 2;
+        assert_eq!(parse(&b).unwrap_err(), TvbError::Version { found: 2 });
+        let mut b = bytes.clone();
+        b[12..16].copy_from_slice(&(MAX_HEADER + 1).to_le_bytes());
+        assert!(matches!(
+            parse(&b).unwrap_err(),
+            TvbError::HeaderTooLarge { .. }
+        ));
+        let mut b = bytes.clone();
+        b.push(0);
+        assert!(matches!(parse(&b).unwrap_err(), TvbError::DataLen { .. }));
+        let mut b = bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert_eq!(parse(&b).unwrap_err(), TvbError::DataCrc);
+        assert!(matches!(
+            parse(&bytes[..bytes.len() - 4]).unwrap_err(),
+            TvbError::Truncated { field: "data", .. }
+        ));
+    }
+
+    #[test]
+    fn a_table_that_disagrees_with_the_config_is_refused() {
+        // Same bytes, but rewrite the header's class count: the head shape no longer matches.
+        let cfg = small();
+        let (blob, _) = file(&cfg);
+        let other = cfg.with_num_classes(11);
+        let mut h: Vec<u8> = postcard::to_allocvec(&Header {
+            config: other,
+            tensors: params::folded_tensor_count(&other) as u32,
+            data_len: blob.len() as u64 * 4,
+            data_crc32: 0,
+        })
+        .unwrap();
+        let mut offset = 0u64;
+        params::for_each_folded(&cfg, |name, shape| {
+            let mut dims = [0u32; 4];
+            for (d, s) in dims.iter_mut().zip(shape) {
+                *d = *s as u32;
+            }
+            h.extend(
+                postcard::to_allocvec(&Entry {
+                    name,
+                    ndim: shape.len() as u8,
+                    dims,
+                    offset,
+                })
+                .unwrap(),
+            );
+            offset += params::align_up(params::numel(shape)) as u64 * 4;
+        });
+        let mut b = Vec::new();
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&(h.len() as u32).to_le_bytes());
+        b.extend_from_slice(&crc32fast::hash(&h).to_le_bytes());
+        b.extend_from_slice(&h);
+        let err = parse(&b).unwrap_err();
+        assert!(
+            matches!(err, TvbError::TensorShape { ref name, .. } if name.as_str() == "head.weight"),
+            "{err:?}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = parse(&bytes);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&VERSION.to_le_bytes());
+            with_magic.extend_from_slice(&bytes);
+            prop_assert!(parse(&with_magic).is_err());
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(cut in 0usize..1_000_000) {
+            let (_, bytes) = file(&small());
+            let cut = cut % bytes.len();
+            prop_assert!(parse(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn every_single_bit_flip_is_an_error(pos in 0usize..1_000_000, bit in 0u8..8) {
+            let (_, mut bytes) = file(&small());
+            let pos = pos % bytes.len();
+            bytes[pos] ^= 1 << bit;
+            prop_assert!(parse(&bytes).is_err());
+        }
+    }
+}
