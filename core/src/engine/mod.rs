@@ -24,6 +24,8 @@
 //! LayerNorm -> Linear.
 
 pub mod exact;
+#[cfg(feature = "fast")]
+pub mod fast;
 #[cfg(feature = "std")]
 pub mod fold;
 pub(crate) mod layers;
