@@ -24,4 +24,6 @@ pub mod config;
 pub mod params;
 pub mod store;
 pub mod engine;
+pub mod aug;
+pub mod softlabel;
 pub mod tvb;
