@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod model;
+pub mod train;
 
 /// The libtorch version this crate is built and tested against.
 pub const LIBTORCH_VERSION: &str = "2.11.0";
