@@ -52,8 +52,3 @@ pub fn high_water() -> usize {
     }
     t as usize - p as usize
 }
-
-/// Bytes between the end of the statics and the top of RAM: the most the stack may use.
-pub fn capacity() -> usize {
-    top() as usize - bottom() as usize
-}

@@ -10,5 +10,8 @@ pub fn run(_args: &[String]) -> Result<()> {
     let mut cmd = util::cargo();
     cmd.args(["bench", "-p", "tinyvit-host"]);
     setup::torch_env(&mut cmd)?;
-    util::run(&mut cmd)
+    util::run(&mut cmd)?;
+
+    util::step("firmware: instructions per inference on QEMU Cortex-M4F / M7, per MAC, sizes");
+    crate::replay::bench()
 }

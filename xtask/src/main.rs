@@ -3,6 +3,7 @@
 mod bench;
 mod firmware;
 mod install;
+mod replay;
 mod setup;
 mod test;
 mod train;
@@ -19,6 +20,7 @@ tasks:
   install   build the release `tinyvit` command and install it into ~/.cargo/bin
   firmware  build|run|size the Cortex-M firmware [--board qemu-m4|qemu-m7|nucleo-h743] [--model F.tvb]
   flash     flash and run the firmware on a Nucleo-H743ZI with probe-rs [--model F.tvb]
+  replay    host vs Cortex-M4F/M7 (QEMU) bit-exact replay, diffed with firmware/expected [--bless]
 ";
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Some("install") => install::run(&rest),
         Some("firmware") => firmware::run(&rest),
         Some("flash") => firmware::flash(&rest),
+        Some("replay") => replay::run(&rest),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

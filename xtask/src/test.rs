@@ -45,6 +45,9 @@ pub fn run(args: &[String]) -> Result<()> {
     setup::torch_env(&mut test)?;
     util::run(&mut test)?;
 
+    util::step("firmware: bit-exact replay on QEMU Cortex-M4F and Cortex-M7");
+    crate::replay::run(&[])?;
+
     eprintln!("\nall checks passed");
     Ok(())
 }

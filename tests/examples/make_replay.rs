@@ -1,0 +1,219 @@
+//! Writes the device replay vectors: `cargo run --release -p tinyvit-tests --example make_replay
+//! -- --out DIR` (run by `cargo xtask replay`; nothing it writes is committed).
+//!
+//! Every expected value is computed here, on the host, with the same core code the firmware runs:
+//! - `aug.vec`: augmentation views. Deterministic synthetic source images (RGB and grey, odd
+//!   sizes) and seeds go through `aug::replay` under the `light` and `in22k-distill` presets;
+//!   the FNV-1a 64 of each u8 view is stored.
+//! - for each MCU preset `P`: `P.tvb`, the preset with seeded synthetic weights
+//!   (`params::synthetic_state_dict`, BN folded), and `P.vec`: grey sources and seeds ->
+//!   `aug::replay` (`light`, output at the model's input size) -> `aug::normalize` -> the core
+//!   `exact` engine -> logits hash and class; plus `eval` vectors (no augmentation).
+//! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
+//!   preset, `name multiply-accumulates-per-inference`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
+use tinyvit_core::config::ModelConfig;
+use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
+use tinyvit_core::params::{splitmix64, synthetic_state_dict};
+use tinyvit_tests::replay::{self, Kind, Record};
+
+/// The MCU presets replayed on the device, with the seed of their synthetic weights.
+const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = match args.as_slice() {
+        [flag, dir] if flag == "--out" => PathBuf::from(dir),
+        _ => {
+            eprintln!("usage: make_replay --out DIR");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&out) {
+        eprintln!("make_replay: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(out: &std::path::Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut cases = String::new();
+    let mut macs = String::new();
+
+    write("aug.vec", &replay::write(&view_vectors()?))?;
+    cases.push_str("aug aug.vec\n");
+
+    for (name, seed) in PRESETS {
+        let cfg = ModelConfig::preset(name).ok_or(format!("no preset {name}"))?;
+        let blob = seeded_blob(&cfg, seed)?;
+        write(
+            &format!("{name}.tvb"),
+            &tinyvit_core::tvb::write(&cfg, &blob).map_err(|e| format!("{name}: {e}"))?,
+        )?;
+        write(
+            &format!("{name}.vec"),
+            &replay::write(&inference_vectors(&cfg, &blob)?),
+        )?;
+        writeln!(cases, "{name} {name}.vec {name}.tvb").unwrap();
+        writeln!(macs, "{name} {}", replay::macs(&cfg)).unwrap();
+    }
+    write("cases.txt", cases.as_bytes())?;
+    write("macs.txt", macs.as_bytes())?;
+    Ok(())
+}
+
+/// The preset with deterministic synthetic weights, BN folded: the packed blob.
+fn seeded_blob(cfg: &ModelConfig, seed: u64) -> Result<Vec<f32>, String> {
+    let sd = synthetic_state_dict(cfg, seed);
+    fold_state_dict(cfg, |n| {
+        sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// A deterministic image with structure (a gradient, a bright disc, a dark bar) and noise, so
+/// that contrast, equalisation, resampling and geometric ops all have something to act on.
+fn synthetic_image(width: u32, height: u32, channels: u32, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    let (cx, cy) = (
+        (splitmix64(&mut s) % u64::from(width)) as i64,
+        (splitmix64(&mut s) % u64::from(height)) as i64,
+    );
+    let r2 = i64::from(width.min(height) / 3).pow(2).max(1);
+    let bar = (splitmix64(&mut s) % u64::from(height)) as u32;
+    let mut v = Vec::with_capacity((width * height * channels) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            for c in 0..channels {
+                let mut p = (x * 160 / width + y * 60 / height + c * 20) as i64;
+                if (i64::from(x) - cx).pow(2) + (i64::from(y) - cy).pow(2) < r2 {
+                    p += 70;
+                }
+                if y.abs_diff(bar) < 2 {
+                    p -= 90;
+                }
+                p += (splitmix64(&mut s) % 25) as i64 - 12;
+                v.push(p.clamp(0, 255) as u8);
+            }
+        }
+    }
+    v
+}
+
+fn view(cfg: &AugConfig, seed: u32, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
+    let n = aug::image_len(cfg.size, cfg.size, src.channels).map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; n];
+    let mut scratch = vec![
+        0u8;
+        aug::scratch_len(cfg, src.width, src.height, src.channels)
+            .map_err(|e| e.to_string())?
+    ];
+    aug::replay(
+        cfg,
+        seed,
+        *src,
+        ImageMut::new(cfg.size, cfg.size, src.channels, &mut out).map_err(|e| e.to_string())?,
+        &mut scratch,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Augmentation-only vectors: two presets, grey and RGB sources of odd sizes, several seeds.
+fn view_vectors() -> Result<Vec<Record>, String> {
+    let mut light = aug::preset("light").map_err(|e| e.to_string())?;
+    light.size = 32;
+    let mut big = aug::preset("in22k-distill").map_err(|e| e.to_string())?;
+    big.size = 48;
+    let sources: [(u32, u32, u32); 4] = [(28, 28, 1), (37, 29, 3), (64, 48, 3), (20, 45, 1)];
+    let mut records = Vec::new();
+    for (k, &(w, h, c)) in sources.iter().enumerate() {
+        let pixels = synthetic_image(w, h, c, 1000 + k as u64);
+        let src = ImageRef::new(w, h, c, &pixels).map_err(|e| e.to_string())?;
+        for cfg in [&light, &big] {
+            for j in 0..3u32 {
+                let seed = aug::sample_seed(7, j, k as u64);
+                let v = view(cfg, seed, &src)?;
+                records.push(Record {
+                    kind: Kind::View,
+                    seed,
+                    width: w,
+                    height: h,
+                    channels: c,
+                    cfg: *cfg,
+                    pixels: pixels.clone(),
+                    class: u32::MAX,
+                    image_hash: aug::fnv1a64(&v),
+                    logits_hash: 0,
+                });
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Inference vectors for one preset: augmented views of 28x28 grey sources, and eval images.
+fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, String> {
+    let weights = Weights::new(cfg, blob).map_err(|e| e.to_string())?;
+    let mut arena = vec![0.0f32; engine::arena_len(cfg).map_err(|e| e.to_string())?];
+    let mut input = vec![0.0f32; engine::input_len(cfg).map_err(|e| e.to_string())?];
+    let mut logits = vec![0.0f32; cfg.num_classes as usize];
+    let mut acfg = aug::preset("light").map_err(|e| e.to_string())?;
+    acfg.size = cfg.img_size;
+    let c = cfg.in_chans;
+    let mut infer = |img: &ImageRef<'_>| -> Result<(u32, u64), String> {
+        aug::normalize(*img, acfg.mean, acfg.std, &mut input).map_err(|e| e.to_string())?;
+        engine::forward(&weights, &input, &mut arena, &mut logits).map_err(|e| e.to_string())?;
+        Ok((replay::argmax(&logits), replay::logits_hash(&logits)))
+    };
+    let mut records = Vec::new();
+    for k in 0..4u64 {
+        let pixels = synthetic_image(28, 28, c, 2000 + k);
+        let src = ImageRef::new(28, 28, c, &pixels).map_err(|e| e.to_string())?;
+        for epoch in 0..2u32 {
+            let seed = aug::sample_seed(11, epoch, k);
+            let v = view(&acfg, seed, &src)?;
+            let img = ImageRef::new(acfg.size, acfg.size, c, &v).map_err(|e| e.to_string())?;
+            let (class, logits_hash) = infer(&img)?;
+            records.push(Record {
+                kind: Kind::Infer,
+                seed,
+                width: 28,
+                height: 28,
+                channels: c,
+                cfg: acfg,
+                pixels: pixels.clone(),
+                class,
+                image_hash: aug::fnv1a64(&v),
+                logits_hash,
+            });
+        }
+    }
+    for k in 0..2u64 {
+        let s = cfg.img_size;
+        let pixels = synthetic_image(s, s, c, 3000 + k);
+        let img = ImageRef::new(s, s, c, &pixels).map_err(|e| e.to_string())?;
+        let (class, logits_hash) = infer(&img)?;
+        records.push(Record {
+            kind: Kind::Eval,
+            seed: 0,
+            width: s,
+            height: s,
+            channels: c,
+            cfg: acfg,
+            pixels: pixels.clone(),
+            class,
+            image_hash: aug::fnv1a64(&pixels),
+            logits_hash,
+        });
+    }
+    Ok(records)
+}

@@ -1,0 +1,328 @@
+//! `cargo xtask replay [--bless]`: bit-exact replay of host vectors on the emulated Cortex-M4F and
+//! Cortex-M7, diffed against the committed expected output.
+//!
+//! 1. The host writes the vectors (`tests/examples/make_replay.rs`): for the augmentation
+//!    known-answer vectors and for each MCU preset with seeded weights, source images and seeds
+//!    go through the core's augmentation codec and the core's `exact` engine; the resulting image
+//!    hashes and logits hashes are stored in the vector files next to the inputs.
+//! 2. The firmware is built with each vector file (and the preset's `.tvb`) embedded and run under
+//!    QEMU on `mps2-an386` (M4F) and `mps2-an500` (M7). It replays every vector, compares each
+//!    hash with the host's on the device, prints one line per vector and exits non-zero on any
+//!    mismatch.
+//! 3. Its output, with the instruction counts and stack depths masked (they change with every
+//!    compiler or core change; `cargo xtask bench` reports them), is diffed against
+//!    `firmware/expected/<board>-<vectors>.txt`. `--bless` rewrites those files instead.
+//! 4. Broken model blobs (a flipped byte, a truncated file) must give an `error:` line and exit
+//!    status 1, never a hard fault; their output is diffed against `firmware/expected/corrupt-*.txt`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::firmware::{self, Board, Payload, RunOutput};
+use crate::{setup, util};
+
+/// One firmware configuration to replay: a vector file and, for inference, its model.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// Short name (`aug`, or the preset name), used for the expected file.
+    pub name: String,
+    pub payload: Payload,
+}
+
+/// The folder the host vectors are written to.
+pub fn vectors_dir() -> PathBuf {
+    firmware::dir().join("target").join("replay")
+}
+
+/// The folder of committed expected outputs.
+fn expected_dir() -> PathBuf {
+    firmware::dir().join("expected")
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut bless = false;
+    for a in args {
+        match a.as_str() {
+            "--bless" => bless = true,
+            other => bail!("unknown argument `{other}`\nusage: cargo xtask replay [--bless]"),
+        }
+    }
+    let cases = make_vectors()?;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let elf = firmware::build(Board::QemuM4, &case.payload)?;
+        for board in Board::QEMU {
+            let out = firmware::run_qemu(board, &elf)?;
+            let name = format!("{}-{}", board.name(), case.name);
+            if out.code != Some(0) {
+                print!("{}", out.stdout);
+                failures.push(format!("{name}: the firmware exited with {:?}", out.code));
+                continue;
+            }
+            if let Err(e) = check(&name, &out, bless) {
+                failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    for case in corrupt_cases(&cases)? {
+        let elf = firmware::build(Board::QemuM4, &case.payload)?;
+        let out = firmware::run_qemu(Board::QemuM4, &elf)?;
+        let name = format!("corrupt-{}", case.name);
+        if out.code != Some(1) || !out.stdout.lines().any(|l| l.starts_with("error: ")) {
+            print!("{}", out.stdout);
+            failures.push(format!(
+                "{name}: a broken model must print `error: ...` and exit 1, got exit {:?}",
+                out.code
+            ));
+            continue;
+        }
+        if let Err(e) = check(&name, &out, bless) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("replay failed:\n  {}", failures.join("\n  "));
+    }
+    eprintln!(
+        "replay: {} vector sets on {} boards and the broken-blob checks {}",
+        cases.len(),
+        Board::QEMU.len(),
+        if bless { "blessed" } else { "match" }
+    );
+    Ok(())
+}
+
+/// Runs the host generator and returns the cases it wrote (`aug`, then one per MCU preset).
+pub fn make_vectors() -> Result<Vec<Case>> {
+    let dir = vectors_dir();
+    util::step("host: replay vectors (core codec + exact engine)");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut cmd = util::cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "tinyvit-tests",
+        "--example",
+        "make_replay",
+        "--",
+        "--out",
+    ])
+    .arg(&dir);
+    setup::torch_env(&mut cmd)?;
+    util::run(&mut cmd)?;
+    let list = dir.join("cases.txt");
+    let text =
+        std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+    let mut cases = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split_whitespace();
+        let (Some(name), Some(vectors)) = (f.next(), f.next()) else {
+            bail!("{}: bad line `{line}`", list.display());
+        };
+        cases.push(Case {
+            name: name.to_string(),
+            payload: Payload {
+                vectors: Some(dir.join(vectors)),
+                model: f.next().map(|m| dir.join(m)),
+            },
+        });
+    }
+    if cases.is_empty() {
+        bail!("{} lists no vector sets", list.display());
+    }
+    Ok(cases)
+}
+
+/// Broken copies of the first preset's model: one byte flipped in the middle, and cut in half.
+fn corrupt_cases(cases: &[Case]) -> Result<Vec<Case>> {
+    let Some(case) = cases.iter().find(|c| c.payload.model.is_some()) else {
+        bail!("no vector set has a model, so the broken-blob checks cannot run");
+    };
+    let model = case.payload.model.as_ref().expect("found with a model");
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    let mut out = Vec::new();
+    for (name, data) in [("flipped", flipped), ("truncated", truncated)] {
+        let path = vectors_dir().join(format!("{name}.tvb"));
+        std::fs::write(&path, data)?;
+        out.push(Case {
+            name: name.to_string(),
+            payload: Payload {
+                model: Some(path),
+                vectors: case.payload.vectors.clone(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Replaces the figures that change with every build (instruction counts, stack depths) by `*`.
+pub fn mask(stdout: &str) -> String {
+    let mut out = String::new();
+    for line in stdout.lines() {
+        let words: Vec<String> = line
+            .split(' ')
+            .map(|w| match w.split_once('=') {
+                Some((k, _))
+                    if MASKED
+                        .iter()
+                        .any(|m| k == *m || k.ends_with(&format!("_{m}"))) =>
+                {
+                    format!("{k}=*")
+                }
+                _ => w.to_string(),
+            })
+            .collect();
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+/// Keys whose values depend on the build rather than on the computation.
+const MASKED: &[&str] = &["instr", "cycles", "hwm"];
+
+fn check(name: &str, out: &RunOutput, bless: bool) -> Result<()> {
+    let path = expected_dir().join(format!("{name}.txt"));
+    let got = mask(&out.stdout);
+    if bless {
+        std::fs::create_dir_all(expected_dir())?;
+        std::fs::write(&path, &got)?;
+        eprintln!("blessed {}", path.display());
+        return Ok(());
+    }
+    let want = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} is missing: run `cargo xtask replay --bless` once",
+            path.display()
+        )
+    })?;
+    if want != got {
+        eprintln!("--- {} (expected)\n+++ {name} (this run)", path.display());
+        print_diff(&want, &got);
+        bail!("{name}: output differs from {}", rel(&path));
+    }
+    eprintln!("{name}: matches {}", rel(&path));
+    Ok(())
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(util::root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+/// A plain line diff: lines only in one side, in order (enough for short outputs).
+fn print_diff(want: &str, got: &str) {
+    let w: Vec<&str> = want.lines().collect();
+    let g: Vec<&str> = got.lines().collect();
+    for i in 0..w.len().max(g.len()) {
+        match (w.get(i), g.get(i)) {
+            (Some(a), Some(b)) if a == b => {}
+            (a, b) => {
+                if let Some(a) = a {
+                    eprintln!("-{a}");
+                }
+                if let Some(b) = b {
+                    eprintln!("+{b}");
+                }
+            }
+        }
+    }
+}
+
+/// One preset's figures on the device.
+#[derive(Clone, Debug, Default)]
+struct Cost {
+    name: String,
+    size: firmware::Size,
+    stack: u64,
+    /// Instructions of one inference (the first `infer`/`eval` vector) on M4 and M7.
+    instr: [Option<u64>; 2],
+    macs: u64,
+}
+
+/// The value of `key=` in a firmware line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// `cargo xtask bench`'s device part: instructions per inference of every MCU preset on the
+/// emulated M4 and M7, instructions per multiply-accumulate, and the size table for the README.
+pub fn bench() -> Result<()> {
+    let cases = make_vectors()?;
+    let macs_path = vectors_dir().join("macs.txt");
+    let macs_text = std::fs::read_to_string(&macs_path)
+        .with_context(|| format!("reading {}", macs_path.display()))?;
+    let mut costs = Vec::new();
+    for case in cases.iter().filter(|c| c.payload.model.is_some()) {
+        let elf = firmware::build(Board::QemuM4, &case.payload)?;
+        let mut cost = Cost {
+            name: case.name.clone(),
+            size: firmware::elf_size(&elf)?,
+            macs: macs_text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("{} ", case.name))?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .with_context(|| format!("{} has no MAC count", case.name))?,
+            ..Cost::default()
+        };
+        for (k, board) in Board::QEMU.into_iter().enumerate() {
+            let out = firmware::run_qemu(board, &elf)?;
+            if out.code != Some(0) {
+                print!("{}", out.stdout);
+                bail!("{} failed on {}", case.name, board.name());
+            }
+            for line in out.stdout.lines() {
+                if line.starts_with("stack: ") {
+                    cost.stack = cost.stack.max(field(line, "hwm").unwrap_or(0));
+                }
+                if (line.starts_with("infer ") || line.starts_with("eval "))
+                    && cost.instr[k].is_none()
+                {
+                    cost.instr[k] = field(line, "instr");
+                }
+            }
+        }
+        costs.push(cost);
+    }
+    println!("\nfirmware on QEMU (instructions counted exactly with -icount shift=0):\n");
+    println!(
+        "| preset | flash (text + rodata) | static RAM (arena, buffers) | stack high-water | \
+         RAM total | instr/inference M4 | instr/inference M7 | MACs/inference | instr/MAC M7 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for c in &costs {
+        let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        let per_mac = c.instr[1].map_or("-".to_string(), |i| {
+            format!("{:.2}", i as f64 / c.macs.max(1) as f64)
+        });
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.name,
+            c.size.flash(),
+            c.size.ram(),
+            c.stack,
+            c.size.ram() + c.stack,
+            show(c.instr[0]),
+            show(c.instr[1]),
+            c.macs,
+            per_mac
+        );
+    }
+    Ok(())
+}
