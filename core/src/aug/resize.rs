@@ -1,5 +1,6 @@
-//! Resampling with PIL's `Image.resize` semantics (libImaging/Resample.c): separable
-//! convolution, horizontal pass first into a u8 intermediate, then vertical; the filter is
+//! Resampling with PIL's `Image.resize` semantics (Pillow 13 libImaging/Resample.c): separable
+//! convolution in two passes through a u8 intermediate (pass order as Pillow 13 picks it); the
+//! filter is
 //! widened by the scale factor when shrinking (antialiasing); coefficients are computed in f64,
 //! normalised, and quantised to 22-bit fixed point, so the pixel arithmetic is integer and the
 //! result matches PIL bit for bit.
@@ -8,7 +9,8 @@
 //!
 //! # Scratch layout
 //! `[horizontal coefficients: ow * kh * 4][horizontal bounds: ow * 8]`
-//! `[vertical coefficients: oh * kv * 4][vertical bounds: oh * 8][intermediate: rows * ow * C]`,
+//! `[vertical coefficients: oh * kv * 4][vertical bounds: oh * 8][intermediate]`, the
+//! intermediate being `rows * ow * C` (horizontal first) or `oh * columns * C` (vertical first),
 //! coefficients as native-endian i32, bounds as (first tap, tap count) u32 pairs.
 
 use super::{image_len, AugError, CropBox, ImageMut, ImageRef, Interpolation};
@@ -90,7 +92,10 @@ pub(crate) fn region_scratch_len(
     let too = AugError::TooLarge("resize scratch");
     let h = coeff_bytes(f, src_w, out_w, region_w).ok_or(too)?;
     let v = coeff_bytes(f, src_h, out_h, region_h).ok_or(too)?;
-    let mid = image_len(region_w, src_h, channels)?;
+    // Horizontal first: rows x region_w; vertical first: region_h x columns.
+    let a = image_len(region_w, src_h, channels)?;
+    let b = image_len(src_w, region_h, channels)?;
+    let mid = if a > b { a } else { b };
     h.checked_add(v).and_then(|s| s.checked_add(mid)).ok_or(too)
 }
 
@@ -181,9 +186,116 @@ fn clip8(ss: i32) -> u8 {
     }
 }
 
+/// Horizontal pass: `rows` rows; `row(r)` is input row `r` starting at input column
+/// `x_shift` (the first column any tap reads); output rows are `ow * ch` wide.
+fn horizontal<'a>(
+    row: impl Fn(usize) -> &'a [u8],
+    rows: usize,
+    hk: &[u8],
+    hb: &[u8],
+    kh: usize,
+    x_shift: usize,
+    ow: usize,
+    ch: usize,
+    out: &mut [u8],
+) {
+    let mut kbuf = [0i32; 256];
+    for xx in 0..ow {
+        let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
+        let n = get_u32(hb, 2 * xx + 1) as usize;
+        let kbytes = &hk[xx * kh * 4..(xx * kh + n) * 4];
+        let base = xmin * ch;
+        if n <= kbuf.len() {
+            load_coeffs(kbytes, &mut kbuf[..n]);
+            let k = &kbuf[..n];
+            for y in 0..rows {
+                let r = &row(y)[base..base + n * ch];
+                let o = &mut out[(y * ow + xx) * ch..(y * ow + xx + 1) * ch];
+                if ch == 3 {
+                    let half = 1i32 << (PRECISION_BITS - 1);
+                    let (mut s0, mut s1, mut s2) = (half, half, half);
+                    for (t, px) in k.iter().zip(r.chunks_exact(3)) {
+                        s0 += i32::from(px[0]) * t;
+                        s1 += i32::from(px[1]) * t;
+                        s2 += i32::from(px[2]) * t;
+                    }
+                    o[0] = clip8(s0);
+                    o[1] = clip8(s1);
+                    o[2] = clip8(s2);
+                } else {
+                    let mut s = 1i32 << (PRECISION_BITS - 1);
+                    for (t, px) in k.iter().zip(r.iter()) {
+                        s += i32::from(*px) * t;
+                    }
+                    o[0] = clip8(s);
+                }
+            }
+        } else {
+            // Very strong shrink (more than 256 taps): read coefficients in place.
+            for y in 0..rows {
+                let r = &row(y)[base..];
+                for c in 0..ch {
+                    let mut s = 1i32 << (PRECISION_BITS - 1);
+                    for t in 0..n {
+                        s += i32::from(r[t * ch + c]) * get_u32(kbytes, t) as i32;
+                    }
+                    out[(y * ow + xx) * ch + c] = clip8(s);
+                }
+            }
+        }
+    }
+}
+
+/// Vertical pass: output row `yy` sums input rows `ymin - y_shift ..` given by `row(r)`, each
+/// `line` bytes wide.
+fn vertical<'a>(
+    row: impl Fn(usize) -> &'a [u8],
+    vk: &[u8],
+    vb: &[u8],
+    kv: usize,
+    y_shift: usize,
+    oh: usize,
+    line: usize,
+    out: &mut [u8],
+) {
+    let mut acc = [0i32; 512];
+    let mut kbuf = [0i32; 256];
+    for yy in 0..oh {
+        let ymin = get_u32(vb, 2 * yy) as usize - y_shift;
+        let n = get_u32(vb, 2 * yy + 1) as usize;
+        let kbytes = &vk[yy * kv * 4..(yy * kv + n) * 4];
+        let m_taps = n.min(kbuf.len());
+        load_coeffs(&kbytes[..m_taps * 4], &mut kbuf[..m_taps]);
+        let out_row = &mut out[yy * line..(yy + 1) * line];
+        let mut x0 = 0;
+        while x0 < line {
+            let m = (line - x0).min(acc.len());
+            let acc = &mut acc[..m];
+            acc.fill(1 << (PRECISION_BITS - 1));
+            for t in 0..n {
+                let kt = if t < m_taps {
+                    kbuf[t]
+                } else {
+                    get_u32(kbytes, t) as i32
+                };
+                let r = &row(ymin + t)[x0..x0 + m];
+                for (a, &p) in acc.iter_mut().zip(r) {
+                    *a += i32::from(p) * kt;
+                }
+            }
+            for (o, &a) in out_row[x0..x0 + m].iter_mut().zip(acc.iter()) {
+                *o = clip8(a);
+            }
+            x0 += m;
+        }
+    }
+}
+
 /// Resamples the `bx` part of `src` to an `out_w x out_h` image and writes the `region` of it
 /// into `dst` (`region.width x region.height`, same channels). PIL's resize of the cropped
-/// image followed by a crop, without materialising either.
+/// image followed by a crop, without materialising either. The pass order is Pillow 13's:
+/// vertical first when the height shrinks by more than twice as many pixels as the width,
+/// horizontal first otherwise (the order changes the u8 rounding of the intermediate).
 pub(crate) fn resample(
     src: ImageRef<'_>,
     bx: CropBox,
@@ -221,96 +333,87 @@ pub(crate) fn resample(
     let (vb, mid) = rest.split_at_mut(oh * 8);
     precompute(f, bx.width, out_w, region.x, region.width, hk, hb);
     precompute(f, bx.height, out_h, region.y, region.height, vk, vb);
-    // Source rows the vertical pass reads (relative to the box).
-    let y_first = get_u32(vb, 0) as usize;
-    let y_last = (get_u32(vb, 2 * (oh - 1)) + get_u32(vb, 2 * (oh - 1) + 1)) as usize;
-    let rows = y_last.saturating_sub(y_first);
-    let mid_len = rows * ow * ch;
-    if mid.len() < mid_len {
-        return Err(AugError::BufferSize {
-            what: "resize scratch",
-            expected: need_coeffs + mid_len,
-            actual: need_coeffs + mid.len(),
-        });
-    }
-    let mid = &mut mid[..mid_len];
+    let dh = i64::from(bx.height) - i64::from(out_h);
+    let dw = i64::from(bx.width) - i64::from(out_w);
+    let horizontal_first = !(dh > 0 && dh > dw * 2);
     let stride = src.stride();
-    let mut kbuf = [0i32; 256];
-    // Horizontal pass: rows y_first..y_last of the box -> mid.
-    for xx in 0..ow {
-        let xmin = get_u32(hb, 2 * xx) as usize;
-        let n = get_u32(hb, 2 * xx + 1) as usize;
-        let kbytes = &hk[xx * kh * 4..(xx * kh + n) * 4];
-        let base = (bx.x as usize + xmin) * ch;
-        if n <= kbuf.len() {
-            load_coeffs(kbytes, &mut kbuf[..n]);
-            let k = &kbuf[..n];
-            for y in 0..rows {
-                let row = &src.data[(bx.y as usize + y_first + y) * stride + base..];
-                let o = &mut mid[(y * ow + xx) * ch..(y * ow + xx + 1) * ch];
-                if ch == 3 {
-                    let (mut s0, mut s1, mut s2) = (
-                        1i32 << (PRECISION_BITS - 1),
-                        1 << (PRECISION_BITS - 1),
-                        1 << (PRECISION_BITS - 1),
-                    );
-                    for (t, px) in k.iter().zip(row.chunks_exact(3)) {
-                        s0 += i32::from(px[0]) * t;
-                        s1 += i32::from(px[1]) * t;
-                        s2 += i32::from(px[2]) * t;
-                    }
-                    o[0] = clip8(s0);
-                    o[1] = clip8(s1);
-                    o[2] = clip8(s2);
-                } else {
-                    let mut s = 1i32 << (PRECISION_BITS - 1);
-                    for (t, px) in k.iter().zip(row.iter()) {
-                        s += i32::from(*px) * t;
-                    }
-                    o[0] = clip8(s);
-                }
-            }
-        } else {
-            // Very strong shrink (more than 256 taps): read coefficients in place.
-            for y in 0..rows {
-                let row = &src.data[(bx.y as usize + y_first + y) * stride + base..];
-                for c in 0..ch {
-                    let mut s = 1i32 << (PRECISION_BITS - 1);
-                    for t in 0..n {
-                        let kt = get_u32(kbytes, t) as i32;
-                        s += i32::from(row[t * ch + c]) * kt;
-                    }
-                    mid[(y * ow + xx) * ch + c] = clip8(s);
-                }
-            }
+    let data = src.data;
+    let (bxx, bxy) = (bx.x as usize, bx.y as usize);
+    if horizontal_first {
+        // Source rows the vertical pass reads (relative to the box).
+        let y_first = get_u32(vb, 0) as usize;
+        let y_last = (get_u32(vb, 2 * (oh - 1)) + get_u32(vb, 2 * (oh - 1) + 1)) as usize;
+        let rows = y_last.saturating_sub(y_first);
+        let mid_len = rows * ow * ch;
+        if mid.len() < mid_len {
+            return Err(AugError::BufferSize {
+                what: "resize scratch",
+                expected: need_coeffs + mid_len,
+                actual: need_coeffs + mid.len(),
+            });
         }
-    }
-    // Vertical pass: mid -> dst.
-    let line = ow * ch;
-    let mut acc = [0i32; 512];
-    for yy in 0..oh {
-        let ymin = get_u32(vb, 2 * yy) as usize - y_first;
-        let n = get_u32(vb, 2 * yy + 1) as usize;
-        let kbytes = &vk[yy * kv * 4..(yy * kv + n) * 4];
-        let out_row = &mut dst[yy * line..(yy + 1) * line];
-        // Process the row in chunks of 512 values, accumulating tap by tap.
-        let mut x0 = 0;
-        while x0 < line {
-            let m = (line - x0).min(acc.len());
-            let acc = &mut acc[..m];
-            acc.fill(1 << (PRECISION_BITS - 1));
-            for t in 0..n {
-                let kt = get_u32(kbytes, t) as i32;
-                let r = &mid[(ymin + t) * line + x0..(ymin + t) * line + x0 + m];
-                for (a, &p) in acc.iter_mut().zip(r) {
-                    *a += i32::from(p) * kt;
-                }
-            }
-            for (o, &a) in out_row[x0..x0 + m].iter_mut().zip(acc.iter()) {
-                *o = clip8(a);
-            }
-            x0 += m;
+        let mid = &mut mid[..mid_len];
+        horizontal(
+            |r| &data[(bxy + y_first + r) * stride + bxx * ch..],
+            rows,
+            hk,
+            hb,
+            kh,
+            0,
+            ow,
+            ch,
+            mid,
+        );
+        let mid = &*mid;
+        let line = ow * ch;
+        vertical(
+            |r| &mid[r * line..(r + 1) * line],
+            vk,
+            vb,
+            kv,
+            y_first,
+            oh,
+            line,
+            dst,
+        );
+    } else {
+        // Source columns the horizontal pass reads (relative to the box).
+        let x_first = get_u32(hb, 0) as usize;
+        let x_last = (get_u32(hb, 2 * (ow - 1)) + get_u32(hb, 2 * (ow - 1) + 1)) as usize;
+        let cols = x_last.saturating_sub(x_first);
+        let line = cols * ch;
+        let mid_len = oh * line;
+        if mid.len() < mid_len {
+            return Err(AugError::BufferSize {
+                what: "resize scratch",
+                expected: need_coeffs + mid_len,
+                actual: need_coeffs + mid.len(),
+            });
         }
+        let mid = &mut mid[..mid_len];
+        let x0 = (bxx + x_first) * ch;
+        vertical(
+            |r| &data[(bxy + r) * stride + x0..(bxy + r) * stride + x0 + line],
+            vk,
+            vb,
+            kv,
+            0,
+            oh,
+            line,
+            mid,
+        );
+        let mid = &*mid;
+        horizontal(
+            |r| &mid[r * line..(r + 1) * line],
+            oh,
+            hk,
+            hb,
+            kh,
+            x_first,
+            ow,
+            ch,
+            dst,
+        );
     }
     Ok(())
 }
