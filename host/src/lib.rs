@@ -1,8 +1,12 @@
 //! The host side of tinyvit: everything that needs std, files, threads or libtorch.
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
+pub mod data;
 pub mod device;
+pub mod logits_cmd;
 pub mod model;
+pub mod save_logits;
+pub mod store;
 pub mod train;
 
 /// The libtorch version this crate is built and tested against.

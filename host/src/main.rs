@@ -16,6 +16,11 @@ struct Cli {
 enum Command {
     /// Print the compute devices this binary can use.
     Devices,
+    /// Run a teacher over E augmented epochs and store its top-K probabilities + replay seeds.
+    SaveLogits(tinyvit_host::save_logits::Args),
+    /// Inspect a logit store: verify, stats, show.
+    #[command(subcommand)]
+    Logits(tinyvit_host::logits_cmd::Args),
 }
 
 fn version() -> &'static str {
@@ -38,5 +43,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", device::describe());
             Ok(())
         }
+        Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
+        Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
     }
 }

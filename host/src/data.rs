@@ -1,0 +1,635 @@
+//! Datasets named by a SPEC string, decoded to 8-bit HWC images on any thread.
+//!
+//! # SPEC
+//!
+//! | spec | what |
+//! |---|---|
+//! | `folder:DIR` | `DIR/<class>/**/*.{png,jpg,jpeg}`: one class per sub-folder, labels = sorted sub-folder index; or, when `DIR` holds images directly and no sub-folder holds any, a flat folder of unlabeled images |
+//! | `idx:IMAGES[,LABELS]` | MNIST-style IDX files (magic `0x00000803` images, `0x00000801` labels), gzipped or not (detected from the bytes) |
+//! | `fashion-mnist[:DIR]`, `fashion-mnist-test[:DIR]` | the train / t10k IDX files in `DIR` (default `/usr/share/datasets/fashion-mnist`) |
+//! | `mnist[:DIR]`, `mnist-test[:DIR]` | the same file names in `DIR` (default `/usr/share/datasets/mnist`) |
+//!
+//! Sample order is stable: folder samples are sorted by their path relative to `DIR` (byte
+//! order), IDX samples keep file order. Folder images decode to RGB (3 channels), IDX images are
+//! grey (1 channel).
+//!
+//! # Fingerprint
+//!
+//! [`Fingerprint`] = sample count + SHA-256 (hex). For IDX data the hash covers the decoded
+//! image and label bytes (the content). For folders it covers, per sample in order, the relative
+//! path, a NUL, the file size (u64 LE) and the label (u32 LE, `u32::MAX` when unlabeled):
+//! renaming, adding, removing, relabelling or resizing any file changes it, without reading
+//! every image of a large folder. A store pins this fingerprint.
+//!
+//! # API
+//!
+//! - [`open`]`(spec) -> Arc<dyn Dataset>`; [`Dataset::len`], [`Dataset::get`]`(i) -> Sample`
+//!   (image + optional label), [`Dataset::name`]`(i)` (the path, for error messages),
+//!   [`Dataset::num_classes`], [`Dataset::fingerprint`]. `Dataset: Send + Sync`, so one
+//!   `Arc` serves every worker thread.
+//! - [`split`]`(len, val, seed)`: a deterministic train / validation split of indices;
+//!   [`Subset`] views a dataset through an index list.
+//! - A sample that cannot be read or decoded is an error naming its path (or IDX file and
+//!   index); callers decide whether to stop or to skip it.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// Default folder of the Fashion-MNIST IDX files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+/// Default folder of the MNIST IDX files.
+pub const MNIST_DIR: &str = "/usr/share/datasets/mnist";
+
+/// An 8-bit image.
+///
+/// # Shapes
+/// `data`: `[height, width, channels]` u8, row-major, channels interleaved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub width: u32,
+    pub height: u32,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: u32,
+    pub data: Vec<u8>,
+}
+
+/// One decoded sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub image: Image,
+    /// Class index when the dataset is labelled.
+    pub label: Option<u32>,
+}
+
+/// What identifies a dataset's content and order (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// Number of samples.
+    pub len: u64,
+    /// SHA-256 of the sample list or content, lower-case hex.
+    pub sha256: String,
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} samples, sha256 {}", self.len, self.sha256)
+    }
+}
+
+/// A random-access dataset usable from many threads.
+pub trait Dataset: Send + Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// True when there is no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Decodes sample `i`; errors name the sample ([`name`](Self::name)).
+    fn get(&self, i: usize) -> Result<Sample>;
+    /// Human-readable name of sample `i` (its path, or `FILE[i]`).
+    fn name(&self, i: usize) -> String;
+    /// Number of classes when labelled.
+    fn num_classes(&self) -> Option<u32>;
+    /// Content / order fingerprint.
+    fn fingerprint(&self) -> Fingerprint;
+    /// The spec the dataset was opened from.
+    fn spec(&self) -> &str;
+}
+
+/// Opens a dataset from its SPEC (see the module doc).
+pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
+    let (kind, arg) = match spec.split_once(':') {
+        Some((k, a)) => (k, Some(a)),
+        None => (spec, None),
+    };
+    let ds: Arc<dyn Dataset> = match kind {
+        "folder" => {
+            let dir = arg.filter(|a| !a.is_empty()).context("folder:DIR needs a folder")?;
+            Arc::new(FolderDataset::open(spec, Path::new(dir))?)
+        }
+        "idx" => {
+            let arg = arg.filter(|a| !a.is_empty()).context("idx:IMAGES[,LABELS] needs a file")?;
+            let (images, labels) = match arg.split_once(',') {
+                Some((i, l)) => (i, Some(Path::new(l))),
+                None => (arg, None),
+            };
+            Arc::new(IdxDataset::open(spec, Path::new(images), labels)?)
+        }
+        "fashion-mnist" | "fashion-mnist-test" | "mnist" | "mnist-test" => {
+            let default = if kind.starts_with("fashion") {
+                FASHION_MNIST_DIR
+            } else {
+                MNIST_DIR
+            };
+            let dir = Path::new(arg.filter(|a| !a.is_empty()).unwrap_or(default));
+            let prefix = if kind.ends_with("-test") { "t10k" } else { "train" };
+            let images = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
+            let labels = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
+            Arc::new(IdxDataset::open(spec, &images, Some(&labels))?)
+        }
+        _ => bail!(
+            "unknown data spec `{spec}` (expected folder:DIR, idx:IMAGES[,LABELS], \
+             fashion-mnist[:DIR], fashion-mnist-test[:DIR], mnist[:DIR] or mnist-test[:DIR])"
+        ),
+    };
+    Ok(ds)
+}
+
+/// Reads a whole file, gunzipping it when it starts with the gzip magic `1f 8b`.
+pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: corrupt gzip stream", path.display()))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// MNIST-style IDX images (and labels) held in memory.
+pub struct IdxDataset {
+    spec: String,
+    path: PathBuf,
+    width: u32,
+    height: u32,
+    count: usize,
+    /// `[count, height, width]` u8.
+    pixels: Vec<u8>,
+    labels: Option<Vec<u8>>,
+    fingerprint: Fingerprint,
+}
+
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+impl IdxDataset {
+    /// Parses an IDX image file (`0x00000803`, u8, `[n, h, w]`) and an optional label file
+    /// (`0x00000801`, u8, `[n]`).
+    pub fn open(spec: &str, images: &Path, labels: Option<&Path>) -> Result<Self> {
+        let bytes = read_maybe_gz(images)?;
+        let ctx = || format!("{}: not an IDX u8 image file", images.display());
+        ensure!(bytes.len() >= 16, "{}: too short ({} bytes)", ctx(), bytes.len());
+        ensure!(be32(&bytes, 0) == 0x0803, "{} (magic {:#010x})", ctx(), be32(&bytes, 0));
+        let (n, h, w) = (be32(&bytes, 4), be32(&bytes, 8), be32(&bytes, 12));
+        ensure!(h > 0 && w > 0, "{}: empty image size {w}x{h}", ctx());
+        let need = (n as u64) * (h as u64) * (w as u64);
+        ensure!(
+            bytes.len() as u64 - 16 == need,
+            "{}: header says {n} images of {w}x{h} ({need} bytes), file holds {}",
+            images.display(),
+            bytes.len() - 16
+        );
+        let pixels = bytes[16..].to_vec();
+        let labels = match labels {
+            Some(lp) => {
+                let lb = read_maybe_gz(lp)?;
+                ensure!(
+                    lb.len() >= 8 && be32(&lb, 0) == 0x0801,
+                    "{}: not an IDX u8 label file",
+                    lp.display()
+                );
+                let ln = be32(&lb, 4);
+                ensure!(
+                    ln == n && lb.len() as u64 == 8 + n as u64,
+                    "{}: {ln} labels in a file of {} bytes for {n} images in {}",
+                    lp.display(),
+                    lb.len(),
+                    images.display()
+                );
+                Some(lb[8..].to_vec())
+            }
+            None => None,
+        };
+        let mut hasher = Sha256::new();
+        hasher.update(b"idx\0");
+        hasher.update((n as u64).to_le_bytes());
+        hasher.update(h.to_le_bytes());
+        hasher.update(w.to_le_bytes());
+        hasher.update(&pixels);
+        if let Some(l) = &labels {
+            hasher.update(b"labels\0");
+            hasher.update(l);
+        }
+        Ok(Self {
+            spec: spec.to_string(),
+            path: images.to_path_buf(),
+            width: w,
+            height: h,
+            count: n as usize,
+            pixels,
+            labels,
+            fingerprint: Fingerprint {
+                len: n as u64,
+                sha256: hex(&hasher.finalize()),
+            },
+        })
+    }
+}
+
+impl Dataset for IdxDataset {
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn get(&self, i: usize) -> Result<Sample> {
+        ensure!(i < self.count, "{}: index out of range ({} samples)", self.name(i), self.count);
+        let n = (self.width * self.height) as usize;
+        Ok(Sample {
+            image: Image {
+                width: self.width,
+                height: self.height,
+                channels: 1,
+                data: self.pixels[i * n..(i + 1) * n].to_vec(),
+            },
+            label: self.labels.as_ref().map(|l| u32::from(l[i])),
+        })
+    }
+
+    fn name(&self, i: usize) -> String {
+        format!("{}[{i}]", self.path.display())
+    }
+
+    fn num_classes(&self) -> Option<u32> {
+        self.labels
+            .as_ref()
+            .map(|l| l.iter().copied().max().map_or(0, |m| u32::from(m) + 1))
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    fn spec(&self) -> &str {
+        &self.spec
+    }
+}
+
+/// Image files in a folder, decoded on demand with the `image` crate (PNG, JPEG).
+pub struct FolderDataset {
+    spec: String,
+    root: PathBuf,
+    /// `(path relative to root, label)`, sorted by path.
+    samples: Vec<(PathBuf, Option<u32>)>,
+    classes: Vec<String>,
+    fingerprint: Fingerprint,
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        .unwrap_or(false)
+}
+
+/// Every image file under `dir`, recursively, as paths relative to `root`.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let p = e.path();
+        let ft = e.file_type().with_context(|| format!("reading {}", p.display()))?;
+        if ft.is_dir() {
+            walk(root, &p, out)?;
+        } else if is_image(&p) {
+            out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+impl FolderDataset {
+    /// Lists `dir` (see the module doc for the two layouts).
+    pub fn open(spec: &str, dir: &Path) -> Result<Self> {
+        ensure!(dir.is_dir(), "{}: not a folder", dir.display());
+        let mut subdirs = Vec::new();
+        let mut flat = Vec::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let p = e.path();
+            if p.is_dir() {
+                subdirs.push(e.file_name().to_string_lossy().into_owned());
+            } else if is_image(&p) {
+                flat.push(PathBuf::from(e.file_name()));
+            }
+        }
+        subdirs.sort();
+        let mut classes = Vec::new();
+        let mut samples = Vec::new();
+        for name in &subdirs {
+            let mut files = Vec::new();
+            walk(dir, &dir.join(name), &mut files)?;
+            if files.is_empty() {
+                continue;
+            }
+            let label = classes.len() as u32;
+            classes.push(name.clone());
+            samples.extend(files.into_iter().map(|f| (f, Some(label))));
+        }
+        if classes.is_empty() {
+            samples = flat.into_iter().map(|f| (f, None)).collect();
+        } else {
+            ensure!(
+                flat.is_empty(),
+                "{}: holds both class sub-folders and loose images (e.g. {}); use one layout",
+                dir.display(),
+                flat[0].display()
+            );
+        }
+        ensure!(!samples.is_empty(), "{}: no .png/.jpg/.jpeg images found", dir.display());
+        samples.sort_by(|a, b| a.0.as_os_str().as_encoded_bytes().cmp(b.0.as_os_str().as_encoded_bytes()));
+        let mut hasher = Sha256::new();
+        hasher.update(b"folder\0");
+        for (rel, label) in &samples {
+            let full = dir.join(rel);
+            let size = std::fs::metadata(&full)
+                .with_context(|| format!("reading {}", full.display()))?
+                .len();
+            hasher.update(rel.as_os_str().as_encoded_bytes());
+            hasher.update([0u8]);
+            hasher.update(size.to_le_bytes());
+            hasher.update(label.unwrap_or(u32::MAX).to_le_bytes());
+        }
+        Ok(Self {
+            spec: spec.to_string(),
+            root: dir.to_path_buf(),
+            fingerprint: Fingerprint {
+                len: samples.len() as u64,
+                sha256: hex(&hasher.finalize()),
+            },
+            samples,
+            classes,
+        })
+    }
+
+    /// Class names (sorted sub-folder names); empty for a flat folder.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+}
+
+impl Dataset for FolderDataset {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn get(&self, i: usize) -> Result<Sample> {
+        let (rel, label) = self
+            .samples
+            .get(i)
+            .with_context(|| format!("{}: sample {i} out of range", self.root.display()))?;
+        let path = self.root.join(rel);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let img = image::load_from_memory(&bytes)
+            .with_context(|| format!("{}: cannot decode image", path.display()))?
+            .to_rgb8();
+        let (width, height) = img.dimensions();
+        Ok(Sample {
+            image: Image {
+                width,
+                height,
+                channels: 3,
+                data: img.into_raw(),
+            },
+            label: *label,
+        })
+    }
+
+    fn name(&self, i: usize) -> String {
+        match self.samples.get(i) {
+            Some((rel, _)) => self.root.join(rel).display().to_string(),
+            None => format!("{}[{i}]", self.root.display()),
+        }
+    }
+
+    fn num_classes(&self) -> Option<u32> {
+        (!self.classes.is_empty()).then_some(self.classes.len() as u32)
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint.clone()
+    }
+
+    fn spec(&self) -> &str {
+        &self.spec
+    }
+}
+
+/// A dataset seen through a list of indices (e.g. one side of [`split`]).
+pub struct Subset {
+    inner: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+    spec: String,
+}
+
+impl Subset {
+    /// Sample `j` of the subset is sample `indices[j]` of `inner`; every index must be in range.
+    pub fn new(inner: Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self> {
+        if let Some(&bad) = indices.iter().find(|&&i| i >= inner.len()) {
+            bail!("subset index {bad} out of range for {} ({} samples)", inner.spec(), inner.len());
+        }
+        let spec = format!("{} (subset of {})", inner.spec(), indices.len());
+        Ok(Self {
+            inner,
+            indices,
+            spec,
+        })
+    }
+
+    /// The index into the underlying dataset of subset sample `j`.
+    pub fn source_index(&self, j: usize) -> Option<usize> {
+        self.indices.get(j).copied()
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+    fn get(&self, i: usize) -> Result<Sample> {
+        let j = self.source_index(i).with_context(|| format!("{}: sample {i} out of range", self.spec))?;
+        self.inner.get(j)
+    }
+    fn name(&self, i: usize) -> String {
+        match self.source_index(i) {
+            Some(j) => self.inner.name(j),
+            None => format!("{}[{i}]", self.spec),
+        }
+    }
+    fn num_classes(&self) -> Option<u32> {
+        self.inner.num_classes()
+    }
+    fn fingerprint(&self) -> Fingerprint {
+        let base = self.inner.fingerprint();
+        let mut h = Sha256::new();
+        h.update(b"subset\0");
+        h.update(base.sha256.as_bytes());
+        for &i in &self.indices {
+            h.update((i as u64).to_le_bytes());
+        }
+        Fingerprint {
+            len: self.indices.len() as u64,
+            sha256: hex(&h.finalize()),
+        }
+    }
+    fn spec(&self) -> &str {
+        &self.spec
+    }
+}
+
+/// Splits `0..len` into `(train, val)` with `val` validation indices chosen by `seed`,
+/// deterministically on every machine: indices are ranked by a SplitMix64 hash of
+/// `(seed, index)` and the `val` lowest go to validation. Both lists come back sorted.
+pub fn split(len: usize, val: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    ensure!(val <= len, "validation split of {val} samples from a dataset of {len}");
+    let mut ranked: Vec<(u64, usize)> = (0..len)
+        .map(|i| (splitmix(splitmix(seed) ^ i as u64), i))
+        .collect();
+    ranked.sort_unstable();
+    let mut valid: Vec<usize> = ranked[..val].iter().map(|&(_, i)| i).collect();
+    let mut train: Vec<usize> = ranked[val..].iter().map(|&(_, i)| i).collect();
+    valid.sort_unstable();
+    train.sort_unstable();
+    Ok((train, valid))
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a file, lower-case hex (the same string `sha256sum` prints).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tinyvit-data-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write_png(path: &Path, w: u32, h: u32, v: u8) {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([v, x as u8, y as u8]));
+        img.save(path).unwrap();
+    }
+
+    fn idx_bytes(n: u32, h: u32, w: u32) -> (Vec<u8>, Vec<u8>) {
+        let mut img = vec![0, 0, 8, 3];
+        for v in [n, h, w] {
+            img.extend(v.to_be_bytes());
+        }
+        img.extend((0..n * h * w).map(|i| (i % 251) as u8));
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend(n.to_be_bytes());
+        lab.extend((0..n).map(|i| (i % 3) as u8));
+        (img, lab)
+    }
+
+    #[test]
+    fn idx_plain_and_gzipped_agree() {
+        let d = tmpdir("idx");
+        let (img, lab) = idx_bytes(5, 3, 4);
+        std::fs::write(d.join("i"), &img).unwrap();
+        std::fs::write(d.join("l"), &lab).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &img).unwrap();
+        std::fs::write(d.join("i.gz"), gz.finish().unwrap()).unwrap();
+        let a = open(&format!("idx:{},{}", d.join("i").display(), d.join("l").display())).unwrap();
+        let b = open(&format!("idx:{},{}", d.join("i.gz").display(), d.join("l").display())).unwrap();
+        assert_eq!(a.len(), 5);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let s = a.get(2).unwrap();
+        assert_eq!((s.image.width, s.image.height, s.image.channels), (4, 3, 1));
+        assert_eq!(s.image.data[0], 24);
+        assert_eq!(s.label, Some(2));
+        assert_eq!(a.num_classes(), Some(3));
+        let unl = open(&format!("idx:{}", d.join("i").display())).unwrap();
+        assert_eq!(unl.get(0).unwrap().label, None);
+        assert_ne!(unl.fingerprint(), a.fingerprint());
+        // A truncated file is an error naming it.
+        std::fs::write(d.join("short"), &img[..img.len() - 1]).unwrap();
+        let e = open(&format!("idx:{}", d.join("short").display())).err().unwrap();
+        assert!(format!("{e:#}").contains("short"), "{e:#}");
+    }
+
+    #[test]
+    fn folder_layouts_order_and_bad_images() {
+        let d = tmpdir("folder");
+        for (c, names) in [("cat", ["b.png", "a.png"]), ("ant", ["z.png", "y.png"])] {
+            std::fs::create_dir_all(d.join(c)).unwrap();
+            for (k, n) in names.iter().enumerate() {
+                write_png(&d.join(c).join(n), 5 + k as u32, 4, 9);
+            }
+        }
+        let ds = open(&format!("folder:{}", d.display())).unwrap();
+        assert_eq!(ds.len(), 4);
+        assert_eq!(ds.num_classes(), Some(2));
+        let names: Vec<String> = (0..4).map(|i| ds.name(i)).collect();
+        assert!(names[0].ends_with("ant/y.png") && names[3].ends_with("cat/b.png"), "{names:?}");
+        let s = ds.get(0).unwrap();
+        assert_eq!((s.image.width, s.image.channels, s.label), (6, 3, Some(0)));
+        let fp = ds.fingerprint();
+        std::fs::write(d.join("cat").join("c.png"), b"not a png").unwrap();
+        let ds2 = open(&format!("folder:{}", d.display())).unwrap();
+        assert_ne!(ds2.fingerprint(), fp);
+        let e = ds2.get(4).err().unwrap();
+        assert!(format!("{e:#}").contains("cat/c.png"), "{e:#}");
+
+        let flat = tmpdir("flat");
+        write_png(&flat.join("1.png"), 2, 2, 0);
+        write_png(&flat.join("0.jpg.png"), 2, 2, 0);
+        let ds = open(&format!("folder:{}", flat.display())).unwrap();
+        assert_eq!((ds.len(), ds.num_classes()), (2, None));
+        assert_eq!(ds.get(0).unwrap().label, None);
+    }
+
+    #[test]
+    fn split_is_deterministic_and_disjoint() {
+        let (t, v) = split(100, 10, 7).unwrap();
+        assert_eq!((t.len(), v.len()), (90, 10));
+        let (t2, v2) = split(100, 10, 7).unwrap();
+        assert_eq!((&t, &v), (&t2, &v2));
+        assert!(v.iter().all(|i| !t.contains(i)));
+        assert_ne!(split(100, 10, 8).unwrap().1, v);
+        assert!(split(3, 4, 0).is_err());
+    }
+
+    #[test]
+    fn bad_specs_are_clear_errors() {
+        for spec in ["nope:x", "folder:", "idx:", "folder:/nonexistent/tinyvit"] {
+            assert!(open(spec).is_err(), "{spec}");
+        }
+    }
+}

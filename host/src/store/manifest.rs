@@ -1,0 +1,199 @@
+//! `manifest.json`: what the records of a logit store mean.
+//!
+//! The shard bytes are specified and parsed in [`tinyvit_core::store`]; the manifest is a small
+//! JSON file (readable with `cat`, diffable, parsed with serde_json on the host only). Every
+//! writer of a store, one per `--shard I/N` part on any machine, builds the same manifest from
+//! its arguments and either creates it (temp file, fsync, rename) or checks that the one on
+//! disk is identical; so parts of one store always agree on what their records mean. The
+//! manifest holds no timestamps or host names for that reason.
+//!
+//! The store key written into every shard header is the first 8 bytes (little-endian) of the
+//! SHA-256 of the manifest's canonical JSON with `parts` set to 0 ([`Manifest::store_key`]): a
+//! shard from another store or another run fails to open, while a part of a sharded store has
+//! exactly the blocks (checksums included) of the same samples in an unsharded store.
+//!
+//! ```json
+//! {
+//!   "format_version": 1,          shard layout version (tinyvit_core::store::FORMAT_VERSION)
+//!   "aug_version": 1,             tinyvit_core::aug::AUG_VERSION the seeds replay with
+//!   "aug_preset": "light",        preset name the augmentation started from
+//!   "aug": { ... },               the full AugConfig after overrides (size, mean, std, ...)
+//!   "run_seed": 0,                seed of sample_seed(run_seed, epoch, index)
+//!   "topk": 10, "num_classes": 10, "values": "f16",
+//!   "records_per_block": 1024, "epochs": 3, "parts": 1, "batch_size": 256,
+//!   "teacher": { "kind": "torchscript", "file": "teacher.pt", "sha256": "...",
+//!                "input_size": 32, "channels": 1, "mean": [..], "std": [..] },
+//!   "dataset": { "spec": "fashion-mnist", "len": 60000, "sha256": "..." }
+//! }
+//! ```
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tinyvit_core::aug::AugConfig;
+use tinyvit_core::store::{RecordLayout, ValueEncoding, FORMAT_VERSION};
+
+use crate::data::Fingerprint;
+
+/// File name of the manifest inside a store folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Who produced the probabilities and what input it expects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TeacherInfo {
+    /// `torchscript`, or another [`crate::save_logits::Teacher`] kind.
+    pub kind: String,
+    /// File name of the teacher (informational; identity is the hash).
+    pub file: String,
+    /// SHA-256 of the teacher file, as `sha256sum` prints it.
+    pub sha256: String,
+    /// Input side in pixels.
+    pub input_size: u32,
+    /// Input channels (1 grey, 3 RGB).
+    pub channels: u32,
+    /// Normalisation mean per channel, 0..1 scale.
+    pub mean: [f32; 3],
+    /// Normalisation standard deviation per channel, 0..1 scale.
+    pub std: [f32; 3],
+}
+
+/// What the records of a store mean (see the module doc).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u16,
+    pub aug_version: u32,
+    pub aug_preset: String,
+    pub aug: AugConfig,
+    pub run_seed: u64,
+    pub topk: u16,
+    pub num_classes: u32,
+    pub values: ValueEncoding,
+    pub records_per_block: u32,
+    pub epochs: u32,
+    pub parts: u32,
+    pub batch_size: u32,
+    pub teacher: TeacherInfo,
+    pub dataset: Fingerprint,
+    /// The data SPEC the store was written from (informational; identity is the fingerprint).
+    pub data_spec: String,
+}
+
+impl Manifest {
+    /// The record layout the manifest implies.
+    pub fn layout(&self) -> Result<RecordLayout> {
+        RecordLayout::new(self.topk, self.num_classes, self.values)
+            .map_err(|e| anyhow::anyhow!("manifest: {e}"))
+    }
+
+    /// The canonical JSON bytes (pretty, fields in declaration order, trailing newline).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// The key that ties shard files to this manifest (see the module doc).
+    pub fn store_key(&self) -> u64 {
+        let unsharded = Manifest {
+            parts: 0,
+            ..self.clone()
+        };
+        let d = Sha256::digest(unsharded.to_json());
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&d[..8]);
+        u64::from_le_bytes(k)
+    }
+
+    /// Reads and checks `DIR/manifest.json`: JSON shape, format and augmentation versions,
+    /// record layout.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("{}: cannot read the store manifest (is this a logit store?)", path.display())
+        })?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a valid store manifest", path.display()))?;
+        if m.format_version != FORMAT_VERSION {
+            bail!(
+                "{}: store format version {}, this build reads version {FORMAT_VERSION}",
+                path.display(),
+                m.format_version
+            );
+        }
+        if m.aug_version != tinyvit_core::aug::AUG_VERSION {
+            bail!(
+                "{}: store written with AUG_VERSION {}, this build replays AUG_VERSION {}: \
+                 its seeds would not rebuild the images the teacher saw",
+                path.display(),
+                m.aug_version,
+                tinyvit_core::aug::AUG_VERSION
+            );
+        }
+        m.layout().with_context(|| path.display().to_string())?;
+        if m.parts == 0 || m.epochs == 0 {
+            bail!("{}: `parts` and `epochs` must be positive", path.display());
+        }
+        Ok(m)
+    }
+
+    /// Writes `DIR/manifest.json` atomically (temp file, fsync, rename, fsync of the folder).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join(format!("{MANIFEST_FILE}.{}.tmp", std::process::id()));
+        super::writer::write_atomic(&tmp, &dir.join(MANIFEST_FILE), &self.to_json())
+    }
+
+    /// Checks that the store on disk means the same as `self`; names every field that differs
+    /// with both values.
+    pub fn check_same(&self, on_disk: &Manifest, dir: &Path) -> Result<()> {
+        let a = serde_json::to_value(on_disk)?;
+        let b = serde_json::to_value(self)?;
+        let mut diffs = Vec::new();
+        diff("", &a, &b, &mut diffs);
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{}: the store was written with different settings:\n{}",
+            dir.join(MANIFEST_FILE).display(),
+            diffs.join("\n")
+        )
+    }
+
+    /// Checks that the store was made for this dataset (count and hash).
+    pub fn check_dataset(&self, fp: &Fingerprint) -> Result<()> {
+        if &self.dataset != fp {
+            bail!(
+                "dataset mismatch: the store was written for {} ({}), the data given is {}",
+                self.data_spec,
+                self.dataset,
+                fp
+            );
+        }
+        Ok(())
+    }
+}
+
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(ma), Value::Object(mb)) => {
+            for (k, va) in ma {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match mb.get(k) {
+                    Some(vb) => diff(&p, va, vb, out),
+                    None => out.push(format!("  {p}: store has {va}, now missing")),
+                }
+            }
+            for (k, vb) in mb {
+                if !ma.contains_key(k) {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    out.push(format!("  {p}: store lacks it, now {vb}"));
+                }
+            }
+        }
+        _ if a != b => out.push(format!("  {path}: store has {a}, now {b}")),
+        _ => {}
+    }
+}

@@ -1,0 +1,63 @@
+//! The sparse logit store on disk: manifest, shard writer, mmap reader.
+//!
+//! The bytes of a shard file are specified in [`tinyvit_core::store`] (module doc, with the
+//! box diagram); the manifest in [`manifest`]. This module adds the files and folders:
+//!
+//! ```text
+//! DIR/manifest.json
+//! DIR/epoch-EEEE/part-IIII-of-NNNN.tvl        closed part (footer written, renamed)
+//! DIR/epoch-EEEE/part-IIII-of-NNNN.tvl.tmp    part being written (ignored by readers)
+//! ```
+//!
+//! # API for readers (the trainer)
+//!
+//! ```ignore
+//! let store = LogitStore::open_for(dir, &dataset.fingerprint(), Some(k), Some(classes))?;
+//! for epoch in store.epochs() {                  // complete epochs only
+//!     let r = store.record(epoch, sample)?;      // O(1), block crc checked on first touch
+//!     if r.is_missing() { continue; }            // image was unreadable at teacher time
+//!     let seed = r.seed();                       // aug::replay(&store.manifest().aug, seed, ..)
+//!     let n = r.read_into(&mut idx, &mut p)?;    // K indices (u32) and probabilities (f32)
+//! }
+//! ```
+//!
+//! `LogitStore` is `Send + Sync`: share one behind an `Arc` across loader threads.
+//!
+//! # API for writers
+//!
+//! [`Manifest`] (build it, then [`Manifest::write`] or [`Manifest::check_same`]),
+//! [`ShardWriter::open`] -> [`Opened`], [`ShardWriter::push`] / [`ShardWriter::push_missing`] in
+//! sample order, [`ShardWriter::finish`].
+
+pub mod manifest;
+pub mod reader;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use manifest::{Manifest, TeacherInfo, MANIFEST_FILE};
+pub use reader::{LogitStore, Shard};
+pub use writer::{Opened, PartSummary, ShardWriter};
+
+/// The folder of one epoch.
+pub fn epoch_dir(dir: &Path, epoch: u32) -> PathBuf {
+    dir.join(format!("epoch-{epoch:04}"))
+}
+
+/// The file name of a closed part.
+pub fn part_file_name(part: u32, parts: u32) -> String {
+    format!("part-{part:04}-of-{parts:04}.tvl")
+}
+
+/// Opens an existing store's manifest, or creates it, for a writer that builds `manifest` from
+/// its arguments. An existing manifest must be identical (every differing field is named).
+pub fn create_or_check(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    if dir.join(MANIFEST_FILE).exists() {
+        let on_disk = Manifest::load(dir)?;
+        manifest.check_same(&on_disk, dir)
+    } else {
+        manifest.write(dir)
+    }
+}
