@@ -127,6 +127,32 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// The synthetic test image of the known-answer vectors, so that a device can rebuild its
+/// inputs without files: `v(x, y, c) = ((7x + 13y + 85c) ^ (x * y)) mod 256`.
+///
+/// # Shapes
+/// `out`: `[height, width, channels]`.
+pub fn test_pattern(
+    width: u32,
+    height: u32,
+    channels: u32,
+    out: &mut [u8],
+) -> Result<(), AugError> {
+    check(width, height, channels, out.len())?;
+    let ch = channels as usize;
+    for (i, v) in out.iter_mut().enumerate() {
+        let c = (i % ch) as u32;
+        let p = (i / ch) as u32;
+        let (x, y) = (p % width, p / width);
+        *v = (x
+            .wrapping_mul(7)
+            .wrapping_add(y.wrapping_mul(13))
+            .wrapping_add(c * 85)
+            ^ x.wrapping_mul(y)) as u8;
+    }
+    Ok(())
+}
+
 /// ITU-R 601-2 luma with PIL's fixed-point weights: `(r*19595 + g*38470 + b*7471 + 0x8000) >> 16`.
 pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8

@@ -63,7 +63,7 @@ pub use config::{
     AugConfig, CropConfig, EraseConfig, Interpolation, JitterConfig, MixConfig, RandAugConfig,
 };
 pub use eval::{eval_dims, eval_scratch_len, eval_transform, EvalDims};
-pub use image::{fnv1a64, image_len, ImageMut, ImageRef};
+pub use image::{fnv1a64, image_len, test_pattern, ImageMut, ImageRef};
 pub use mix::{apply_mix, mix_params, MixKind, MixParams};
 pub use normalize::{normalize, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD};
 pub use preset::{preset, PRESETS};
@@ -610,6 +610,96 @@ mod tests {
             )
             .unwrap();
             assert_eq!(a, b);
+        }
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn any_preset() -> impl Strategy<Value = AugConfig> {
+            (0usize..3, 1u32..48, any::<bool>()).prop_map(|(p, size, bilinear)| {
+                let mut c = preset(PRESETS[p]).unwrap();
+                c.size = size;
+                if bilinear {
+                    c.interpolation = Interpolation::Bilinear;
+                }
+                c
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// Every seed on every source size decodes to parameters that fit, and renders.
+            #[test]
+            fn every_seed_every_size_renders(
+                cfg in any_preset(),
+                seed in any::<u32>(),
+                w in 1u32..70,
+                h in 1u32..70,
+                grey in any::<bool>(),
+            ) {
+                let ch = if grey { 1 } else { 3 };
+                let p = decode(&cfg, seed, w, h).unwrap();
+                prop_assert!(p.crop.width >= 1 && p.crop.height >= 1);
+                prop_assert!(p.crop.x + p.crop.width <= w && p.crop.y + p.crop.height <= h);
+                if let Some(e) = p.erase {
+                    prop_assert!(e.width >= 1 && e.x + e.width <= cfg.size && e.y + e.height <= cfg.size);
+                }
+                let mut src = std::vec![0u8; (w * h * ch) as usize];
+                test_pattern(w, h, ch, &mut src).unwrap();
+                let mut out = std::vec![0u8; (cfg.size * cfg.size * ch) as usize];
+                let mut scratch = std::vec![0u8; scratch_len(&cfg, w, h, ch).unwrap()];
+                apply(
+                    &cfg,
+                    &p,
+                    ImageRef::new(w, h, ch, &src).unwrap(),
+                    ImageMut::new(cfg.size, cfg.size, ch, &mut out).unwrap(),
+                    &mut scratch,
+                ).unwrap();
+            }
+
+            /// Large and extreme aspect sources decode to valid parameters.
+            #[test]
+            fn decode_large_sources(
+                cfg in any_preset(),
+                seed in any::<u32>(),
+                w in 1u32..=MAX_SIDE,
+                h in 1u32..=MAX_SIDE,
+            ) {
+                let p = decode(&cfg, seed, w, h).unwrap();
+                prop_assert!(p.crop.width >= 1 && p.crop.height >= 1);
+                prop_assert!(p.crop.x + p.crop.width <= w && p.crop.y + p.crop.height <= h);
+            }
+
+            /// Mix parameters are valid for every pair seed and size.
+            #[test]
+            fn mix_params_are_valid(seed in any::<u32>(), w in 1u32..300, h in 1u32..300) {
+                let cfg = preset("in1k-scratch").unwrap().mix.unwrap();
+                let m = mix_params(&cfg, seed, w, h).unwrap();
+                prop_assert!((0.0..=1.0).contains(&m.lam));
+                if let MixKind::Cutmix { x0, y0, x1, y1 } = m.kind {
+                    prop_assert!(x0 <= x1 && x1 <= w && y0 <= y1 && y1 <= h);
+                }
+            }
+
+            /// Eval views render for every source size.
+            #[test]
+            fn eval_every_size(w in 1u32..90, h in 1u32..90, size in 1u32..40, grey in any::<bool>()) {
+                let ch = if grey { 1 } else { 3 };
+                let mut src = std::vec![0u8; (w * h * ch) as usize];
+                test_pattern(w, h, ch, &mut src).unwrap();
+                let mut out = std::vec![0u8; (size * size * ch) as usize];
+                let mut scratch = std::vec![0u8; eval_scratch_len(w, h, size, 0.875, ch).unwrap()];
+                eval_transform(
+                    ImageRef::new(w, h, ch, &src).unwrap(),
+                    ImageMut::new(size, size, ch, &mut out).unwrap(),
+                    0.875,
+                    Interpolation::Bicubic,
+                    &mut scratch,
+                ).unwrap();
+            }
         }
     }
 }
