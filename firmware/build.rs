@@ -159,6 +159,18 @@ fn buffer_sizes(bytes: &[u8]) -> Result<(usize, usize), String> {
             }
             // The source is normalised in place from flash: no view, no scratch.
             vectors::Kind::Eval => {}
+            vectors::Kind::EvalView => {
+                view = view.max(len(cfg.size, cfg.size)?);
+                let s = aug::eval_scratch_len(
+                    r.width,
+                    r.height,
+                    cfg.size,
+                    vectors::EVAL_CROP_PCT,
+                    r.channels,
+                )
+                .map_err(|e| format!("record {i}: {e}"))?;
+                scratch = scratch.max(s);
+            }
         }
     }
     Ok((view, scratch))

@@ -240,6 +240,7 @@ fn replay_one(i: usize, v: &vectors::Vector<'_>, model: Option<&Model>, b: &mut 
         vectors::Kind::View => "view",
         vectors::Kind::Infer => "infer",
         vectors::Kind::Eval => "eval",
+        vectors::Kind::EvalView => "evalview",
     };
     let mut o = Outcome::default();
     let result = replay_into(v, model, b, &mut o);
@@ -346,6 +347,20 @@ fn replay_into(
         vectors::Kind::Eval => {
             o.image = Some(aug::fnv1a64(v.pixels));
             src
+        }
+        vectors::Kind::EvalView => {
+            let n = aug::image_len(cfg.size, cfg.size, v.channels).map_err(VectorFailure::Aug)?;
+            let view = b.view.get_mut(..n).ok_or(VectorFailure::Buffer)?;
+            let scratch = &mut *b.scratch;
+            let (r, instr) = counter::measure(|| {
+                let out = ImageMut::new(cfg.size, cfg.size, v.channels, view)?;
+                aug::eval_transform(src, out, vectors::EVAL_CROP_PCT, cfg.interpolation, scratch)
+            });
+            r.map_err(VectorFailure::Aug)?;
+            o.aug_instr = Some(instr);
+            let view = &b.view[..n];
+            o.image = Some(aug::fnv1a64(view));
+            ImageRef::new(cfg.size, cfg.size, v.channels, view).map_err(VectorFailure::Aug)?
         }
     };
     if v.kind == vectors::Kind::View {

@@ -13,7 +13,8 @@
 //! record  offset  field
 //!         0       u32 len             bytes of the whole record, a multiple of 4
 //!         4       u32 kind            1 = augmented view, 2 = view -> normalise -> inference,
-//!                                     3 = source (model-sized) -> normalise -> inference
+//!                                     3 = source (model-sized) -> normalise -> inference,
+//!                                     4 = source -> eval transform -> normalise -> inference
 //!         8       u32 seed            the sample's augmentation seed
 //!         12      u32 width           source image
 //!         16      u32 height
@@ -22,8 +23,9 @@
 //!         28      u32 class           expected class (kinds 2, 3), else u32::MAX
 //!         32      u64 image_hash      FNV-1a 64 of the u8 image fed on (the view; kind 3: source)
 //!         40      u64 logits_hash     FNV-1a 64 of the logits' f32 bits, NaNs canonical (2, 3)
-//!         48      cfg_len bytes       postcard `tinyvit_core::aug::AugConfig` (kind 3: only its
-//!                                     mean/std are used), zero-padded to 4
+//!         48      cfg_len bytes       postcard `tinyvit_core::aug::AugConfig`, zero-padded to 4
+//!                                     (kind 3 uses its mean/std; kind 4 its size, interpolation,
+//!                                     mean/std, with crop_pct = EVAL_CROP_PCT)
 //!         ..      w*h*c bytes         source pixels, HWC, zero-padded to 4
 //! ```
 //!
@@ -50,7 +52,13 @@ pub enum Kind {
     Infer,
     /// No augmentation: normalise the (model-sized) source image, run the model.
     Eval,
+    /// The evaluation transform (resize the shorter side to `size / EVAL_CROP_PCT`, centre
+    /// crop), then normalise and run the model: what a deployed classifier does to a frame.
+    EvalView,
 }
+
+/// The `crop_pct` of [`Kind::EvalView`] (timm's default eval crop).
+pub const EVAL_CROP_PCT: f32 = 0.875;
 
 /// One replay vector, borrowing from the embedded file.
 #[derive(Clone, Copy, Debug)]
@@ -220,6 +228,7 @@ fn record(b: &[u8], index: u32) -> Result<(Vector<'_>, usize), VectorError> {
         1 => Kind::View,
         2 => Kind::Infer,
         3 => Kind::Eval,
+        4 => Kind::EvalView,
         _ => return Err(bad("kind")),
     };
     let seed = u32_at(rec, 8).ok_or(short("seed"))?;

@@ -9,11 +9,20 @@
 //!   (`params::synthetic_state_dict`, BN folded), and `P.vec`: grey sources and seeds ->
 //!   `aug::replay` (`light`, output at the model's input size) -> `aug::normalize` -> the core
 //!   `exact` engine -> logits hash and class; plus `eval` vectors (no augmentation).
+//!   `evalview` vectors (the evaluation transform of a 28x28 source) and `eval` vectors
+//!   (model-sized sources, no transform).
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
+//!
+//! With `--eval MODEL.tvb --data idx:IMAGES[,LABELS] --count N [--aug-preset NAME]` it writes
+//! instead `eval.vec`: the first `N` images of an IDX file (gzipped or not) as `evalview`
+//! vectors for that model (normalised with the preset's mean/std, `light` by default), with the
+//! host's logits hash and class, and `eval.txt`: `index label class` per image (label `-` when
+//! there are no labels). `cargo xtask train` uses it to run its student on the device.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
 use tinyvit_core::config::ModelConfig;
@@ -24,22 +33,41 @@ use tinyvit_tests::replay::{self, Kind, Record};
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
 
+const USAGE: &str = "usage: make_replay --out DIR
+       make_replay --eval MODEL.tvb --data idx:IMAGES[,LABELS] --count N [--aug-preset NAME] --out DIR";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = match args.as_slice() {
-        [flag, dir] if flag == "--out" => PathBuf::from(dir),
-        _ => {
-            eprintln!("usage: make_replay --out DIR");
+    let mut opts = std::collections::HashMap::new();
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let Some(v) = it.next() else {
+            eprintln!("{k} needs a value\n{USAGE}");
             std::process::exit(2);
-        }
+        };
+        opts.insert(k.as_str(), v.clone());
+    }
+    let Some(out) = opts.get("--out").map(PathBuf::from) else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
     };
-    if let Err(e) = run(&out) {
+    let result = match opts.get("--eval") {
+        None => run(&out),
+        Some(model) => eval_set(
+            Path::new(model),
+            opts.get("--data").map_or("", |s| s.as_str()),
+            opts.get("--count").map_or("", |s| s.as_str()),
+            opts.get("--aug-preset").map_or("light", |s| s.as_str()),
+            &out,
+        ),
+    };
+    if let Err(e) = result {
         eprintln!("make_replay: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(out: &std::path::Path) -> Result<(), String> {
+fn run(out: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
         let p = out.join(name);
@@ -127,6 +155,30 @@ fn view(cfg: &AugConfig, seed: u32, src: &ImageRef<'_>) -> Result<Vec<u8>, Strin
     Ok(out)
 }
 
+/// The evaluation view of `src` at `cfg.size` ([`replay::EVAL_CROP_PCT`], `cfg.interpolation`).
+fn eval_view(cfg: &AugConfig, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
+    let e = |e: aug::AugError| e.to_string();
+    let mut out = vec![0u8; aug::image_len(cfg.size, cfg.size, src.channels).map_err(e)?];
+    let need = aug::eval_scratch_len(
+        src.width,
+        src.height,
+        cfg.size,
+        replay::EVAL_CROP_PCT,
+        src.channels,
+    )
+    .map_err(e)?;
+    let mut scratch = vec![0u8; need];
+    aug::eval_transform(
+        *src,
+        ImageMut::new(cfg.size, cfg.size, src.channels, &mut out).map_err(e)?,
+        replay::EVAL_CROP_PCT,
+        cfg.interpolation,
+        &mut scratch,
+    )
+    .map_err(e)?;
+    Ok(out)
+}
+
 /// Augmentation-only vectors: two presets, grey and RGB sources of odd sizes, several seeds.
 fn view_vectors() -> Result<Vec<Record>, String> {
     let mut light = aug::preset("light").map_err(|e| e.to_string())?;
@@ -198,6 +250,25 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
         }
     }
     for k in 0..2u64 {
+        let pixels = synthetic_image(28, 28, c, 4000 + k);
+        let src = ImageRef::new(28, 28, c, &pixels).map_err(|e| e.to_string())?;
+        let v = eval_view(&acfg, &src)?;
+        let img = ImageRef::new(acfg.size, acfg.size, c, &v).map_err(|e| e.to_string())?;
+        let (class, logits_hash) = infer(&img)?;
+        records.push(Record {
+            kind: Kind::EvalView,
+            seed: 0,
+            width: 28,
+            height: 28,
+            channels: c,
+            cfg: acfg,
+            pixels: pixels.clone(),
+            class,
+            image_hash: aug::fnv1a64(&v),
+            logits_hash,
+        });
+    }
+    for k in 0..2u64 {
         let s = cfg.img_size;
         let pixels = synthetic_image(s, s, c, 3000 + k);
         let img = ImageRef::new(s, s, c, &pixels).map_err(|e| e.to_string())?;
@@ -216,4 +287,113 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
         });
     }
     Ok(records)
+}
+
+/// Reads a file, gunzipping it when it starts with the gzip magic.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("{}: gunzip: {e}", path.display()))?;
+        return Ok(out);
+    }
+    Ok(raw)
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// `--eval`: the first `count` images of an IDX data SPEC as evaluation-view vectors for the model.
+fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> Result<(), String> {
+    let count: usize = count
+        .parse()
+        .map_err(|_| format!("--count: `{count}` is not a number\n{USAGE}"))?;
+    let spec = data.strip_prefix("idx:").ok_or(format!(
+        "--data: `{data}` is not idx:IMAGES[,LABELS]\n{USAGE}"
+    ))?;
+    let (images_path, labels_path) = match spec.split_once(',') {
+        Some((i, l)) => (Path::new(i), Some(Path::new(l))),
+        None => (Path::new(spec), None),
+    };
+    let images = read_maybe_gz(images_path)?;
+    let bad = |what: &str| format!("{}: {what}", images_path.display());
+    if images.len() < 16 || be32(&images, 0) != 0x0803 {
+        return Err(bad("not an IDX u8 image file (magic 0x00000803)"));
+    }
+    let (n, h, w) = (
+        be32(&images, 4) as usize,
+        be32(&images, 8),
+        be32(&images, 12),
+    );
+    let plane = h as usize * w as usize;
+    if images.len() != 16 + n * plane {
+        return Err(bad("length does not match its header"));
+    }
+    let labels = match labels_path {
+        Some(p) => {
+            let l = read_maybe_gz(p)?;
+            if l.len() != 8 + n || be32(&l, 0) != 0x0801 {
+                return Err(format!(
+                    "{}: not an IDX label file for {n} images",
+                    p.display()
+                ));
+            }
+            Some(l[8..].to_vec())
+        }
+        None => None,
+    };
+    let bytes = std::fs::read(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let tvb = tinyvit_core::tvb::parse(&bytes).map_err(|e| format!("{}: {e}", model.display()))?;
+    let cfg = *tvb.config();
+    if cfg.in_chans != 1 {
+        return Err(format!(
+            "{}: the model takes {} channels, IDX images are grey",
+            model.display(),
+            cfg.in_chans
+        ));
+    }
+    let blob = tvb.to_blob();
+    let weights = Weights::new(&cfg, &blob).map_err(|e| e.to_string())?;
+    let mut acfg = aug::preset(preset).map_err(|e| format!("--aug-preset {preset}: {e}"))?;
+    acfg.size = cfg.img_size;
+    let mut arena = vec![0.0f32; engine::arena_len(&cfg).map_err(|e| e.to_string())?];
+    let mut input = vec![0.0f32; engine::input_len(&cfg).map_err(|e| e.to_string())?];
+    let mut logits = vec![0.0f32; cfg.num_classes as usize];
+    let mut records = Vec::new();
+    let mut table = String::new();
+    for i in 0..count.min(n) {
+        let pixels = images[16 + i * plane..16 + (i + 1) * plane].to_vec();
+        let src = ImageRef::new(w, h, 1, &pixels).map_err(|e| e.to_string())?;
+        let v = eval_view(&acfg, &src)?;
+        let img = ImageRef::new(acfg.size, acfg.size, 1, &v).map_err(|e| e.to_string())?;
+        aug::normalize(img, acfg.mean, acfg.std, &mut input).map_err(|e| e.to_string())?;
+        engine::forward(&weights, &input, &mut arena, &mut logits).map_err(|e| e.to_string())?;
+        let class = replay::argmax(&logits);
+        let label = labels
+            .as_ref()
+            .map_or("-".to_string(), |l| l[i].to_string());
+        writeln!(table, "{i} {label} {class}").unwrap();
+        records.push(Record {
+            kind: Kind::EvalView,
+            seed: 0,
+            width: w,
+            height: h,
+            channels: 1,
+            cfg: acfg,
+            pixels,
+            class,
+            image_hash: aug::fnv1a64(&v),
+            logits_hash: replay::logits_hash(&logits),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write("eval.vec", &replay::write(&records))?;
+    write("eval.txt", table.as_bytes())
 }

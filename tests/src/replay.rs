@@ -25,7 +25,13 @@ pub enum Kind {
     /// No augmentation: the source image (already the model's size) is normalised and
     /// classified; compare the logits hash and the class (the image hash is the source's).
     Eval = 3,
+    /// The evaluation transform ([`EVAL_CROP_PCT`], the config's size and interpolation), then
+    /// normalisation and inference; compare the view hash, the logits hash and the class.
+    EvalView = 4,
 }
+
+/// `crop_pct` of [`Kind::EvalView`] (timm's default; the firmware uses the same constant).
+pub const EVAL_CROP_PCT: f32 = 0.875;
 
 /// One vector to write.
 #[derive(Clone, Debug)]

@@ -93,6 +93,7 @@ pub struct RunOutput {
 const USAGE: &str = "\
 usage: cargo xtask firmware build|run|size [--board qemu-m4|qemu-m7|nucleo-h743] [--model FILE.tvb]
                                       [--vectors FILE.vec]
+       cargo xtask firmware eval --model FILE.tvb --data idx:IMAGES[,LABELS] [--count N]
        cargo xtask flash --board nucleo-h743 [--model FILE.tvb] [--vectors FILE.vec]";
 
 struct Args {
@@ -138,6 +139,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let (cmd, rest) = args
         .split_first()
         .with_context(|| format!("firmware needs a command\n{USAGE}"))?;
+    if cmd == "eval" {
+        return eval_command(rest);
+    }
     let a = parse_args(rest, Board::QemuM4)?;
     match cmd.as_str() {
         "build" => {
@@ -163,6 +167,43 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         other => bail!("unknown firmware command `{other}`\n{USAGE}"),
     }
+}
+
+/// `cargo xtask firmware eval`: a model on the first images of an IDX file, on both QEMU boards.
+fn eval_command(args: &[String]) -> Result<()> {
+    let (mut model, mut data, mut count) = (None, None, 32u32);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v = it
+            .next()
+            .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
+        match a.as_str() {
+            "--model" => model = Some(absolute(v)?),
+            "--data" => data = Some(v.clone()),
+            "--count" => count = v.parse().with_context(|| format!("--count {v}"))?,
+            other => bail!("unknown argument `{other}`\n{USAGE}"),
+        }
+    }
+    let model = model.with_context(|| format!("eval needs --model\n{USAGE}"))?;
+    let data = data.with_context(|| format!("eval needs --data\n{USAGE}"))?;
+    let dir = dir().join("target").join("eval");
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = run_eval(Path::new("tinyvit"), &model, &data, count, &dir)?;
+    println!(
+        "{}: {} of {} images agree with the host bit for bit; {} instructions per inference \
+         (M4F); model {} bytes, arena {} bytes; outputs in {}",
+        r.board,
+        r.agree,
+        r.images,
+        r.instructions_per_image,
+        r.model_bytes,
+        r.arena_bytes,
+        dir.display()
+    );
+    if r.agree != r.images {
+        bail!("{} images disagree", r.images - r.agree);
+    }
+    Ok(())
 }
 
 /// `cargo xtask flash --board nucleo-h743`: builds for the real board and runs it with probe-rs.
@@ -420,4 +461,137 @@ pub fn elf_size(path: &Path) -> Result<Size> {
         }
     }
     Ok(size)
+}
+
+/// What the firmware made of a model on real test images (`cargo xtask train`'s device stage).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceRun {
+    /// The emulated boards it ran on.
+    pub board: String,
+    /// Test images replayed.
+    pub images: u64,
+    /// Images whose evaluation view, logits hash and class equal the host's on every board.
+    pub agree: u64,
+    /// Mean instructions of one inference (engine only) on the Cortex-M4F.
+    pub instructions_per_image: u64,
+    /// Bytes of the `.tvb` in flash.
+    pub model_bytes: u64,
+    /// Bytes of the exact engine's static arena.
+    pub arena_bytes: u64,
+}
+
+impl DeviceRun {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "board": self.board,
+            "images": self.images,
+            "agree": self.agree,
+            "instructions_per_image": self.instructions_per_image,
+            "model_bytes": self.model_bytes,
+            "arena_bytes": self.arena_bytes,
+        })
+    }
+
+    #[allow(
+        dead_code,
+        reason = "read back by the cached device stage of `cargo xtask train`"
+    )]
+    pub fn from_json(v: &serde_json::Value) -> Result<DeviceRun> {
+        let num = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .with_context(|| format!("device record: `{k}` is missing or not a number"))
+        };
+        Ok(DeviceRun {
+            board: v
+                .get("board")
+                .and_then(serde_json::Value::as_str)
+                .context("device record: `board` is missing")?
+                .to_string(),
+            images: num("images")?,
+            agree: num("agree")?,
+            instructions_per_image: num("instructions_per_image")?,
+            model_bytes: num("model_bytes")?,
+            arena_bytes: num("arena_bytes")?,
+        })
+    }
+}
+
+/// Runs the model `tvb` on the first `n` images of the IDX data SPEC `split` on both emulated
+/// boards and compares every result with the host's.
+///
+/// The host side is `tests/examples/make_replay.rs --eval`: each image's evaluation view
+/// (resize to `size / 0.875`, centre crop, bicubic; `light` mean/std) through the core `exact`
+/// engine, the engine `tinyvit infer --engine exact` runs, so `_tinyvit` (the host binary) is
+/// not invoked. The device repeats the view, the normalisation and the inference from the raw
+/// image. Outputs land in `dir`: `eval.vec`, `eval.txt` (index, label, host class),
+/// `device-<board>.txt` (the firmware's output) and `device.json` ([`DeviceRun::to_json`]).
+pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) -> Result<DeviceRun> {
+    let tvb = std::fs::canonicalize(tvb).with_context(|| format!("{}", tvb.display()))?;
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let mut cmd = util::cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "tinyvit-tests",
+        "--example",
+        "make_replay",
+        "--",
+        "--eval",
+    ])
+    .arg(&tvb)
+    .args(["--data", split, "--count", &n.to_string(), "--out"])
+    .arg(&dir);
+    crate::setup::torch_env(&mut cmd)?;
+    util::run(&mut cmd)?;
+    let payload = Payload {
+        model: Some(tvb.clone()),
+        vectors: Some(dir.join("eval.vec")),
+    };
+    let elf = build(Board::QemuM4, &payload)?;
+    let mut agree_all: Option<Vec<bool>> = None;
+    let (mut instr, mut arena) = (Vec::new(), 0u64);
+    for board in Board::QEMU {
+        let out = run_qemu(board, &elf)?;
+        std::fs::write(
+            dir.join(format!("device-{}.txt", board.name())),
+            &out.stdout,
+        )?;
+        if out.stdout.lines().any(|l| l.starts_with("error: ")) {
+            bail!("the firmware failed on {}:\n{}", board.name(), out.stdout);
+        }
+        let mut agree = Vec::new();
+        for line in out.stdout.lines() {
+            if let Some(a) = line.split(' ').find_map(|w| w.strip_prefix("arena=")) {
+                arena = a.parse().unwrap_or(0);
+            }
+            if line.starts_with("evalview ") {
+                agree.push(line.ends_with(" ok"));
+                if board == Board::QemuM4 {
+                    if let Some(i) = line.split(' ').find_map(|w| w.strip_prefix("instr=")) {
+                        instr.push(i.parse::<u64>().unwrap_or(0));
+                    }
+                }
+            }
+        }
+        agree_all = Some(match agree_all {
+            None => agree,
+            Some(prev) => prev.iter().zip(&agree).map(|(a, b)| *a && *b).collect(),
+        });
+    }
+    let agree = agree_all.unwrap_or_default();
+    let run = DeviceRun {
+        board: "mps2-an386 (Cortex-M4F) and mps2-an500 (Cortex-M7)".to_string(),
+        images: agree.len() as u64,
+        agree: agree.iter().filter(|a| **a).count() as u64,
+        instructions_per_image: instr.iter().sum::<u64>() / instr.len().max(1) as u64,
+        model_bytes: std::fs::metadata(&tvb)?.len(),
+        arena_bytes: arena,
+    };
+    let json = serde_json::to_string_pretty(&run.to_json())?;
+    std::fs::write(dir.join("device.json"), json)?;
+    Ok(run)
 }
