@@ -1,0 +1,225 @@
+//! The teacher pass end to end through the `tinyvit` binary, with the TorchScript fixture
+//! teacher (`tests/fixtures/teacher/tiny_cnn.pt`, made by the committed script next to it):
+//! sharded == unsharded, kill -9 + --resume == uninterrupted, bad images, mismatches, verify.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tinyvit_core::store::{FOOTER_LEN, HEADER_LEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
+
+fn teacher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/teacher/tiny_cnn.pt")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyvit-teacher-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A synthetic IDX image file of `n` 28x28 images (smooth patterns that differ per image).
+fn idx_dataset(dir: &Path, n: u32) -> String {
+    let mut b = vec![0, 0, 8, 3];
+    for v in [n, 28, 28] {
+        b.extend(v.to_be_bytes());
+    }
+    for i in 0..n {
+        for y in 0..28u32 {
+            for x in 0..28u32 {
+                b.push(((x * (i % 7 + 1) + y * (i % 5 + 2) + i * 3) % 256) as u8);
+            }
+        }
+    }
+    let path = dir.join("images.idx");
+    std::fs::write(&path, b).unwrap();
+    format!("idx:{}", path.display())
+}
+
+fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["save-logits", "--teacher"])
+        .arg(teacher())
+        .args(["--data", data, "--epochs", "2", "--out"])
+        .arg(out)
+        .args([
+            "--preset",
+            "light",
+            "--input-size",
+            "28",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "16",
+            "--block-records",
+            "32",
+            "--seed",
+            "5",
+            "--quiet",
+        ])
+        .args(extra);
+    if !extra.contains(&"--topk") {
+        c.args(["--topk", "3"]);
+    }
+    c
+}
+
+fn ok(mut c: Command) -> Output {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed:\n{}{}",
+        c,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn fails(mut c: Command) -> String {
+    let o = c.output().unwrap();
+    assert!(!o.status.success(), "{c:?} succeeded but should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
+}
+
+fn logits(args: &[&str], dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("logits").arg(args[0]).arg(dir).args(&args[1..]);
+    c
+}
+
+fn part(dir: &Path, e: u32, p: u32, n: u32) -> PathBuf {
+    dir.join(format!("epoch-{e:04}")).join(format!("part-{p:04}-of-{n:04}.tvl"))
+}
+
+#[test]
+fn sharded_equals_unsharded_and_verifies() {
+    let d = tmpdir("shard");
+    let data = idx_dataset(&d, 150);
+    let (whole, sharded) = (d.join("whole"), d.join("sharded"));
+    ok(save_logits(&data, &whole, &[]));
+    for s in ["2/3", "0/3", "1/3"] {
+        ok(save_logits(&data, &sharded, &["--shard", s]));
+    }
+    for e in 0..2 {
+        let w = std::fs::read(part(&whole, e, 0, 1)).unwrap();
+        let mut joined = Vec::new();
+        for p in 0..3 {
+            let f = std::fs::read(part(&sharded, e, p, 3)).unwrap();
+            joined.extend_from_slice(&f[HEADER_LEN..f.len() - FOOTER_LEN]);
+        }
+        assert!(joined == w[HEADER_LEN..w.len() - FOOTER_LEN], "epoch {e} differs");
+    }
+    for dir in [&whole, &sharded] {
+        let out = String::from_utf8(ok(logits(&["verify"], dir)).stdout).unwrap();
+        assert!(out.starts_with("OK: 2 epochs x 150 samples"), "{out}");
+    }
+    let stats = String::from_utf8(ok(logits(&["stats"], &whole)).stdout).unwrap();
+    assert!(stats.contains("top-3 of 10 classes") && stats.contains("16 bytes/sample"), "{stats}");
+    let mut show = logits(&["show", "--epoch", "1", "--index", "77", "--data", &data, "--image-out"], &whole);
+    show.arg(d.join("view.png"));
+    let show = String::from_utf8(ok(show).stdout).unwrap();
+    assert!(show.contains("top-3") && show.contains("images.idx[77]"), "{show}");
+    let png = image::open(d.join("view.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (28, 28));
+
+    // One flipped byte: verify fails and names the file, epoch and samples.
+    let path = part(&sharded, 1, 1, 3);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[HEADER_LEN + 40] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let msg = fails(logits(&["verify"], &sharded));
+    assert!(
+        msg.contains("epoch-0001/part-0001-of-0003.tvl") && msg.contains("epoch 1, samples 64..96"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn kill_then_resume_equals_uninterrupted() {
+    let d = tmpdir("kill");
+    let data = idx_dataset(&d, 1200);
+    let (clean, killed) = (d.join("clean"), d.join("killed"));
+    ok(save_logits(&data, &clean, &[]));
+
+    let mut child = save_logits(&data, &killed, &["--workers", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = part(&killed, 0, 0, 1).with_extension("tvl.tmp");
+    let block = 32 * (4 + 3 * 4) + 4;
+    let t0 = Instant::now();
+    loop {
+        let len = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+        if len >= (HEADER_LEN + 2 * block) as u64 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SIGKILL: no destructor, no footer, possibly half a block on disk.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!part(&killed, 0, 0, 1).exists(), "killed run must not leave a closed part");
+    assert!(tmp.exists());
+
+    // Without --resume nothing is overwritten; a reader does not see the epoch.
+    let msg = fails(save_logits(&data, &killed, &[]));
+    assert!(msg.contains("--resume"), "{msg}");
+    let msg = fails(logits(&["verify"], &killed));
+    assert!(msg.contains("incomplete"), "{msg}");
+    // Resuming with another K or other data is refused, naming what differs.
+    let msg = fails(save_logits(&data, &killed, &["--resume", "--topk", "4"]));
+    assert!(msg.contains("topk: store has 3, now 4"), "{msg}");
+    let other = tmpdir("kill-other");
+    let msg = fails(save_logits(&idx_dataset(&other, 1201), &killed, &["--resume"]));
+    assert!(msg.contains("dataset.len: store has 1200, now 1201"), "{msg}");
+
+    let out = String::from_utf8(ok(save_logits(&data, &killed, &["--resume"])).stdout).unwrap();
+    assert!(out.contains("reused from disk"), "{out}");
+    for e in 0..2 {
+        assert!(
+            std::fs::read(part(&killed, e, 0, 1)).unwrap() == std::fs::read(part(&clean, e, 0, 1)).unwrap(),
+            "epoch {e}: resumed store differs from the uninterrupted one"
+        );
+    }
+    ok(logits(&["verify"], &killed));
+    // Resuming a finished store computes nothing and changes nothing.
+    let out = String::from_utf8(ok(save_logits(&data, &killed, &["--resume"])).stdout).unwrap();
+    assert!(out.contains("0 computed"), "{out}");
+}
+
+#[test]
+fn bad_images_error_or_missing_records() {
+    let d = tmpdir("bad");
+    let root = d.join("imgs");
+    for (c, n) in [("a", 5u8), ("b", 4)] {
+        std::fs::create_dir_all(root.join(c)).unwrap();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(20 + u32::from(i), 24, |x, y| {
+                image::Rgb([(x * 9) as u8, (y * 7) as u8, i * 40])
+            });
+            img.save(root.join(c).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(root.join("a").join("2.png"), b"\x89PNG broken").unwrap();
+    let data = format!("folder:{}", root.display());
+    let msg = fails(save_logits(&data, &d.join("s1"), &["--channels", "1"]));
+    assert!(msg.contains("a/2.png") && msg.contains("--on-bad-image skip"), "{msg}");
+
+    let store = d.join("s2");
+    let out = String::from_utf8(
+        ok(save_logits(&data, &store, &["--channels", "1", "--on-bad-image", "skip"])).stdout,
+    )
+    .unwrap();
+    assert!(out.contains("2 missing"), "{out}");
+    ok(logits(&["verify"], &store));
+    let show = String::from_utf8(ok(logits(&["show", "--epoch", "0", "--index", "2"], &store)).stdout).unwrap();
+    assert!(show.contains("missing"), "{show}");
+    let show = String::from_utf8(ok(logits(&["show", "--epoch", "0", "--index", "3"], &store)).stdout).unwrap();
+    assert!(show.contains("top-1") && !show.contains("missing"), "{show}");
+}
