@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod logits_cmd;
 pub mod model;
 pub mod save_logits;

@@ -21,6 +21,10 @@ enum Command {
     /// Inspect a logit store: verify, stats, show.
     #[command(subcommand)]
     Logits(tinyvit_host::logits_cmd::Args),
+    /// Train a TinyViT student: from a logit store, on labels, or from an online teacher.
+    Train(Box<tinyvit_host::train::TrainArgs>),
+    /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
+    Export(tinyvit_host::export::ExportArgs),
 }
 
 fn version() -> &'static str {
@@ -45,5 +49,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
+        Command::Train(args) => tinyvit_host::train::main(*args),
+        Command::Export(args) => tinyvit_host::export::main(args),
     }
 }

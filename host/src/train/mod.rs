@@ -37,6 +37,8 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod recipe;
+pub mod sources;
+pub mod store_seeds;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -408,16 +410,30 @@ fn plan_data(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Dat
 }
 
 /// The real-data sources of a run. Implemented in [`sources`].
-fn data_sources(_args: &TrainArgs, _cfg: &ModelConfig, _recipe: &Recipe) -> Result<DataPlan> {
-    bail!("WIP")
+fn data_sources(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
+    sources::plan(args, cfg, recipe)
+}
+
+/// `tinyvit train`: runs and prints the summary as one JSON line on stdout.
+pub fn main(args: TrainArgs) -> Result<()> {
+    let s = run(&args)?;
+    println!("{}", serde_json::to_string(&s)?);
+    Ok(())
 }
 
 /// Runs `tinyvit train`; returns the summary (also written to `RUN_DIR/summary.json`).
 pub fn run(args: &TrainArgs) -> Result<Summary> {
-    if let Some(t) = args.threads {
-        tch::set_num_threads(t);
-    }
     let device = crate::device::resolve(args.device)?;
+    match args.threads {
+        Some(t) => tch::set_num_threads(t),
+        // On the CPU the data workers need cores too, and libtorch's spinning OpenMP threads
+        // slow small ops by 10x or more on an oversubscribed machine: half the cores.
+        None if device == Device::Cpu => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads((cores / 2).max(1) as i32);
+        }
+        None => {}
+    }
     let target = match (&args.logits, args.labels, &args.teacher) {
         (Some(d), false, None) => TargetKind::Logits { store: d.clone() },
         (None, true, None) => TargetKind::Labels,
@@ -507,8 +523,17 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         );
         let saved = out.join("config.toml");
         let prev_recipe = Recipe::preset(&recipe.name)?.merge_toml(&saved)?;
+        // Knobs that do not change the result may differ between the segments of a run.
+        let same = |r: &Recipe| Recipe {
+            workers: 0,
+            prefetch: 0,
+            log_every: 0,
+            ckpt_every: 0,
+            eval_batch_size: 0,
+            ..r.clone()
+        };
         ensure!(
-            prev_recipe == recipe,
+            same(&prev_recipe) == same(&recipe),
             "--resume: the recipe differs from {} (pass the same flags or --config {})",
             saved.display(),
             saved.display()

@@ -101,7 +101,7 @@ impl Recipe {
             layer_decay: 1.0,
             freeze_bn: false,
             amp: true,
-            aug: "in1k".to_string(),
+            aug: "in1k-scratch".to_string(),
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
@@ -125,7 +125,7 @@ impl Recipe {
                 weight_decay: 0.01,
                 mixup: 0.0,
                 cutmix: 0.0,
-                aug: "in22k".to_string(),
+                aug: "in22k-distill".to_string(),
                 ..base
             },
             // 22k -> 1k fine-tune: 30 (5) epochs, 5e-4 at 1024, wd 1e-8, layer decay 0.8, BN
@@ -160,14 +160,14 @@ impl Recipe {
                 epochs: 10,
                 warmup_epochs: 1.0,
                 batch_size: 64,
-                lr: 2e-3,
-                warmup_lr: 2e-5,
-                min_lr: 2e-5,
+                lr: 8e-3,
+                warmup_lr: 8e-5,
+                min_lr: 8e-5,
                 weight_decay: 0.05,
                 drop_path: Some(0.0),
                 mixup: 0.0,
                 cutmix: 0.0,
-                aug: "small".to_string(),
+                aug: "light".to_string(),
                 amp: false,
                 log_every: 5,
                 eval_batch_size: 256,
