@@ -3,6 +3,8 @@
 
 pub mod data;
 pub mod device;
+pub mod import;
+pub mod infer;
 pub mod export;
 pub mod logits_cmd;
 pub mod model;

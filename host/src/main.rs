@@ -16,6 +16,12 @@ struct Cli {
 enum Command {
     /// Print the compute devices this binary can use.
     Devices,
+    /// Logits of a TinyViT for images or a normalised .npy batch (core engines or libtorch).
+    Infer(tinyvit_host::infer::InferArgs),
+    /// Convert a checkpoint (.safetensors, .pth) into a deployable .tvb (BatchNorm folded).
+    Convert(tinyvit_host::infer::ConvertArgs),
+    /// Print parameters, weight bytes and exact-engine arena bytes of every preset.
+    Presets,
     /// Run a teacher over E augmented epochs and store its top-K probabilities + replay seeds.
     SaveLogits(tinyvit_host::save_logits::Args),
     /// Inspect a logit store: verify, stats, show.
@@ -47,6 +53,9 @@ fn main() -> anyhow::Result<()> {
             println!("{}", device::describe());
             Ok(())
         }
+        Command::Infer(args) => tinyvit_host::infer::run(&args),
+        Command::Convert(args) => tinyvit_host::infer::convert(&args),
+        Command::Presets => tinyvit_host::infer::presets(),
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),

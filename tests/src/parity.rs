@@ -19,7 +19,9 @@ pub struct Case {
 }
 
 /// Every case: two official configs, one whose windows need padding at every attention stage
-/// (160 px: maps 20/10/5 against windows 7/14/7), and the two microcontroller presets.
+/// (160 px: maps 20/10/5 against windows 7/14/7), the two microcontroller presets, and a tiny
+/// network whose checkpoint is also committed as `.pth` and timm-named `.safetensors` for the
+/// import tests (see [`tiny_config`]).
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -49,7 +51,23 @@ pub fn cases() -> Vec<Case> {
             cfg: ModelConfig::tiny_vit_mcu_m4(),
             seed: 5,
         },
+        Case {
+            name: "tiny_16",
+            cfg: tiny_config(),
+            seed: 6,
+        },
     ]
+}
+
+/// A tiny TinyViT (16 px grey, widths 8/8/16/16, one block a stage, 10 classes, 21 KB of
+/// weights): stage 1 attends over its whole 2x2 map, stage 2 pads its 1x1 map to a 2x2 window.
+pub fn tiny_config() -> ModelConfig {
+    let mut c = ModelConfig::tiny_vit_mcu_m4().with_img_size(16);
+    c.embed_dims = [8, 8, 16, 16];
+    c.num_heads = [1, 1, 2, 2];
+    c.depths = [1, 1, 1, 1];
+    c.window_sizes = [2, 2, 2, 1];
+    c
 }
 
 impl Case {
