@@ -197,7 +197,10 @@ impl fmt::Display for StoreError {
                 "class index {index} at top-{k} position is not below the class count {classes}"
             ),
             StoreError::ProbabilityOutOfRange { k } => {
-                write!(f, "probability at top-K position {k} is not finite or not in [0, 1]")
+                write!(
+                    f,
+                    "probability at top-K position {k} is not finite or not in [0, 1]"
+                )
             }
             StoreError::MixedMissing => {
                 write!(f, "record is partly marked missing (corrupt record)")
@@ -212,7 +215,10 @@ impl fmt::Display for StoreError {
                 first_sample + records
             ),
             StoreError::SampleOutOfRange { sample, first, end } => {
-                write!(f, "sample {sample} is not in this shard's range {first}..{end}")
+                write!(
+                    f,
+                    "sample {sample} is not in this shard's range {first}..{end}"
+                )
             }
             StoreError::FooterMismatch { field } => {
                 write!(f, "footer field `{field}` disagrees with the shard")
@@ -399,7 +405,7 @@ impl RecordLayout {
         }
         for (j, &p) in probs.iter().enumerate() {
             // NaN fails both comparisons.
-            if !(p >= 0.0 && p <= 1.001) {
+            if !(0.0..=1.001).contains(&p) {
                 return Err(StoreError::ProbabilityOutOfRange { k: j });
             }
         }
@@ -699,8 +705,9 @@ impl ShardHeader {
             sample_count: range.end - range.start,
             store_key,
         };
-        h.checked_file_len()
-            .ok_or(StoreError::Invalid { field: "sample_count" })?;
+        h.checked_file_len().ok_or(StoreError::Invalid {
+            field: "sample_count",
+        })?;
         Ok(h)
     }
 
@@ -884,7 +891,12 @@ impl ShardHeader {
         }
         let (start, end) = (start as usize, end as usize);
         let stored = u32_at(file, end);
-        let actual = block_checksum(self.store_key, self.epoch, span.first_sample, &file[start..end]);
+        let actual = block_checksum(
+            self.store_key,
+            self.epoch,
+            span.first_sample,
+            &file[start..end],
+        );
         if stored != actual {
             return Err(StoreError::BlockChecksum {
                 block: span.block,
@@ -1023,7 +1035,10 @@ impl<'a> ShardView<'a> {
 
     /// Checks block `block`'s checksum.
     pub fn check_block(&self, block: u64) -> Result<(), StoreError> {
-        let span = self.header.block(block).ok_or(StoreError::Invalid { field: "block" })?;
+        let span = self
+            .header
+            .block(block)
+            .ok_or(StoreError::Invalid { field: "block" })?;
         self.header.check_block(self.bytes, &span).map(|_| ())
     }
 
@@ -1044,7 +1059,10 @@ impl<'a> ShardView<'a> {
         let mut acc = FooterCrc::new();
         let mut missing = 0u64;
         for b in 0..self.header.block_count() {
-            let span = self.header.block(b).ok_or(StoreError::Invalid { field: "block" })?;
+            let span = self
+                .header
+                .block(b)
+                .ok_or(StoreError::Invalid { field: "block" })?;
             acc.push(self.header.check_block(self.bytes, &span)?);
             for s in span.first_sample..span.first_sample + span.records {
                 if self.record(s)?.is_missing() {
@@ -1112,7 +1130,8 @@ mod tests {
     fn wide_indices_round_trip() {
         let l = RecordLayout::new(2, 100_000, ValueEncoding::Sqrt8).unwrap();
         let mut out = [0u8; 14];
-        l.encode(9, &[99_999, 65_535], &[0.9, 0.01], &mut out).unwrap();
+        l.encode(9, &[99_999, 65_535], &[0.9, 0.01], &mut out)
+            .unwrap();
         let v = l.view(&out).unwrap();
         assert_eq!((v.index(0), v.index(1)), (99_999, 65_535));
         assert!((v.prob(0) - 0.9).abs() < 0.004);
@@ -1177,7 +1196,10 @@ mod tests {
         let mut p = 1e-6f32;
         while p < 1.0 {
             let d = SQRT8_TABLE[usize::from(sqrt8_encode(p))];
-            assert!((d - p).abs() <= libm::sqrtf(p) / 255.0 + 4e-6, "p={p} d={d}");
+            assert!(
+                (d - p).abs() <= libm::sqrtf(p) / 255.0 + 4e-6,
+                "p={p} d={d}"
+            );
             p *= 1.1;
         }
     }
@@ -1224,8 +1246,13 @@ mod tests {
                     missing += 1;
                 } else {
                     let i = s as u32 % 10;
-                    l.encode(s as u32 * 3, &[i, (i + 1) % 10, (i + 2) % 10], &[0.5, 0.3, 0.1], &mut rec)
-                        .unwrap();
+                    l.encode(
+                        s as u32 * 3,
+                        &[i, (i + 1) % 10, (i + 2) % 10],
+                        &[0.5, 0.3, 0.1],
+                        &mut rec,
+                    )
+                    .unwrap();
                 }
                 file.extend_from_slice(&rec);
             }
@@ -1286,7 +1313,10 @@ mod tests {
         }
         // A flip inside block 1 names block 1 and its samples.
         let mut bad = file.clone();
-        let o = ShardHeader::decode(&file).unwrap().record_offset(5).unwrap() as usize;
+        let o = ShardHeader::decode(&file)
+            .unwrap()
+            .record_offset(5)
+            .unwrap() as usize;
         bad[o] ^= 1;
         assert_eq!(
             ShardView::open(&bad).unwrap().verify().unwrap_err(),

@@ -109,11 +109,15 @@ pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
     };
     let ds: Arc<dyn Dataset> = match kind {
         "folder" => {
-            let dir = arg.filter(|a| !a.is_empty()).context("folder:DIR needs a folder")?;
+            let dir = arg
+                .filter(|a| !a.is_empty())
+                .context("folder:DIR needs a folder")?;
             Arc::new(FolderDataset::open(spec, Path::new(dir))?)
         }
         "idx" => {
-            let arg = arg.filter(|a| !a.is_empty()).context("idx:IMAGES[,LABELS] needs a file")?;
+            let arg = arg
+                .filter(|a| !a.is_empty())
+                .context("idx:IMAGES[,LABELS] needs a file")?;
             let (images, labels) = match arg.split_once(',') {
                 Some((i, l)) => (i, Some(Path::new(l))),
                 None => (arg, None),
@@ -127,7 +131,11 @@ pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
                 MNIST_DIR
             };
             let dir = Path::new(arg.filter(|a| !a.is_empty()).unwrap_or(default));
-            let prefix = if kind.ends_with("-test") { "t10k" } else { "train" };
+            let prefix = if kind.ends_with("-test") {
+                "t10k"
+            } else {
+                "train"
+            };
             let images = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
             let labels = dir.join(format!("{prefix}-labels-idx1-ubyte.gz"));
             Arc::new(IdxDataset::open(spec, &images, Some(&labels))?)
@@ -177,8 +185,18 @@ impl IdxDataset {
     pub fn open(spec: &str, images: &Path, labels: Option<&Path>) -> Result<Self> {
         let bytes = read_maybe_gz(images)?;
         let ctx = || format!("{}: not an IDX u8 image file", images.display());
-        ensure!(bytes.len() >= 16, "{}: too short ({} bytes)", ctx(), bytes.len());
-        ensure!(be32(&bytes, 0) == 0x0803, "{} (magic {:#010x})", ctx(), be32(&bytes, 0));
+        ensure!(
+            bytes.len() >= 16,
+            "{}: too short ({} bytes)",
+            ctx(),
+            bytes.len()
+        );
+        ensure!(
+            be32(&bytes, 0) == 0x0803,
+            "{} (magic {:#010x})",
+            ctx(),
+            be32(&bytes, 0)
+        );
         let (n, h, w) = (be32(&bytes, 4), be32(&bytes, 8), be32(&bytes, 12));
         ensure!(h > 0 && w > 0, "{}: empty image size {w}x{h}", ctx());
         let need = (n as u64) * (h as u64) * (w as u64);
@@ -241,7 +259,12 @@ impl Dataset for IdxDataset {
     }
 
     fn get(&self, i: usize) -> Result<Sample> {
-        ensure!(i < self.count, "{}: index out of range ({} samples)", self.name(i), self.count);
+        ensure!(
+            i < self.count,
+            "{}: index out of range ({} samples)",
+            self.name(i),
+            self.count
+        );
         let n = (self.width * self.height) as usize;
         Ok(Sample {
             image: Image {
@@ -292,12 +315,13 @@ fn is_image(p: &Path) -> bool {
 
 /// Every image file under `dir`, recursively, as paths relative to `root`.
 fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for e in entries {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
         let p = e.path();
-        let ft = e.file_type().with_context(|| format!("reading {}", p.display()))?;
+        let ft = e
+            .file_type()
+            .with_context(|| format!("reading {}", p.display()))?;
         if ft.is_dir() {
             walk(root, &p, out)?;
         } else if is_image(&p) {
@@ -345,8 +369,16 @@ impl FolderDataset {
                 flat[0].display()
             );
         }
-        ensure!(!samples.is_empty(), "{}: no .png/.jpg/.jpeg images found", dir.display());
-        samples.sort_by(|a, b| a.0.as_os_str().as_encoded_bytes().cmp(b.0.as_os_str().as_encoded_bytes()));
+        ensure!(
+            !samples.is_empty(),
+            "{}: no .png/.jpg/.jpeg images found",
+            dir.display()
+        );
+        samples.sort_by(|a, b| {
+            a.0.as_os_str()
+                .as_encoded_bytes()
+                .cmp(b.0.as_os_str().as_encoded_bytes())
+        });
         let mut hasher = Sha256::new();
         hasher.update(b"folder\0");
         for (rel, label) in &samples {
@@ -435,7 +467,11 @@ impl Subset {
     /// Sample `j` of the subset is sample `indices[j]` of `inner`; every index must be in range.
     pub fn new(inner: Arc<dyn Dataset>, indices: Vec<usize>) -> Result<Self> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= inner.len()) {
-            bail!("subset index {bad} out of range for {} ({} samples)", inner.spec(), inner.len());
+            bail!(
+                "subset index {bad} out of range for {} ({} samples)",
+                inner.spec(),
+                inner.len()
+            );
         }
         let spec = format!("{} (subset of {})", inner.spec(), indices.len());
         Ok(Self {
@@ -456,7 +492,9 @@ impl Dataset for Subset {
         self.indices.len()
     }
     fn get(&self, i: usize) -> Result<Sample> {
-        let j = self.source_index(i).with_context(|| format!("{}: sample {i} out of range", self.spec))?;
+        let j = self
+            .source_index(i)
+            .with_context(|| format!("{}: sample {i} out of range", self.spec))?;
         self.inner.get(j)
     }
     fn name(&self, i: usize) -> String {
@@ -490,7 +528,10 @@ impl Dataset for Subset {
 /// deterministically on every machine: indices are ranked by a SplitMix64 hash of
 /// `(seed, index)` and the `val` lowest go to validation. Both lists come back sorted.
 pub fn split(len: usize, val: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
-    ensure!(val <= len, "validation split of {val} samples from a dataset of {len}");
+    ensure!(
+        val <= len,
+        "validation split of {val} samples from a dataset of {len}"
+    );
     let mut ranked: Vec<(u64, usize)> = (0..len)
         .map(|i| (splitmix(splitmix(seed) ^ i as u64), i))
         .collect();
@@ -520,7 +561,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -566,8 +609,18 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &img).unwrap();
         std::fs::write(d.join("i.gz"), gz.finish().unwrap()).unwrap();
-        let a = open(&format!("idx:{},{}", d.join("i").display(), d.join("l").display())).unwrap();
-        let b = open(&format!("idx:{},{}", d.join("i.gz").display(), d.join("l").display())).unwrap();
+        let a = open(&format!(
+            "idx:{},{}",
+            d.join("i").display(),
+            d.join("l").display()
+        ))
+        .unwrap();
+        let b = open(&format!(
+            "idx:{},{}",
+            d.join("i.gz").display(),
+            d.join("l").display()
+        ))
+        .unwrap();
         assert_eq!(a.len(), 5);
         assert_eq!(a.fingerprint(), b.fingerprint());
         let s = a.get(2).unwrap();
@@ -580,7 +633,9 @@ mod tests {
         assert_ne!(unl.fingerprint(), a.fingerprint());
         // A truncated file is an error naming it.
         std::fs::write(d.join("short"), &img[..img.len() - 1]).unwrap();
-        let e = open(&format!("idx:{}", d.join("short").display())).err().unwrap();
+        let e = open(&format!("idx:{}", d.join("short").display()))
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("short"), "{e:#}");
     }
 
@@ -597,7 +652,10 @@ mod tests {
         assert_eq!(ds.len(), 4);
         assert_eq!(ds.num_classes(), Some(2));
         let names: Vec<String> = (0..4).map(|i| ds.name(i)).collect();
-        assert!(names[0].ends_with("ant/y.png") && names[3].ends_with("cat/b.png"), "{names:?}");
+        assert!(
+            names[0].ends_with("ant/y.png") && names[3].ends_with("cat/b.png"),
+            "{names:?}"
+        );
         let s = ds.get(0).unwrap();
         assert_eq!((s.image.width, s.image.channels, s.label), (6, 3, Some(0)));
         let fp = ds.fingerprint();

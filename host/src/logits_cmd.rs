@@ -99,7 +99,12 @@ fn stats(dir: &std::path::Path) -> Result<()> {
     println!("store:        {}", dir.display());
     println!(
         "teacher:      {} {} (sha256 {}), input {}x{}x{}",
-        m.teacher.kind, m.teacher.file, m.teacher.sha256, m.teacher.channels, m.teacher.input_size, m.teacher.input_size
+        m.teacher.kind,
+        m.teacher.file,
+        m.teacher.sha256,
+        m.teacher.channels,
+        m.teacher.input_size,
+        m.teacher.input_size
     );
     println!("dataset:      {} ({})", m.data_spec, m.dataset);
     println!(
@@ -114,7 +119,12 @@ fn stats(dir: &std::path::Path) -> Result<()> {
         layout.record_len(),
         m.records_per_block
     );
-    println!("epochs:       {} of {} present {:?}", epochs.len(), m.epochs, epochs);
+    println!(
+        "epochs:       {} of {} present {:?}",
+        epochs.len(),
+        m.epochs,
+        epochs
+    );
     println!(
         "size:         {bytes} bytes in {files} file(s); headers+checksums+footers {} bytes ({:.4}%)",
         bytes.saturating_sub(bare),
@@ -142,7 +152,12 @@ fn show(
         println!("  missing (the image could not be read when the teacher ran)");
     } else {
         for k in 0..r.topk() {
-            println!("  top-{:<3} class {:>6}  p = {:.6}", k + 1, r.index(k), r.prob(k));
+            println!(
+                "  top-{:<3} class {:>6}  p = {:.6}",
+                k + 1,
+                r.index(k),
+                r.prob(k)
+            );
         }
         let kept: f32 = (0..r.topk()).map(|k| r.prob(k)).sum();
         println!("  mass kept {kept:.6}");
@@ -156,7 +171,13 @@ fn show(
         println!("  source: {}", ds.name(index as usize));
         if let Some(path) = image_out {
             let m = store.manifest();
-            let img = crate::save_logits::replay_view(&*ds, &m.aug, m.teacher.channels, index as usize, r.seed())?;
+            let img = crate::save_logits::replay_view(
+                &*ds,
+                &m.aug,
+                m.teacher.channels,
+                index as usize,
+                r.seed(),
+            )?;
             let color = if img.channels == 3 {
                 image::ExtendedColorType::Rgb8
             } else {

@@ -80,7 +80,9 @@ impl Teacher for TorchScriptTeacher {
             self.file,
             out.size()
         );
-        Ok(tch::no_grad(|| out.to_kind(Kind::Float).softmax(-1, Kind::Float)))
+        Ok(tch::no_grad(|| {
+            out.to_kind(Kind::Float).softmax(-1, Kind::Float)
+        }))
     }
 
     fn device(&self) -> Device {
@@ -204,7 +206,9 @@ impl std::fmt::Display for Summary {
             self.bytes_per_sample,
             self.total_bytes,
             if records > 0 {
-                100.0 * (self.total_bytes as f64 / (records as f64 * self.bytes_per_sample as f64) - 1.0)
+                100.0
+                    * (self.total_bytes as f64 / (records as f64 * self.bytes_per_sample as f64)
+                        - 1.0)
             } else {
                 0.0
             }
@@ -246,7 +250,10 @@ fn to_channels(img: Image, channels: u32) -> Image {
     } else {
         img.data
             .chunks_exact(3)
-            .map(|p| ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500) / 1000) as u8)
+            .map(|p| {
+                ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500)
+                    / 1000) as u8
+            })
             .collect()
     };
     Image {
@@ -258,7 +265,13 @@ fn to_channels(img: Image, channels: u32) -> Image {
 
 /// Sample `i` as the teacher saw it for `seed`: decoded, converted to `channels`, augmented
 /// (`cfg.size` square, u8 HWC). `tinyvit logits show --image-out` writes this view.
-pub fn replay_view(ds: &dyn Dataset, cfg: &AugConfig, channels: u32, i: usize, seed: u32) -> Result<Image> {
+pub fn replay_view(
+    ds: &dyn Dataset,
+    cfg: &AugConfig,
+    channels: u32,
+    i: usize,
+    seed: u32,
+) -> Result<Image> {
     let mut view = Vec::new();
     let mut scratch = Vec::new();
     replay_into(ds, cfg, channels, i, seed, &mut view, &mut scratch)?;
@@ -307,8 +320,10 @@ fn prepare_one(
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
     replay_into(ds, cfg, channels, i, seed, view, scratch)?;
-    let v = ImageRef::new(cfg.size, cfg.size, channels, view).map_err(|e| anyhow::anyhow!("{e}"))?;
-    aug::normalize(v, cfg.mean, cfg.std, out).map_err(|e| anyhow::anyhow!("{}: {e}", ds.name(i)))?;
+    let v =
+        ImageRef::new(cfg.size, cfg.size, channels, view).map_err(|e| anyhow::anyhow!("{e}"))?;
+    aug::normalize(v, cfg.mean, cfg.std, out)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ds.name(i)))?;
     Ok(())
 }
 
@@ -332,10 +347,22 @@ fn prepare(
         let seed = aug::sample_seed(run_seed, unit.epoch, i);
         p.seeds.push(seed);
         let out = &mut p.pixels[j * per..(j + 1) * per];
-        if let Err(e) = prepare_one(ds, cfg, channels, i as usize, seed, out, &mut view, &mut scratch) {
+        if let Err(e) = prepare_one(
+            ds,
+            cfg,
+            channels,
+            i as usize,
+            seed,
+            out,
+            &mut view,
+            &mut scratch,
+        ) {
             match on_bad {
                 OnBadImage::Error => {
-                    return Err(e.context(format!("epoch {}, sample {i} (use --on-bad-image skip to store it as missing)", unit.epoch)))
+                    return Err(e.context(format!(
+                        "epoch {}, sample {i} (use --on-bad-image skip to store it as missing)",
+                        unit.epoch
+                    )))
                 }
                 OnBadImage::Skip => {
                     p.missing[j] = true;
@@ -358,17 +385,26 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
          unmixed views (the trainer mixes stored targets): turn mixing off (--aug mix=off)",
         cfg.aug_preset
     );
-    cfg.aug.validate().map_err(|e| anyhow::anyhow!("augmentation: {e}"))?;
+    cfg.aug
+        .validate()
+        .map_err(|e| anyhow::anyhow!("augmentation: {e}"))?;
     let ds = data::open(&cfg.data)?;
     ensure!(!ds.is_empty(), "{}: the dataset is empty", cfg.data);
-    let first = ds.get(0).with_context(|| format!("{}: reading the first sample", cfg.data))?;
+    let first = ds
+        .get(0)
+        .with_context(|| format!("{}: reading the first sample", cfg.data))?;
     let channels = cfg.channels.unwrap_or(first.image.channels);
     ensure!(channels == 1 || channels == 3, "--channels must be 1 or 3");
     let size = cfg.aug.size;
 
     // Probe the teacher for its class count.
-    let probe = Tensor::zeros([1, channels as i64, size as i64, size as i64], (Kind::Float, Device::Cpu));
-    let probe = teacher.probs(&probe).context("probing the teacher with one blank image")?;
+    let probe = Tensor::zeros(
+        [1, channels as i64, size as i64, size as i64],
+        (Kind::Float, Device::Cpu),
+    );
+    let probe = teacher
+        .probs(&probe)
+        .context("probing the teacher with one blank image")?;
     let num_classes = probe.size()[1] as u32;
     ensure!(
         u32::from(cfg.topk) <= num_classes,
@@ -429,9 +465,14 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
                 summary.reused += w.resumed();
                 let mut s = w.next_sample();
                 while s < h.end_sample() {
-                    let block_end = (h.first_sample + ((s - h.first_sample) / rpb + 1) * rpb).min(h.end_sample());
+                    let block_end = (h.first_sample + ((s - h.first_sample) / rpb + 1) * rpb)
+                        .min(h.end_sample());
                     let len = (block_end - s).min(cfg.batch_size as u64) as usize;
-                    units.push(Unit { epoch: e, start: s, len });
+                    units.push(Unit {
+                        epoch: e,
+                        start: s,
+                        len,
+                    });
                     s += len as u64;
                 }
                 writers.push(Some(w));
@@ -459,7 +500,13 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
     let (tx, rx) = mpsc::sync_channel::<(usize, Result<Prepared>)>(cfg.prefetch.max(1));
     let mut handles = Vec::new();
     for _ in 0..cfg.workers.max(1) {
-        let (units, next, stop, tx, ds) = (units.clone(), next.clone(), stop.clone(), tx.clone(), ds.clone());
+        let (units, next, stop, tx, ds) = (
+            units.clone(),
+            next.clone(),
+            stop.clone(),
+            tx.clone(),
+            ds.clone(),
+        );
         let (aug_cfg, run_seed, on_bad) = (cfg.aug, cfg.run_seed, cfg.on_bad_image);
         handles.push(std::thread::spawn(move || loop {
             if stop.load(Ordering::Relaxed) {
@@ -495,9 +542,13 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
                 size as i64,
             ]);
             let probs = teacher.probs(&batch)?;
-            let (values, indices) = tch::no_grad(|| probs.topk(i64::from(cfg.topk), -1, true, true));
+            let (values, indices) =
+                tch::no_grad(|| probs.topk(i64::from(cfg.topk), -1, true, true));
             let values = values.to_device(Device::Cpu).contiguous();
-            let indices = indices.to_kind(Kind::Int).to_device(Device::Cpu).contiguous();
+            let indices = indices
+                .to_kind(Kind::Int)
+                .to_device(Device::Cpu)
+                .contiguous();
             let k = usize::from(cfg.topk);
             prob.resize(unit.len * k, 0.0);
             idx.resize(unit.len * k, 0);
@@ -622,7 +673,8 @@ pub struct Args {
 
 /// Builds the augmentation config from the preset and the overriding flags.
 pub fn aug_config(a: &Args) -> Result<AugConfig> {
-    let mut cfg = aug::preset(&a.preset).map_err(|e| anyhow::anyhow!("--preset {}: {e}", a.preset))?;
+    let mut cfg =
+        aug::preset(&a.preset).map_err(|e| anyhow::anyhow!("--preset {}: {e}", a.preset))?;
     if cfg.mix.is_some() {
         cfg.mix = None;
     }
@@ -640,11 +692,14 @@ pub fn aug_config(a: &Args) -> Result<AugConfig> {
         sets.push(("std".into(), s.clone()));
     }
     for kv in &a.aug {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--aug {kv}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--aug {kv}: expected KEY=VALUE"))?;
         sets.push((k.trim().to_string(), v.trim().to_string()));
     }
     for (k, v) in sets {
-        cfg.set(&k, &v).map_err(|e| anyhow::anyhow!("augmentation `{k}={v}`: {e}"))?;
+        cfg.set(&k, &v)
+            .map_err(|e| anyhow::anyhow!("augmentation `{k}={v}`: {e}"))?;
     }
     Ok(cfg)
 }

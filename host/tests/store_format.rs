@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use tinyvit_core::aug;
 use tinyvit_core::store::{RecordLayout, ValueEncoding, FORMAT_VERSION, HEADER_LEN};
 use tinyvit_host::data::Fingerprint;
-use tinyvit_host::store::{self, epoch_dir, part_file_name, LogitStore, Manifest, Opened, ShardWriter, TeacherInfo};
+use tinyvit_host::store::{
+    self, epoch_dir, part_file_name, LogitStore, Manifest, Opened, ShardWriter, TeacherInfo,
+};
 
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tinyvit-store-{name}-{}", std::process::id()));
@@ -49,8 +51,12 @@ fn manifest(len: u64, parts: u32, topk: u16, values: ValueEncoding) -> Manifest 
 /// The synthetic teacher: record (epoch, i) is a pure function of its position.
 fn record(epoch: u32, i: u64, k: usize) -> (u32, Vec<u32>, Vec<f32>) {
     let seed = aug::sample_seed(7, epoch, i);
-    let idx = (0..k as u32).map(|j| (i as u32 * 7 + j * 13 + epoch) % 100).collect();
-    let p = (0..k).map(|j| 0.5 / (j as f32 + 1.0) * ((i % 5) as f32 + 1.0) / 5.0).collect();
+    let idx = (0..k as u32)
+        .map(|j| (i as u32 * 7 + j * 13 + epoch) % 100)
+        .collect();
+    let p = (0..k)
+        .map(|j| 0.5 / (j as f32 + 1.0) * ((i % 5) as f32 + 1.0) / 5.0)
+        .collect();
     (seed, idx, p)
 }
 
@@ -98,7 +104,9 @@ fn round_trip_and_random_access() {
         // Random order, both epochs.
         let mut x = 12345u64;
         for _ in 0..500 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let (e, i) = ((x >> 40) as u32 % 2, (x >> 20) % 100);
             let r = s.record(e, i).unwrap();
             let (seed, idx, p) = record(e, i, 10);
@@ -131,7 +139,10 @@ fn sharded_equals_unsharded_byte_for_byte() {
     for p in [2, 0, 1] {
         assert!(write_part(&parts, &m3, p, false, None));
     }
-    let (a, b) = (LogitStore::open(&whole).unwrap(), LogitStore::open(&parts).unwrap());
+    let (a, b) = (
+        LogitStore::open(&whole).unwrap(),
+        LogitStore::open(&parts).unwrap(),
+    );
     for e in 0..2 {
         let w = std::fs::read(part_path(&whole, e, 0, 1)).unwrap();
         let mut joined = Vec::new();
@@ -139,9 +150,15 @@ fn sharded_equals_unsharded_byte_for_byte() {
             let f = std::fs::read(part_path(&parts, e, p, 3)).unwrap();
             joined.extend_from_slice(&f[HEADER_LEN..f.len() - 32]);
         }
-        assert!(joined == w[HEADER_LEN..w.len() - 32], "epoch {e}: record blocks differ");
+        assert!(
+            joined == w[HEADER_LEN..w.len() - 32],
+            "epoch {e}: record blocks differ"
+        );
         for i in 0..150 {
-            assert_eq!(a.record(e, i).unwrap().bytes(), b.record(e, i).unwrap().bytes());
+            assert_eq!(
+                a.record(e, i).unwrap().bytes(),
+                b.record(e, i).unwrap().bytes()
+            );
         }
     }
     assert!(b.verify().is_empty());
@@ -183,7 +200,9 @@ fn flipped_byte_is_located_by_verify_and_reader() {
     assert!(write_part(&dir, &m, 0, false, None));
     let path = part_path(&dir, 1, 0, 1);
     let mut bytes = std::fs::read(&path).unwrap();
-    let rec = RecordLayout::new(10, 100, ValueEncoding::F16).unwrap().record_len();
+    let rec = RecordLayout::new(10, 100, ValueEncoding::F16)
+        .unwrap()
+        .record_len();
     // Sample 37 sits in block 2 (samples 32..48).
     let off = HEADER_LEN + 2 * (16 * rec + 4) + 5 * rec + 9;
     bytes[off] ^= 0x01;
@@ -191,11 +210,19 @@ fn flipped_byte_is_located_by_verify_and_reader() {
     let s = LogitStore::open(&dir).unwrap();
     let faults = s.verify();
     assert_eq!(faults.len(), 1, "{faults:?}");
-    for needle in ["epoch-0001/part-0000-of-0001.tvl", "epoch 1", "samples 32..48", "block 2"] {
+    for needle in [
+        "epoch-0001/part-0000-of-0001.tvl",
+        "epoch 1",
+        "samples 32..48",
+        "block 2",
+    ] {
         assert!(faults[0].contains(needle), "{needle} not in {}", faults[0]);
     }
     let err = format!("{:#}", s.record(1, 40).err().unwrap());
-    assert!(err.contains("samples 32..48") && err.contains("epoch 1"), "{err}");
+    assert!(
+        err.contains("samples 32..48") && err.contains("epoch 1"),
+        "{err}"
+    );
     // Other blocks and epochs still read.
     s.record(1, 31).unwrap();
     s.record(0, 40).unwrap();
@@ -210,7 +237,10 @@ fn truncated_and_missing_parts_are_clear_errors() {
     let s = LogitStore::open(&dir).unwrap();
     assert!(s.epochs().is_empty());
     let err = format!("{:#}", s.record(0, 5).err().unwrap());
-    assert!(err.contains("part-0001-of-0002.tvl") && err.contains("incomplete"), "{err}");
+    assert!(
+        err.contains("part-0001-of-0002.tvl") && err.contains("incomplete"),
+        "{err}"
+    );
     assert!(!s.verify().is_empty());
     assert!(write_part(&dir, &m, 1, false, None));
     assert_eq!(LogitStore::open(&dir).unwrap().epochs(), vec![0, 1]);
@@ -219,7 +249,10 @@ fn truncated_and_missing_parts_are_clear_errors() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 7]).unwrap();
     let err = format!("{:#}", LogitStore::open(&dir).err().unwrap());
-    assert!(err.contains("epoch-0001/part-0001-of-0002.tvl") && err.contains("bytes"), "{err}");
+    assert!(
+        err.contains("epoch-0001/part-0001-of-0002.tvl") && err.contains("bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -241,11 +274,24 @@ fn mismatched_settings_are_refused() {
         len: 100,
         sha256: "cd".repeat(32),
     };
-    let err = format!("{:#}", LogitStore::open_for(&dir, &fp, None, None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        LogitStore::open_for(&dir, &fp, None, None).err().unwrap()
+    );
     assert!(err.contains("dataset mismatch"), "{err}");
-    let err = format!("{:#}", LogitStore::open_for(&dir, &m.dataset, Some(5), None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        LogitStore::open_for(&dir, &m.dataset, Some(5), None)
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("top-10") && err.contains("top-5"), "{err}");
-    let err = format!("{:#}", LogitStore::open_for(&dir, &m.dataset, None, Some(10)).err().unwrap());
+    let err = format!(
+        "{:#}",
+        LogitStore::open_for(&dir, &m.dataset, None, Some(10))
+            .err()
+            .unwrap()
+    );
     assert!(err.contains("100 classes"), "{err}");
     LogitStore::open_for(&dir, &m.dataset, Some(10), Some(100)).unwrap();
     // A store from another AUG_VERSION cannot be replayed.

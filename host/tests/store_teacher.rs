@@ -92,7 +92,8 @@ fn logits(args: &[&str], dir: &Path) -> Command {
 }
 
 fn part(dir: &Path, e: u32, p: u32, n: u32) -> PathBuf {
-    dir.join(format!("epoch-{e:04}")).join(format!("part-{p:04}-of-{n:04}.tvl"))
+    dir.join(format!("epoch-{e:04}"))
+        .join(format!("part-{p:04}-of-{n:04}.tvl"))
 }
 
 #[test]
@@ -111,18 +112,39 @@ fn sharded_equals_unsharded_and_verifies() {
             let f = std::fs::read(part(&sharded, e, p, 3)).unwrap();
             joined.extend_from_slice(&f[HEADER_LEN..f.len() - FOOTER_LEN]);
         }
-        assert!(joined == w[HEADER_LEN..w.len() - FOOTER_LEN], "epoch {e} differs");
+        assert!(
+            joined == w[HEADER_LEN..w.len() - FOOTER_LEN],
+            "epoch {e} differs"
+        );
     }
     for dir in [&whole, &sharded] {
         let out = String::from_utf8(ok(logits(&["verify"], dir)).stdout).unwrap();
         assert!(out.starts_with("OK: 2 epochs x 150 samples"), "{out}");
     }
     let stats = String::from_utf8(ok(logits(&["stats"], &whole)).stdout).unwrap();
-    assert!(stats.contains("top-3 of 10 classes") && stats.contains("16 bytes/sample"), "{stats}");
-    let mut show = logits(&["show", "--epoch", "1", "--index", "77", "--data", &data, "--image-out"], &whole);
+    assert!(
+        stats.contains("top-3 of 10 classes") && stats.contains("16 bytes/sample"),
+        "{stats}"
+    );
+    let mut show = logits(
+        &[
+            "show",
+            "--epoch",
+            "1",
+            "--index",
+            "77",
+            "--data",
+            &data,
+            "--image-out",
+        ],
+        &whole,
+    );
     show.arg(d.join("view.png"));
     let show = String::from_utf8(ok(show).stdout).unwrap();
-    assert!(show.contains("top-3") && show.contains("images.idx[77]"), "{show}");
+    assert!(
+        show.contains("top-3") && show.contains("images.idx[77]"),
+        "{show}"
+    );
     let png = image::open(d.join("view.png")).unwrap();
     assert_eq!((png.width(), png.height()), (28, 28));
 
@@ -157,14 +179,20 @@ fn kill_then_resume_equals_uninterrupted() {
         if len >= (HEADER_LEN + 2 * block) as u64 {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
         assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
         std::thread::sleep(Duration::from_millis(1));
     }
     // SIGKILL: no destructor, no footer, possibly half a block on disk.
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!part(&killed, 0, 0, 1).exists(), "killed run must not leave a closed part");
+    assert!(
+        !part(&killed, 0, 0, 1).exists(),
+        "killed run must not leave a closed part"
+    );
     assert!(tmp.exists());
 
     // Without --resume nothing is overwritten; a reader does not see the epoch.
@@ -176,14 +204,22 @@ fn kill_then_resume_equals_uninterrupted() {
     let msg = fails(save_logits(&data, &killed, &["--resume", "--topk", "4"]));
     assert!(msg.contains("topk: store has 3, now 4"), "{msg}");
     let other = tmpdir("kill-other");
-    let msg = fails(save_logits(&idx_dataset(&other, 1201), &killed, &["--resume"]));
-    assert!(msg.contains("dataset.len: store has 1200, now 1201"), "{msg}");
+    let msg = fails(save_logits(
+        &idx_dataset(&other, 1201),
+        &killed,
+        &["--resume"],
+    ));
+    assert!(
+        msg.contains("dataset.len: store has 1200, now 1201"),
+        "{msg}"
+    );
 
     let out = String::from_utf8(ok(save_logits(&data, &killed, &["--resume"])).stdout).unwrap();
     assert!(out.contains("reused from disk"), "{out}");
     for e in 0..2 {
         assert!(
-            std::fs::read(part(&killed, e, 0, 1)).unwrap() == std::fs::read(part(&clean, e, 0, 1)).unwrap(),
+            std::fs::read(part(&killed, e, 0, 1)).unwrap()
+                == std::fs::read(part(&clean, e, 0, 1)).unwrap(),
             "epoch {e}: resumed store differs from the uninterrupted one"
         );
     }
@@ -209,17 +245,32 @@ fn bad_images_error_or_missing_records() {
     std::fs::write(root.join("a").join("2.png"), b"\x89PNG broken").unwrap();
     let data = format!("folder:{}", root.display());
     let msg = fails(save_logits(&data, &d.join("s1"), &["--channels", "1"]));
-    assert!(msg.contains("a/2.png") && msg.contains("--on-bad-image skip"), "{msg}");
+    assert!(
+        msg.contains("a/2.png") && msg.contains("--on-bad-image skip"),
+        "{msg}"
+    );
 
     let store = d.join("s2");
     let out = String::from_utf8(
-        ok(save_logits(&data, &store, &["--channels", "1", "--on-bad-image", "skip"])).stdout,
+        ok(save_logits(
+            &data,
+            &store,
+            &["--channels", "1", "--on-bad-image", "skip"],
+        ))
+        .stdout,
     )
     .unwrap();
     assert!(out.contains("2 missing"), "{out}");
     ok(logits(&["verify"], &store));
-    let show = String::from_utf8(ok(logits(&["show", "--epoch", "0", "--index", "2"], &store)).stdout).unwrap();
+    let show =
+        String::from_utf8(ok(logits(&["show", "--epoch", "0", "--index", "2"], &store)).stdout)
+            .unwrap();
     assert!(show.contains("missing"), "{show}");
-    let show = String::from_utf8(ok(logits(&["show", "--epoch", "0", "--index", "3"], &store)).stdout).unwrap();
-    assert!(show.contains("top-1") && !show.contains("missing"), "{show}");
+    let show =
+        String::from_utf8(ok(logits(&["show", "--epoch", "0", "--index", "3"], &store)).stdout)
+            .unwrap();
+    assert!(
+        show.contains("top-1") && !show.contains("missing"),
+        "{show}"
+    );
 }

@@ -111,7 +111,10 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).with_context(|| {
-            format!("{}: cannot read the store manifest (is this a logit store?)", path.display())
+            format!(
+                "{}: cannot read the store manifest (is this a logit store?)",
+                path.display()
+            )
         })?;
         let m: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a valid store manifest", path.display()))?;
@@ -180,7 +183,11 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
     match (a, b) {
         (Value::Object(ma), Value::Object(mb)) => {
             for (k, va) in ma {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match mb.get(k) {
                     Some(vb) => diff(&p, va, vb, out),
                     None => out.push(format!("  {p}: store has {va}, now missing")),
@@ -188,7 +195,11 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
             }
             for (k, vb) in mb {
                 if !ma.contains_key(k) {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     out.push(format!("  {p}: store lacks it, now {vb}"));
                 }
             }

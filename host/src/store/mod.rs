@@ -52,8 +52,7 @@ pub fn part_file_name(part: u32, parts: u32) -> String {
 /// Opens an existing store's manifest, or creates it, for a writer that builds `manifest` from
 /// its arguments. An existing manifest must be identical (every differing field is named).
 pub fn create_or_check(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     if dir.join(MANIFEST_FILE).exists() {
         let on_disk = Manifest::load(dir)?;
         manifest.check_same(&on_disk, dir)

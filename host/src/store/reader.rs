@@ -25,14 +25,21 @@ pub struct Shard {
 
 impl Shard {
     fn open(path: &Path, manifest: &Manifest, epoch: u32, part: u32) -> Result<Self> {
-        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: the map is read-only and the file is a closed part: writers only ever write
         // `.tmp` files and rename them into place, never modify a renamed file. A process that
         // truncates the file behind our back would break this (SIGBUS), as for any mmap reader.
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let map =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
         let view = ShardView::open(&map).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let h = view.header();
-        let expect = (manifest.layout()?, manifest.records_per_block, manifest.parts, manifest.dataset.len);
+        let expect = (
+            manifest.layout()?,
+            manifest.records_per_block,
+            manifest.parts,
+            manifest.dataset.len,
+        );
         if (h.layout, h.records_per_block, h.parts, h.dataset_len) != expect
             || h.epoch != epoch
             || h.part != part
@@ -157,14 +164,23 @@ impl LogitStore {
     }
 
     /// Opens the store and checks it was made for this dataset, K and class count.
-    pub fn open_for(dir: &Path, dataset: &crate::data::Fingerprint, topk: Option<u16>, num_classes: Option<u32>) -> Result<Self> {
+    pub fn open_for(
+        dir: &Path,
+        dataset: &crate::data::Fingerprint,
+        topk: Option<u16>,
+        num_classes: Option<u32>,
+    ) -> Result<Self> {
         let s = Self::open(dir)?;
         s.manifest
             .check_dataset(dataset)
             .with_context(|| format!("logit store {}", dir.display()))?;
         if let Some(k) = topk {
             if k != s.manifest.topk {
-                bail!("logit store {}: holds top-{} records, top-{k} asked for", dir.display(), s.manifest.topk);
+                bail!(
+                    "logit store {}: holds top-{} records, top-{k} asked for",
+                    dir.display(),
+                    s.manifest.topk
+                );
             }
         }
         if let Some(c) = num_classes {
@@ -240,12 +256,22 @@ impl LogitStore {
     pub fn record(&self, epoch: u32, sample: u64) -> Result<RecordView<'_>> {
         let shards = self.shards(epoch)?;
         let m = &self.manifest;
-        let p = part_of(sample, m.dataset.len, m.parts, m.records_per_block).with_context(|| {
-            format!("logit store {}: sample {sample} of {} asked for", self.dir.display(), m.dataset.len)
-        })?;
+        let p =
+            part_of(sample, m.dataset.len, m.parts, m.records_per_block).with_context(|| {
+                format!(
+                    "logit store {}: sample {sample} of {} asked for",
+                    self.dir.display(),
+                    m.dataset.len
+                )
+            })?;
         let shard = &shards[p as usize];
         let h = &shard.header;
-        let map_err = |e| anyhow::anyhow!("{}: epoch {epoch}, sample {sample}: {e}", shard.path.display());
+        let map_err = |e| {
+            anyhow::anyhow!(
+                "{}: epoch {epoch}, sample {sample}: {e}",
+                shard.path.display()
+            )
+        };
         let span = h.block_of(sample).map_err(map_err)?;
         shard.ensure_block(&span)?;
         let o = h.record_offset(sample).map_err(map_err)? as usize;

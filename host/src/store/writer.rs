@@ -79,7 +79,13 @@ impl ShardWriter {
     /// Opens part `part` of `epoch` in store `dir` for writing. With `resume`, a closed part is
     /// verified and reported done, and a temp file is continued from its last complete block;
     /// without it, an existing part or temp file is an error (nothing is overwritten).
-    pub fn open(dir: &Path, manifest: &Manifest, epoch: u32, part: u32, resume: bool) -> Result<Opened> {
+    pub fn open(
+        dir: &Path,
+        manifest: &Manifest,
+        epoch: u32,
+        part: u32,
+        resume: bool,
+    ) -> Result<Opened> {
         let layout = manifest.layout()?;
         let header = ShardHeader::new(
             layout,
@@ -97,9 +103,13 @@ impl ShardWriter {
         let tmp = dest.with_extension("tvl.tmp");
         if dest.exists() {
             if !resume {
-                bail!("{} already exists; pass --resume to continue this store", dest.display());
+                bail!(
+                    "{} already exists; pass --resume to continue this store",
+                    dest.display()
+                );
             }
-            let bytes = std::fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
+            let bytes =
+                std::fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
             let view = ShardView::open(&bytes)
                 .and_then(|v| v.verify().map(|_| v))
                 .map_err(|e| {
@@ -183,7 +193,12 @@ impl ShardWriter {
                     for s in span.first_sample..span.first_sample + span.records {
                         let o = self.header.record_offset(s).unwrap_or(0) as usize;
                         let rec = &bytes[o..o + self.layout.record_len()];
-                        if self.layout.view(rec).map(|r| r.is_missing()).unwrap_or(false) {
+                        if self
+                            .layout
+                            .view(rec)
+                            .map(|r| r.is_missing())
+                            .unwrap_or(false)
+                        {
                             self.missing += 1;
                         }
                     }
@@ -263,7 +278,8 @@ impl ShardWriter {
 
     fn end_record(&mut self) -> Result<()> {
         self.next += 1;
-        let in_block = (self.next - self.header.first_sample) % u64::from(self.header.records_per_block);
+        let in_block =
+            (self.next - self.header.first_sample) % u64::from(self.header.records_per_block);
         if in_block == 0 || self.next == self.header.end_sample() {
             self.flush_block()?;
         }
