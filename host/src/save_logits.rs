@@ -374,6 +374,22 @@ fn prepare(
     Ok(p)
 }
 
+/// The normalised pixels of samples `start..start+len` of `epoch`, exactly as the pass hands
+/// them to the teacher (`[len, C, S, S]` f32). For benchmarks and tests that compare the pass
+/// with a bare forward on the same batches.
+pub fn batch_pixels(
+    ds: &dyn Dataset,
+    cfg: &AugConfig,
+    channels: u32,
+    run_seed: u64,
+    epoch: u32,
+    start: u64,
+    len: usize,
+) -> Result<Vec<f32>> {
+    let unit = Unit { epoch, start, len };
+    Ok(prepare(ds, cfg, channels, run_seed, OnBadImage::Error, unit)?.pixels)
+}
+
 /// Runs the teacher pass for one part of a store; returns its summary.
 pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
     let t0 = Instant::now();
