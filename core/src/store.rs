@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! DIR/
-//!   manifest.json                     what the records mean (see `Manifest`, std only)
+//!   manifest.json                     what the records mean (JSON; `tinyvit_host::store::manifest`)
 //!   epoch-0000/
 //!     part-0000-of-0001.tvl           one shard file per (epoch, part)
 //!   epoch-0001/
@@ -18,7 +18,8 @@
 //!   ...
 //! ```
 //!
-//! `--shard I/N` writes part `I` of `N`. The sample range `0..len` is cut on block boundaries:
+//! The manifest is JSON, written and parsed on the host (it never reaches a device); this
+//! module specifies and parses the shard files. `--shard I/N` writes part `I` of `N`. The sample range `0..len` is cut on block boundaries:
 //! with `B = ceil(ceil(len / R) / N)` blocks a part (`R` = records per block), part `I` holds
 //! samples `min(I*B*R, len) .. min((I+1)*B*R, len)` ([`part_range`]). Cutting on blocks makes a
 //! part's blocks byte-identical, checksums included, to the same blocks of an unsharded store.
@@ -67,7 +68,7 @@
 //! 48  u64      first sample of this part
 //! 56  u64      samples in this part (must equal part_range(...))
 //! 64  u64      store key: ties the file to its manifest (the host derives it from the
-//!              manifest's identity fields; the format only compares it)
+//!              manifest, `parts` excluded; the format only compares it)
 //! 72  u32      reserved, 0
 //! 76  u32      crc32 (IEEE) of bytes 0..76
 //! ```
