@@ -267,6 +267,81 @@ impl Teacher {
     }
 }
 
+/// A TinyViT checkpoint as the teacher of `tinyvit save-logits` (softmax of its eval-mode
+/// logits; fp16 autocast on CUDA, as the reference's teacher pass).
+pub struct StoreTeacher {
+    _vs: nn::VarStore,
+    model: TinyVit,
+    device: Device,
+    file: String,
+    sha256: String,
+}
+
+impl StoreTeacher {
+    /// Loads a TinyViT checkpoint (config from its metadata).
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let (vs, model) = load_model(path, None, device)?;
+        Ok(StoreTeacher {
+            _vs: vs,
+            model,
+            device,
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: crate::data::sha256_file(path)?,
+        })
+    }
+
+    /// The teacher's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+}
+
+impl crate::save_logits::Teacher for StoreTeacher {
+    fn probs(&self, batch: &Tensor) -> Result<Tensor> {
+        let x = batch.to_device(self.device);
+        let cfg = self.model.config();
+        ensure!(
+            x.dim() == 4
+                && x.size()[1] == cfg.in_chans as i64
+                && x.size()[2] == cfg.img_size as i64
+                && x.size()[3] == cfg.img_size as i64,
+            "teacher {}: input {:?}, the checkpoint wants [B, {}, {}, {}]",
+            self.file,
+            x.size(),
+            cfg.in_chans,
+            cfg.img_size,
+            cfg.img_size
+        );
+        let cuda = self.device.is_cuda();
+        Ok(tch::no_grad(|| {
+            tch::autocast(cuda, || self.model.forward(&x, Mode::EVAL))
+                .to_kind(Kind::Float)
+                .softmax(-1, Kind::Float)
+        }))
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn identity(&self) -> (String, String, String) {
+        ("tinyvit".into(), self.file.clone(), self.sha256.clone())
+    }
+}
+
+/// The teacher of `save-logits` for `path`: a TinyViT checkpoint (`.safetensors`) or a
+/// TorchScript module (anything else).
+pub fn store_teacher(path: &Path, device: Device) -> Result<Box<dyn crate::save_logits::Teacher>> {
+    if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
+        Ok(Box::new(StoreTeacher::load(path, device)?))
+    } else {
+        Ok(Box::new(crate::save_logits::TorchScriptTeacher::load(path, device)?))
+    }
+}
+
 /// Builds a TinyViT and loads a checkpoint into it (config from the checkpoint's metadata, else
 /// `fallback`).
 pub fn load_model(

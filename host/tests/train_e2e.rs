@@ -1,0 +1,252 @@
+//! The trainer end to end on real Fashion-MNIST images (the first 640 training and 320 test
+//! images, written as small IDX files), with a tiny MCU student at 32 px on the CPU:
+//! a labels run trains the teacher; the teacher pass (`save-logits`) writes a store from that
+//! TinyViT checkpoint; the student learns from the store, and online from the teacher; a
+//! mismatched store is refused; `tinyvit export` matches the tch accuracy.
+//!
+//! "Learning" = the logged training loss falls and held-out top-1 is well above chance (10%).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use tinyvit_host::data::read_maybe_gz;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
+const FM: &str = "/usr/share/datasets/fashion-mnist";
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyvit-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes the first `n` images and labels of a Fashion-MNIST split as raw IDX files.
+fn idx_subset(dir: &Path, split: &str, n: usize) -> String {
+    let img = read_maybe_gz(&Path::new(FM).join(format!("{split}-images-idx3-ubyte.gz")))
+        .expect("Fashion-MNIST (Debian package dataset-fashion-mnist) is needed");
+    let lab = read_maybe_gz(&Path::new(FM).join(format!("{split}-labels-idx1-ubyte.gz"))).unwrap();
+    let mut i = img[..4].to_vec();
+    i.extend((n as u32).to_be_bytes());
+    i.extend(&img[8..16]);
+    i.extend(&img[16..16 + n * 784]);
+    let mut l = lab[..4].to_vec();
+    l.extend((n as u32).to_be_bytes());
+    l.extend(&lab[8..8 + n]);
+    let (ip, lp) = (dir.join(format!("{split}-img")), dir.join(format!("{split}-lab")));
+    std::fs::write(&ip, i).unwrap();
+    std::fs::write(&lp, l).unwrap();
+    format!("idx:{},{}", ip.display(), lp.display())
+}
+
+struct Data {
+    dir: PathBuf,
+    train: String,
+    val: String,
+}
+
+fn data() -> &'static Data {
+    static D: OnceLock<Data> = OnceLock::new();
+    D.get_or_init(|| {
+        let dir = tmpdir("data");
+        Data {
+            train: idx_subset(&dir, "train", 640),
+            val: idx_subset(&dir, "t10k", 320),
+            dir,
+        }
+    })
+}
+
+fn ok(mut c: Command) -> Output {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed:\n{}{}",
+        c,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn fails(mut c: Command) -> String {
+    let o = c.output().unwrap();
+    assert!(!o.status.success(), "{c:?} succeeded but should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
+}
+
+/// `tinyvit train` with the common small settings.
+fn train(out: &Path, target: &[&str], epochs: u32, extra: &[&str]) -> Command {
+    let d = data();
+    let mut c = Command::new(BIN);
+    c.args(["train", "--arch", "tiny_vit_mcu_m4", "--data", &d.train, "--val", &d.val])
+        .args(target)
+        .args(["--epochs", &epochs.to_string(), "--out"])
+        .arg(out)
+        .args([
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--workers",
+            "1",
+            "--log-every",
+            "4",
+            "--quiet",
+        ])
+        .args(extra);
+    if !extra.contains(&"--img-size") && !target.contains(&"--logits") {
+        c.args(["--img-size", "32"]);
+    }
+    c
+}
+
+/// The summary line `tinyvit train` prints last.
+fn summary(o: &Output) -> serde_json::Value {
+    let s = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(s.lines().last().expect("summary line")).unwrap()
+}
+
+fn assert_learns(s: &serde_json::Value, what: &str) {
+    let first = s["first_loss"].as_f64().unwrap();
+    let last = s["final_loss"].as_f64().unwrap();
+    let top1 = s["val_top1"].as_f64().unwrap();
+    eprintln!("{what}: loss {first:.4} -> {last:.4}, val top-1 {top1:.2}%, top-5 {:.2}%", s["val_top5"]);
+    // Soft targets of a weak teacher have high entropy, which bounds the distillation loss
+    // from below: it falls by less than a labels loss does.
+    assert!(last < first - 0.01, "{what}: loss did not fall ({first} -> {last})");
+    assert!(top1 > 25.0, "{what}: val top-1 {top1}% is not well above chance (10%)");
+}
+
+/// The teacher: the same tiny student architecture trained on labels for 5 epochs.
+fn teacher() -> &'static (PathBuf, serde_json::Value) {
+    static T: OnceLock<(PathBuf, serde_json::Value)> = OnceLock::new();
+    T.get_or_init(|| {
+        let out = data().dir.join("teacher");
+        let _ = std::fs::remove_dir_all(&out);
+        let o = ok(train(&out, &["--labels"], 5, &[]));
+        (out.join("model.safetensors"), summary(&o))
+    })
+}
+
+/// A store of 3 epochs, top-3, written by the teacher pass from the TinyViT teacher.
+fn store() -> &'static PathBuf {
+    static S: OnceLock<PathBuf> = OnceLock::new();
+    S.get_or_init(|| {
+        let (ckpt, _) = teacher();
+        let out = data().dir.join("store");
+        let _ = std::fs::remove_dir_all(&out);
+        let t = tinyvit_host::train::StoreTeacher::load(ckpt, tch::Device::Cpu).unwrap();
+        let mut cfg = tinyvit_host::save_logits::PassConfig::new(&data().train, &out, 3, 3);
+        cfg.aug_preset = "light".into();
+        cfg.aug = tinyvit_core::aug::preset("light").unwrap();
+        cfg.aug.size = 32;
+        cfg.batch_size = 64;
+        cfg.workers = 1;
+        cfg.progress = false;
+        tinyvit_host::save_logits::run(&cfg, &t).unwrap();
+        out
+    })
+}
+
+#[test]
+fn labels_run_learns_and_writes_the_run_folder() {
+    let (ckpt, s) = teacher();
+    assert_learns(s, "labels");
+    let dir = ckpt.parent().unwrap();
+    for f in [
+        "config.toml",
+        "run.json",
+        "last.safetensors",
+        "best.safetensors",
+        "model.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+        "summary.json",
+    ] {
+        assert!(dir.join(f).exists(), "run folder lacks {f}");
+    }
+    let epochs = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"epoch\""))
+        .count();
+    assert_eq!(epochs, 5);
+    // the run refuses to overwrite itself without --resume
+    let err = fails(train(dir, &["--labels"], 5, &[]));
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn distillation_from_the_store_learns() {
+    let store = store();
+    let out = tmpdir("distill");
+    let o = ok(train(&out, &["--logits", store.to_str().unwrap()], 4, &[]));
+    let s = summary(&o);
+    assert_learns(&s, "store distillation");
+    let agree = s["train_agreement"].as_f64().unwrap();
+    eprintln!("store distillation: agreement with the stored teacher top-1 {agree:.2}%");
+    assert!(agree > 20.0);
+}
+
+#[test]
+fn online_distillation_learns() {
+    let (ckpt, _) = teacher();
+    let out = tmpdir("online");
+    let o = ok(train(&out, &["--teacher", ckpt.to_str().unwrap()], 4, &[]));
+    let s = summary(&o);
+    assert_learns(&s, "online distillation");
+    let agree = s["val_agreement"].as_f64().unwrap();
+    eprintln!("online distillation: val agreement with the teacher {agree:.2}%");
+    assert!(agree > 25.0);
+}
+
+#[test]
+fn mismatched_store_is_refused() {
+    let store = store();
+    let d = data();
+    // another dataset: the validation images instead of the training images
+    let out = tmpdir("mismatch");
+    let mut c = Command::new(BIN);
+    c.args(["train", "--arch", "tiny_vit_mcu_m4", "--data", &d.val, "--logits"])
+        .arg(store)
+        .args(["--epochs", "1", "--device", "cpu", "--quiet", "--out"])
+        .arg(&out);
+    let err = fails(c);
+    assert!(err.contains("fingerprint") || err.contains("dataset"), "{err}");
+    // another class count
+    let err = fails(train(&out, &["--logits", store.to_str().unwrap()], 1, &["--num-classes", "7"]));
+    assert!(err.contains("classes"), "{err}");
+    // another input size than the views the teacher saw
+    let err = fails(train(&out, &["--logits", store.to_str().unwrap()], 1, &["--img-size", "40"]));
+    assert!(err.contains("32px") || err.contains("img-size"), "{err}");
+}
+
+#[test]
+fn export_matches_tch_accuracy() {
+    let (ckpt, s) = teacher();
+    let d = data();
+    let out = d.dir.join("teacher.tvb");
+    let mut c = Command::new(BIN);
+    c.args(["export", "--checkpoint"])
+        .arg(ckpt)
+        .arg("--out")
+        .arg(&out)
+        .args(["--val", &d.val, "--engine", "exact"]);
+    let o = ok(c);
+    let r: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
+    let (t, e) = (r["tch_top1"].as_f64().unwrap(), r["core_top1"].as_f64().unwrap());
+    eprintln!(
+        "export: tch top-1 {t:.3}%, core exact top-1 {e:.3}%, {} disagreements on {} images, max rel logit diff {:.2e}, {} bytes",
+        r["disagreements"], r["images"], r["max_rel_logit_diff"].as_f64().unwrap(), r["bytes"]
+    );
+    assert!((t - e).abs() <= 0.1, "tch {t} vs core {e}");
+    assert!(r["max_rel_logit_diff"].as_f64().unwrap() <= 1e-4);
+    // the trainer's own evaluation used the same views
+    assert!((t - s["val_top1"].as_f64().unwrap()).abs() <= 0.32);
+    assert!(out.exists());
+}

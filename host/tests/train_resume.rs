@@ -1,0 +1,114 @@
+//! Kill -9 during training, then `--resume`: the final weights equal those of an uninterrupted
+//! run bit for bit on the CPU (same thread count), because every random stream (epoch order,
+//! augmentation seeds, mixup draws, DropPath masks) is derived from the run seed and the
+//! position, and the checkpoint holds weights, BN statistics, AdamW moments and that position.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tinyvit_host::data::read_maybe_gz;
+use tinyvit_host::train::checkpoint;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
+const FM: &str = "/usr/share/datasets/fashion-mnist";
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tinyvit-resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The first `n` Fashion-MNIST training images and labels as raw IDX files.
+fn idx_subset(dir: &Path, n: usize) -> String {
+    let img = read_maybe_gz(&Path::new(FM).join("train-images-idx3-ubyte.gz"))
+        .expect("Fashion-MNIST (Debian package dataset-fashion-mnist) is needed");
+    let lab = read_maybe_gz(&Path::new(FM).join("train-labels-idx1-ubyte.gz")).unwrap();
+    let mut i = img[..4].to_vec();
+    i.extend((n as u32).to_be_bytes());
+    i.extend(&img[8..16]);
+    i.extend(&img[16..16 + n * 784]);
+    let mut l = lab[..4].to_vec();
+    l.extend((n as u32).to_be_bytes());
+    l.extend(&lab[8..8 + n]);
+    std::fs::write(dir.join("img"), i).unwrap();
+    std::fs::write(dir.join("lab"), l).unwrap();
+    format!("idx:{},{}", dir.join("img").display(), dir.join("lab").display())
+}
+
+fn train(data: &str, out: &Path, resume: bool) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["train", "--arch", "tiny_vit_mcu_m4", "--data", data, "--labels"])
+        .args(["--val", "split:64", "--epochs", "3", "--batch-size", "16", "--img-size", "32"])
+        // exercise every random stream: DropPath, mixup and CutMix, augmentation
+        .args(["--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"])
+        .args(["--ckpt-every", "3", "--threads", "1", "--workers", "2", "--device", "cpu"])
+        .args(["--seed", "11", "--quiet", "--out"])
+        .arg(out);
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+fn step_of(path: &Path) -> Option<u64> {
+    let l = checkpoint::load(path, None).ok()?;
+    l.state.map(|s| s.step)
+}
+
+#[test]
+fn kill_then_resume_equals_uninterrupted() {
+    let dir = tmpdir("data");
+    let data = idx_subset(&dir, 384);
+    let whole = dir.join("whole");
+    let o = train(&data, &whole, false).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let cut = dir.join("cut");
+    let mut child = train(&data, &cut, false).spawn().unwrap();
+    let last = cut.join("last.safetensors");
+    let t0 = Instant::now();
+    let killed_at = loop {
+        if let Some(s) = step_of(&last) {
+            if s >= 6 {
+                break s;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!cut.join("model.safetensors").exists());
+    let total = 3 * ((384 - 64) / 16) as u64;
+    eprintln!("killed after checkpoint at step {killed_at} of {total}");
+    assert!(killed_at < total);
+
+    let o = train(&data, &cut, true).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let a = checkpoint::load(&whole.join("last.safetensors"), None).unwrap();
+    let b = checkpoint::load(&cut.join("last.safetensors"), None).unwrap();
+    assert_eq!(a.state.as_ref().unwrap().step, total);
+    assert_eq!(b.state.as_ref().unwrap().step, total);
+    let mut names: Vec<&String> = a.tensors.keys().collect();
+    names.sort();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    let mut differing = Vec::new();
+    for n in names {
+        // weights, BN statistics and AdamW moments
+        if !a.tensors[n].equal(&b.tensors[n]) {
+            differing.push(n.clone());
+        }
+    }
+    assert!(differing.is_empty(), "not bit-identical: {differing:?}");
+
+    // a resumed run with other settings is refused
+    let mut c = train(&data, &cut, true);
+    c.args(["--lr", "0.1"]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("recipe differs"));
+}
