@@ -19,8 +19,9 @@
 //! ```
 //!
 //! The manifest is JSON, written and parsed on the host (it never reaches a device); this
-//! module specifies and parses the shard files. `--shard I/N` writes part `I` of `N`. The sample range `0..len` is cut on block boundaries:
-//! with `B = ceil(ceil(len / R) / N)` blocks a part (`R` = records per block), part `I` holds
+//! module specifies and parses the shard files. `--shard I/N` writes part `I` of `N`. The
+//! sample range `0..len` is cut on block boundaries: with `B = ceil(ceil(len / R) / N)` blocks
+//! a part (`R` = records per block), part `I` holds
 //! samples `min(I*B*R, len) .. min((I+1)*B*R, len)` ([`part_range`]). Cutting on blocks makes a
 //! part's blocks byte-identical, checksums included, to the same blocks of an unsharded store.
 //! Files being written carry the suffix `.tmp` and are renamed when closed.

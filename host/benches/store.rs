@@ -247,6 +247,11 @@ fn teacher_pass() -> Result<()> {
         cfg.out = dir.join(format!("store-{rep}"));
         let summary = save_logits::run(&cfg, &teacher).context("teacher pass")?;
         pass = pass.min(summary.wall_seconds);
+        let faults = LogitStore::open(&cfg.out)?.verify();
+        anyhow::ensure!(
+            faults.is_empty(),
+            "the pass wrote a faulty store: {faults:?}"
+        );
     }
     let overhead = pass / bare - 1.0;
     println!(
