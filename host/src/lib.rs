@@ -1,6 +1,7 @@
 //! The host side of tinyvit: everything that needs std, files, threads or libtorch.
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
+pub mod augment;
 pub mod data;
 pub mod device;
 pub mod import;

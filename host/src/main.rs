@@ -31,6 +31,9 @@ enum Command {
     Train(Box<tinyvit_host::train::TrainArgs>),
     /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
     Export(tinyvit_host::export::ExportArgs),
+    /// Render what the student sees: a replayed training view, named RandAugment ops, or the
+    /// evaluation view.
+    Augment(tinyvit_host::augment::AugmentArgs),
 }
 
 fn version() -> &'static str {
@@ -60,5 +63,6 @@ fn main() -> anyhow::Result<()> {
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
         Command::Export(args) => tinyvit_host::export::main(args),
+        Command::Augment(args) => tinyvit_host::augment::run(&args),
     }
 }

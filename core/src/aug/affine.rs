@@ -51,13 +51,32 @@ pub(crate) fn affine(
             }
             let xs = xin - 0.5;
             let ys = yin - 0.5;
-            let xf = libm::floor(xs);
-            let yf = libm::floor(ys);
-            let (dx, dy) = (xs - xf, ys - yf);
-            let (xi, yi) = (xf as i64, yf as i64);
+            let (xi, yi) = (floor_i64(xs), floor_i64(ys));
+            let (dx, dy) = (xs - xi as f64, ys - yi as f64);
             match f {
                 Interpolation::Bicubic => {
                     let (xb, yb) = (xi - 1, yi - 1);
+                    if xb >= 0 && xb + 3 < w && yb >= 0 && yb + 3 < h {
+                        // Interior: all 16 taps inside, no clamping (same values as below).
+                        let base = yb as usize * stride + xb as usize * ch;
+                        let mut v = [[0.0f64; 3]; 4];
+                        for (r, vr) in v.iter_mut().enumerate() {
+                            let row = &data[base + r * stride..base + r * stride + 4 * ch];
+                            for c in 0..ch {
+                                vr[c] = cubic(
+                                    f64::from(row[c]),
+                                    f64::from(row[ch + c]),
+                                    f64::from(row[2 * ch + c]),
+                                    f64::from(row[3 * ch + c]),
+                                    dx,
+                                );
+                            }
+                        }
+                        for c in 0..ch {
+                            dst.data[o + c] = to_u8(cubic(v[0][c], v[1][c], v[2][c], v[3][c], dy));
+                        }
+                        continue;
+                    }
                     let xs4 = [xclip(xb), xclip(xb + 1), xclip(xb + 2), xclip(xb + 3)];
                     for c in 0..ch {
                         let row = |yy: usize| {
@@ -86,14 +105,7 @@ pub(crate) fn affine(
                         } else {
                             v3
                         };
-                        let v = cubic(v1, v2, v3, v4, dy);
-                        dst.data[o + c] = if v <= 0.0 {
-                            0
-                        } else if v >= 255.0 {
-                            255
-                        } else {
-                            v as u8
-                        };
+                        dst.data[o + c] = to_u8(cubic(v1, v2, v3, v4, dy));
                     }
                 }
                 Interpolation::Bilinear => {
@@ -116,6 +128,29 @@ pub(crate) fn affine(
                 }
             }
         }
+    }
+}
+
+/// PIL's bicubic output: clipped to 0..255, then truncated.
+#[inline(always)]
+fn to_u8(v: f64) -> u8 {
+    if v <= 0.0 {
+        0
+    } else if v >= 255.0 {
+        255
+    } else {
+        v as u8
+    }
+}
+
+/// `floor` for the coordinate range of an image (|x| far below 2^63), without a libm call.
+#[inline(always)]
+fn floor_i64(x: f64) -> i64 {
+    let t = x as i64;
+    if (t as f64) > x {
+        t - 1
+    } else {
+        t
     }
 }
 

@@ -81,23 +81,24 @@ fn sharpness(factor: f32, src: ImageRef<'_>, dst: ImageMut<'_>) {
     let k_side = 1.0f32 / 13.0f32;
     let k_mid = 5.0f32 / 13.0f32;
     let stride = w * ch;
-    let px = |y: usize, x: usize| f32::from(src.data[y * stride + x]);
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            for c in 0..ch {
-                let i = x * ch + c;
-                let row = |yy: usize, km: f32| {
-                    px(yy, i - ch) * k_side + px(yy, i) * km + px(yy, i + ch) * k_side
-                };
-                let mut ss = 0.5f32;
-                ss += row(y + 1, k_side);
-                ss += row(y, k_mid);
-                ss += row(y - 1, k_side);
-                let ss = if ss < 0.0 { 0.0 } else { ss };
-                let ss = if ss > 255.0 { 255.0 } else { ss };
-                let d = ss as u8;
-                dst.data[y * stride + i] = blend(d, src.data[y * stride + i], factor);
-            }
+        let r_up = &src.data[(y - 1) * stride..y * stride];
+        let r_mid = &src.data[y * stride..(y + 1) * stride];
+        let r_dn = &src.data[(y + 1) * stride..(y + 2) * stride];
+        let out = &mut dst.data[y * stride..(y + 1) * stride];
+        for i in ch..stride - ch {
+            // PIL's order: offset, then the row below, this row, the row above; each row
+            // `(left * k0 + centre * k1) + right * k2`.
+            let k3 = |r: &[u8], km: f32| {
+                f32::from(r[i - ch]) * k_side + f32::from(r[i]) * km + f32::from(r[i + ch]) * k_side
+            };
+            let mut ss = 0.5f32;
+            ss += k3(r_dn, k_side);
+            ss += k3(r_mid, k_mid);
+            ss += k3(r_up, k_side);
+            let ss = if ss < 0.0 { 0.0 } else { ss };
+            let ss = if ss > 255.0 { 255.0 } else { ss };
+            out[i] = blend(ss as u8, r_mid[i], factor);
         }
     }
 }

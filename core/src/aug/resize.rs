@@ -199,48 +199,33 @@ fn horizontal<'a>(
     ch: usize,
     out: &mut [u8],
 ) {
-    let mut kbuf = [0i32; 256];
-    for xx in 0..ow {
-        let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
-        let n = get_u32(hb, 2 * xx + 1) as usize;
-        let kbytes = &hk[xx * kh * 4..(xx * kh + n) * 4];
-        let base = xmin * ch;
-        if n <= kbuf.len() {
-            load_coeffs(kbytes, &mut kbuf[..n]);
-            let k = &kbuf[..n];
-            for y in 0..rows {
-                let r = &row(y)[base..base + n * ch];
-                let o = &mut out[(y * ow + xx) * ch..(y * ow + xx + 1) * ch];
-                if ch == 3 {
-                    let half = 1i32 << (PRECISION_BITS - 1);
-                    let (mut s0, mut s1, mut s2) = (half, half, half);
-                    for (t, px) in k.iter().zip(r.chunks_exact(3)) {
-                        s0 += i32::from(px[0]) * t;
-                        s1 += i32::from(px[1]) * t;
-                        s2 += i32::from(px[2]) * t;
-                    }
-                    o[0] = clip8(s0);
-                    o[1] = clip8(s1);
-                    o[2] = clip8(s2);
-                } else {
-                    let mut s = 1i32 << (PRECISION_BITS - 1);
-                    for (t, px) in k.iter().zip(r.iter()) {
-                        s += i32::from(*px) * t;
-                    }
-                    o[0] = clip8(s);
+    for y in 0..rows {
+        let r = row(y);
+        let o_row = &mut out[y * ow * ch..(y + 1) * ow * ch];
+        for xx in 0..ow {
+            let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
+            let n = get_u32(hb, 2 * xx + 1) as usize;
+            let k = &hk[xx * kh * 4..(xx * kh + n) * 4];
+            let px = &r[xmin * ch..(xmin + n) * ch];
+            let o = &mut o_row[xx * ch..(xx + 1) * ch];
+            let half = 1i32 << (PRECISION_BITS - 1);
+            if ch == 3 {
+                let (mut s0, mut s1, mut s2) = (half, half, half);
+                for (kb, p) in k.chunks_exact(4).zip(px.chunks_exact(3)) {
+                    let t = i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
+                    s0 += i32::from(p[0]) * t;
+                    s1 += i32::from(p[1]) * t;
+                    s2 += i32::from(p[2]) * t;
                 }
-            }
-        } else {
-            // Very strong shrink (more than 256 taps): read coefficients in place.
-            for y in 0..rows {
-                let r = &row(y)[base..];
-                for c in 0..ch {
-                    let mut s = 1i32 << (PRECISION_BITS - 1);
-                    for t in 0..n {
-                        s += i32::from(r[t * ch + c]) * get_u32(kbytes, t) as i32;
-                    }
-                    out[(y * ow + xx) * ch + c] = clip8(s);
+                o[0] = clip8(s0);
+                o[1] = clip8(s1);
+                o[2] = clip8(s2);
+            } else {
+                let mut s = half;
+                for (kb, &p) in k.chunks_exact(4).zip(px.iter()) {
+                    s += i32::from(p) * i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
                 }
+                o[0] = clip8(s);
             }
         }
     }

@@ -1,0 +1,157 @@
+//! Images/s on one core of the full 224 training pipeline (RandomResizedCrop bicubic, flip,
+//! RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, normalisation to f32 CHW), decode
+//! excluded and included, against timm's `create_transform(224, is_training=True,
+//! auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25, interpolation='bicubic')` on the same
+//! JPEG files in the same run (`augment_timm.py`, run with the reference Python).
+//!
+//! Photos: scikit-image's bundled samples, re-encoded as JPEG quality 90 (ImageNet is JPEG).
+//! `TINYVIT_PYREF` names the reference environment (default `/root/.cache/tinyvit/pyref`);
+//! `TINYVIT_BENCH_SECONDS` the time per measurement (default 4).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tinyvit_core::aug::{normalize, preset, replay, scratch_len, ImageMut};
+use tinyvit_host::augment::{decode_image, Image};
+
+const PHOTOS: [&str; 6] = [
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+];
+
+fn main() -> Result<()> {
+    let pyref = PathBuf::from(
+        std::env::var("TINYVIT_PYREF").unwrap_or_else(|_| "/root/.cache/tinyvit/pyref".into()),
+    );
+    let seconds: f64 = std::env::var("TINYVIT_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    let python = pyref.join("bin/python");
+    let data = pyref.join("lib/python3.11/site-packages/skimage/data");
+    if !python.exists() || !data.exists() {
+        bail!(
+            "augment bench needs the reference environment at {} (set TINYVIT_PYREF)",
+            pyref.display()
+        );
+    }
+    // Re-encode every photo as JPEG q90 into a temp folder both sides read.
+    let dir = std::env::temp_dir().join(format!("tinyvit-augbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut files = Vec::new();
+    let mut jpegs = Vec::new();
+    for name in PHOTOS {
+        let p = data.join(name);
+        let img = image::open(&p)
+            .with_context(|| format!("decoding {}", p.display()))?
+            .into_rgb8();
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
+            .encode_image(&img)
+            .with_context(|| format!("encoding {name}"))?;
+        let out = dir.join(format!("{name}.jpg"));
+        std::fs::write(&out, &buf)?;
+        println!("photo {name}: {}x{}", img.width(), img.height());
+        files.push(out);
+        jpegs.push(buf);
+    }
+    let decoded: Vec<Image> = jpegs
+        .iter()
+        .map(|b| decode_image(b))
+        .collect::<Result<_>>()?;
+
+    let cfg = preset("in22k-distill")?;
+    let size = cfg.size;
+    let max_scratch = decoded
+        .iter()
+        .map(|i| scratch_len(&cfg, i.width, i.height, 3))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let mut scratch = vec![0u8; max_scratch];
+    let mut view = vec![0u8; (size * size * 3) as usize];
+    let mut tensor = vec![0f32; (size * size * 3) as usize];
+    let mut seed = 0u32;
+    let mut one = |img: &Image, seed: u32| -> Result<()> {
+        replay(
+            &cfg,
+            seed,
+            img.as_ref(),
+            ImageMut::new(size, size, 3, &mut view)?,
+            &mut scratch,
+        )?;
+        normalize(
+            ImageMut::new(size, size, 3, &mut view)?.as_ref(),
+            cfg.mean,
+            cfg.std,
+            &mut tensor,
+        )?;
+        Ok(())
+    };
+    // Warm-up.
+    for img in &decoded {
+        one(img, 0)?;
+    }
+    let mut rate = |f: &mut dyn FnMut(usize, u32) -> Result<()>| -> Result<f64> {
+        let start = Instant::now();
+        let mut n = 0u64;
+        loop {
+            for i in 0..decoded.len() {
+                seed = seed.wrapping_add(1);
+                f(i, seed)?;
+                n += 1;
+            }
+            let el = start.elapsed().as_secs_f64();
+            if el >= seconds {
+                return Ok(n as f64 / el);
+            }
+        }
+    };
+    let ours_ex = rate(&mut |i, s| one(&decoded[i], s))?;
+    let ours_in = rate(&mut |i, s| {
+        let img = decode_image(&jpegs[i])?;
+        one(&img, s)
+    })?;
+
+    let out = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/augment_timm.py"
+        ))
+        .arg(seconds.to_string())
+        .args(&files)
+        .env("OMP_NUM_THREADS", "1")
+        .env("MKL_NUM_THREADS", "1")
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    std::fs::remove_dir_all(&dir).ok();
+    if !out.status.success() {
+        bail!("timm peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8(out.stdout)?;
+    let v: serde_json::Value = serde_json::from_str(line.trim()).context("timm peer output")?;
+    let timm_ex = v["decode_excluded"].as_f64().context("decode_excluded")?;
+    let timm_in = v["decode_included"].as_f64().context("decode_included")?;
+    println!(
+        "augment 224 training pipeline, one core, {} photos, {seconds} s each:",
+        PHOTOS.len()
+    );
+    println!(
+        "  decode excluded: tinyvit {ours_ex:8.1} img/s   timm {} {timm_ex:8.1} img/s   ratio {:.2}x",
+        v["timm"].as_str().unwrap_or("?"),
+        ours_ex / timm_ex
+    );
+    println!(
+        "  decode included: tinyvit {ours_in:8.1} img/s   timm {} {timm_in:8.1} img/s   ratio {:.2}x",
+        v["timm"].as_str().unwrap_or("?"),
+        ours_in / timm_in
+    );
+    Ok(())
+}

@@ -1,0 +1,54 @@
+"""Peer of host/benches/augment.rs: timm's training transform on the same JPEG files, one core.
+
+    python augment_timm.py SECONDS FILE...
+
+Prints one JSON line: images/s with decode excluded (PIL images decoded once, then
+transform(img)) and included (open + convert('RGB') + transform for each image).
+The transform is timm.data.create_transform(224, is_training=True,
+auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25, interpolation='bicubic'), ending in a
+normalised float tensor, as the Rust side ends in normalised f32 CHW.
+"""
+import io
+import json
+import sys
+import time
+
+import torch
+from PIL import Image
+import timm
+from timm.data import create_transform
+
+
+def main():
+    torch.set_num_threads(1)
+    seconds = float(sys.argv[1])
+    blobs = [open(p, "rb").read() for p in sys.argv[2:]]
+    t = create_transform(
+        224,
+        is_training=True,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        re_prob=0.25,
+        interpolation="bicubic",
+    )
+    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs]
+    for img in decoded:  # warm-up
+        t(img)
+
+    def rate(fn):
+        n = 0
+        start = time.perf_counter()
+        while True:
+            for i in range(len(blobs)):
+                fn(i)
+                n += 1
+            el = time.perf_counter() - start
+            if el >= seconds:
+                return n / el
+
+    excluded = rate(lambda i: t(decoded[i]))
+    included = rate(lambda i: t(Image.open(io.BytesIO(blobs[i])).convert("RGB")))
+    print(json.dumps({"timm": timm.__version__, "decode_excluded": excluded, "decode_included": included}))
+
+
+if __name__ == "__main__":
+    main()
