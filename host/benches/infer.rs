@@ -1,0 +1,111 @@
+//! Single-thread latency of `tiny_vit_5m_224` at batch 1: the core `exact` and `fast` engines
+//! against libtorch on the CPU (one intra-op thread, eval mode, no autograd), all three on the
+//! same synthetic weights and input, timed in one run and printed with their ratios.
+//!
+//! `cargo xtask bench` runs it (or `cargo bench -p tinyvit-host --bench infer`).
+//! Each engine: one warm-up run, then the median of `RUNS` timed runs (fewer for `exact`).
+
+use std::time::Instant;
+
+use tinyvit_core::config::ModelConfig;
+use tinyvit_core::engine::{arena_len, exact, fast::FastModel, input_len, Weights};
+use tinyvit_core::params::{splitmix64, synthetic_state_dict, TensorKind};
+use tinyvit_host::import::{self, StateDict, Tensor};
+use tinyvit_host::infer::tch_model;
+
+const RUNS: usize = 21;
+const EXACT_RUNS: usize = 5;
+
+/// Median wall time of `runs` calls of `f`, after one warm-up call, in milliseconds.
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; filters other than ours skip this benchmark.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if !filter.is_empty() && !filter.iter().any(|f| "infer".contains(f.as_str())) {
+        return;
+    }
+    tch::set_num_threads(1);
+    tch::set_num_interop_threads(1);
+
+    let cfg = ModelConfig::tiny_vit_5m_224();
+    let sd: StateDict = synthetic_state_dict(&cfg, 42)
+        .into_iter()
+        .filter(|t| t.kind != TensorKind::Counter)
+        .map(|t| {
+            (
+                t.name,
+                Tensor {
+                    shape: t.shape,
+                    values: t.values,
+                },
+            )
+        })
+        .collect();
+    let blob = import::fold(&sd, &cfg).expect("fold");
+    let w = Weights::new(&cfg, &blob).expect("weights");
+    let n = input_len(&cfg).expect("input");
+    let mut s = 7u64;
+    let x: Vec<f32> = (0..n)
+        .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
+        .collect();
+    let nc = cfg.num_classes as usize;
+
+    let mut arena = vec![0.0f32; arena_len(&cfg).expect("arena")];
+    let mut l_exact = vec![0.0f32; nc];
+    let exact_ms = median_ms(EXACT_RUNS, || {
+        exact::forward(&w, &x, &mut arena, &mut l_exact).expect("exact");
+    });
+
+    let model = FastModel::new(&w).expect("fast");
+    let mut l_fast = vec![0.0f32; nc];
+    let fast_ms = median_ms(RUNS, || {
+        model.forward(&x, &mut l_fast).expect("fast");
+    });
+
+    let (_vs, tmodel) = tch_model(&sd, &cfg).expect("tch model");
+    let xt = tch::Tensor::from_slice(&x).reshape([1, 3, 224, 224]);
+    let mut l_tch = vec![0.0f32; nc];
+    let tch_ms = median_ms(RUNS, || {
+        let y = tch::no_grad(|| tmodel.forward(&xt, tinyvit_host::model::Mode::EVAL));
+        l_tch = Vec::<f32>::try_from(y.flatten(0, -1)).expect("logits");
+    });
+
+    let max_abs = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+    };
+    println!("tiny_vit_5m_224, batch 1, one thread (median of {RUNS}; exact {EXACT_RUNS}):");
+    println!(
+        "  libtorch {} CPU : {tch_ms:8.2} ms",
+        tinyvit_host::LIBTORCH_VERSION
+    );
+    println!(
+        "  core fast          : {fast_ms:8.2} ms   {:.2}x libtorch time",
+        fast_ms / tch_ms
+    );
+    println!(
+        "  core exact         : {exact_ms:8.2} ms   {:.2}x libtorch time",
+        exact_ms / tch_ms
+    );
+    println!(
+        "  agreement: |fast-exact| {:.2e}, |tch-exact| {:.2e} (max abs logit diff)",
+        max_abs(&l_fast, &l_exact),
+        max_abs(&l_tch, &l_exact)
+    );
+}
