@@ -1360,4 +1360,67 @@ mod tests {
             StoreError::UnsupportedVersion { found: 2 }
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes: parsing returns an error or a view, never panics; a view's records
+            /// and blocks can all be read without panicking.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let _ = ShardHeader::decode(&bytes);
+                let _ = ShardFooter::decode(&bytes);
+                if let Ok(v) = ShardView::open(&bytes) {
+                    let _ = v.verify();
+                    let h = *v.header();
+                    for s in h.first_sample..h.end_sample() {
+                        let _ = v.record(s);
+                    }
+                }
+                let l = RecordLayout::new(3, 10, ValueEncoding::F16).unwrap();
+                if bytes.len() >= l.record_len() {
+                    let _ = l.view(&bytes[..l.record_len()]);
+                }
+            }
+
+            /// A mutated valid header is rejected or decodes to a header that re-encodes to
+            /// the same bytes.
+            #[test]
+            fn header_mutations(i in 0usize..HEADER_LEN, x in 1u8..=255) {
+                let h = ShardHeader::new(RecordLayout::new(5, 300, ValueEncoding::Sqrt8).unwrap(), 8, 2, 1, 3, 100, 9).unwrap();
+                let mut b = h.encode();
+                b[i] ^= x;
+                if let Ok(d) = ShardHeader::decode(&b) {
+                    prop_assert_eq!(d.encode(), b);
+                }
+            }
+
+            /// Records round trip: indices exactly, values within the encoding's bound.
+            #[test]
+            fn records_round_trip(
+                classes in 1u32..200_000,
+                seed in any::<u32>(),
+                raw in proptest::collection::vec((any::<u32>(), 0.0f32..=1.0), 1..20),
+                sqrt8 in any::<bool>(),
+            ) {
+                let k = raw.len().min(classes as usize);
+                let values = if sqrt8 { ValueEncoding::Sqrt8 } else { ValueEncoding::F16 };
+                let l = RecordLayout::new(k as u16, classes, values).unwrap();
+                let idx: std::vec::Vec<u32> = raw[..k].iter().map(|&(i, _)| i % classes).collect();
+                let p: std::vec::Vec<f32> = raw[..k].iter().map(|&(_, p)| p).collect();
+                let mut out = std::vec![0u8; l.record_len()];
+                l.encode(seed, &idx, &p, &mut out).unwrap();
+                let v = l.view(&out).unwrap();
+                prop_assert_eq!(v.seed(), seed);
+                prop_assert!(!v.is_missing());
+                for j in 0..k {
+                    prop_assert_eq!(v.index(j), idx[j]);
+                    let bound = if sqrt8 { libm::sqrtf(p[j]) / 255.0 + 4e-6 } else { p[j] / 2048.0 + 3e-8 };
+                    prop_assert!((v.prob(j) - p[j]).abs() <= bound, "{} vs {}", v.prob(j), p[j]);
+                }
+            }
+        }
+    }
 }

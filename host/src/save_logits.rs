@@ -406,10 +406,26 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
         .map_err(|e| anyhow::anyhow!("augmentation: {e}"))?;
     let ds = data::open(&cfg.data)?;
     ensure!(!ds.is_empty(), "{}: the dataset is empty", cfg.data);
-    let first = ds
-        .get(0)
-        .with_context(|| format!("{}: reading the first sample", cfg.data))?;
-    let channels = cfg.channels.unwrap_or(first.image.channels);
+    // The teacher's channels default to the data's: those of the first readable sample.
+    let channels = match cfg.channels {
+        Some(c) => c,
+        None => {
+            let mut found = None;
+            for i in 0..ds.len() {
+                match ds.get(i) {
+                    Ok(s) => {
+                        found = Some(s.image.channels);
+                        break;
+                    }
+                    Err(e) if cfg.on_bad_image == OnBadImage::Error => {
+                        return Err(e.context(format!("{}: reading sample {i}", cfg.data)))
+                    }
+                    Err(_) => {}
+                }
+            }
+            found.with_context(|| format!("{}: no sample could be read", cfg.data))?
+        }
+    };
     ensure!(channels == 1 || channels == 3, "--channels must be 1 or 3");
     let size = cfg.aug.size;
 

@@ -143,7 +143,16 @@ impl Manifest {
 
     /// Writes `DIR/manifest.json` atomically (temp file, fsync, rename, fsync of the folder).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join(format!("{MANIFEST_FILE}.{}.tmp", std::process::id()));
+        // Parts on other machines may write the same (identical) manifest at the same moment:
+        // each uses its own temp name, and the last rename wins with the same bytes.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!(
+            "{MANIFEST_FILE}.{}-{nanos}.tmp",
+            std::process::id()
+        ));
         super::writer::write_atomic(&tmp, &dir.join(MANIFEST_FILE), &self.to_json())
     }
 
