@@ -77,14 +77,13 @@ fn main() {
     writeln!(src, "/// Classes of the embedded model.").unwrap();
     writeln!(src, "pub const LOGITS_LEN: usize = {logits};").unwrap();
 
-    let (mut view, mut scratch) = (0usize, 0usize);
+    let (mut view, mut scratch, mut source) = (0usize, 0usize, 0usize);
     match &vectors {
         Some(p) => {
             let bytes = fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
             writeln!(src, "pub static VECTORS: Option<&Aligned<[u8]>> = Some(&Aligned(*include_bytes!({:?})));", p.display().to_string()).unwrap();
-            let (v, s) = buffer_sizes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            view = v;
-            scratch = s;
+            (view, scratch, source) =
+                buffer_sizes(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }
         None => src.push_str("pub static VECTORS: Option<&Aligned<[u8]>> = None;\n"),
     }
@@ -92,6 +91,12 @@ fn main() {
     writeln!(src, "pub const VIEW_LEN: usize = {view};").unwrap();
     writeln!(src, "/// Bytes of the largest augmentation scratch buffer.").unwrap();
     writeln!(src, "pub const SCRATCH_LEN: usize = {scratch};").unwrap();
+    writeln!(
+        src,
+        "/// Bytes of the largest test-pattern source rebuilt on the device."
+    )
+    .unwrap();
+    writeln!(src, "pub const SOURCE_LEN: usize = {source};").unwrap();
     fs::write(out.join("payload.rs"), src).expect("writing payload.rs");
 }
 
@@ -139,10 +144,10 @@ fn model_config(bytes: &[u8]) -> Result<ModelConfig, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The largest view and augmentation scratch any vector needs.
-fn buffer_sizes(bytes: &[u8]) -> Result<(usize, usize), String> {
+/// The largest view, augmentation scratch and test-pattern source any vector needs.
+fn buffer_sizes(bytes: &[u8]) -> Result<(usize, usize, usize), String> {
     let v = vectors::Vectors::parse(bytes).map_err(|e| e.to_string())?;
-    let (mut view, mut scratch) = (0, 0);
+    let (mut view, mut scratch, mut source) = (0, 0, 0);
     for (i, r) in v.iter().enumerate() {
         let r = r.map_err(|e| e.to_string())?;
         let cfg: AugConfig =
@@ -150,6 +155,9 @@ fn buffer_sizes(bytes: &[u8]) -> Result<(usize, usize), String> {
         let len = |w: u32, h: u32| {
             aug::image_len(w, h, r.channels).map_err(|e| format!("record {i}: {e}"))
         };
+        if r.pattern {
+            source = source.max(len(r.width, r.height)?);
+        }
         match r.kind {
             vectors::Kind::View | vectors::Kind::Infer => {
                 view = view.max(len(cfg.size, cfg.size)?);
@@ -173,5 +181,5 @@ fn buffer_sizes(bytes: &[u8]) -> Result<(usize, usize), String> {
             }
         }
     }
-    Ok((view, scratch))
+    Ok((view, scratch, source))
 }

@@ -9,8 +9,11 @@
 //! `ok` when every hash equals the host's, else `MISMATCH`. The run ends with the stack
 //! high-water mark and a summary, and exits 0 only when every vector matched.
 //!
-//! A model or vector file that cannot be read prints `error: ...` and exits 1; a panic exits 2, a
-//! hard fault 3 (neither should ever happen: the core returns errors instead of panicking).
+//! A model or vector file that cannot be read prints `error: model: ...` (or `error: vector
+//! file: ...`) and exits with a failure status. A panic or a hard fault, which should never
+//! happen since the core returns errors instead of panicking, prints `error: panic: ...` or
+//! `error: hard fault at pc=...` and fails too. (Semihosting under QEMU reports every failure as
+//! exit status 1; the line says which one it was.)
 #![no_std]
 #![no_main]
 
@@ -47,6 +50,7 @@ struct Buffers {
     logits: &'static mut [f32],
     view: &'static mut [u8],
     scratch: &'static mut [u8],
+    source: &'static mut [u8],
 }
 
 #[entry]
@@ -58,6 +62,7 @@ fn main() -> ! {
     static mut LOGITS: [f32; LOGITS_LEN] = [0.0; LOGITS_LEN];
     static mut VIEW: [u8; VIEW_LEN] = [0; VIEW_LEN];
     static mut SCRATCH: [u8; SCRATCH_LEN] = [0; SCRATCH_LEN];
+    static mut SOURCE: [u8; SOURCE_LEN] = [0; SOURCE_LEN];
 
     stack::paint();
     let Some(cp) = cortex_m::Peripherals::take() else {
@@ -86,6 +91,7 @@ fn main() -> ! {
         logits: LOGITS,
         view: VIEW,
         scratch: SCRATCH,
+        source: SOURCE,
     };
     let code = match run(buffers) {
         Ok(code) => code,
@@ -122,7 +128,10 @@ fn counter_check() {
 /// Everything after boot; `Err` carries the exit status of a run that could not go on.
 fn run(mut b: Buffers) -> Result<i32, i32> {
     let model = match MODEL {
-        Some(blob) => Some(open_model(&blob.0, &b)?),
+        // black_box: the blob is read at run time from flash, as a blob written by a flasher
+        // would be; without it LTO may evaluate the header checks of a constant at build time
+        // and drop a blob it proved unreadable.
+        Some(blob) => Some(open_model(core::hint::black_box(&blob.0), &b)?),
         None => {
             say!("model: none embedded");
             None
@@ -133,7 +142,7 @@ fn run(mut b: Buffers) -> Result<i32, i32> {
         finish(0, 0);
         return Ok(0);
     };
-    let vectors = vectors::Vectors::parse(&bytes.0).map_err(|e| {
+    let vectors = vectors::Vectors::parse(core::hint::black_box(&bytes.0)).map_err(|e| {
         say!("error: {e}");
         EXIT_FAILED
     })?;
@@ -327,7 +336,15 @@ fn replay_into(
     if v.kind != vectors::Kind::Eval {
         o.size = Some(cfg.size);
     }
-    let src = ImageRef::new(v.width, v.height, v.channels, v.pixels).map_err(VectorFailure::Aug)?;
+    let pixels: &[u8] = if v.pattern {
+        let n = aug::image_len(v.width, v.height, v.channels).map_err(VectorFailure::Aug)?;
+        let buf = b.source.get_mut(..n).ok_or(VectorFailure::Buffer)?;
+        aug::test_pattern(v.width, v.height, v.channels, buf).map_err(VectorFailure::Aug)?;
+        &b.source[..n]
+    } else {
+        v.pixels
+    };
+    let src = ImageRef::new(v.width, v.height, v.channels, pixels).map_err(VectorFailure::Aug)?;
     // The u8 image the model sees: the replayed view, or the source itself.
     let image: ImageRef<'_> = match v.kind {
         vectors::Kind::View | vectors::Kind::Infer => {
@@ -345,7 +362,7 @@ fn replay_into(
             ImageRef::new(cfg.size, cfg.size, v.channels, view).map_err(VectorFailure::Aug)?
         }
         vectors::Kind::Eval => {
-            o.image = Some(aug::fnv1a64(v.pixels));
+            o.image = Some(aug::fnv1a64(pixels));
             src
         }
         vectors::Kind::EvalView => {

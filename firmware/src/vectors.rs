@@ -12,9 +12,12 @@
 //!
 //! record  offset  field
 //!         0       u32 len             bytes of the whole record, a multiple of 4
-//!         4       u32 kind            1 = augmented view, 2 = view -> normalise -> inference,
+//!         4       u32 kind            low byte: 1 = augmented view, 2 = view -> normalise ->
+//!                                     inference,
 //!                                     3 = source (model-sized) -> normalise -> inference,
-//!                                     4 = source -> eval transform -> normalise -> inference
+//!                                     4 = source -> eval transform -> normalise -> inference;
+//!                                     bit 8 (PATTERN): the source is `aug::test_pattern(width,
+//!                                     height, channels)`, rebuilt on the device, not stored
 //!         8       u32 seed            the sample's augmentation seed
 //!         12      u32 width           source image
 //!         16      u32 height
@@ -26,7 +29,7 @@
 //!         48      cfg_len bytes       postcard `tinyvit_core::aug::AugConfig`, zero-padded to 4
 //!                                     (kind 3 uses its mean/std; kind 4 its size, interpolation,
 //!                                     mean/std, with crop_pct = EVAL_CROP_PCT)
-//!         ..      w*h*c bytes         source pixels, HWC, zero-padded to 4
+//!         ..      w*h*c bytes         source pixels, HWC, zero-padded to 4 (none with PATTERN)
 //! ```
 //!
 //! A file that is short, misaligned, of another version, or whose record lengths disagree with
@@ -42,6 +45,8 @@ pub const VERSION: u32 = 1;
 const HEADER: usize = 16;
 /// Bytes of a record header.
 const RECORD_HEADER: usize = 48;
+/// Kind flag: the source is the core's test pattern, rebuilt on the device.
+pub const PATTERN: u32 = 0x100;
 
 /// What a vector asks the device to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +75,10 @@ pub struct Vector<'a> {
     pub channels: u32,
     /// postcard-encoded augmentation config.
     pub cfg: &'a [u8],
-    /// Source pixels, HWC.
+    /// Source pixels, HWC (empty when `pattern`).
     pub pixels: &'a [u8],
+    /// The source is `aug::test_pattern(width, height, channels)`.
+    pub pattern: bool,
     pub class: u32,
     pub image_hash: u64,
     pub logits_hash: u64,
@@ -224,7 +231,12 @@ fn record(b: &[u8], index: u32) -> Result<(Vector<'_>, usize), VectorError> {
         return Err(bad("len"));
     }
     let rec = b.get(..len).ok_or(short("len"))?;
-    let kind = match u32_at(rec, 4).ok_or(short("kind"))? {
+    let kind_field = u32_at(rec, 4).ok_or(short("kind"))?;
+    if kind_field & !(PATTERN | 0xff) != 0 {
+        return Err(bad("kind"));
+    }
+    let pattern = kind_field & PATTERN != 0;
+    let kind = match kind_field & 0xff {
         1 => Kind::View,
         2 => Kind::Infer,
         3 => Kind::Eval,
@@ -252,15 +264,14 @@ fn record(b: &[u8], index: u32) -> Result<(Vector<'_>, usize), VectorError> {
     let cfg = rec
         .get(RECORD_HEADER..RECORD_HEADER + cfg_len)
         .ok_or(short("cfg"))?;
-    let pix_end = pad4(n_pixels)
+    let stored = if pattern { 0 } else { n_pixels };
+    let pix_end = pad4(stored)
         .and_then(|p| p.checked_add(cfg_end))
         .ok_or(bad("width"))?;
     if pix_end != len {
         return Err(bad("len"));
     }
-    let pixels = rec
-        .get(cfg_end..cfg_end + n_pixels)
-        .ok_or(short("pixels"))?;
+    let pixels = rec.get(cfg_end..cfg_end + stored).ok_or(short("pixels"))?;
     Ok((
         Vector {
             kind,
@@ -270,6 +281,7 @@ fn record(b: &[u8], index: u32) -> Result<(Vector<'_>, usize), VectorError> {
             channels,
             cfg,
             pixels,
+            pattern,
             class,
             image_hash,
             logits_hash,

@@ -2,7 +2,11 @@
 //! -- --out DIR` (run by `cargo xtask replay`; nothing it writes is committed).
 //!
 //! Every expected value is computed here, on the host, with the same core code the firmware runs:
-//! - `aug.vec`: augmentation views. Deterministic synthetic source images (RGB and grey, odd
+//! - `golden.vec`: every `view` line of the augmentation known-answer file
+//!   `tests/fixtures/aug/golden.txt` (three presets, test patterns rebuilt on the device and a
+//!   photo crop), with the hash committed there; the host first checks that it still renders
+//!   that hash.
+//! - `aug.vec`: more augmentation views. Deterministic synthetic source images (RGB and grey, odd
 //!   sizes) and seeds go through `aug::replay` under the `light` and `in22k-distill` presets;
 //!   the FNV-1a 64 of each u8 view is stored.
 //! - for each MCU preset `P`: `P.tvb`, the preset with seeded synthetic weights
@@ -28,6 +32,7 @@ use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
 use tinyvit_core::params::{splitmix64, synthetic_state_dict};
+use tinyvit_tests::aug_golden;
 use tinyvit_tests::replay::{self, Kind, Record};
 
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
@@ -76,6 +81,8 @@ fn run(out: &Path) -> Result<(), String> {
     let mut cases = String::new();
     let mut macs = String::new();
 
+    write("golden.vec", &replay::write(&golden_view_vectors()?))?;
+    cases.push_str("aug-golden golden.vec\n");
     write("aug.vec", &replay::write(&view_vectors()?))?;
     cases.push_str("aug aug.vec\n");
 
@@ -179,6 +186,57 @@ fn eval_view(cfg: &AugConfig, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The `view` lines of the augmentation known-answer file (`view PRESET SIZE IMAGE SEED HASH
+/// PARAMS`), checked on the host before they are handed to the device.
+fn golden_view_vectors() -> Result<Vec<Record>, String> {
+    let path = aug_golden::fixture_dir().join("golden.txt");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut records = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let t: Vec<&str> = line.split(' ').collect();
+        if t.first() != Some(&"view") {
+            continue;
+        }
+        let bad = || format!("{}:{}: malformed view line", path.display(), n + 1);
+        let [_, preset, size, image, seed, hash, ..] = t.as_slice() else {
+            return Err(bad());
+        };
+        let size: u32 = size.parse().map_err(|_| bad())?;
+        let seed: u32 = seed.parse().map_err(|_| bad())?;
+        let hash = u64::from_str_radix(hash, 16).map_err(|_| bad())?;
+        let img = aug_golden::load_image(image);
+        let (view, _) = aug_golden::render_view(preset, size, &img, seed);
+        if aug::fnv1a64(&view) != hash {
+            return Err(format!(
+                "{}:{}: the host no longer renders this view (hash {:016x}); the \
+                 augmentation changed without re-blessing its known answers",
+                path.display(),
+                n + 1,
+                aug::fnv1a64(&view)
+            ));
+        }
+        let mut cfg = aug::preset(preset).map_err(|e| format!("{}: {e}", bad()))?;
+        cfg.size = size;
+        records.push(Record {
+            kind: Kind::View,
+            seed,
+            width: img.width,
+            height: img.height,
+            channels: img.channels,
+            cfg,
+            pixels: img.data,
+            pattern: image.starts_with("pattern:"),
+            class: u32::MAX,
+            image_hash: hash,
+            logits_hash: 0,
+        });
+    }
+    if records.is_empty() {
+        return Err(format!("{}: no view lines", path.display()));
+    }
+    Ok(records)
+}
+
 /// Augmentation-only vectors: two presets, grey and RGB sources of odd sizes, several seeds.
 fn view_vectors() -> Result<Vec<Record>, String> {
     let mut light = aug::preset("light").map_err(|e| e.to_string())?;
@@ -202,6 +260,7 @@ fn view_vectors() -> Result<Vec<Record>, String> {
                     channels: c,
                     cfg: *cfg,
                     pixels: pixels.clone(),
+                    pattern: false,
                     class: u32::MAX,
                     image_hash: aug::fnv1a64(&v),
                     logits_hash: 0,
@@ -243,6 +302,7 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
                 channels: c,
                 cfg: acfg,
                 pixels: pixels.clone(),
+                pattern: false,
                 class,
                 image_hash: aug::fnv1a64(&v),
                 logits_hash,
@@ -263,6 +323,7 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
             channels: c,
             cfg: acfg,
             pixels: pixels.clone(),
+            pattern: false,
             class,
             image_hash: aug::fnv1a64(&v),
             logits_hash,
@@ -281,6 +342,7 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
             channels: c,
             cfg: acfg,
             pixels: pixels.clone(),
+            pattern: false,
             class,
             image_hash: aug::fnv1a64(&pixels),
             logits_hash,
@@ -384,6 +446,7 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
             channels: 1,
             cfg: acfg,
             pixels,
+            pattern: false,
             class,
             image_hash: aug::fnv1a64(&v),
             logits_hash: replay::logits_hash(&logits),

@@ -13,6 +13,8 @@ use tinyvit_core::config::{ModelConfig, STAGES};
 pub const MAGIC: &[u8; 4] = b"TVRV";
 /// The format version written.
 pub const VERSION: u32 = 1;
+/// Kind flag: the source is the core's test pattern, rebuilt on the device.
+pub const PATTERN: u32 = 0x100;
 
 /// What the device does with a vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +44,11 @@ pub struct Record {
     pub height: u32,
     pub channels: u32,
     pub cfg: AugConfig,
-    /// Source pixels, HWC u8.
+    /// Source pixels, HWC u8 (not written when `pattern`).
     pub pixels: Vec<u8>,
+    /// The source is `aug::test_pattern(width, height, channels)`: the device rebuilds it, so
+    /// the pixels are not stored.
+    pub pattern: bool,
     /// Expected class (u32::MAX for [`Kind::View`]).
     pub class: u32,
     /// FNV-1a 64 of the u8 image the device feeds on (the view, or the source for `Eval`).
@@ -132,7 +137,8 @@ pub fn write(records: &[Record]) -> Vec<u8> {
     for r in records {
         let cfg = postcard::to_allocvec(&r.cfg).expect("an AugConfig always serialises");
         let mut body = Vec::new();
-        body.extend_from_slice(&(r.kind as u32).to_le_bytes());
+        let flags = if r.pattern { PATTERN } else { 0 };
+        body.extend_from_slice(&(r.kind as u32 | flags).to_le_bytes());
         for v in [
             r.seed,
             r.width,
@@ -147,8 +153,10 @@ pub fn write(records: &[Record]) -> Vec<u8> {
         body.extend_from_slice(&r.logits_hash.to_le_bytes());
         body.extend_from_slice(&cfg);
         pad4(&mut body);
-        body.extend_from_slice(&r.pixels);
-        pad4(&mut body);
+        if !r.pattern {
+            body.extend_from_slice(&r.pixels);
+            pad4(&mut body);
+        }
         out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
         out.extend_from_slice(&body);
     }

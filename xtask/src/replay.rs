@@ -12,8 +12,9 @@
 //! 3. Its output, with the instruction counts and stack depths masked (they change with every
 //!    compiler or core change; `cargo xtask bench` reports them), is diffed against
 //!    `firmware/expected/<board>-<vectors>.txt`. `--bless` rewrites those files instead.
-//! 4. Broken model blobs (a flipped byte, a truncated file) must give an `error:` line and exit
-//!    status 1, never a hard fault; their output is diffed against `firmware/expected/corrupt-*.txt`.
+//! 4. Broken model blobs (a flipped byte, a truncated file, a newer format version) must give an `error: model:` line and
+//!    exit status 1, never a panic or a hard fault; their output is diffed against
+//!    `firmware/expected/corrupt-*.txt`.
 
 use std::path::{Path, PathBuf};
 
@@ -69,10 +70,11 @@ pub fn run(args: &[String]) -> Result<()> {
         let elf = firmware::build(Board::QemuM4, &case.payload)?;
         let out = firmware::run_qemu(Board::QemuM4, &elf)?;
         let name = format!("corrupt-{}", case.name);
-        if out.code != Some(1) || !out.stdout.lines().any(|l| l.starts_with("error: ")) {
+        if out.code != Some(1) || !out.stdout.lines().any(|l| l.starts_with("error: model: ")) {
             print!("{}", out.stdout);
             failures.push(format!(
-                "{name}: a broken model must print `error: ...` and exit 1, got exit {:?}",
+                "{name}: a broken model must print `error: model: ...` and exit 1 (not panic or \
+                 fault), got exit {:?}",
                 out.code
             ));
             continue;
@@ -137,7 +139,8 @@ pub fn make_vectors() -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Broken copies of the first preset's model: one byte flipped in the middle, and cut in half.
+/// Broken copies of the first preset's model: one byte flipped in the middle, cut in half, and
+/// marked with the next format version.
 fn corrupt_cases(cases: &[Case]) -> Result<Vec<Case>> {
     let Some(case) = cases.iter().find(|c| c.payload.model.is_some()) else {
         bail!("no vector set has a model, so the broken-blob checks cannot run");
@@ -148,8 +151,15 @@ fn corrupt_cases(cases: &[Case]) -> Result<Vec<Case>> {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;
     let truncated = bytes[..bytes.len() / 2].to_vec();
+    // The format version (u32 after the 8-byte magic) of a future file.
+    let mut newer = bytes.clone();
+    newer[8] = newer[8].wrapping_add(1);
     let mut out = Vec::new();
-    for (name, data) in [("flipped", flipped), ("truncated", truncated)] {
+    for (name, data) in [
+        ("flipped", flipped),
+        ("truncated", truncated),
+        ("version", newer),
+    ] {
         let path = vectors_dir().join(format!("{name}.tvb"));
         std::fs::write(&path, data)?;
         out.push(Case {
