@@ -71,6 +71,7 @@ fn gemm(
 }
 
 /// `Y[M, out] = X[M, inp] W^T + b` with `W: [out, inp]` (PyTorch layout).
+#[inline(always)]
 fn linear_rows(x: &[f32], m: usize, inp: usize, w: &[f32], b: &[f32], y: &mut [f32]) {
     let out = b.len();
     for row in y[..m * out].chunks_exact_mut(out) {
@@ -106,6 +107,7 @@ fn gelu_fast(x: f32) -> f32 {
     0.5 * x * (1.0 + erf_fast(x * core::f32::consts::FRAC_1_SQRT_2))
 }
 
+#[inline(always)]
 fn gelu_all(x: &mut [f32]) {
     for v in x {
         *v = gelu_fast(*v);
@@ -132,6 +134,7 @@ fn exp_fast(x: f32) -> f32 {
 }
 
 /// Sum with eight independent accumulators (vectorisable; the order differs from `exact`).
+#[inline(always)]
 fn sum8(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = x.chunks_exact(8);
@@ -144,6 +147,7 @@ fn sum8(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn softmax_fast(x: &mut [f32]) {
     // `f32::max` is fine here: this engine is not bit-exact by design, and it vectorises.
     let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
@@ -156,6 +160,7 @@ fn softmax_fast(x: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn layer_norm_rows(x: &mut [f32], c: usize, w: &[f32], b: &[f32]) {
     for t in x.chunks_exact_mut(c) {
         let n = c as f32;
@@ -180,6 +185,7 @@ fn transpose_dw(w: &[f32], c: usize, k: usize) -> Vec<f32> {
 }
 
 /// Depthwise `k x k` conv, padding `k/2`, stride `s`: `x: [h*h, c]` -> `y: [ho*ho, c]`.
+#[inline(always)]
 fn depthwise(
     x: &[f32],
     h: usize,
@@ -271,6 +277,7 @@ pub struct FastModel<'a> {
     blocks: [Vec<Block<'a>>; STAGES],
     merges: Vec<ConvTriple<'a>>,
     head: [&'a [f32]; 4],
+    work: std::cell::RefCell<Work>,
 }
 
 impl core::fmt::Debug for FastModel<'_> {
@@ -356,6 +363,7 @@ impl<'a> FastModel<'a> {
             blocks,
             merges,
             head,
+            work: Default::default(),
         })
     }
 
@@ -365,6 +373,9 @@ impl<'a> FastModel<'a> {
     }
 
     /// Runs a batch: `input: [B, C, H, W]` normalised, `logits: [B, num_classes]`.
+    ///
+    /// Intermediate buffers live in a workspace kept by the model and only grow, so repeated
+    /// calls do not allocate (or page-fault) after the first.
     pub fn forward(&self, input: &[f32], logits: &mut [f32]) -> Result<(), EngineError> {
         let n_in = input_len(&self.cfg)?;
         let nc = self.cfg.num_classes as usize;
@@ -381,33 +392,60 @@ impl<'a> FastModel<'a> {
                 got: logits.len(),
             });
         }
+        let mut ws = self.work.borrow_mut();
         for (img, out) in input.chunks_exact(n_in).zip(logits.chunks_exact_mut(nc)) {
-            self.forward_one(img, out);
+            self.forward_one(img, out, &mut ws);
         }
         Ok(())
     }
 
-    fn forward_one(&self, input: &[f32], logits: &mut [f32]) {
+    /// Picks the widest vector code this CPU runs: the same Rust compiled for AVX2 + FMA when
+    /// available (only vector width changes; LLVM does not contract multiply-adds), else the
+    /// baseline build.
+    #[allow(unsafe_code)]
+    fn forward_one(&self, input: &[f32], logits: &mut [f32], ws: &mut Work) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: `forward_one_avx2` only requires the CPU to support AVX2 and FMA, which
+            // was checked just above.
+            unsafe { self.forward_one_avx2(input, logits, ws) };
+            return;
+        }
+        self.forward_one_body(input, logits, ws);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(unsafe_code)]
+    unsafe fn forward_one_avx2(&self, input: &[f32], logits: &mut [f32], ws: &mut Work) {
+        self.forward_one_body(input, logits, ws);
+    }
+
+    #[inline(always)]
+    fn forward_one_body(&self, input: &[f32], logits: &mut [f32], ws: &mut Work) {
         let cfg = &self.cfg;
         let e = cfg.embed_dims.map(|v| v as usize);
         let r = cfg.stage_resolutions().map(|v| v as usize);
-        let mut x = self.stem(input);
+        self.stem(input, ws);
+        let hid0 = cfg.mbconv_expand_ratio as usize * e[0];
         for m in &self.mbconv {
-            x = mbconv(m, &x, r[0], e[0], cfg.mbconv_expand_ratio as usize * e[0]);
+            mbconv(m, r[0], e[0], hid0, ws);
         }
         for s in 0..STAGES {
             if s > 0 {
                 for b in &self.blocks[s] {
-                    self.block(b, s, &mut x);
+                    self.block(b, s, ws);
                 }
             }
             if s + 1 < STAGES {
-                x = merge(&self.merges[s], &x, r[s], e[s], e[s + 1]);
+                merge(&self.merges[s], r[s], e[s], e[s + 1], ws);
             }
         }
         let c = e[3];
-        let n = x.len() / c;
-        let mut pooled = vec![0.0f32; c];
+        let n = r[3] * r[3];
+        let x = &ws.x[..n * c];
+        let pooled = grow(&mut ws.t[0], c);
+        pooled.fill(0.0);
         for t in x.chunks_exact(c) {
             for (p, v) in pooled.iter_mut().zip(t) {
                 *p += v;
@@ -417,12 +455,13 @@ impl<'a> FastModel<'a> {
             *p /= n as f32;
         }
         let [nw, nb, hw, hb] = self.head;
-        layer_norm_rows(&mut pooled, c, nw, nb);
-        linear_rows(&pooled, 1, c, hw, hb, logits);
+        layer_norm_rows(pooled, c, nw, nb);
+        linear_rows(pooled, 1, c, hw, hb, logits);
     }
 
-    /// Both stem convs through im2col + GEMM.
-    fn stem(&self, input: &[f32]) -> Vec<f32> {
+    /// Both stem convs through im2col + GEMM; the result goes to `ws.x`.
+    #[inline(always)]
+    fn stem(&self, input: &[f32], ws: &mut Work) {
         let cfg = &self.cfg;
         let cin = cfg.in_chans as usize;
         let img = cfg.img_size as usize;
@@ -431,9 +470,11 @@ impl<'a> FastModel<'a> {
         let w1 = img.div_ceil(2);
         let r0 = w1.div_ceil(2);
         let [k1, b1, k2, b2] = self.stem;
+        let [t0, t1, ..] = &mut ws.t;
         // im2col of the CHW input: rows = output pixels, cols = (i, ky, kx).
         let kk = cin * 9;
-        let mut cols = vec![0.0f32; w1 * w1 * kk];
+        let cols = grow(t0, w1 * w1 * kk);
+        cols.fill(0.0);
         for oy in 0..w1 {
             for ox in 0..w1 {
                 let row = &mut cols[(oy * w1 + ox) * kk..(oy * w1 + ox + 1) * kk];
@@ -452,12 +493,13 @@ impl<'a> FastModel<'a> {
                 }
             }
         }
-        let mut y1 = vec![0.0f32; w1 * w1 * half];
-        linear_rows(&cols, w1 * w1, kk, k1, b1, &mut y1);
-        gelu_all(&mut y1);
+        let y1 = grow(t1, w1 * w1 * half);
+        linear_rows(cols, w1 * w1, kk, k1, b1, y1);
+        gelu_all(y1);
         // im2col of the token-major map: cols = (i, ky, kx) to match [o, i, ky, kx].
         let kk2 = half * 9;
-        let mut cols2 = vec![0.0f32; r0 * r0 * kk2];
+        let cols2 = grow(t0, r0 * r0 * kk2);
+        cols2.fill(0.0);
         for oy in 0..r0 {
             for ox in 0..r0 {
                 let row = &mut cols2[(oy * r0 + ox) * kk2..(oy * r0 + ox + 1) * kk2];
@@ -477,28 +519,32 @@ impl<'a> FastModel<'a> {
                 }
             }
         }
-        let mut out = vec![0.0f32; r0 * r0 * e0];
-        linear_rows(&cols2, r0 * r0, kk2, k2, b2, &mut out);
-        out
+        let out = grow(&mut ws.x, r0 * r0 * e0);
+        linear_rows(cols2, r0 * r0, kk2, k2, b2, out);
     }
 
-    fn block(&self, b: &Block<'_>, s: usize, x: &mut [f32]) {
+    /// One TinyViT block in place on `ws.x: [r*r, c]`.
+    #[inline(always)]
+    fn block(&self, b: &Block<'_>, s: usize, ws: &mut Work) {
         let cfg = &self.cfg;
         let r = cfg.stage_resolutions()[s] as usize;
         let c = cfg.embed_dims[s] as usize;
         let heads = cfg.num_heads[s] as usize;
-        let ws = cfg.window_sizes[s] as usize;
+        let wsz = cfg.window_sizes[s] as usize;
         let k = cfg.local_conv_size as usize;
         let hd = c / heads;
-        let t = ws * ws;
-        let nw = r.div_ceil(ws);
+        let t = wsz * wsz;
+        let nw = r.div_ceil(wsz);
         let m = nw * nw * t;
+        let x = &mut ws.x[..r * r * c];
+        let [t0, t1, t2, t3, ..] = &mut ws.t;
         // Windows, zero-padded, then the attention LayerNorm on every token.
-        let mut win = vec![0.0f32; m * c];
+        let win = grow(t0, m * c);
+        win.fill(0.0);
         for wy in 0..nw {
             for wx in 0..nw {
                 for i in 0..t {
-                    let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
+                    let (y, xx) = (wy * wsz + i / wsz, wx * wsz + i % wsz);
                     if y < r && xx < r {
                         let row = ((wy * nw + wx) * t + i) * c;
                         win[row..row + c]
@@ -507,12 +553,12 @@ impl<'a> FastModel<'a> {
                 }
             }
         }
-        layer_norm_rows(&mut win, c, b.an_w, b.an_b);
-        let mut qkv = vec![0.0f32; m * 3 * c];
-        linear_rows(&win, m, c, b.qkv_w, b.qkv_b, &mut qkv);
+        layer_norm_rows(win, c, b.an_w, b.an_b);
+        let qkv = grow(t1, m * 3 * c);
+        linear_rows(win, m, c, b.qkv_w, b.qkv_b, qkv);
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0.0f32; t * t];
-        // Reuse `win` for the head outputs.
+        let scores = grow(t2, t * t);
+        // `win` now receives the head outputs.
         for w in 0..nw * nw {
             let base = w * t * 3 * c;
             for h in 0..heads {
@@ -520,21 +566,7 @@ impl<'a> FastModel<'a> {
                 let kmat = &qkv[base + h * 3 * hd + hd..];
                 let v = &qkv[base + h * 3 * hd + 2 * hd..];
                 scores.copy_from_slice(&b.bias[h * t * t..(h + 1) * t * t]);
-                gemm(
-                    t,
-                    hd,
-                    t,
-                    scale,
-                    q,
-                    3 * c,
-                    1,
-                    kmat,
-                    1,
-                    3 * c,
-                    1.0,
-                    &mut scores,
-                    t,
-                );
+                gemm(t, hd, t, scale, q, 3 * c, 1, kmat, 1, 3 * c, 1.0, scores, t);
                 for row in scores.chunks_exact_mut(t) {
                     softmax_fast(row);
                 }
@@ -543,7 +575,7 @@ impl<'a> FastModel<'a> {
                     t,
                     hd,
                     1.0,
-                    &scores,
+                    scores,
                     t,
                     1,
                     v,
@@ -555,12 +587,12 @@ impl<'a> FastModel<'a> {
                 );
             }
         }
-        let mut proj = vec![0.0f32; m * c];
-        linear_rows(&win, m, c, b.proj_w, b.proj_b, &mut proj);
+        let proj = grow(t3, m * c);
+        linear_rows(win, m, c, b.proj_w, b.proj_b, proj);
         for wy in 0..nw {
             for wx in 0..nw {
                 for i in 0..t {
-                    let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
+                    let (y, xx) = (wy * wsz + i / wsz, wx * wsz + i % wsz);
                     if y < r && xx < r {
                         let row = ((wy * nw + wx) * t + i) * c;
                         for (d, p) in x[(y * r + xx) * c..(y * r + xx + 1) * c]
@@ -574,52 +606,72 @@ impl<'a> FastModel<'a> {
             }
         }
         // Local conv, no residual.
-        let mut y = vec![0.0f32; r * r * c];
-        depthwise(x, r, c, k, 1, &b.lc, b.lc_b, &mut y);
-        x.copy_from_slice(&y);
-        // MLP with residual.
         let n = r * r;
+        let y = grow(t0, n * c);
+        depthwise(x, r, c, k, 1, &b.lc, b.lc_b, y);
+        x.copy_from_slice(y);
+        // MLP with residual.
         let hid = b.fc1_b.len();
-        let mut norm = y;
-        layer_norm_rows(&mut norm, c, b.mn_w, b.mn_b);
-        let mut hmat = vec![0.0f32; n * hid];
-        linear_rows(&norm, n, c, b.fc1_w, b.fc1_b, &mut hmat);
-        gelu_all(&mut hmat);
-        linear_rows(&hmat, n, hid, b.fc2_w, b.fc2_b, &mut norm);
-        for (d, v) in x.iter_mut().zip(&norm) {
+        layer_norm_rows(y, c, b.mn_w, b.mn_b);
+        let hmat = grow(t1, n * hid);
+        linear_rows(y, n, c, b.fc1_w, b.fc1_b, hmat);
+        gelu_all(hmat);
+        linear_rows(hmat, n, hid, b.fc2_w, b.fc2_b, y);
+        for (d, v) in x.iter_mut().zip(y.iter()) {
             *d += v;
         }
     }
 }
 
-fn mbconv(m: &ConvTriple<'_>, x: &[f32], r: usize, c: usize, hid: usize) -> Vec<f32> {
-    let n = r * r;
-    let mut a = vec![0.0f32; n * hid];
-    linear_rows(x, n, c, m.w1, m.b1, &mut a);
-    gelu_all(&mut a);
-    let mut d = vec![0.0f32; n * hid];
-    depthwise(&a, r, hid, 3, 1, &m.dw, m.b2, &mut d);
-    gelu_all(&mut d);
-    let mut out = vec![0.0f32; n * c];
-    linear_rows(&d, n, hid, m.w3, m.b3, &mut out);
-    for (o, s) in out.iter_mut().zip(x) {
-        *o = gelu_fast(*o + s);
-    }
-    out
+/// Reusable buffers of the fast engine: the activation `x` and temporaries.
+#[derive(Default)]
+struct Work {
+    x: Vec<f32>,
+    t: [Vec<f32>; 4],
 }
 
-fn merge(m: &ConvTriple<'_>, x: &[f32], r: usize, cin: usize, cout: usize) -> Vec<f32> {
+/// The first `n` values of `v`, growing it if needed (contents are stale).
+#[inline(always)]
+fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// MBConv on `ws.x: [r*r, c]`.
+#[inline(always)]
+fn mbconv(m: &ConvTriple<'_>, r: usize, c: usize, hid: usize, ws: &mut Work) {
+    let n = r * r;
+    let x = &mut ws.x[..n * c];
+    let [t0, t1, t2, ..] = &mut ws.t;
+    let a = grow(t0, n * hid);
+    linear_rows(x, n, c, m.w1, m.b1, a);
+    gelu_all(a);
+    let d = grow(t1, n * hid);
+    depthwise(a, r, hid, 3, 1, &m.dw, m.b2, d);
+    gelu_all(d);
+    let out = grow(t2, n * c);
+    linear_rows(d, n, hid, m.w3, m.b3, out);
+    for (o, s) in x.iter_mut().zip(out.iter()) {
+        *o = gelu_fast(*o + s);
+    }
+}
+
+/// PatchMerging from `ws.x: [r*r, cin]` to `ws.x: [r2*r2, cout]`.
+#[inline(always)]
+fn merge(m: &ConvTriple<'_>, r: usize, cin: usize, cout: usize, ws: &mut Work) {
     let n = r * r;
     let r2 = r.div_ceil(2);
-    let mut a = vec![0.0f32; n * cout];
-    linear_rows(x, n, cin, m.w1, m.b1, &mut a);
-    gelu_all(&mut a);
-    let mut d = vec![0.0f32; r2 * r2 * cout];
-    depthwise(&a, r, cout, 3, 2, &m.dw, m.b2, &mut d);
-    gelu_all(&mut d);
-    let mut out = vec![0.0f32; r2 * r2 * cout];
-    linear_rows(&d, r2 * r2, cout, m.w3, m.b3, &mut out);
-    out
+    let [t0, t1, ..] = &mut ws.t;
+    let a = grow(t0, n * cout);
+    linear_rows(&ws.x[..n * cin], n, cin, m.w1, m.b1, a);
+    gelu_all(a);
+    let d = grow(t1, r2 * r2 * cout);
+    depthwise(a, r, cout, 3, 2, &m.dw, m.b2, d);
+    gelu_all(d);
+    let out = grow(&mut ws.x, r2 * r2 * cout);
+    linear_rows(d, r2 * r2, cout, m.w3, m.b3, out);
 }
 
 #[cfg(test)]
