@@ -56,10 +56,11 @@ pub(crate) fn hflip(img: ImageMut<'_>) {
     let ch = img.channels as usize;
     let w = img.width as usize;
     for row in img.data.chunks_exact_mut(w * ch) {
-        for x in 0..w / 2 {
-            let (a, b) = (x * ch, (w - 1 - x) * ch);
-            for c in 0..ch {
-                row.swap(a + c, b + c);
+        // Reverse the bytes, then restore each pixel's channel order.
+        row.reverse();
+        if ch == 3 {
+            for px in row.chunks_exact_mut(3) {
+                px.swap(0, 2);
             }
         }
     }

@@ -34,9 +34,11 @@ pub fn normalize(
     let plane = img.width as usize * img.height as usize;
     for c in 0..ch {
         let (m, s) = (mean[c], std[c]);
+        // Every u8 level's value, computed with the same f32 operations as per pixel.
+        let lut: [f32; 256] = core::array::from_fn(|v| (v as f32 / 255.0 - m) / s);
         let dst = &mut out[c * plane..(c + 1) * plane];
         for (o, px) in dst.iter_mut().zip(img.data.chunks_exact(ch)) {
-            *o = (f32::from(px[c]) / 255.0 - m) / s;
+            *o = lut[usize::from(px[c])];
         }
     }
     Ok(())

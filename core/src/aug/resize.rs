@@ -199,16 +199,65 @@ fn horizontal<'a>(
     ch: usize,
     out: &mut [u8],
 ) {
-    for y in 0..rows {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let line = ow * ch;
+    // Two rows at a time: each output column's taps are decoded once for both rows, and the
+    // six (or two) accumulators stay in registers. Integer sums: the order is free.
+    let mut y = 0;
+    while y + 2 <= rows {
+        let (r0, r1) = (row(y), row(y + 1));
+        let (o0, o1) = out[y * line..(y + 2) * line].split_at_mut(line);
+        for xx in 0..ow {
+            let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
+            let n = get_u32(hb, 2 * xx + 1) as usize;
+            let k = &hk[xx * kh * 4..(xx * kh + n) * 4];
+            let (a, b) = (xmin * ch, (xmin + n) * ch);
+            let (p0, p1) = (&r0[a..b], &r1[a..b]);
+            if ch == 3 {
+                let (mut s0, mut s1, mut s2) = (half, half, half);
+                let (mut u0, mut u1, mut u2) = (half, half, half);
+                for ((kb, p), q) in k
+                    .chunks_exact(4)
+                    .zip(p0.chunks_exact(3))
+                    .zip(p1.chunks_exact(3))
+                {
+                    let kt = i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
+                    s0 += i32::from(p[0]) * kt;
+                    s1 += i32::from(p[1]) * kt;
+                    s2 += i32::from(p[2]) * kt;
+                    u0 += i32::from(q[0]) * kt;
+                    u1 += i32::from(q[1]) * kt;
+                    u2 += i32::from(q[2]) * kt;
+                }
+                let q = xx * 3;
+                o0[q] = clip8(s0);
+                o0[q + 1] = clip8(s1);
+                o0[q + 2] = clip8(s2);
+                o1[q] = clip8(u0);
+                o1[q + 1] = clip8(u1);
+                o1[q + 2] = clip8(u2);
+            } else {
+                let (mut s, mut u) = (half, half);
+                for ((kb, &p), &q) in k.chunks_exact(4).zip(p0).zip(p1) {
+                    let kt = i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
+                    s += i32::from(p) * kt;
+                    u += i32::from(q) * kt;
+                }
+                o0[xx] = clip8(s);
+                o1[xx] = clip8(u);
+            }
+        }
+        y += 2;
+    }
+    for y in y..rows {
         let r = row(y);
-        let o_row = &mut out[y * ow * ch..(y + 1) * ow * ch];
+        let o_row = &mut out[y * line..(y + 1) * line];
         for xx in 0..ow {
             let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
             let n = get_u32(hb, 2 * xx + 1) as usize;
             let k = &hk[xx * kh * 4..(xx * kh + n) * 4];
             let px = &r[xmin * ch..(xmin + n) * ch];
             let o = &mut o_row[xx * ch..(xx + 1) * ch];
-            let half = 1i32 << (PRECISION_BITS - 1);
             if ch == 3 {
                 let (mut s0, mut s1, mut s2) = (half, half, half);
                 for (kb, p) in k.chunks_exact(4).zip(px.chunks_exact(3)) {
@@ -257,7 +306,17 @@ fn vertical<'a>(
             let m = (line - x0).min(acc.len());
             let acc = &mut acc[..m];
             acc.fill(1 << (PRECISION_BITS - 1));
-            for t in 0..n {
+            let mut t = 0;
+            while t + 2 <= n && t + 2 <= m_taps {
+                let (k0, k1) = (kbuf[t], kbuf[t + 1]);
+                let r0 = &row(ymin + t)[x0..x0 + m];
+                let r1 = &row(ymin + t + 1)[x0..x0 + m];
+                for ((a, &p), &q) in acc.iter_mut().zip(r0).zip(r1) {
+                    *a += i32::from(p) * k0 + i32::from(q) * k1;
+                }
+                t += 2;
+            }
+            for t in t..n {
                 let kt = if t < m_taps {
                     kbuf[t]
                 } else {
