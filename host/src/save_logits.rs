@@ -94,6 +94,26 @@ impl Teacher for TorchScriptTeacher {
     }
 }
 
+/// Loads the teacher named on the command line. TorchScript files (`.pt`, `.pth`, `.jit`,
+/// `.torchscript`) load as [`TorchScriptTeacher`]; other teacher kinds (a TinyViT checkpoint)
+/// plug in here with their own [`Teacher`] implementation.
+pub fn load_teacher(path: &Path, device: Device) -> Result<Box<dyn Teacher>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "pt" | "pth" | "jit" | "torchscript" => {
+            Ok(Box::new(TorchScriptTeacher::load(path, device)?))
+        }
+        _ => anyhow::bail!(
+            "{}: unknown teacher kind (expected a TorchScript file: .pt, .pth, .jit, .torchscript)",
+            path.display()
+        ),
+    }
+}
+
 /// What to do with an image that cannot be read or decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnBadImage {
@@ -748,7 +768,7 @@ pub fn main(a: Args) -> Result<()> {
         b => anyhow::bail!("--value-bits {b}: expected 16 or 8"),
     };
     let device = crate::device::resolve(a.device)?;
-    let teacher = TorchScriptTeacher::load(&a.teacher, device)?;
+    let teacher = load_teacher(&a.teacher, device)?;
     let mut cfg = PassConfig::new(&a.data, &a.out, a.epochs, a.topk);
     cfg.part = part;
     cfg.parts = parts;
@@ -773,7 +793,7 @@ pub fn main(a: Args) -> Result<()> {
         a.topk,
         a.out.display()
     );
-    let summary = run(&cfg, &teacher)?;
+    let summary = run(&cfg, &*teacher)?;
     println!("{summary}");
     Ok(())
 }

@@ -20,7 +20,10 @@
 //!   "aug": { ... },               the full AugConfig after overrides (size, mean, std, ...)
 //!   "run_seed": 0,                seed of sample_seed(run_seed, epoch, index)
 //!   "topk": 10, "num_classes": 10, "values": "f16",
-//!   "records_per_block": 1024, "epochs": 3, "parts": 1, "batch_size": 256,
+//!   "records_per_block": 1024,
+//!   "epochs": 3,                  epochs planned; those present are the epochs whose parts are
+//!                                 all closed (LogitStore::epochs), so writers never rewrite this
+//!   "parts": 1, "batch_size": 256,
 //!   "teacher": { "kind": "torchscript", "file": "teacher.pt", "sha256": "...",
 //!                "input_size": 32, "channels": 1, "mean": [..], "std": [..] },
 //!   "dataset": { "spec": "fashion-mnist", "len": 60000, "sha256": "..." }
