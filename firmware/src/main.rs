@@ -252,7 +252,10 @@ fn replay_one(i: usize, v: &vectors::Vector<'_>, model: Option<&Model>, b: &mut 
         vectors::Kind::EvalView => "evalview",
     };
     let mut o = Outcome::default();
+    // Paint again so that the high-water mark is this vector's own.
+    stack::paint();
     let result = replay_into(v, model, b, &mut o);
+    let stack_used = stack::high_water();
     let mut line = out::Buf::<256>::new();
     use core::fmt::Write;
     let _ = write!(
@@ -278,6 +281,7 @@ fn replay_one(i: usize, v: &vectors::Vector<'_>, model: Option<&Model>, b: &mut 
     if let Some(n) = o.instr {
         let _ = write!(line, " {}={n}", counter::UNIT);
     }
+    let _ = write!(line, " stack={stack_used}");
     let matched = match result {
         Err(e) => {
             let _ = write!(line, " error: {e}");

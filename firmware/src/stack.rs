@@ -23,7 +23,8 @@ fn top() -> *mut u32 {
     core::ptr::addr_of_mut!(_stack_start)
 }
 
-/// Paints the unused stack. Call once, early in `main`.
+/// Paints the unused stack: early in `main`, and again before each piece of work whose own
+/// depth [`high_water`] should then report.
 pub fn paint() {
     let sp = cortex_m::register::msp::read() as usize;
     let end = (sp & !3) - MARGIN_WORDS * 4;

@@ -17,6 +17,11 @@
 //!   (model-sized sources, no transform).
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
+//! - `matmul_probe.tvb` / `.vec`: the first preset of [`PROBE`] with [`PROBE_EXTRA_CLASSES`] more
+//!   classes and otherwise identical weights, and `probe.txt`: `probe vectors model base
+//!   extra_macs`. Only the head Linear differs, so the instruction difference between the two
+//!   models on the same image is the core's matmul kernel (`layers::linear`) alone: `cargo xtask
+//!   bench` divides it by `extra_macs`.
 //!
 //! With `--eval MODEL.tvb --data idx:IMAGES[,LABELS] --count N [--aug-preset NAME]` it writes
 //! instead `eval.vec`: the first `N` images of an IDX file (gzipped or not) as `evalview`
@@ -37,6 +42,10 @@ use tinyvit_tests::replay::{self, Kind, Record};
 
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
+/// The preset (and weight seed) the matmul probe widens.
+const PROBE: (&str, u64) = ("tiny_vit_mcu_h7", 47);
+/// Classes the matmul probe adds to the head.
+const PROBE_EXTRA_CLASSES: u32 = 2000;
 
 const USAGE: &str = "usage: make_replay --out DIR
        make_replay --eval MODEL.tvb --data idx:IMAGES[,LABELS] --count N [--aug-preset NAME] --out DIR";
@@ -100,6 +109,23 @@ fn run(out: &Path) -> Result<(), String> {
         writeln!(cases, "{name} {name}.vec {name}.tvb").unwrap();
         writeln!(macs, "{name} {}", replay::macs(&cfg)).unwrap();
     }
+    let (name, seed) = PROBE;
+    let base = ModelConfig::preset(name).ok_or(format!("no preset {name}"))?;
+    let probe = base.with_num_classes(base.num_classes + PROBE_EXTRA_CLASSES);
+    let blob = seeded_blob(&probe, seed)?;
+    write(
+        "matmul_probe.tvb",
+        &tinyvit_core::tvb::write(&probe, &blob).map_err(|e| format!("probe: {e}"))?,
+    )?;
+    write(
+        "matmul_probe.vec",
+        &replay::write(&inference_vectors(&probe, &blob)?),
+    )?;
+    let extra = replay::macs(&probe) - replay::macs(&base);
+    write(
+        "probe.txt",
+        format!("matmul_probe matmul_probe.vec matmul_probe.tvb {name} {extra}\n").as_bytes(),
+    )?;
     write("cases.txt", cases.as_bytes())?;
     write("macs.txt", macs.as_bytes())?;
     Ok(())

@@ -94,6 +94,7 @@ const USAGE: &str = "\
 usage: cargo xtask firmware build|run|size [--board qemu-m4|qemu-m7|nucleo-h743] [--model FILE.tvb]
                                       [--vectors FILE.vec]
        cargo xtask firmware eval --model FILE.tvb --data idx:IMAGES[,LABELS] [--count N]
+       cargo xtask firmware bench   (the device part of `cargo xtask bench`)
        cargo xtask flash --board nucleo-h743 [--model FILE.tvb] [--vectors FILE.vec]";
 
 struct Args {
@@ -139,8 +140,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let (cmd, rest) = args
         .split_first()
         .with_context(|| format!("firmware needs a command\n{USAGE}"))?;
-    if cmd == "eval" {
-        return eval_command(rest);
+    match cmd.as_str() {
+        "eval" => return eval_command(rest),
+        "bench" => return crate::replay::bench(),
+        _ => {}
     }
     let a = parse_args(rest, Board::QemuM4)?;
     match cmd.as_str() {

@@ -197,7 +197,7 @@ pub fn mask(stdout: &str) -> String {
 }
 
 /// Keys whose values depend on the build rather than on the computation.
-const MASKED: &[&str] = &["instr", "cycles", "hwm"];
+const MASKED: &[&str] = &["instr", "cycles", "hwm", "stack"];
 
 fn check(name: &str, out: &RunOutput, bless: bool) -> Result<()> {
     let path = expected_dir().join(format!("{name}.txt"));
@@ -254,8 +254,9 @@ fn print_diff(want: &str, got: &str) {
 struct Cost {
     name: String,
     size: firmware::Size,
+    /// Deepest stack of an inference vector (`eval`, `evalview`), bytes.
     stack: u64,
-    /// Instructions of one inference (the first `infer`/`eval` vector) on M4 and M7.
+    /// Instructions of one inference (the first `eval` vector) on M4 and M7.
     instr: [Option<u64>; 2],
     macs: u64,
 }
@@ -267,63 +268,98 @@ fn field(line: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// `cargo xtask bench`'s device part: instructions per inference of every MCU preset on the
-/// emulated M4 and M7, instructions per multiply-accumulate, and the size table for the README.
-pub fn bench() -> Result<()> {
-    let cases = make_vectors()?;
-    let macs_path = vectors_dir().join("macs.txt");
-    let macs_text = std::fs::read_to_string(&macs_path)
-        .with_context(|| format!("reading {}", macs_path.display()))?;
-    let mut costs = Vec::new();
-    for case in cases.iter().filter(|c| c.payload.model.is_some()) {
-        let elf = firmware::build(Board::QemuM4, &case.payload)?;
-        let mut cost = Cost {
-            name: case.name.clone(),
-            size: firmware::elf_size(&elf)?,
-            macs: macs_text
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(&format!("{} ", case.name))?
-                        .trim()
-                        .parse()
-                        .ok()
-                })
-                .with_context(|| format!("{} has no MAC count", case.name))?,
-            ..Cost::default()
-        };
-        for (k, board) in Board::QEMU.into_iter().enumerate() {
-            let out = firmware::run_qemu(board, &elf)?;
-            if out.code != Some(0) {
-                print!("{}", out.stdout);
-                bail!("{} failed on {}", case.name, board.name());
+/// Builds a model + vectors, runs it on both QEMU boards, and collects its figures.
+fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
+    let elf = firmware::build(Board::QemuM4, payload)?;
+    let mut cost = Cost {
+        name: name.to_string(),
+        size: firmware::elf_size(&elf)?,
+        macs,
+        ..Cost::default()
+    };
+    for (k, board) in Board::QEMU.into_iter().enumerate() {
+        let out = firmware::run_qemu(board, &elf)?;
+        if out.code != Some(0) {
+            print!("{}", out.stdout);
+            bail!("{name} failed on {}", board.name());
+        }
+        for line in out.stdout.lines() {
+            if line.starts_with("eval ") || line.starts_with("evalview ") {
+                cost.stack = cost.stack.max(field(line, "stack").unwrap_or(0));
             }
-            for line in out.stdout.lines() {
-                if line.starts_with("stack: ") {
-                    cost.stack = cost.stack.max(field(line, "hwm").unwrap_or(0));
-                }
-                if (line.starts_with("infer ") || line.starts_with("eval "))
-                    && cost.instr[k].is_none()
-                {
-                    cost.instr[k] = field(line, "instr");
-                }
+            if line.starts_with("eval ") && cost.instr[k].is_none() {
+                cost.instr[k] = field(line, "instr");
             }
         }
-        costs.push(cost);
+        if cost.instr[k].is_none() {
+            bail!("{name} printed no `eval` line on {}", board.name());
+        }
     }
-    println!("\nfirmware on QEMU (instructions counted exactly with -icount shift=0):\n");
+    Ok(cost)
+}
+
+/// `cargo xtask bench`'s device part: instructions per inference of every MCU preset on the
+/// emulated M4 and M7, instructions per multiply-accumulate (whole network, and the core's
+/// matmul kernel alone), and the size table for the README.
+pub fn bench() -> Result<()> {
+    let cases = make_vectors()?;
+    let dir = vectors_dir();
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let macs_text = read("macs.txt")?;
+    let mut costs = Vec::new();
+    for case in cases.iter().filter(|c| c.payload.model.is_some()) {
+        let macs = macs_text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{} ", case.name))?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("{} has no MAC count", case.name))?;
+        costs.push(measure(&case.name, &case.payload, macs)?);
+    }
+    // The matmul probe: the same network with a wider head, run on the same image.
+    let probe_text = read("probe.txt")?;
+    let p: Vec<&str> = probe_text.split_whitespace().collect();
+    let [name, vectors, model, base, extra] = p.as_slice() else {
+        bail!("probe.txt: expected `name vectors model base extra_macs`");
+    };
+    let extra: u64 = extra.parse().context("probe.txt: extra_macs")?;
+    let probe = measure(
+        name,
+        &Payload {
+            vectors: Some(dir.join(vectors)),
+            model: Some(dir.join(model)),
+        },
+        0,
+    )?;
+    let base = costs
+        .iter()
+        .find(|c| c.name == *base)
+        .with_context(|| format!("probe base {base} was not measured"))?;
+
+    println!("\nfirmware on QEMU (instructions counted exactly with -icount shift=0; one ELF per");
+    println!("preset runs on both boards; sizes in bytes):\n");
     println!(
-        "| preset | flash (text + rodata) | static RAM (arena, buffers) | stack high-water | \
-         RAM total | instr/inference M4 | instr/inference M7 | MACs/inference | instr/MAC M7 |"
+        "| preset | code (text) | rodata (model, vectors, constants) | flash | static RAM (arena, buffers) \
+         | stack high-water (inference) | RAM total | instr/inference M4 | instr/inference M7 | \
+         MACs/inference | instr/MAC M7 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for c in &costs {
-        let show = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let per_mac = c.instr[1].map_or("-".to_string(), |i| {
             format!("{:.2}", i as f64 / c.macs.max(1) as f64)
         });
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.name,
+            c.size.text,
+            c.size.rodata,
             c.size.flash(),
             c.size.ram(),
             c.stack,
@@ -332,6 +368,20 @@ pub fn bench() -> Result<()> {
             show(c.instr[1]),
             c.macs,
             per_mac
+        );
+    }
+    println!();
+    for (k, board) in ["Cortex-M4F", "Cortex-M7"].into_iter().enumerate() {
+        let (Some(a), Some(b)) = (probe.instr[k], base.instr[k]) else {
+            continue;
+        };
+        println!(
+            "core matmul kernel (layers::linear, {} head with {extra} extra MACs, same image) on \
+             {board}: {} instructions -> {:.3} instructions per MAC (the reference probe's naive \
+             loop: about 6)",
+            base.name,
+            a.saturating_sub(b),
+            a.saturating_sub(b) as f64 / extra.max(1) as f64
         );
     }
     Ok(())
