@@ -59,6 +59,34 @@ pub(crate) fn affine(
                     if xb >= 0 && xb + 3 < w && yb >= 0 && yb + 3 < h {
                         // Interior: all 16 taps inside, no clamping (same values as below).
                         let base = yb as usize * stride + xb as usize * ch;
+                        // `cubic(v1, v2, v3, v4, 0.0) == v2` exactly for finite inputs, so a
+                        // zero fraction needs only the middle tap (shears and translations
+                        // have one axis with a zero fraction everywhere).
+                        if dy == 0.0 {
+                            let row = &data[base + stride..base + stride + 4 * ch];
+                            for c in 0..ch {
+                                let v = if dx == 0.0 {
+                                    f64::from(row[ch + c])
+                                } else {
+                                    cubic(
+                                        f64::from(row[c]),
+                                        f64::from(row[ch + c]),
+                                        f64::from(row[2 * ch + c]),
+                                        f64::from(row[3 * ch + c]),
+                                        dx,
+                                    )
+                                };
+                                dst.data[o + c] = to_u8(v);
+                            }
+                            continue;
+                        }
+                        if dx == 0.0 {
+                            for c in 0..ch {
+                                let at = |r: usize| f64::from(data[base + r * stride + ch + c]);
+                                dst.data[o + c] = to_u8(cubic(at(0), at(1), at(2), at(3), dy));
+                            }
+                            continue;
+                        }
                         let mut v = [[0.0f64; 3]; 4];
                         for (r, vr) in v.iter_mut().enumerate() {
                             let row = &data[base + r * stride..base + r * stride + 4 * ch];

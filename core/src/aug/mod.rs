@@ -43,6 +43,9 @@
 //!   normalisation it is timm's normal noise quantised to grey levels and clipped to the
 //!   displayable range. The noise comes from its own stream of the same seed.
 //! - Colour jitter has no hue term.
+//! - PosterizeIncreasing at magnitude 10 keeps 0 bits (all black), as Pillow < 13 did; Pillow 13
+//!   rejects `posterize(img, 0)`, so timm 1.0.31 on Pillow 13 raises for that draw (~2% of
+//!   PosterizeIncreasing draws at m9 mstd0.5).
 
 mod affine;
 mod config;

@@ -92,7 +92,8 @@ pub enum OpArg {
     Invert,
     /// Counter-clockwise degrees: `m / 10 * 30`, signed.
     Rotate(f64),
-    /// Bits kept: `4 - int(m / 10 * 4)`, clamped to 0..=8.
+    /// Bits kept: `4 - int(m / 10 * 4)`, clamped to 0..=8; 0 clears every bit (Pillow 13
+    /// rejects 0 bits, older Pillow cleared every bit: this keeps the older behaviour).
     Posterize(u8),
     /// Threshold: `256 - min(256, int(m / 10 * 256))`; values `>= t` are inverted.
     Solarize(u32),

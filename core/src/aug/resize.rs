@@ -307,6 +307,20 @@ fn vertical<'a>(
             let acc = &mut acc[..m];
             acc.fill(1 << (PRECISION_BITS - 1));
             let mut t = 0;
+            while t + 4 <= n && t + 4 <= m_taps {
+                let (k0, k1, k2, k3) = (kbuf[t], kbuf[t + 1], kbuf[t + 2], kbuf[t + 3]);
+                let r0 = &row(ymin + t)[x0..x0 + m];
+                let r1 = &row(ymin + t + 1)[x0..x0 + m];
+                let r2 = &row(ymin + t + 2)[x0..x0 + m];
+                let r3 = &row(ymin + t + 3)[x0..x0 + m];
+                for ((((a, &p), &q), &u), &v) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                    *a += i32::from(p) * k0
+                        + i32::from(q) * k1
+                        + i32::from(u) * k2
+                        + i32::from(v) * k3;
+                }
+                t += 4;
+            }
             while t + 2 <= n && t + 2 <= m_taps {
                 let (k0, k1) = (kbuf[t], kbuf[t + 1]);
                 let r0 = &row(ymin + t)[x0..x0 + m];
