@@ -332,6 +332,7 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 }
 
 /// Uniform value in `[-1, 1)` from the top 24 bits of the next splitmix64 output.
+#[cfg(feature = "std")]
 fn unit(state: &mut u64) -> f32 {
     ((splitmix64(state) >> 40) as f32) * (2.0 / (1u64 << 24) as f32) - 1.0
 }

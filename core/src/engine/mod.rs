@@ -31,7 +31,7 @@ pub mod fold;
 pub(crate) mod layers;
 
 use crate::config::{ConfigError, ModelConfig, STAGES};
-use crate::params::{self, align_up, numel};
+use crate::params::{self, align_up};
 
 /// Why an inference call cannot run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,13 +164,13 @@ where
             return;
         }
         match get(name, shape) {
-            Ok(t) if t.len() == numel(shape) => {
+            Ok(t) if t.len() == params::numel(shape) => {
                 blob.extend_from_slice(&t);
                 blob.resize(align_up(blob.len()), 0.0);
             }
             Ok(t) => {
                 err = Some(E::from(EngineError::WeightsLen {
-                    expected: numel(shape),
+                    expected: params::numel(shape),
                     got: t.len(),
                 }))
             }
