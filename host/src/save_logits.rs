@@ -94,9 +94,10 @@ impl Teacher for TorchScriptTeacher {
     }
 }
 
-/// Loads the teacher named on the command line. TorchScript files (`.pt`, `.pth`, `.jit`,
-/// `.torchscript`) load as [`TorchScriptTeacher`]; other teacher kinds (a TinyViT checkpoint)
-/// plug in here with their own [`Teacher`] implementation.
+/// Loads the teacher named on the command line: a TinyViT checkpoint (`.safetensors`, with its
+/// config in the metadata; [`crate::train::StoreTeacher`]) or a TorchScript module (`.pt`,
+/// `.pth`, `.jit`, `.torchscript`; [`TorchScriptTeacher`]). Another kind of teacher implements
+/// [`Teacher`] and is added here.
 pub fn load_teacher(path: &Path, device: Device) -> Result<Box<dyn Teacher>> {
     let ext = path
         .extension()
@@ -104,11 +105,13 @@ pub fn load_teacher(path: &Path, device: Device) -> Result<Box<dyn Teacher>> {
         .unwrap_or("")
         .to_ascii_lowercase();
     match ext.as_str() {
+        "safetensors" => Ok(Box::new(crate::train::StoreTeacher::load(path, device)?)),
         "pt" | "pth" | "jit" | "torchscript" => {
             Ok(Box::new(TorchScriptTeacher::load(path, device)?))
         }
         _ => anyhow::bail!(
-            "{}: unknown teacher kind (expected a TorchScript file: .pt, .pth, .jit, .torchscript)",
+            "{}: unknown teacher kind (expected a TinyViT checkpoint .safetensors or a \
+             TorchScript file .pt, .pth, .jit, .torchscript)",
             path.display()
         ),
     }
@@ -654,7 +657,7 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
 /// `tinyvit save-logits` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Teacher: a TorchScript file (`.pt`, exported with torch.jit).
+    /// Teacher: a TorchScript file (`.pt`, exported with torch.jit) or a TinyViT checkpoint (`.safetensors`).
     #[arg(long)]
     pub teacher: PathBuf,
     /// Data SPEC: folder:DIR, idx:IMAGES[,LABELS], fashion-mnist[:DIR], mnist[:DIR].
