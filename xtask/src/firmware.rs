@@ -189,7 +189,7 @@ fn eval_command(args: &[String]) -> Result<()> {
     }
     let model = model.with_context(|| format!("eval needs --model\n{USAGE}"))?;
     let data = data.with_context(|| format!("eval needs --data\n{USAGE}"))?;
-    let dir = dir().join("target").join("eval");
+    let dir = target_dir().join("eval");
     let _ = std::fs::remove_dir_all(&dir);
     let r = run_eval(Path::new("tinyvit"), &model, &data, count, &dir)?;
     println!(
@@ -250,6 +250,16 @@ pub fn dir() -> PathBuf {
     util::root().join("firmware")
 }
 
+/// The firmware's build folder: `$CARGO_TARGET_DIR/firmware` when the caller set one (CI keeps
+/// its build folder outside the clone, so the firmware's dependencies are cached too), else
+/// `firmware/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => util::root().join(d).join("firmware"),
+        None => dir().join("target"),
+    }
+}
+
 /// Builds the firmware for `board` with `payload` embedded, and returns a copy of the ELF named
 /// after the board and model (so that several builds can sit side by side).
 pub fn build(board: Board, payload: &Payload) -> Result<PathBuf> {
@@ -262,15 +272,14 @@ pub fn build(board: Board, payload: &Payload) -> Result<PathBuf> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(dir())
         .args(["build", "--release", "--features", board.feature()])
-        // The outer `cargo xtask` may point elsewhere; the firmware keeps its own target folder.
-        .env_remove("CARGO_TARGET_DIR")
+        // The host's target folder must not be shared: the firmware gets a folder of its own.
+        .env("CARGO_TARGET_DIR", target_dir())
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     set_or_remove(&mut cmd, "TINYVIT_MODEL", &payload.model);
     set_or_remove(&mut cmd, "TINYVIT_VECTORS", &payload.vectors);
     util::run(&mut cmd)?;
-    let built = dir()
-        .join("target")
+    let built = target_dir()
         .join(TARGET)
         .join("release")
         .join("tinyvit-firmware");
@@ -279,7 +288,7 @@ pub fn build(board: Board, payload: &Payload) -> Result<PathBuf> {
             .and_then(|p| p.file_stem())
             .map_or("none".to_string(), |s| s.to_string_lossy().into_owned())
     };
-    let elfs = dir().join("target").join("elf");
+    let elfs = target_dir().join("elf");
     std::fs::create_dir_all(&elfs)?;
     let copy = elfs.join(format!(
         "{}-{}-{}.elf",

@@ -33,7 +33,7 @@ pub struct Case {
 
 /// The folder the host vectors are written to.
 pub fn vectors_dir() -> PathBuf {
-    firmware::dir().join("target").join("replay")
+    firmware::target_dir().join("replay")
 }
 
 /// The folder of committed expected outputs.
