@@ -140,3 +140,32 @@ fn exact_and_fast_agree_on_tiny_vit_5m_224() {
     );
     assert!(diff <= 1e-5 * scale, "{diff} > 1e-5 * {scale}");
 }
+
+/// The exact engine's logits, bit for bit, for the small cases: any change of summation order
+/// or of a transcendental shows up here, and the firmware can compare its own bits with these.
+/// Re-bless explicitly with `TINYVIT_BLESS=1 cargo test -p tinyvit-tests --test parity`.
+#[test]
+fn exact_logit_bits_are_pinned() {
+    let path = format!(
+        "{}/fixtures/parity/exact_bits.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut got = serde_json::Map::new();
+    for name in ["tiny_vit_mcu_h7", "tiny_vit_mcu_m4", "tiny_16"] {
+        let bits: Vec<serde_json::Value> = run_exact(&case(name))
+            .iter()
+            .map(|v| format!("{:08x}", v.to_bits()).into())
+            .collect();
+        got.insert(name.into(), bits.into());
+    }
+    let got = serde_json::Value::Object(got);
+    if std::env::var_os("TINYVIT_BLESS").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+    }
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        got, want,
+        "exact logits changed bits; re-bless only if intended"
+    );
+}
