@@ -18,7 +18,10 @@ fn main() -> std::io::Result<()> {
             let (dtype, bytes) = if t.kind == TensorKind::Counter {
                 ("I64", 0i64.to_le_bytes().to_vec())
             } else {
-                ("F32", t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+                (
+                    "F32",
+                    t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
             };
             tensors.push((t.name, dtype, t.shape, bytes));
         }
