@@ -28,7 +28,7 @@
 //! +----------------------------+ D + data_len = end of file (nothing may follow)
 //! ```
 //!
-//! The tensors are exactly [`params::for_each_folded`](crate::params::for_each_folded) of the
+//! The tensors are exactly [`params::for_each_folded`] of the
 //! config, in that order, and the data is exactly the packed blob [`Weights`] reads: a reader
 //! checks every name, shape and offset against the canonical list, so a file can never feed
 //! the engine a tensor it does not expect.

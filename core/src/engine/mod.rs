@@ -3,7 +3,7 @@
 //! # The API
 //!
 //! - [`Weights`] borrows one packed f32 blob holding every tensor of
-//!   [`params::for_each_folded`](crate::params::for_each_folded) in that order, each padded to a
+//!   [`params::for_each_folded`] in that order, each padded to a
 //!   multiple of [`FOLDED_ALIGN`](crate::params::FOLDED_ALIGN) values. It comes from a `.tvb`
 //!   file ([`crate::tvb`], zero copy, possibly in flash) or from [`pack_folded`] (std) on the host.
 //! - [`arena_len`] says, before running, how many f32 values of scratch memory the [`exact`]
