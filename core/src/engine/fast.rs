@@ -790,3 +790,74 @@ mod agreement {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::engine::{arena_len, exact, fold::fold_state_dict};
+    use crate::params::{splitmix64, synthetic_state_dict};
+    use proptest::prelude::*;
+
+    fn config() -> impl Strategy<Value = ModelConfig> {
+        (
+            (1u32..=2, 4u32..=40, 1u32..=12),
+            (1u32..=3, 1u32..=3, 1u32..=2, 1u32..=2),
+            (1u32..=3, 1u32..=4, 1u32..=5),
+            (
+                1u32..=3,
+                1u32..=4,
+                prop_oneof![Just(1u32), Just(3), Just(5)],
+            ),
+        )
+            .prop_map(
+                |((ch, img, nc), (h1, h2, h3, unit), (w1, w2, w3), (mlp, ex, k))| {
+                    let mut c = ModelConfig::tiny_vit_mcu_m4();
+                    c.in_chans = if ch == 1 { 1 } else { 3 };
+                    c.img_size = img;
+                    c.num_classes = nc;
+                    let hd = 4 * unit;
+                    c.num_heads = [1, h1, h2, h3];
+                    c.embed_dims = [2 * unit * 2, h1 * hd, h2 * hd, h3 * hd];
+                    c.depths = [1, 1, 2, 1];
+                    c.window_sizes = [w1, w1, w2, w3];
+                    c.mlp_ratio = mlp;
+                    c.mbconv_expand_ratio = ex;
+                    c.local_conv_size = k;
+                    c
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Arbitrary small networks (any input size, windows larger or smaller than the maps,
+        /// padded or not, local conv 1/3/5): the exact engine runs in exactly `arena_len`
+        /// values and the fast engine agrees with it.
+        #[test]
+        fn exact_fits_its_arena_and_fast_agrees(cfg in config(), seed in 0u64..1000) {
+            prop_assert!(cfg.validate().is_ok(), "{:?}", cfg);
+            let sd = synthetic_state_dict(&cfg, seed);
+            let blob = fold_state_dict(&cfg, |n| {
+                sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
+            })
+            .unwrap();
+            let w = Weights::new(&cfg, &blob).unwrap();
+            let n = input_len(&cfg).unwrap();
+            let mut s = seed;
+            let x: Vec<f32> = (0..n)
+                .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
+                .collect();
+            let nc = cfg.num_classes as usize;
+            let mut arena = vec![0.0; arena_len(&cfg).unwrap()];
+            let mut e = vec![0.0; nc];
+            exact::forward(&w, &x, &mut arena, &mut e).unwrap();
+            let mut f = vec![0.0; nc];
+            FastModel::new(&w).unwrap().forward(&x, &mut f).unwrap();
+            let scale = e.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for (a, b) in e.iter().zip(&f) {
+                prop_assert!((a - b).abs() <= 1e-5 * scale, "{:?}: {} vs {}", cfg, a, b);
+            }
+        }
+    }
+}
