@@ -3,8 +3,9 @@
 //! Floats are hashed by their IEEE-754 bit patterns, so two runs agree only when every value is
 //! bit-identical. The one exception is NaN: its payload is not meant to be portable (x86 and Arm
 //! produce different default NaNs), so every NaN is hashed as the canonical quiet NaN 0x7fc00000.
-//! The host side (`tests/examples/make_replay.rs`) implements the same function; both pin
-//! `fnv1a64(b"tinyvit") == 0x` + [`TINYVIT_FNV`] so that they cannot drift apart.
+//! The host side (`tinyvit_tests::replay::logits_hash`, over the core's `aug::fnv1a64`) computes
+//! the same function: `tests/tests/replay_vectors.rs` compiles this file and compares both on
+//! random bit patterns and NaNs, and the firmware checks [`TINYVIT_FNV`] against the core at boot.
 
 /// FNV-1a 64 offset basis.
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
