@@ -1,4 +1,4 @@
-//! `cargo xtask firmware build|run|size`, `cargo xtask flash`: the Cortex-M firmware.
+//! `cargo xtask firmware build|run|size|eval|bench`, `cargo xtask flash`: the Cortex-M firmware.
 //!
 //! The firmware (`firmware/`, its own workspace) embeds at build time a model `.tvb`
 //! (`TINYVIT_MODEL`) and a replay vector file (`TINYVIT_VECTORS`, see `firmware/src/vectors.rs`);
@@ -141,6 +141,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .split_first()
         .with_context(|| format!("firmware needs a command\n{USAGE}"))?;
     match cmd.as_str() {
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return Ok(());
+        }
         "eval" => return eval_command(rest),
         "bench" => return crate::replay::bench(),
         _ => {}

@@ -18,7 +18,8 @@ tasks:
   train     the main job: teacher, teacher pass, distilled student, baseline, report
   bench     run the benchmarks and print each figure with its ratio to the named peer
   install   build the release `tinyvit` command and install it into ~/.cargo/bin
-  firmware  build|run|size the Cortex-M firmware [--board qemu-m4|qemu-m7|nucleo-h743] [--model F.tvb]
+  firmware  build|run|size|eval|bench the Cortex-M firmware [--board qemu-m4|qemu-m7|nucleo-h743]
+            [--model F.tvb] (cargo xtask firmware --help for the options)
   flash     flash and run the firmware on a Nucleo-H743ZI with probe-rs [--model F.tvb]
   replay    host vs Cortex-M4F/M7 (QEMU) bit-exact replay, diffed with firmware/expected [--bless]
 ";
