@@ -229,7 +229,12 @@ fn check(name: &str, out: &RunOutput, bless: bool) -> Result<()> {
     if want != got {
         eprintln!("--- {} (expected)\n+++ {name} (this run)", path.display());
         print_diff(&want, &got);
-        bail!("{name}: output differs from {}", rel(&path));
+        bail!(
+            "{name}: output differs from {} (the device still compared itself with the host: \
+             if every line ends in `ok` and the core changed on purpose, rerun with \
+             `cargo xtask replay --bless` and commit the new expected files)",
+            rel(&path)
+        );
     }
     eprintln!("{name}: matches {}", rel(&path));
     Ok(())
