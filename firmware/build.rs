@@ -16,7 +16,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "the firmware's parser; the build script only sizes buffers"
+)]
 #[path = "src/vectors.rs"]
 mod vectors;
 

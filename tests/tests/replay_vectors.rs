@@ -2,10 +2,10 @@
 //! hasher (compiled here from `firmware/src/`, which is plain `core` code): round trip, every
 //! truncation and every flipped byte of a file give errors or other values, never a panic.
 
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the firmware's module; this test uses part of it")]
 #[path = "../../firmware/src/hash.rs"]
 mod fw_hash;
-#[allow(dead_code)]
+#[allow(dead_code, reason = "the firmware's module; this test uses part of it")]
 #[path = "../../firmware/src/vectors.rs"]
 mod fw_vectors;
 
