@@ -214,28 +214,27 @@ fn horizontal<'a>(
             let (a, b) = (xmin * ch, (xmin + n) * ch);
             let (p0, p1) = (&r0[a..b], &r1[a..b]);
             if ch == 3 {
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                let (mut u0, mut u1, mut u2) = (half, half, half);
+                // Both rows' values of a channel share one 64-bit multiply: lane sums are
+                // below 2^31 in magnitude, so `sum = S0 + S1 * 2^32` splits back exactly.
+                let (mut a0, mut a1, mut a2) = (0i64, 0i64, 0i64);
                 for ((kb, p), q) in k
                     .chunks_exact(4)
                     .zip(p0.chunks_exact(3))
                     .zip(p1.chunks_exact(3))
                 {
-                    let kt = i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
-                    s0 += i32::from(p[0]) * kt;
-                    s1 += i32::from(p[1]) * kt;
-                    s2 += i32::from(p[2]) * kt;
-                    u0 += i32::from(q[0]) * kt;
-                    u1 += i32::from(q[1]) * kt;
-                    u2 += i32::from(q[2]) * kt;
+                    let kt = i64::from(i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]));
+                    let pack = |a: u8, b: u8| i64::from(a) | (i64::from(b) << 32);
+                    a0 = a0.wrapping_add(pack(p[0], q[0]).wrapping_mul(kt));
+                    a1 = a1.wrapping_add(pack(p[1], q[1]).wrapping_mul(kt));
+                    a2 = a2.wrapping_add(pack(p[2], q[2]).wrapping_mul(kt));
                 }
                 let q = xx * 3;
-                o0[q] = clip8(s0);
-                o0[q + 1] = clip8(s1);
-                o0[q + 2] = clip8(s2);
-                o1[q] = clip8(u0);
-                o1[q + 1] = clip8(u1);
-                o1[q + 2] = clip8(u2);
+                for (c, a) in [a0, a1, a2].into_iter().enumerate() {
+                    let lo = a as i32;
+                    let hi = (a.wrapping_sub(i64::from(lo)) >> 32) as i32;
+                    o0[q + c] = clip8(half + lo);
+                    o1[q + c] = clip8(half + hi);
+                }
             } else {
                 let (mut s, mut u) = (half, half);
                 for ((kb, &p), &q) in k.chunks_exact(4).zip(p0).zip(p1) {
