@@ -39,14 +39,33 @@ fn idx_subset(dir: &Path, n: usize) -> String {
     l.extend(&lab[8..8 + n]);
     std::fs::write(dir.join("img"), i).unwrap();
     std::fs::write(dir.join("lab"), l).unwrap();
-    format!("idx:{},{}", dir.join("img").display(), dir.join("lab").display())
+    format!(
+        "idx:{},{}",
+        dir.join("img").display(),
+        dir.join("lab").display()
+    )
 }
 
 fn run(data: &str, out: &Path, target: &[&str]) -> train::Summary {
     let _ = std::fs::remove_dir_all(out);
     let mut argv: Vec<String> = [
-        "train", "--arch", "tiny_vit_mcu_m4", "--data", data, "--epochs", "1", "--batch-size",
-        "64", "--img-size", "56", "--device", "cpu", "--recipe", "small", "--quiet", "--out",
+        "train",
+        "--arch",
+        "tiny_vit_mcu_m4",
+        "--data",
+        data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--img-size",
+        "56",
+        "--device",
+        "cpu",
+        "--recipe",
+        "small",
+        "--quiet",
+        "--out",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -58,7 +77,8 @@ fn run(data: &str, out: &Path, target: &[&str]) -> train::Summary {
 }
 
 fn main() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tinyvit-bench-train-{}", std::process::id()));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("tinyvit-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let data = idx_subset(&dir, 512);
 

@@ -100,9 +100,7 @@ pub fn main(args: ExportArgs) -> Result<()> {
 /// Runs the export (and the check, when `--val` is given).
 pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let fallback = match &args.arch {
-        Some(a) => Some(
-            ModelConfig::preset(a).with_context(|| format!("unknown --arch `{a}`"))?,
-        ),
+        Some(a) => Some(ModelConfig::preset(a).with_context(|| format!("unknown --arch `{a}`"))?),
         None => None,
     };
     let ck = checkpoint::load(&args.checkpoint, fallback.as_ref())?;
@@ -165,7 +163,7 @@ fn val_source(
     limit: Option<usize>,
 ) -> Result<Arc<dyn Source>> {
     use crate::train::sources::{channels_of, split_val, EvalSource};
-    let input = ck.input.clone().unwrap_or_default();
+    let input = ck.input.unwrap_or_default();
     let ds_spec = if val.starts_with("split:") {
         data.context("--val split:N needs --data")?
     } else {
@@ -214,7 +212,12 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// Runs the checkpoint in tch (eval) and the `.tvb` bytes in a core engine over `src`.
-pub fn verify(ckpt: &Path, tvb_bytes: &[u8], src: Arc<dyn Source>, which: EngineArg) -> Result<Check> {
+pub fn verify(
+    ckpt: &Path,
+    tvb_bytes: &[u8],
+    src: Arc<dyn Source>,
+    which: EngineArg,
+) -> Result<Check> {
     let (_vs, model) = crate::train::load_model(ckpt, None, Device::Cpu)?;
     let parsed = tvb::parse(tvb_bytes).map_err(|e| anyhow::anyhow!("parse written .tvb: {e}"))?;
     let blob = parsed.to_blob();
@@ -255,7 +258,9 @@ pub fn verify(ckpt: &Path, tvb_bytes: &[u8], src: Arc<dyn Source>, which: Engine
             hit_t += (at as i64 == y) as u64;
             hit_c += (ac as i64 == y) as u64;
             dis += (at != ac) as u64;
-            let scale = t.iter().fold(1e-6f32, |m, v| if v.abs() > m { v.abs() } else { m });
+            let scale = t
+                .iter()
+                .fold(1e-6f32, |m, v| if v.abs() > m { v.abs() } else { m });
             for (a, b) in t.iter().zip(c) {
                 let r = ((a - b).abs() / scale) as f64;
                 if r > max_rel {

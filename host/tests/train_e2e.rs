@@ -34,7 +34,10 @@ fn idx_subset(dir: &Path, split: &str, n: usize) -> String {
     let mut l = lab[..4].to_vec();
     l.extend((n as u32).to_be_bytes());
     l.extend(&lab[8..8 + n]);
-    let (ip, lp) = (dir.join(format!("{split}-img")), dir.join(format!("{split}-lab")));
+    let (ip, lp) = (
+        dir.join(format!("{split}-img")),
+        dir.join(format!("{split}-lab")),
+    );
     std::fs::write(&ip, i).unwrap();
     std::fs::write(&lp, l).unwrap();
     format!("idx:{},{}", ip.display(), lp.display())
@@ -80,24 +83,32 @@ fn fails(mut c: Command) -> String {
 fn train(out: &Path, target: &[&str], epochs: u32, extra: &[&str]) -> Command {
     let d = data();
     let mut c = Command::new(BIN);
-    c.args(["train", "--arch", "tiny_vit_mcu_m4", "--data", &d.train, "--val", &d.val])
-        .args(target)
-        .args(["--epochs", &epochs.to_string(), "--out"])
-        .arg(out)
-        .args([
-            "--batch-size",
-            "32",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--workers",
-            "1",
-            "--log-every",
-            "4",
-            "--quiet",
-        ])
-        .args(extra);
+    c.args([
+        "train",
+        "--arch",
+        "tiny_vit_mcu_m4",
+        "--data",
+        &d.train,
+        "--val",
+        &d.val,
+    ])
+    .args(target)
+    .args(["--epochs", &epochs.to_string(), "--out"])
+    .arg(out)
+    .args([
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--log-every",
+        "4",
+        "--quiet",
+    ])
+    .args(extra);
     if !extra.contains(&"--img-size") && !target.contains(&"--logits") {
         c.args(["--img-size", "32"]);
     }
@@ -114,11 +125,20 @@ fn assert_learns(s: &serde_json::Value, what: &str) {
     let first = s["first_loss"].as_f64().unwrap();
     let last = s["final_loss"].as_f64().unwrap();
     let top1 = s["val_top1"].as_f64().unwrap();
-    eprintln!("{what}: loss {first:.4} -> {last:.4}, val top-1 {top1:.2}%, top-5 {:.2}%", s["val_top5"]);
+    eprintln!(
+        "{what}: loss {first:.4} -> {last:.4}, val top-1 {top1:.2}%, top-5 {:.2}%",
+        s["val_top5"]
+    );
     // Soft targets of a weak teacher have high entropy, which bounds the distillation loss
     // from below: it falls by less than a labels loss does.
-    assert!(last < first - 0.01, "{what}: loss did not fall ({first} -> {last})");
-    assert!(top1 > 25.0, "{what}: val top-1 {top1}% is not well above chance (10%)");
+    assert!(
+        last < first - 0.01,
+        "{what}: loss did not fall ({first} -> {last})"
+    );
+    assert!(
+        top1 > 25.0,
+        "{what}: val top-1 {top1}% is not well above chance (10%)"
+    );
 }
 
 /// The teacher: the same tiny student architecture trained on labels for 5 epochs.
@@ -211,17 +231,37 @@ fn mismatched_store_is_refused() {
     // another dataset: the validation images instead of the training images
     let out = tmpdir("mismatch");
     let mut c = Command::new(BIN);
-    c.args(["train", "--arch", "tiny_vit_mcu_m4", "--data", &d.val, "--logits"])
-        .arg(store)
-        .args(["--epochs", "1", "--device", "cpu", "--quiet", "--out"])
-        .arg(&out);
+    c.args([
+        "train",
+        "--arch",
+        "tiny_vit_mcu_m4",
+        "--data",
+        &d.val,
+        "--logits",
+    ])
+    .arg(store)
+    .args(["--epochs", "1", "--device", "cpu", "--quiet", "--out"])
+    .arg(&out);
     let err = fails(c);
-    assert!(err.contains("fingerprint") || err.contains("dataset"), "{err}");
+    assert!(
+        err.contains("fingerprint") || err.contains("dataset"),
+        "{err}"
+    );
     // another class count
-    let err = fails(train(&out, &["--logits", store.to_str().unwrap()], 1, &["--num-classes", "7"]));
+    let err = fails(train(
+        &out,
+        &["--logits", store.to_str().unwrap()],
+        1,
+        &["--num-classes", "7"],
+    ));
     assert!(err.contains("classes"), "{err}");
     // another input size than the views the teacher saw
-    let err = fails(train(&out, &["--logits", store.to_str().unwrap()], 1, &["--img-size", "40"]));
+    let err = fails(train(
+        &out,
+        &["--logits", store.to_str().unwrap()],
+        1,
+        &["--img-size", "40"],
+    ));
     assert!(err.contains("32px") || err.contains("img-size"), "{err}");
 }
 
@@ -239,7 +279,10 @@ fn export_matches_tch_accuracy() {
     let o = ok(c);
     let r: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap();
-    let (t, e) = (r["tch_top1"].as_f64().unwrap(), r["core_top1"].as_f64().unwrap());
+    let (t, e) = (
+        r["tch_top1"].as_f64().unwrap(),
+        r["core_top1"].as_f64().unwrap(),
+    );
     eprintln!(
         "export: tch top-1 {t:.3}%, core exact top-1 {e:.3}%, {} disagreements on {} images, max rel logit diff {:.2e}, {} bytes",
         r["disagreements"], r["images"], r["max_rel_logit_diff"].as_f64().unwrap(), r["bytes"]

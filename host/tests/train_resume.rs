@@ -34,18 +34,47 @@ fn idx_subset(dir: &Path, n: usize) -> String {
     l.extend(&lab[8..8 + n]);
     std::fs::write(dir.join("img"), i).unwrap();
     std::fs::write(dir.join("lab"), l).unwrap();
-    format!("idx:{},{}", dir.join("img").display(), dir.join("lab").display())
+    format!(
+        "idx:{},{}",
+        dir.join("img").display(),
+        dir.join("lab").display()
+    )
 }
 
 fn train(data: &str, out: &Path, resume: bool) -> Command {
     let mut c = Command::new(BIN);
-    c.args(["train", "--arch", "tiny_vit_mcu_m4", "--data", data, "--labels"])
-        .args(["--val", "split:64", "--epochs", "3", "--batch-size", "16", "--img-size", "32"])
-        // exercise every random stream: DropPath, mixup and CutMix, augmentation
-        .args(["--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"])
-        .args(["--ckpt-every", "3", "--threads", "1", "--workers", "2", "--device", "cpu"])
-        .args(["--seed", "11", "--quiet", "--out"])
-        .arg(out);
+    c.args([
+        "train",
+        "--arch",
+        "tiny_vit_mcu_m4",
+        "--data",
+        data,
+        "--labels",
+    ])
+    .args([
+        "--val",
+        "split:64",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--img-size",
+        "32",
+    ])
+    // exercise every random stream: DropPath, mixup and CutMix, augmentation
+    .args(["--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"])
+    .args([
+        "--ckpt-every",
+        "3",
+        "--threads",
+        "1",
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+    ])
+    .args(["--seed", "11", "--quiet", "--out"])
+    .arg(out);
     if resume {
         c.arg("--resume");
     }
@@ -75,8 +104,14 @@ fn kill_then_resume_equals_uninterrupted() {
                 break s;
             }
         }
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     child.kill().unwrap(); // SIGKILL

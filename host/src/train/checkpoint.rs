@@ -82,18 +82,29 @@ pub struct Loaded {
     pub tensors: HashMap<String, Tensor>,
 }
 
-fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+/// A tensor as safetensors stores it: dtype, shape, little-endian bytes.
+type RawTensor = (Dtype, Vec<usize>, Vec<u8>);
+
+fn tensor_bytes(t: &Tensor) -> Result<RawTensor> {
     let t = t.detach().to_device(Device::Cpu).contiguous();
     let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
     let flat = t.view([-1]);
     Ok(match t.kind() {
         Kind::Int64 => {
             let v: Vec<i64> = Vec::try_from(&flat)?;
-            (Dtype::I64, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            (
+                Dtype::I64,
+                shape,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
         }
         _ => {
             let v: Vec<f32> = Vec::try_from(&flat.to_kind(Kind::Float))?;
-            (Dtype::F32, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            (
+                Dtype::F32,
+                shape,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
         }
     })
 }
@@ -151,7 +162,7 @@ pub fn save(
     input: Option<&InputSpec>,
     optim: Option<(&AdamW, &TrainState)>,
 ) -> Result<()> {
-    let mut entries: Vec<(String, (Dtype, Vec<usize>, Vec<u8>))> = Vec::new();
+    let mut entries: Vec<(String, RawTensor)> = Vec::new();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, t) in &vars {
@@ -196,26 +207,26 @@ pub fn load(path: &Path, fallback: Option<&ModelConfig>) -> Result<Loaded> {
             )
         })?,
     };
-    let state = match md.get("tinyvit.state") {
-        Some(js) => Some(
-            serde_json::from_str(js)
-                .with_context(|| format!("checkpoint {}: metadata `tinyvit.state`", path.display()))?,
-        ),
-        None => None,
-    };
-    let input = match md.get("tinyvit.input") {
-        Some(js) => Some(
-            serde_json::from_str(js)
-                .with_context(|| format!("checkpoint {}: metadata `tinyvit.input`", path.display()))?,
-        ),
-        None => None,
-    };
+    let state =
+        match md.get("tinyvit.state") {
+            Some(js) => Some(serde_json::from_str(js).with_context(|| {
+                format!("checkpoint {}: metadata `tinyvit.state`", path.display())
+            })?),
+            None => None,
+        };
+    let input =
+        match md.get("tinyvit.input") {
+            Some(js) => Some(serde_json::from_str(js).with_context(|| {
+                format!("checkpoint {}: metadata `tinyvit.input`", path.display())
+            })?),
+            None => None,
+        };
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("checkpoint {}: tensor table", path.display()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
-        let t = view_tensor(&name, &view)
-            .with_context(|| format!("checkpoint {}", path.display()))?;
+        let t =
+            view_tensor(&name, &view).with_context(|| format!("checkpoint {}", path.display()))?;
         tensors.insert(name, t);
     }
     Ok(Loaded {
@@ -248,7 +259,11 @@ pub fn copy_into(vs: &nn::VarStore, tensors: &HashMap<String, Tensor>, what: &st
 }
 
 /// Restores optimizer moments saved by [`save`].
-pub fn restore_optimizer(opt: &mut AdamW, tensors: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+pub fn restore_optimizer(
+    opt: &mut AdamW,
+    tensors: &HashMap<String, Tensor>,
+    what: &str,
+) -> Result<()> {
     tch::no_grad(|| -> Result<()> {
         for p in &mut opt.params {
             for (prefix, dst) in [("optimizer.m.", &mut p.m), ("optimizer.v.", &mut p.v)] {
@@ -276,9 +291,14 @@ pub fn restore_optimizer(opt: &mut AdamW, tensors: &HashMap<String, Tensor>, wha
 /// # Shapes
 /// `[heads, from*from] -> [heads, to*to]`
 pub fn resize_attention_biases(t: &Tensor, to: i64) -> Result<Tensor> {
-    let (h, n) = t.size2().context("attention_biases must be [heads, ws*ws]")?;
+    let (h, n) = t
+        .size2()
+        .context("attention_biases must be [heads, ws*ws]")?;
     let from = (n as f64).sqrt().round() as i64;
-    ensure!(from * from == n, "attention_biases of {n} entries is not a square window");
+    ensure!(
+        from * from == n,
+        "attention_biases of {n} entries is not a square window"
+    );
     if from == to {
         return Ok(t.shallow_clone());
     }
@@ -333,7 +353,10 @@ mod tests {
         assert_eq!(l.input, Some(input));
         assert_eq!(l.state.as_ref(), Some(&state));
         assert!(l.tensors.contains_key("patch_embed.seq.0.c.weight"));
-        assert_eq!(l.tensors["layers.1.blocks.0.attn.qkv.weight"].kind(), Kind::Float);
+        assert_eq!(
+            l.tensors["layers.1.blocks.0.attn.qkv.weight"].kind(),
+            Kind::Float
+        );
         assert!(l.tensors.contains_key("optimizer.v.head.weight"));
         assert_eq!(
             l.tensors["layers.0.blocks.0.conv1.bn.num_batches_tracked"].kind(),

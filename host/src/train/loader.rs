@@ -105,14 +105,13 @@ fn to_batch(index: u64, raw: Raw, shape: (usize, usize, usize)) -> Batch {
 /// the last partial batch is dropped when `drop_last` (training, as the reference), kept
 /// otherwise (evaluation).
 pub struct Loader {
-    rx: mpsc::Receiver<(u64, Result<Raw>)>,
+    rx: mpsc::Receiver<(u64, Result<Batch>)>,
     jobs: Option<mpsc::SyncSender<u64>>,
-    pending: BTreeMap<u64, Result<Raw>>,
+    pending: BTreeMap<u64, Result<Batch>>,
     next: u64,
     sent: u64,
     end: u64,
     prefetch: u64,
-    shape: (usize, usize, usize),
     workers: Vec<thread::JoinHandle<()>>,
 }
 
@@ -128,6 +127,24 @@ impl Loader {
         workers: usize,
         prefetch: usize,
     ) -> Self {
+        Self::new_pinned(
+            source, epoch, order, batch_size, drop_last, start, workers, prefetch, false,
+        )
+    }
+
+    /// As [`Loader::new`]; with `pin` the workers put the images in page-locked memory so the
+    /// copy to a CUDA device can run asynchronously (`to_device_(.., non_blocking = true, ..)`).
+    pub fn new_pinned(
+        source: Arc<dyn Source>,
+        epoch: u64,
+        order: Arc<Vec<usize>>,
+        batch_size: usize,
+        drop_last: bool,
+        start: u64,
+        workers: usize,
+        prefetch: usize,
+        pin: bool,
+    ) -> Self {
         let n = order.len();
         let batches = if drop_last {
             n / batch_size
@@ -135,10 +152,10 @@ impl Loader {
             n.div_ceil(batch_size)
         } as u64;
         let prefetch = prefetch.max(1) as u64 + workers as u64;
+        let shape = source.shape();
         let (job_tx, job_rx) = mpsc::sync_channel::<u64>(prefetch as usize);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (tx, rx) = mpsc::channel();
-        let shape = source.shape();
         let handles = (0..workers.max(1))
             .map(|_| {
                 let job_rx = Arc::clone(&job_rx);
@@ -153,8 +170,18 @@ impl Loader {
                     let Ok(b) = job else { return };
                     let lo = b as usize * batch_size;
                     let hi = (lo + batch_size).min(order.len());
-                    let raw = build(source.as_ref(), epoch, &order[lo..hi]);
-                    if tx.send((b, raw)).is_err() {
+                    // The batch tensors are made here, off the compute thread.
+                    let batch = build(source.as_ref(), epoch, &order[lo..hi]).map(|r| {
+                        let mut batch = to_batch(b, r, shape);
+                        if pin {
+                            if let Ok(p) = batch.images.f_internal_pin_memory(tch::Device::Cuda(0))
+                            {
+                                batch.images = p;
+                            }
+                        }
+                        batch
+                    });
+                    if tx.send((b, batch)).is_err() {
                         return;
                     }
                 })
@@ -168,7 +195,6 @@ impl Loader {
             sent: start,
             end: batches,
             prefetch,
-            shape,
             workers: handles,
         };
         l.fill();
@@ -212,7 +238,7 @@ impl Iterator for Loader {
         };
         self.next += 1;
         self.fill();
-        Some(raw.map(|r| to_batch(want, r, self.shape)))
+        Some(raw)
     }
 }
 
@@ -235,7 +261,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize>
     if shuffle {
         let mut rng = rand_pcg::Pcg64::new(
             ((seed as u128) << 64) | epoch as u128,
-            0x5348_5546_464c_45u128,
+            0x0053_4855_4646_4c45u128,
         );
         for i in (1..n).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
@@ -313,9 +339,18 @@ mod tests {
         }
         assert_eq!(a[0].topk.as_ref().unwrap().0.size(), [8, 3]);
         // evaluation keeps the last partial batch
-        let all: Vec<_> = Loader::new(src.clone(), 0, Arc::new(epoch_order(50, 0, 0, false)), 8, false, 0, 2, 2)
-            .map(|b| b.unwrap())
-            .collect();
+        let all: Vec<_> = Loader::new(
+            src.clone(),
+            0,
+            Arc::new(epoch_order(50, 0, 0, false)),
+            8,
+            false,
+            0,
+            2,
+            2,
+        )
+        .map(|b| b.unwrap())
+        .collect();
         assert_eq!(all.len(), 7);
         assert_eq!(all[6].images.size()[0], 2);
     }

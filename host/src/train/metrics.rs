@@ -50,7 +50,11 @@ impl Accuracy {
         self.seen += b as u64;
         if let Some(t) = teacher_top1 {
             let t = t.to_device(logits.device()).view([b]);
-            self.agree += top.select(1, 0).eq_tensor(&t).sum(Kind::Int64).int64_value(&[]) as u64;
+            self.agree += top
+                .select(1, 0)
+                .eq_tensor(&t)
+                .sum(Kind::Int64)
+                .int64_value(&[]) as u64;
             self.agree_seen += b as u64;
         }
     }
@@ -166,7 +170,8 @@ pub fn plot_curves(records: &[Record], out: &Path) -> Result<()> {
         }
     }
     let root = BitMapBackend::new(out, (960, 400)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot {}: {e}", out.display()))?;
+    root.fill(&WHITE)
+        .map_err(|e| anyhow::anyhow!("plot {}: {e}", out.display()))?;
     let (left, right) = root.split_horizontally(480);
     let draw = |area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
                 pts: &[(f64, f64)],
@@ -186,8 +191,11 @@ pub fn plot_curves(records: &[Record], out: &Path) -> Result<()> {
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         // frame
-        area.draw(&Rectangle::new([(19, 19), (461, 381)], BLACK.stroke_width(1)))
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        area.draw(&Rectangle::new(
+            [(19, 19), (461, 381)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         Ok(())
     };
     let lmax = loss.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-3) * 1.05;

@@ -223,7 +223,7 @@ pub enum Teacher {
     /// A TinyViT checkpoint.
     TinyVit {
         _vs: nn::VarStore,
-        model: TinyVit,
+        model: Box<TinyVit>,
     },
     /// A TorchScript module taking the student's input.
     Script(tch::CModule),
@@ -250,7 +250,10 @@ impl Teacher {
             return Ok(Teacher::Script(m));
         }
         let (vs, model) = load_model(path, None, device)?;
-        Ok(Teacher::TinyVit { _vs: vs, model })
+        Ok(Teacher::TinyVit {
+            _vs: vs,
+            model: Box::new(model),
+        })
     }
 
     /// Teacher logits in eval mode, no gradient.
@@ -260,9 +263,7 @@ impl Teacher {
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
         tch::no_grad(|| match self {
             Teacher::TinyVit { model, .. } => Ok(model.forward(x, Mode::EVAL)),
-            Teacher::Script(m) => m
-                .forward_ts(&[x])
-                .context("TorchScript teacher forward"),
+            Teacher::Script(m) => m.forward_ts(&[x]).context("TorchScript teacher forward"),
         })
     }
 }
@@ -338,7 +339,9 @@ pub fn store_teacher(path: &Path, device: Device) -> Result<Box<dyn crate::save_
     if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
         Ok(Box::new(StoreTeacher::load(path, device)?))
     } else {
-        Ok(Box::new(crate::save_logits::TorchScriptTeacher::load(path, device)?))
+        Ok(Box::new(crate::save_logits::TorchScriptTeacher::load(
+            path, device,
+        )?))
     }
 }
 
@@ -370,10 +373,7 @@ pub fn evaluate(
     for b in Loader::new(source, 0, order, batch_size, false, 0, workers, 2) {
         let b = b?;
         let x = b.images.to_device(device);
-        let labels = b
-            .labels
-            .as_ref()
-            .context("evaluation data has no labels")?;
+        let labels = b.labels.as_ref().context("evaluation data has no labels")?;
         let logits = tch::no_grad(|| model.forward(&x, Mode::EVAL));
         let t1 = match teacher {
             Some(t) => Some(t.logits(&x)?.argmax(1, false)),
@@ -457,7 +457,11 @@ pub struct DataPlan {
 fn plan_data(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
     if let Some(n) = args.synthetic {
         let (c, s) = (cfg.in_chans as usize, cfg.img_size as usize);
-        let k = if args.logits.is_some() { args.synthetic_topk } else { 0 };
+        let k = if args.logits.is_some() {
+            args.synthetic_topk
+        } else {
+            0
+        };
         let src = Arc::new(loader::Synthetic {
             n,
             shape: (c, s, s),
@@ -536,13 +540,31 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     let plan = plan_data(args, &cfg, &recipe)?;
     // The data (or store) fixes what the flags left open; a contradiction is an error.
     for (flag, given, found, field) in [
-        ("--num-classes", args.num_classes, plan.num_classes, &mut cfg.num_classes),
-        ("--in-chans", args.in_chans, plan.in_chans, &mut cfg.in_chans),
-        ("--img-size", args.img_size, plan.img_size, &mut cfg.img_size),
+        (
+            "--num-classes",
+            args.num_classes,
+            plan.num_classes,
+            &mut cfg.num_classes,
+        ),
+        (
+            "--in-chans",
+            args.in_chans,
+            plan.in_chans,
+            &mut cfg.in_chans,
+        ),
+        (
+            "--img-size",
+            args.img_size,
+            plan.img_size,
+            &mut cfg.img_size,
+        ),
     ] {
         if let Some(f) = found {
             if let Some(g) = given {
-                ensure!(g == f, "{flag} {g} contradicts the data/store, which has {f}");
+                ensure!(
+                    g == f,
+                    "{flag} {g} contradicts the data/store, which has {f}"
+                );
             }
             *field = f;
         }
@@ -655,7 +677,11 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     };
     if resuming {
         let l = checkpoint::load(&last, None)?;
-        ensure!(l.config == cfg, "--resume: {} holds another model config", last.display());
+        ensure!(
+            l.config == cfg,
+            "--resume: {} holds another model config",
+            last.display()
+        );
         checkpoint::copy_into(&vs, &l.tensors, &last.display().to_string())?;
         checkpoint::restore_optimizer(&mut opt, &l.tensors, &last.display().to_string())?;
         state = l
@@ -714,7 +740,10 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     let mut best: Option<f64> = None;
     let mut first_loss: Option<f64> = None;
     let mut final_loss: Option<f64> = None;
-    let mut train_agree = Accuracy::default();
+    // Student top-1 == teacher (or stored) top-1 on training batches, counted on the device
+    // without a synchronisation per step.
+    let mut agree_hits = Tensor::zeros([], (Kind::Int64, device));
+    let mut agree_seen = 0u64;
     let segment_start = Instant::now();
     let seconds_before = state.train_seconds;
     let mut stop = false;
@@ -723,7 +752,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         let epoch = state.epoch;
         let epoch_start = Instant::now();
         let order = Arc::new(epoch_order(n, recipe.seed, epoch, true));
-        let mut ld = Loader::new(
+        let mut ld = Loader::new_pinned(
             Arc::clone(&plan.train),
             epoch,
             order,
@@ -732,6 +761,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
             state.batch,
             recipe.workers,
             recipe.prefetch,
+            device.is_cuda(),
         );
         let mut loss_sum = 0.0;
         let mut loss_n = 0u64;
@@ -746,22 +776,22 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
             let micro = state.batch % recipe.accum;
             let seed = step_seed(recipe.seed, state.step * recipe.accum + micro);
             tch::manual_seed((seed >> 1) as i64);
-            let x = batch.images.to_device(device);
+            let x = batch
+                .images
+                .to_device_(device, Kind::Float, device.is_cuda(), false);
             let bsz = x.size()[0] as u64;
             let loss = tch::autocast(recipe.amp, || -> Result<Tensor> {
                 Ok(match &target {
                     TargetKind::Logits { .. } => {
-                        let (idx, p) = batch
-                            .topk
-                            .as_ref()
-                            .context("store batch without top-K")?;
+                        let (idx, p) = batch.topk.as_ref().context("store batch without top-K")?;
                         let idx = idx.to_device(device);
                         let logits = model.forward(&x, Mode::TRAIN);
-                        train_agree.add(
-                            &logits.detach(),
-                            &idx.select(1, 0),
-                            None,
-                        );
+                        agree_hits += logits
+                            .detach()
+                            .argmax(1, false)
+                            .eq_tensor(&idx.select(1, 0))
+                            .sum(Kind::Int64);
+                        agree_seen += bsz;
                         loss::sparse_distill_loss(&logits, &idx, &p.to_device(device))
                     }
                     TargetKind::Labels => {
@@ -784,7 +814,12 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
                         let t = teacher.as_ref().expect("teacher loaded").logits(&x)?;
                         let probs = t.to_kind(Kind::Float).softmax(-1, Kind::Float);
                         let logits = model.forward(&x, Mode::TRAIN);
-                        train_agree.add(&logits.detach(), &t.argmax(1, false), None);
+                        agree_hits += logits
+                            .detach()
+                            .argmax(1, false)
+                            .eq_tensor(&t.argmax(1, false))
+                            .sum(Kind::Int64);
+                        agree_seen += bsz;
                         loss::soft_target_ce(&logits, &probs)
                     }
                 })
@@ -818,7 +853,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
             loss_n += 1;
             window_loss += l;
             window_n += 1;
-            if state.step % recipe.log_every.max(1) == 0 {
+            if state.step.is_multiple_of(recipe.log_every.max(1)) {
                 let ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
                 log.write(&Record::Train {
                     epoch,
@@ -841,7 +876,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
                 window_start = Instant::now();
             }
             pb.set_position(state.step);
-            if recipe.ckpt_every > 0 && state.step % recipe.ckpt_every == 0 {
+            if recipe.ckpt_every > 0 && state.step.is_multiple_of(recipe.ckpt_every) {
                 state.train_seconds = seconds_before + segment_start.elapsed().as_secs_f64();
                 checkpoint::save(&last, &vs, &cfg, Some(&plan.input), Some((&opt, &state)))?;
             }
@@ -874,7 +909,11 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         log.write(&Record::Epoch {
             epoch,
             step: state.step,
-            train_loss: if loss_n > 0 { loss_sum / loss_n as f64 } else { f64::NAN },
+            train_loss: if loss_n > 0 {
+                loss_sum / loss_n as f64
+            } else {
+                f64::NAN
+            },
             val_top1: val.as_ref().and_then(|a| a.top1()),
             val_top5: val.as_ref().and_then(|a| a.top5()),
             val_agreement: val.as_ref().and_then(|a| a.agreement()),
@@ -886,7 +925,13 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         if let Some(a) = val.as_ref().and_then(|a| a.top1()) {
             if best.is_none_or(|b| a > b) {
                 best = Some(a);
-                checkpoint::save(&out.join("best.safetensors"), &vs, &cfg, Some(&plan.input), None)?;
+                checkpoint::save(
+                    &out.join("best.safetensors"),
+                    &vs,
+                    &cfg,
+                    Some(&plan.input),
+                    None,
+                )?;
             }
         }
         if !args.quiet {
@@ -941,11 +986,15 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         val_top5: last_val.as_ref().and_then(|a| a.top5()),
         val_agreement: last_val.as_ref().and_then(|a| a.agreement()),
         best_val_top1: epoch_best,
-        train_agreement: train_agree.top1(),
+        train_agreement: (agree_seen > 0)
+            .then(|| 100.0 * agree_hits.int64_value(&[]) as f64 / agree_seen as f64),
         model: model_path,
         run_dir: out.clone(),
     };
-    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     Ok(summary)
 }
 
@@ -987,10 +1036,8 @@ fn progress(quiet: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps {msg} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_position(pos);
     pb

@@ -286,7 +286,12 @@ mod tests {
         }
         let got: Vec<f32> = Vec::try_from(&w).unwrap();
         for i in 0..2 {
-            assert!((got[i] as f64 - wr[i]).abs() < 1e-6, "{} vs {}", got[i], wr[i]);
+            assert!(
+                (got[i] as f64 - wr[i]).abs() < 1e-6,
+                "{} vs {}",
+                got[i],
+                wr[i]
+            );
         }
         assert!((b.double_value(&[0]) - br).abs() < 1e-6);
         assert_eq!(opt.t, 2);
@@ -297,7 +302,9 @@ mod tests {
         let w = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let mut opt = AdamW::new(vec![("w".into(), w.shallow_clone(), true, 1.0)], 0.0);
         // grad = (3, 4): norm 5
-        (&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+        (&w * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
         let n = opt.clip_grad_norm(1.0);
         assert!((n - 5.0).abs() < 1e-6);
         let g: Vec<f32> = Vec::try_from(&w.grad()).unwrap();

@@ -17,7 +17,13 @@ use serde::{Deserialize, Serialize};
 use super::loss::MixConfig;
 
 /// Names of the presets, for `--help` and errors.
-pub const RECIPES: &[&str] = &["in22k-distill", "in1k-scratch", "finetune", "finetune-highres", "small"];
+pub const RECIPES: &[&str] = &[
+    "in22k-distill",
+    "in1k-scratch",
+    "finetune",
+    "finetune-highres",
+    "small",
+];
 
 /// Every knob of a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,10 +179,7 @@ impl Recipe {
                 eval_batch_size: 256,
                 ..base
             },
-            other => bail!(
-                "unknown recipe `{other}` (known: {})",
-                RECIPES.join(", ")
-            ),
+            other => bail!("unknown recipe `{other}` (known: {})", RECIPES.join(", ")),
         })
     }
 
@@ -191,8 +194,12 @@ impl Recipe {
         for (k, v) in over {
             base.insert(k, v);
         }
-        base.try_into()
-            .with_context(|| format!("{}: a field has the wrong type or an unknown name", path.display()))
+        base.try_into().with_context(|| {
+            format!(
+                "{}: a field has the wrong type or an unknown name",
+                path.display()
+            )
+        })
     }
 
     /// Writes the recipe as TOML.
@@ -226,7 +233,7 @@ impl Recipe {
         if self.epochs == 0 || self.batch_size == 0 || self.accum == 0 {
             bail!("recipe: epochs, batch_size and accum must be positive");
         }
-        if !(self.lr > 0.0) || self.min_lr < 0.0 || self.warmup_lr < 0.0 {
+        if self.lr.is_nan() || self.lr <= 0.0 || self.min_lr < 0.0 || self.warmup_lr < 0.0 {
             bail!("recipe: lr must be positive, min_lr and warmup_lr non-negative");
         }
         if !(0.0..1.0).contains(&self.drop_path.unwrap_or(0.0)) {
@@ -282,7 +289,10 @@ mod tests {
         assert_eq!(r.batch_size, 64);
         let saved = dir.join("config.toml");
         r.save(&saved).unwrap();
-        let back = Recipe::preset("in1k-scratch").unwrap().merge_toml(&saved).unwrap();
+        let back = Recipe::preset("in1k-scratch")
+            .unwrap()
+            .merge_toml(&saved)
+            .unwrap();
         assert_eq!(back, r);
         std::fs::write(&p, "epochz = 3\n").unwrap();
         let err = Recipe::preset("small").unwrap().merge_toml(&p).unwrap_err();

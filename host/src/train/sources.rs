@@ -24,7 +24,13 @@ use super::{DataPlan, TrainArgs};
 use crate::data::{self, Dataset};
 
 /// Normalises an 8-bit HWC image into CHW f32: `(v / 255 - mean[c]) / std[c]`.
-pub fn normalize_into(img: &[u8], channels: usize, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+pub fn normalize_into(
+    img: &[u8],
+    channels: usize,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    out: &mut [f32],
+) {
     let hw = img.len() / channels.max(1);
     for c in 0..channels {
         let (m, s) = (mean[c.min(2)], std[c.min(2)]);
@@ -38,15 +44,18 @@ pub fn normalize_into(img: &[u8], channels: usize, mean: &[f32; 3], std: &[f32; 
 pub trait SeedSource: Send + Sync {
     /// Seed and optional stored top-K of sample `index` (an index into the full dataset) in
     /// `epoch`.
-    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<(Vec<i64>, Vec<f32>)>)>;
+    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<TopK>)>;
 }
+
+/// Stored top-K of one sample: class indices and probabilities.
+pub type TopK = (Vec<i64>, Vec<f32>);
 
 /// `sample_seed(run_seed, epoch, index)`: the seeds of runs without a store.
 #[derive(Debug)]
 pub struct DerivedSeeds(pub u64);
 
 impl SeedSource for DerivedSeeds {
-    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<(Vec<i64>, Vec<f32>)>)> {
+    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<TopK>)> {
         Ok((aug::sample_seed(self.0, epoch as u32, index as u64), None))
     }
 }
@@ -86,8 +95,12 @@ impl Source for AugSource {
         let (seed, topk) = self.seeds.seed(epoch, i)?;
         let size = self.aug.size;
         let mut view = vec![0u8; (size * size * im.channels) as usize];
-        let mut scratch = vec![0u8; aug::scratch_len(&self.aug, im.width, im.height, im.channels)
-            .map_err(|e| anyhow::anyhow!("augmentation of {}: {e}", self.ds.name(i)))?];
+        let mut scratch =
+            vec![
+                0u8;
+                aug::scratch_len(&self.aug, im.width, im.height, im.channels)
+                    .map_err(|e| anyhow::anyhow!("augmentation of {}: {e}", self.ds.name(i)))?
+            ];
         let src = ImageRef::new(im.width, im.height, im.channels, &im.data)
             .map_err(|e| anyhow::anyhow!("sample {}: {e}", self.ds.name(i)))?;
         let dst = ImageMut::new(size, size, im.channels, &mut view)
@@ -130,9 +143,15 @@ impl EvalSource {
         // Shorter side to floor(size / 0.875), the other keeping the aspect (timm's eval).
         let scaled = (self.size as f64 / 0.875).floor() as u32;
         let (rw, rh) = if im.width <= im.height {
-            (scaled, ((scaled as u64 * im.height as u64) / im.width as u64).max(1) as u32)
+            (
+                scaled,
+                ((scaled as u64 * im.height as u64) / im.width as u64).max(1) as u32,
+            )
         } else {
-            (((scaled as u64 * im.width as u64) / im.height as u64).max(1) as u32, scaled)
+            (
+                ((scaled as u64 * im.width as u64) / im.height as u64).max(1) as u32,
+                scaled,
+            )
         };
         let mut resized = vec![0u8; (rw * rh * c) as usize];
         let mut scratch = vec![

@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tinyvit_core::aug::{AugConfig, AUG_VERSION};
 use tinyvit_core::config::ModelConfig;
 
-use super::sources::SeedSource;
+use super::sources::{SeedSource, TopK};
 use crate::data::Dataset;
 use crate::store::LogitStore;
 
@@ -97,7 +97,7 @@ impl StoreSeeds {
 }
 
 impl SeedSource for StoreSeeds {
-    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<(Vec<i64>, Vec<f32>)>)> {
+    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<TopK>)> {
         let e = self.store_epoch(epoch);
         let r = self.store.record(e, index as u64)?;
         if r.is_missing() {
@@ -114,6 +114,9 @@ impl SeedSource for StoreSeeds {
                 self.store.dir().display()
             )
         })?;
-        Ok((r.seed(), Some((idx.into_iter().map(i64::from).collect(), p))))
+        Ok((
+            r.seed(),
+            Some((idx.into_iter().map(i64::from).collect(), p)),
+        ))
     }
 }
