@@ -580,7 +580,7 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
     let result = (|| -> Result<()> {
         let mut pending: BTreeMap<usize, Result<Prepared>> = BTreeMap::new();
         let mut teacher_time = Duration::ZERO;
-        let (mut idx, mut prob) = (Vec::new(), Vec::new());
+        let (mut idx, mut prob, mut idx_u32) = (Vec::new(), Vec::new(), Vec::new());
         for (u, unit) in units.iter().enumerate() {
             let prepared = loop {
                 if let Some(p) = pending.remove(&u) {
@@ -609,6 +609,10 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
             idx.resize(unit.len * k, 0);
             values.f_copy_data(&mut prob, unit.len * k)?;
             indices.f_copy_data(&mut idx, unit.len * k)?;
+            // Indices from topk are in 0..classes; a negative one would wrap and be refused by
+            // the record encoder as out of range.
+            idx_u32.clear();
+            idx_u32.extend(idx.iter().map(|&v: &i32| v as u32));
             teacher_time += t.elapsed();
             let w = writers[unit.epoch as usize]
                 .as_mut()
@@ -618,8 +622,11 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
                     w.push_missing(prepared.seeds[j])?;
                     summary.missing += 1;
                 } else {
-                    let ix: Vec<u32> = idx[j * k..(j + 1) * k].iter().map(|&v| v as u32).collect();
-                    w.push(prepared.seeds[j], &ix, &prob[j * k..(j + 1) * k])?;
+                    w.push(
+                        prepared.seeds[j],
+                        &idx_u32[j * k..(j + 1) * k],
+                        &prob[j * k..(j + 1) * k],
+                    )?;
                 }
             }
             summary.computed += unit.len as u64;
@@ -799,4 +806,39 @@ pub fn main(a: Args) -> Result<()> {
     let summary = run(&cfg, &*teacher)?;
     println!("{summary}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_specs() {
+        assert_eq!(parse_shard("0/1").unwrap(), (0, 1));
+        assert_eq!(parse_shard(" 3 / 8 ").unwrap(), (3, 8));
+        for bad in ["1/1", "0/0", "x/2", "2", "1/-2"] {
+            assert!(parse_shard(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn channel_conversion() {
+        let grey = Image {
+            width: 2,
+            height: 1,
+            channels: 1,
+            data: vec![10, 200],
+        };
+        let rgb = to_channels(grey.clone(), 3);
+        assert_eq!(rgb.data, vec![10, 10, 10, 200, 200, 200]);
+        assert_eq!(to_channels(rgb, 1).data, grey.data);
+        let c = Image {
+            width: 1,
+            height: 1,
+            channels: 3,
+            data: vec![255, 0, 0],
+        };
+        // ITU-R 601 luma of pure red: 0.299 * 255 = 76.2.
+        assert_eq!(to_channels(c, 1).data, vec![76]);
+    }
 }
