@@ -163,7 +163,7 @@ fn sharded_equals_unsharded_and_verifies() {
 #[test]
 fn kill_then_resume_equals_uninterrupted() {
     let d = tmpdir("kill");
-    let data = idx_dataset(&d, 1200);
+    let data = idx_dataset(&d, 600);
     let (clean, killed) = (d.join("clean"), d.join("killed"));
     ok(save_logits(&data, &clean, &[]));
 
@@ -205,12 +205,12 @@ fn kill_then_resume_equals_uninterrupted() {
     assert!(msg.contains("topk: store has 3, now 4"), "{msg}");
     let other = tmpdir("kill-other");
     let msg = fails(save_logits(
-        &idx_dataset(&other, 1201),
+        &idx_dataset(&other, 601),
         &killed,
         &["--resume"],
     ));
     assert!(
-        msg.contains("dataset.len: store has 1200, now 1201"),
+        msg.contains("dataset.len: store has 600, now 601"),
         "{msg}"
     );
 
