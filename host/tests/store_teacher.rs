@@ -209,10 +209,7 @@ fn kill_then_resume_equals_uninterrupted() {
         &killed,
         &["--resume"],
     ));
-    assert!(
-        msg.contains("dataset.len: store has 600, now 601"),
-        "{msg}"
-    );
+    assert!(msg.contains("dataset.len: store has 600, now 601"), "{msg}");
 
     let out = String::from_utf8(ok(save_logits(&data, &killed, &["--resume"])).stdout).unwrap();
     assert!(out.contains("reused from disk"), "{out}");
