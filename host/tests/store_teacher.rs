@@ -271,3 +271,31 @@ fn bad_images_error_or_missing_records() {
         "{show}"
     );
 }
+
+#[test]
+fn eight_bit_values_round_trip_through_the_pass() {
+    let d = tmpdir("bits8");
+    let data = idx_dataset(&d, 40);
+    let (s16, s8) = (d.join("s16"), d.join("s8"));
+    ok(save_logits(&data, &s16, &[]));
+    ok(save_logits(&data, &s8, &["--value-bits", "8"]));
+    let stats = String::from_utf8(ok(logits(&["stats"], &s8)).stdout).unwrap();
+    assert!(stats.contains("Sqrt8 values, 13 bytes/sample"), "{stats}");
+    ok(logits(&["verify"], &s8));
+    // Same teacher, same seeds: same classes; probabilities within the 8-bit bound.
+    let (a, b) = (
+        tinyvit_host::store::LogitStore::open(&s16).unwrap(),
+        tinyvit_host::store::LogitStore::open(&s8).unwrap(),
+    );
+    for e in 0..2 {
+        for i in 0..40 {
+            let (x, y) = (a.record(e, i).unwrap(), b.record(e, i).unwrap());
+            assert_eq!(x.seed(), y.seed());
+            for k in 0..3 {
+                assert_eq!(x.index(k), y.index(k));
+                let p = x.prob(k);
+                assert!((p - y.prob(k)).abs() <= p.sqrt() / 255.0 + p / 1024.0 + 1e-5);
+            }
+        }
+    }
+}
