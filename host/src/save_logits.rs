@@ -667,7 +667,7 @@ pub struct Args {
     /// Teacher: a TorchScript file (`.pt`, exported with torch.jit) or a TinyViT checkpoint (`.safetensors`).
     #[arg(long)]
     pub teacher: PathBuf,
-    /// Data SPEC: folder:DIR, idx:IMAGES[,LABELS], fashion-mnist[:DIR], mnist[:DIR].
+    /// Data SPEC: `folder:DIR`, `idx:IMAGES[,LABELS]`, `fashion-mnist[:DIR]`, `mnist[:DIR]`.
     #[arg(long)]
     pub data: String,
     /// Epochs of augmented views to store.
