@@ -137,6 +137,9 @@ fn run(mut b: Buffers) -> Result<i32, i32> {
             None
         }
     };
+    if let Some(m) = &model {
+        cost_only(m, &mut b)?;
+    }
     let Some(bytes) = VECTORS else {
         say!("vectors: none embedded");
         finish(0, 0);
@@ -161,6 +164,26 @@ fn run(mut b: Buffers) -> Result<i32, i32> {
     }
     finish(ok, bad);
     Ok(if bad == 0 { 0 } else { EXIT_FAILED })
+}
+
+/// One inference on the all-zero (mean-grey) input, to report what the model alone costs on this
+/// board: instructions and stack depth of the engine without the replay harness around it.
+fn cost_only(m: &Model, b: &mut Buffers) -> Result<(), i32> {
+    b.input.fill(0.0);
+    stack::paint();
+    let (r, instr) = counter::measure(|| engine::forward(&m.weights, b.input, b.arena, b.logits));
+    let stack_used = stack::high_water();
+    r.map_err(|e| {
+        say!("error: engine: {e}");
+        EXIT_FAILED
+    })?;
+    say!(
+        "cost: zero input class={} logits={:#018x} {}={instr} stack={stack_used}",
+        argmax(b.logits),
+        hash::Fnv::new().f32s(b.logits).finish(),
+        counter::UNIT
+    );
+    Ok(())
 }
 
 fn finish(ok: u32, bad: u32) {

@@ -271,7 +271,7 @@ fn print_diff(want: &str, got: &str) {
 struct Cost {
     name: String,
     size: firmware::Size,
-    /// Deepest stack of an inference vector (`eval`, `evalview`), bytes.
+    /// Stack depth of the engine alone (the firmware's `cost:` line), bytes.
     stack: u64,
     /// Instructions of one inference (the first `eval` vector) on M4 and M7.
     instr: [Option<u64>; 2],
@@ -301,12 +301,15 @@ fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
             bail!("{name} failed on {}", board.name());
         }
         for line in out.stdout.lines() {
-            if line.starts_with("eval ") || line.starts_with("evalview ") {
+            if line.starts_with("cost: ") {
                 cost.stack = cost.stack.max(field(line, "stack").unwrap_or(0));
             }
             if line.starts_with("eval ") && cost.instr[k].is_none() {
                 cost.instr[k] = field(line, "instr");
             }
+        }
+        if cost.stack == 0 {
+            bail!("{name} printed no `cost:` line on {}", board.name());
         }
         if cost.instr[k].is_none() {
             bail!("{name} printed no `eval` line on {}", board.name());
