@@ -9,8 +9,8 @@
 //!    The teacher is a 4-conv CNN (~77 M MACs an image at 64x64) traced from Rust with tch, so
 //!    no weights file is committed.
 //!
-//! Environment: `TINYVIT_BENCH_IMAGES` (default 512), `TINYVIT_BENCH_DEVICE` (`cpu` default,
-//! `cuda`), `TINYVIT_BENCH_READS` (default 4,000,000), `TINYVIT_BENCH_REPS` (default 3).
+//! Environment: `TINYVIT_BENCH_IMAGES` (default 1024), `TINYVIT_BENCH_DEVICE` (`cpu` default,
+//! `cuda`), `TINYVIT_BENCH_READS` (default 4,000,000), `TINYVIT_BENCH_REPS` (default 5).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ fn idx_file(dir: &Path, n: u32) -> Result<String> {
 }
 
 fn teacher_pass() -> Result<()> {
-    let images: u32 = env_or("TINYVIT_BENCH_IMAGES", 512);
+    let images: u32 = env_or("TINYVIT_BENCH_IMAGES", 1024);
     let device = match std::env::var("TINYVIT_BENCH_DEVICE").as_deref() {
         Ok("cuda") => {
             tinyvit_host::device::load_cuda();
@@ -247,7 +247,7 @@ fn teacher_pass() -> Result<()> {
     bare_once(&batches[0])?;
     // Alternate bare and full runs and keep the best of each, so a noisy neighbour on a shared
     // machine hits both sides alike.
-    let reps: usize = env_or("TINYVIT_BENCH_REPS", 3);
+    let reps: usize = env_or("TINYVIT_BENCH_REPS", 5);
     let (mut bare, mut pass) = (f64::INFINITY, f64::INFINITY);
     let (mut bare_cpu, mut pass_cpu) = (f64::INFINITY, f64::INFINITY);
     for rep in 0..reps {
