@@ -333,18 +333,6 @@ impl crate::save_logits::Teacher for StoreTeacher {
     }
 }
 
-/// The teacher of `save-logits` for `path`: a TinyViT checkpoint (`.safetensors`) or a
-/// TorchScript module (anything else).
-pub fn store_teacher(path: &Path, device: Device) -> Result<Box<dyn crate::save_logits::Teacher>> {
-    if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
-        Ok(Box::new(StoreTeacher::load(path, device)?))
-    } else {
-        Ok(Box::new(crate::save_logits::TorchScriptTeacher::load(
-            path, device,
-        )?))
-    }
-}
-
 /// Builds a TinyViT and loads a checkpoint into it (config from the checkpoint's metadata, else
 /// `fallback`).
 pub fn load_model(
@@ -1041,4 +1029,44 @@ fn progress(quiet: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
     );
     pb.set_position(pos);
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--init` from a checkpoint with another head and window size: every tensor that fits is
+    /// copied, the head keeps its fresh init, attention biases are resized (a constant table
+    /// stays constant).
+    #[test]
+    fn finetune_init_new_head_and_windows() {
+        let dir = std::env::temp_dir().join(format!("tinyvit-init-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src_cfg = ModelConfig::tiny_vit_mcu_m4();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = TinyVit::new(&vs.root(), &src_cfg).unwrap();
+        tch::no_grad(|| {
+            for (n, t) in vs.variables() {
+                if n.ends_with("attention_biases") {
+                    let _ = t.shallow_clone().fill_(0.25);
+                }
+            }
+        });
+        let path = dir.join("src.safetensors");
+        checkpoint::save(&path, &vs, &src_cfg, None, None).unwrap();
+
+        let mut dst_cfg = src_cfg.with_num_classes(3);
+        dst_cfg.window_sizes = [4, 5, 5, 2];
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let _m2 = TinyVit::new(&vs2.root(), &dst_cfg).unwrap();
+        let head_before = vs2.variables()["head.weight"].copy();
+        init_from(&vs2, &dst_cfg, &path).unwrap();
+        let (a, b) = (vs.variables(), vs2.variables());
+        assert!(a["patch_embed.seq.0.c.weight"].equal(&b["patch_embed.seq.0.c.weight"]));
+        assert!(b["head.weight"].equal(&head_before));
+        let ab = &b["layers.1.blocks.0.attn.attention_biases"];
+        assert_eq!(ab.size(), [2, 25]);
+        assert!((ab - 0.25).abs().max().double_value(&[]) < 1e-5);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
