@@ -691,6 +691,34 @@ mod tests {
         }
     }
 
+    /// The VarStore holds exactly the core's canonical state_dict: same names, same shapes,
+    /// int64 only for `num_batches_tracked`, for every preset.
+    #[test]
+    fn varstore_matches_core_param_list() {
+        for name in tinyvit_core::config::PRESET_NAMES {
+            let cfg = ModelConfig::preset(name).unwrap();
+            let (vs, _) = build(&cfg);
+            let vars = vs.variables();
+            let mut n = 0;
+            tinyvit_core::params::for_each_tensor(&cfg, |tname, shape, _kind| {
+                n += 1;
+                let t = vars
+                    .get(tname)
+                    .unwrap_or_else(|| panic!("{name}: `{tname}` missing"));
+                let want: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                assert_eq!(t.size(), want, "{name}: `{tname}`");
+                let int = tname.ends_with("num_batches_tracked");
+                assert_eq!(t.kind() == Kind::Int64, int, "{name}: `{tname}` dtype");
+            });
+            assert_eq!(n, vars.len(), "{name}: extra variables in the VarStore");
+            assert_eq!(
+                count_params(&vs) as u64,
+                tinyvit_core::params::param_count(&cfg),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn official_names_present() {
         let (vs, _) = build(&ModelConfig::tiny_vit_5m_224());
