@@ -79,9 +79,13 @@ pub struct TrainArgs {
     /// Run folder (created).
     #[arg(long)]
     pub out: PathBuf,
-    /// Validation data SPEC (evaluated after each epoch).
+    /// Validation data SPEC (evaluated after each epoch), or `split:N` to hold out N samples
+    /// of `--data`.
     #[arg(long)]
     pub val: Option<String>,
+    /// Test data SPEC, evaluated once with the final weights (`test_*` in the summary).
+    #[arg(long)]
+    pub test: Option<String>,
     /// Continue from RUN_DIR/last.safetensors (a fresh start when there is none).
     #[arg(long)]
     pub resume: bool,
@@ -213,7 +217,14 @@ pub struct Summary {
     pub val_top5: Option<f64>,
     pub val_agreement: Option<f64>,
     pub best_val_top1: Option<f64>,
+    /// Agreement of the student's top-1 with the teacher's (online) or the stored top-1
+    /// (store) on the training batches of the last run segment, in percent.
     pub train_agreement: Option<f64>,
+    /// Final weights on `--test`.
+    pub test_top1: Option<f64>,
+    pub test_top5: Option<f64>,
+    /// Agreement with the online teacher on `--test`.
+    pub test_agreement: Option<f64>,
     pub model: PathBuf,
     pub run_dir: PathBuf,
 }
@@ -433,6 +444,7 @@ pub fn resolve_recipe(args: &TrainArgs, img_size: u32) -> Result<Recipe> {
 pub struct DataPlan {
     pub train: Arc<dyn Source>,
     pub val: Option<Arc<dyn Source>>,
+    pub test: Option<Arc<dyn Source>>,
     /// Classes the data or store defines, if it does.
     pub num_classes: Option<u32>,
     pub in_chans: Option<u32>,
@@ -467,6 +479,7 @@ fn plan_data(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Dat
         return Ok(DataPlan {
             train: src,
             val,
+            test: None,
             num_classes: None,
             in_chans: None,
             img_size: None,
@@ -939,6 +952,17 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     state.train_seconds = seconds_before + segment_start.elapsed().as_secs_f64();
     let model_path = out.join("model.safetensors");
     checkpoint::save(&model_path, &vs, &cfg, Some(&plan.input), None)?;
+    let test = match &plan.test {
+        Some(t) => Some(evaluate(
+            &model,
+            Arc::clone(t),
+            recipe.eval_batch_size as usize,
+            device,
+            recipe.workers,
+            teacher.as_ref(),
+        )?),
+        None => None,
+    };
     let records = MetricsLog::read(&out.join("metrics.jsonl"))?;
     metrics::plot_curves(&records, &out.join("curves.png"))?;
     // Figures over the whole run (resumed segments included) come from the log.
@@ -976,6 +1000,9 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         best_val_top1: epoch_best,
         train_agreement: (agree_seen > 0)
             .then(|| 100.0 * agree_hits.int64_value(&[]) as f64 / agree_seen as f64),
+        test_top1: test.as_ref().and_then(|a| a.top1()),
+        test_top5: test.as_ref().and_then(|a| a.top5()),
+        test_agreement: test.as_ref().and_then(|a| a.agreement()),
         model: model_path,
         run_dir: out.clone(),
     };

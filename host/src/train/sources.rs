@@ -284,9 +284,29 @@ pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Data
         }
         None => None,
     };
+    let test = match &args.test {
+        Some(spec) => {
+            let td = data::open(spec).with_context(|| format!("--test {spec}"))?;
+            let tc = channels_of(td.as_ref())?;
+            ensure!(
+                tc == channels,
+                "--test data has {tc} channels, --data has {channels}"
+            );
+            Some(Arc::new(EvalSource {
+                indices: (0..td.len()).collect(),
+                ds: td,
+                size: aug_cfg.size,
+                channels: channels as usize,
+                mean: aug_cfg.mean,
+                std: aug_cfg.std,
+            }) as Arc<dyn Source>)
+        }
+        None => None,
+    };
     Ok(DataPlan {
         train,
         val,
+        test,
         num_classes: num_classes.or(ds.num_classes()),
         in_chans: Some(channels),
         img_size: Some(aug_cfg.size),
