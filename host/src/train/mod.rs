@@ -771,121 +771,129 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         let mut window_start = Instant::now();
         let mut window_images = 0u64;
         let mut pending_loss = Tensor::zeros([], (Kind::Float, device));
-        while state.batch < micro_used {
-            let Some(batch) = ld.next() else { break };
-            let batch = batch.with_context(|| format!("epoch {epoch} batch {}", state.batch))?;
-            let micro = state.batch % recipe.accum;
-            let seed = step_seed(recipe.seed, state.step * recipe.accum + micro);
-            tch::manual_seed((seed >> 1) as i64);
-            let x = batch
-                .images
-                .to_device_(device, Kind::Float, device.is_cuda(), false);
-            let bsz = x.size()[0] as u64;
-            let loss = tch::autocast(recipe.amp, || -> Result<Tensor> {
-                Ok(match &target {
-                    TargetKind::Logits { .. } => {
-                        let (idx, p) = batch.topk.as_ref().context("store batch without top-K")?;
-                        let idx = idx.to_device(device);
-                        let logits = model.forward(&x, Mode::TRAIN);
-                        agree_hits += logits
-                            .detach()
-                            .argmax(1, false)
-                            .eq_tensor(&idx.select(1, 0))
-                            .sum(Kind::Int64);
-                        agree_seen += bsz;
-                        loss::sparse_distill_loss(&logits, &idx, &p.to_device(device))
-                    }
-                    TargetKind::Labels => {
-                        let labels = batch
-                            .labels
-                            .as_ref()
-                            .context("--labels: the training data has no labels")?
-                            .to_device(device);
-                        let t = loss::smooth_one_hot(&labels, nc, recipe.label_smoothing);
-                        let (xm, tm) = if mix.active() {
-                            let mut rng = rand_pcg::Pcg64::new(seed as u128, 0x6d6978);
-                            loss::mix_batch(&x, &t, &mix, &mut rng)
-                        } else {
-                            (x.shallow_clone(), t)
-                        };
-                        let logits = model.forward(&xm, Mode::TRAIN);
-                        loss::soft_target_ce(&logits, &tm)
-                    }
-                    TargetKind::Teacher { .. } => {
-                        let t = teacher.as_ref().expect("teacher loaded").logits(&x)?;
-                        let probs = t.to_kind(Kind::Float).softmax(-1, Kind::Float);
-                        let logits = model.forward(&x, Mode::TRAIN);
-                        agree_hits += logits
-                            .detach()
-                            .argmax(1, false)
-                            .eq_tensor(&t.argmax(1, false))
-                            .sum(Kind::Int64);
-                        agree_seen += bsz;
-                        loss::soft_target_ce(&logits, &probs)
-                    }
-                })
-            })?;
-            (&loss * (state.scaler.factor() / recipe.accum as f64)).backward();
-            pending_loss += loss.detach() / recipe.accum as f64;
-            state.batch += 1;
-            state.images += bsz;
-            window_images += bsz;
-            if micro + 1 < recipe.accum {
-                continue;
+        // One autocast region per epoch (forward ops in fp16 on CUDA; in-place optimizer
+        // updates and the fp32 loss are not autocast ops). Entering it per step makes
+        // libtorch print deprecation warnings at every step.
+        tch::autocast(recipe.amp, || -> Result<()> {
+            while state.batch < micro_used {
+                let Some(batch) = ld.next() else { break };
+                let batch =
+                    batch.with_context(|| format!("epoch {epoch} batch {}", state.batch))?;
+                let micro = state.batch % recipe.accum;
+                let seed = step_seed(recipe.seed, state.step * recipe.accum + micro);
+                tch::manual_seed((seed >> 1) as i64);
+                let x = batch
+                    .images
+                    .to_device_(device, Kind::Float, device.is_cuda(), false);
+                let bsz = x.size()[0] as u64;
+                let loss = (|| -> Result<Tensor> {
+                    Ok(match &target {
+                        TargetKind::Logits { .. } => {
+                            let (idx, p) =
+                                batch.topk.as_ref().context("store batch without top-K")?;
+                            let idx = idx.to_device(device);
+                            let logits = model.forward(&x, Mode::TRAIN);
+                            agree_hits += logits
+                                .detach()
+                                .argmax(1, false)
+                                .eq_tensor(&idx.select(1, 0))
+                                .sum(Kind::Int64);
+                            agree_seen += bsz;
+                            loss::sparse_distill_loss(&logits, &idx, &p.to_device(device))
+                        }
+                        TargetKind::Labels => {
+                            let labels = batch
+                                .labels
+                                .as_ref()
+                                .context("--labels: the training data has no labels")?
+                                .to_device(device);
+                            let t = loss::smooth_one_hot(&labels, nc, recipe.label_smoothing);
+                            let (xm, tm) = if mix.active() {
+                                let mut rng = rand_pcg::Pcg64::new(seed as u128, 0x6d6978);
+                                loss::mix_batch(&x, &t, &mix, &mut rng)
+                            } else {
+                                (x.shallow_clone(), t)
+                            };
+                            let logits = model.forward(&xm, Mode::TRAIN);
+                            loss::soft_target_ce(&logits, &tm)
+                        }
+                        TargetKind::Teacher { .. } => {
+                            let t = teacher.as_ref().expect("teacher loaded").logits(&x)?;
+                            let probs = t.to_kind(Kind::Float).softmax(-1, Kind::Float);
+                            let logits = model.forward(&x, Mode::TRAIN);
+                            agree_hits += logits
+                                .detach()
+                                .argmax(1, false)
+                                .eq_tensor(&t.argmax(1, false))
+                                .sum(Kind::Int64);
+                            agree_seen += bsz;
+                            loss::soft_target_ce(&logits, &probs)
+                        }
+                    })
+                })()?;
+                (&loss * (state.scaler.factor() / recipe.accum as f64)).backward();
+                pending_loss += loss.detach() / recipe.accum as f64;
+                state.batch += 1;
+                state.images += bsz;
+                window_images += bsz;
+                if micro + 1 < recipe.accum {
+                    continue;
+                }
+                // Optimizer update.
+                if state.scaler.enabled {
+                    opt.scale_grads(1.0 / state.scaler.scale);
+                }
+                let norm = opt.clip_grad_norm(recipe.clip_grad);
+                let lr = sched.lr(state.step);
+                if state.scaler.update(norm.is_finite()) {
+                    opt.step(lr);
+                }
+                opt.zero_grad();
+                state.step += 1;
+                let l = pending_loss.double_value(&[]);
+                pending_loss = Tensor::zeros([], (Kind::Float, device));
+                if first_loss.is_none() {
+                    first_loss = Some(l);
+                }
+                final_loss = Some(l);
+                loss_sum += l;
+                loss_n += 1;
+                window_loss += l;
+                window_n += 1;
+                if state.step.is_multiple_of(recipe.log_every.max(1)) {
+                    let ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+                    log.write(&Record::Train {
+                        epoch,
+                        step: state.step,
+                        loss: window_loss / window_n as f64,
+                        lr,
+                        images_per_s: ips,
+                    })?;
+                    pb.set_message(format!(
+                        "epoch {}/{} loss {:.4} lr {:.2e} {:.0} img/s",
+                        epoch + 1,
+                        recipe.epochs,
+                        window_loss / window_n as f64,
+                        lr,
+                        ips
+                    ));
+                    window_loss = 0.0;
+                    window_n = 0;
+                    window_images = 0;
+                    window_start = Instant::now();
+                }
+                pb.set_position(state.step);
+                if recipe.ckpt_every > 0 && state.step.is_multiple_of(recipe.ckpt_every) {
+                    state.train_seconds = seconds_before + segment_start.elapsed().as_secs_f64();
+                    checkpoint::save(&last, &vs, &cfg, Some(&plan.input), Some((&opt, &state)))?;
+                }
+                if args.max_steps.is_some_and(|m| state.step >= m) {
+                    stop = true;
+                    break;
+                }
             }
-            // Optimizer update.
-            if state.scaler.enabled {
-                opt.scale_grads(1.0 / state.scaler.scale);
-            }
-            let norm = opt.clip_grad_norm(recipe.clip_grad);
-            let lr = sched.lr(state.step);
-            if state.scaler.update(norm.is_finite()) {
-                opt.step(lr);
-            }
-            opt.zero_grad();
-            state.step += 1;
-            let l = pending_loss.double_value(&[]);
-            pending_loss = Tensor::zeros([], (Kind::Float, device));
-            if first_loss.is_none() {
-                first_loss = Some(l);
-            }
-            final_loss = Some(l);
-            loss_sum += l;
-            loss_n += 1;
-            window_loss += l;
-            window_n += 1;
-            if state.step.is_multiple_of(recipe.log_every.max(1)) {
-                let ips = window_images as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
-                log.write(&Record::Train {
-                    epoch,
-                    step: state.step,
-                    loss: window_loss / window_n as f64,
-                    lr,
-                    images_per_s: ips,
-                })?;
-                pb.set_message(format!(
-                    "epoch {}/{} loss {:.4} lr {:.2e} {:.0} img/s",
-                    epoch + 1,
-                    recipe.epochs,
-                    window_loss / window_n as f64,
-                    lr,
-                    ips
-                ));
-                window_loss = 0.0;
-                window_n = 0;
-                window_images = 0;
-                window_start = Instant::now();
-            }
-            pb.set_position(state.step);
-            if recipe.ckpt_every > 0 && state.step.is_multiple_of(recipe.ckpt_every) {
-                state.train_seconds = seconds_before + segment_start.elapsed().as_secs_f64();
-                checkpoint::save(&last, &vs, &cfg, Some(&plan.input), Some((&opt, &state)))?;
-            }
-            if args.max_steps.is_some_and(|m| state.step >= m) {
-                stop = true;
-                break;
-            }
-        }
+            Ok(())
+        })?;
         drop(ld);
         if stop {
             break;
