@@ -4,9 +4,9 @@
 pub mod augment;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod import;
 pub mod infer;
-pub mod export;
 pub mod logits_cmd;
 pub mod model;
 pub mod save_logits;
