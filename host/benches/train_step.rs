@@ -3,9 +3,9 @@
 //! teacher pass) and `--teacher` (online distillation, a teacher forward every step).
 //!
 //! Whole `tinyvit train` runs through the library (data workers, augmentation replay, store
-//! reads, forward, loss, backward, AdamW), on the first 512 Fashion-MNIST training images at
+//! reads, forward, loss, backward, AdamW), on the first 1024 Fashion-MNIST training images at
 //! 56 px: student `tiny_vit_mcu_m4`, teacher `tiny_vit_mcu_h7` (random weights: only the time
-//! matters), batch 64, one epoch (8 steps) per run, each target run 3 times interleaved and the
+//! matters), batch 64, one epoch (16 steps) per run, each target run 3 times interleaved and the
 //! fastest kept. The claim under test: reading the store costs no more than labels (within 5%);
 //! online distillation pays the teacher forward.
 
@@ -80,7 +80,7 @@ fn main() {
     let dir: PathBuf =
         std::env::temp_dir().join(format!("tinyvit-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let data = idx_subset(&dir, 512);
+    let data = idx_subset(&dir, 1024);
 
     // Teacher: tiny_vit_mcu_h7 at 56 px, random init.
     let tcfg = ModelConfig::tiny_vit_mcu_h7().with_img_size(56);
@@ -121,7 +121,7 @@ fn main() {
         }
     }
     println!(
-        "train step, CPU ({} libtorch threads), tiny_vit_mcu_m4 at 56 px, batch 64 (mean over an epoch of 8 steps, best of 3):",
+        "train step, CPU ({} libtorch threads), tiny_vit_mcu_m4 at 56 px, batch 64 (mean over an epoch of 16 steps, best of 3):",
         tch::get_num_threads()
     );
     for (k, (name, _)) in targets.iter().enumerate() {
