@@ -621,7 +621,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn any_preset() -> impl Strategy<Value = AugConfig> {
-            (0usize..3, 1u32..48, any::<bool>()).prop_map(|(p, size, bilinear)| {
+            (0usize..PRESETS.len(), 1u32..48, any::<bool>()).prop_map(|(p, size, bilinear)| {
                 let mut c = preset(PRESETS[p]).unwrap();
                 c.size = size;
                 if bilinear {

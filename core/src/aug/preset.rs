@@ -6,12 +6,14 @@
 //! | `in22k-distill` | 224 | 0.08-1 | 2 ops, m9 mstd0.5, p 0.5 | p 0.25 | off | ImageNet |
 //! | `in1k-scratch` | 224 | 0.08-1 | 2 ops, m9 mstd0.5, p 0.5 | p 0.25 | 0.8 / 1.0, switch 0.5 | ImageNet |
 //! | `light` | 32 | 0.35-1 | 2 ops, m5 mstd0.5, p 0.5, translate 0.3 | p 0.1, area 0.02-0.2 | off | 0.5 / 0.5 |
+//! | `plain` | 32 | 0.8-1 | off | off | off | 0.5 / 0.5 |
 //!
 //! All use ratio 3/4-4/3, bicubic resampling and horizontal flip 0.5. `in22k-distill` and
 //! `in1k-scratch` are the reference recipes (REFERENCE.md section 5; the configured colour
 //! jitter 0.4 is inactive under RandAugment there, so it is off here too). `light` is this
 //! project's recipe for 28-64 px datasets (Fashion-MNIST, CIFAR-like): a milder crop, since a
-//! 0.08 crop of a 28 px image is 8 px of content, milder ops, and a neutral fill.
+//! 0.08 crop of a 28 px image is 8 px of content, milder ops, and a neutral fill. `plain` (crop
+//! and flip only) is for teachers that must converge in few epochs on small images.
 
 use super::config::EraseConfig;
 use super::config::{
@@ -20,7 +22,7 @@ use super::config::{
 use super::{AugError, IMAGENET_MEAN, IMAGENET_STD};
 
 /// The preset names [`preset`] accepts.
-pub const PRESETS: [&str; 3] = ["in22k-distill", "in1k-scratch", "light"];
+pub const PRESETS: [&str; 4] = ["in22k-distill", "in1k-scratch", "light", "plain"];
 
 const CROP_224: CropConfig = CropConfig {
     scale: [0.08, 1.0],
@@ -83,12 +85,27 @@ pub fn light() -> AugConfig {
     }
 }
 
+/// Crop and flip only, for 28-64 px images: what a teacher that must converge in a few epochs
+/// trains with; the output side defaults to 32 (override `size`).
+pub fn plain() -> AugConfig {
+    AugConfig {
+        crop: CropConfig {
+            scale: [0.8, 1.0],
+            ratio: [3.0 / 4.0, 4.0 / 3.0],
+        },
+        randaug: None,
+        erase: None,
+        ..light()
+    }
+}
+
 /// The preset called `name` (one of [`PRESETS`]).
 pub fn preset(name: &str) -> Result<AugConfig, AugError> {
     match name {
         "in22k-distill" => Ok(in22k_distill()),
         "in1k-scratch" => Ok(in1k_scratch()),
         "light" => Ok(light()),
+        "plain" => Ok(plain()),
         _ => Err(AugError::UnknownPreset),
     }
 }
