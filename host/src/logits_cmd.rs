@@ -19,7 +19,12 @@ pub enum Args {
     /// Check every checksum and that every epoch and sample is present; non-zero exit on a fault.
     Verify { dir: PathBuf },
     /// Sizes, K, classes, epochs, mean top-1 probability, mass kept by top-K.
-    Stats { dir: PathBuf },
+    Stats {
+        dir: PathBuf,
+        /// Also print the figures as one JSON line (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print one record; with --data and --image-out, also write the view the teacher saw.
     Show {
         dir: PathBuf,
@@ -40,7 +45,7 @@ pub enum Args {
 pub fn main(a: Args) -> Result<()> {
     match a {
         Args::Verify { dir } => verify(&dir),
-        Args::Stats { dir } => stats(&dir),
+        Args::Stats { dir, json } => stats(&dir, json),
         Args::Show {
             dir,
             epoch,
@@ -70,7 +75,7 @@ fn verify(dir: &std::path::Path) -> Result<()> {
     bail!("{}: {} fault(s)", dir.display(), faults.len())
 }
 
-fn stats(dir: &std::path::Path) -> Result<()> {
+fn stats(dir: &std::path::Path, json: bool) -> Result<()> {
     let store = LogitStore::open(dir)?;
     let m = store.manifest();
     let layout = store.layout();
@@ -134,6 +139,22 @@ fn stats(dir: &std::path::Path) -> Result<()> {
     if n > 0 {
         println!("mean top-1:   {:.4}", top1 / n as f64);
         println!("mean top-{} mass kept: {:.4}", m.topk, mass / n as f64);
+    }
+    if json {
+        let mean = |v: f64| (n > 0).then(|| v / n as f64);
+        let line = serde_json::json!({
+            "samples": store.len(),
+            "epochs": epochs.len(),
+            "topk": m.topk,
+            "num_classes": m.num_classes,
+            "bytes_per_sample": layout.record_len(),
+            "total_bytes": bytes,
+            "overhead_bytes": bytes.saturating_sub(bare),
+            "missing": missing,
+            "mean_top1_prob": mean(top1),
+            "mean_mass_kept": mean(mass),
+        });
+        println!("{line}");
     }
     Ok(())
 }

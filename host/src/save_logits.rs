@@ -39,6 +39,11 @@ pub trait Teacher {
     fn device(&self) -> Device;
     /// Kind, file name and SHA-256 of the teacher (for the manifest).
     fn identity(&self) -> (String, String, String);
+    /// The input side the teacher was built for, when the file says (a TinyViT checkpoint
+    /// does; a TorchScript module does not). `--input-size` defaults to it.
+    fn input_size(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A TorchScript module (`torch.jit.script` / `torch.jit.trace` output) used as a teacher.
@@ -696,7 +701,7 @@ pub struct Args {
     /// Run seed: sample seeds are derived from (seed, epoch, index).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Teacher input side in pixels (overrides the preset's size).
+    /// Teacher input side in pixels (default: the TinyViT checkpoint's, else the preset's).
     #[arg(long)]
     pub input_size: Option<u32>,
     /// Teacher normalisation: imagenet, clip or half (0.5).
@@ -786,6 +791,11 @@ pub fn main(a: Args) -> Result<()> {
     cfg.batch_size = a.batch_size;
     cfg.aug_preset = a.preset.clone();
     cfg.aug = aug_config(&a)?;
+    if a.input_size.is_none() {
+        if let Some(n) = teacher.input_size() {
+            cfg.aug.size = n;
+        }
+    }
     cfg.channels = a.channels;
     cfg.run_seed = a.seed;
     cfg.values = values;

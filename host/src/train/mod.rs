@@ -312,6 +312,9 @@ impl StoreTeacher {
 }
 
 impl crate::save_logits::Teacher for StoreTeacher {
+    fn input_size(&self) -> Option<u32> {
+        Some(self.model.config().img_size)
+    }
     fn probs(&self, batch: &Tensor) -> Result<Tensor> {
         let x = batch.to_device(self.device);
         let cfg = self.model.config();
