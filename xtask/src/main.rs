@@ -5,6 +5,8 @@ mod firmware;
 mod install;
 mod replay;
 mod setup;
+mod splits;
+mod stage;
 mod test;
 mod train;
 mod util;

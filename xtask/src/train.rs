@@ -1,7 +1,728 @@
-//! `cargo xtask train`: the main job.
+//! `cargo xtask train`: the main job. Runs the whole TinyViT method end to end and writes a
+//! report that says, with numbers, what the distillation bought.
+//!
+//! Default (no flags): Fashion-MNIST on the CPU.
+//! 1. data: train / validation / test splits (validation held out of the training file);
+//! 2. teacher: a larger TinyViT trained on the labels (cached across runs);
+//! 3. teacher pass: `tinyvit save-logits` over the student's epochs, sparse K < classes;
+//! 4. students (an MCU preset): distilled from the store, and the same student on labels only;
+//! 5. evaluation on the test split, export of the distilled student to `.tvb`, the firmware
+//!    built with it and run under QEMU, its predictions compared with the host's;
+//! 6. `report.md` with the table, the curves, the checkpoints and the `.tvb` in the run folder.
+//!
+//! Every stage is skipped when its folder holds the output of a run with the same arguments
+//! (`--force` redoes everything). With `--data` the same stages run on the user's data and
+//! teacher (`--teacher`), for GPU hosts and real datasets.
 
-use anyhow::Result;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
-pub fn run(_args: &[String]) -> Result<()> {
-    anyhow::bail!("the training pipeline is not built yet")
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::Value;
+
+use crate::splits::{self, SplitSizes};
+use crate::stage::{self, Done};
+use crate::{firmware, setup, util};
+
+/// Options of `cargo xtask train`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "cargo xtask train",
+    about = "The main job: teacher, teacher pass, distilled student, baseline, MCU, report"
+)]
+pub struct Opts {
+    /// Smoke run in under 3 minutes: fewer images, epochs and test inputs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Redo every stage even when its output exists and matches.
+    #[arg(long)]
+    pub force: bool,
+    /// Run folder (default: runs/fashion-mnist, runs/quick with --quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also train students from stores truncated to K = 1, 3, 5 (and the default K) and report
+    /// accuracy against K.
+    #[arg(long)]
+    pub sweep_k: bool,
+    /// Also store the teacher's probabilities in 8 bits and train a student from that store.
+    #[arg(long)]
+    pub compare_8bit: bool,
+    /// Training data SPEC for your own data (default: Fashion-MNIST splits made here).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Validation data SPEC (with --data).
+    #[arg(long)]
+    pub val: Option<String>,
+    /// Test data SPEC (with --data; default: none, the validation split is reported).
+    #[arg(long)]
+    pub test: Option<String>,
+    /// Folder holding the Fashion-MNIST IDX files (default: the Debian package's).
+    #[arg(long)]
+    pub fashion_mnist: Option<PathBuf>,
+    /// Teacher to use instead of training one: TorchScript `.pt` or TinyViT checkpoint.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Student architecture preset.
+    #[arg(long, default_value = "tiny_vit_mcu_m4")]
+    pub arch: String,
+    /// Teacher architecture preset (when the teacher is trained here).
+    #[arg(long, default_value = "tiny_vit_mcu_h7")]
+    pub teacher_arch: String,
+    /// Training recipe of the students (default: the trainer's choice for the input size).
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// Augmentation preset of the teacher pass and the baseline.
+    #[arg(long, default_value = "light")]
+    pub aug: String,
+    /// Compute device of every stage.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Student epochs (and epochs of stored teacher logits).
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Teacher epochs (when the teacher is trained here).
+    #[arg(long)]
+    pub teacher_epochs: Option<u32>,
+    /// Top-K kept per sample in the store.
+    #[arg(long)]
+    pub topk: Option<u32>,
+    /// Batch size of every training stage.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// Peak learning rate of the students (at batch 512).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Run seed (augmentation seeds, initialisation).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the firmware stage.
+    #[arg(long)]
+    pub no_firmware: bool,
+    /// Test images run on the emulated board.
+    #[arg(long)]
+    pub device_images: Option<u32>,
+}
+
+/// The sizes the defaults and `--quick` use.
+struct Plan {
+    sizes: SplitSizes,
+    epochs: u32,
+    teacher_epochs: u32,
+    topk: u32,
+    batch_size: u32,
+    device_images: u32,
+}
+
+impl Plan {
+    fn new(o: &Opts) -> Plan {
+        let base = if o.quick {
+            Plan {
+                sizes: SplitSizes {
+                    train: 2_000,
+                    val: 1_000,
+                    test: 1_000,
+                },
+                epochs: 2,
+                teacher_epochs: 3,
+                topk: 3,
+                batch_size: 64,
+                device_images: 4,
+            }
+        } else {
+            Plan {
+                sizes: SplitSizes {
+                    train: 10_000,
+                    val: 5_000,
+                    test: 10_000,
+                },
+                epochs: 6,
+                teacher_epochs: 10,
+                topk: 3,
+                batch_size: 128,
+                device_images: 32,
+            }
+        };
+        Plan {
+            epochs: o.epochs.unwrap_or(base.epochs),
+            teacher_epochs: o.teacher_epochs.unwrap_or(base.teacher_epochs),
+            topk: o.topk.unwrap_or(base.topk),
+            batch_size: o.batch_size.unwrap_or(base.batch_size),
+            device_images: o.device_images.unwrap_or(base.device_images),
+            ..base
+        }
+    }
+}
+
+/// One row of the report's main table.
+struct Row {
+    what: String,
+    val_top1: Option<f64>,
+    test_top1: Option<f64>,
+    seconds: f64,
+    /// Whether the stage was reused from an earlier run (its wall time is that run's).
+    cached: bool,
+    note: String,
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = Opts::try_parse_from(
+        std::iter::once("cargo xtask train".to_string()).chain(args.iter().cloned()),
+    )
+    .map_err(|e| {
+        let _ = e.print();
+        anyhow::anyhow!("bad arguments")
+    })?;
+    let start = Instant::now();
+    let plan = Plan::new(&o);
+    let out = o.out.clone().unwrap_or_else(|| {
+        util::root()
+            .join("runs")
+            .join(if o.quick { "quick" } else { "fashion-mnist" })
+    });
+    std::fs::create_dir_all(&out)?;
+    let tinyvit = build_tinyvit()?;
+    let p = Pipeline {
+        o: &o,
+        plan: &plan,
+        out: out.clone(),
+        tinyvit,
+    };
+    p.run(start)
+}
+
+struct Pipeline<'a> {
+    o: &'a Opts,
+    plan: &'a Plan,
+    out: PathBuf,
+    tinyvit: PathBuf,
+}
+
+/// Data SPECs of the run.
+struct Data {
+    train: String,
+    val: String,
+    test: Option<String>,
+    key: String,
+}
+
+impl Pipeline<'_> {
+    fn run(&self, start: Instant) -> Result<()> {
+        let o = self.o;
+        let plan = self.plan;
+        let mut rows = Vec::new();
+        let mut notes = Vec::new();
+
+        let data = self.data()?;
+
+        // Teacher.
+        let (teacher, teacher_key, teacher_done) = match &o.teacher {
+            Some(t) => (t.clone(), format!("teacher file {}", t.display()), None),
+            None => {
+                let d = self.train_stage(
+                    "teacher",
+                    &o.teacher_arch,
+                    &["--labels", "--aug", &o.aug],
+                    plan.teacher_epochs,
+                    &data,
+                    None,
+                )?;
+                let model = d.dir.join("model.safetensors");
+                (model, d.key.clone(), Some(d))
+            }
+        };
+        if let Some(d) = &teacher_done {
+            let s = summary(&d.dir)?;
+            rows.push(Row {
+                what: format!("teacher `{}` (labels)", o.teacher_arch),
+                val_top1: f(&s, "val_top1"),
+                test_top1: f(&s, "test_top1"),
+                seconds: d.seconds,
+                cached: d.cached,
+                note: format!("{} params, {} epochs", s["params"], plan.teacher_epochs),
+            });
+        }
+
+        // Teacher pass.
+        let store = self.store_stage("store", &teacher, &teacher_key, &data, plan.topk, 16)?;
+        let stats = self.store_stats(&store.dir)?;
+
+        // Students.
+        let kd = self.train_stage(
+            "student-distilled",
+            &o.arch,
+            &["--logits", &store.dir.display().to_string()],
+            plan.epochs,
+            &data,
+            Some(&store.key),
+        )?;
+        let base = self.train_stage(
+            "student-labels",
+            &o.arch,
+            &["--labels", "--aug", &o.aug],
+            plan.epochs,
+            &data,
+            None,
+        )?;
+
+        let kd_s = summary(&kd.dir)?;
+        let base_s = summary(&base.dir)?;
+        rows.push(Row {
+            what: format!("student `{}` distilled from the store", o.arch),
+            val_top1: f(&kd_s, "val_top1"),
+            test_top1: f(&kd_s, "test_top1"),
+            seconds: kd.seconds,
+            cached: kd.cached,
+            note: format!(
+                "K={}, {} epochs, {:.0} img/s",
+                plan.topk,
+                plan.epochs,
+                f(&kd_s, "images_per_s").unwrap_or(0.0)
+            ),
+        });
+        rows.push(Row {
+            what: format!("student `{}` on labels (baseline)", o.arch),
+            val_top1: f(&base_s, "val_top1"),
+            test_top1: f(&base_s, "test_top1"),
+            seconds: base.seconds,
+            cached: base.cached,
+            note: format!(
+                "{} epochs, {:.0} img/s",
+                plan.epochs,
+                f(&base_s, "images_per_s").unwrap_or(0.0)
+            ),
+        });
+
+        // Optional studies.
+        let mut k_table = Vec::new();
+        if o.sweep_k {
+            for k in [1u32, 3, 5, 10] {
+                if k == plan.topk {
+                    k_table.push((k, f(&kd_s, "val_top1"), f(&kd_s, "test_top1")));
+                    continue;
+                }
+                let st =
+                    self.store_stage(&format!("store-k{k}"), &teacher, &teacher_key, &data, k, 16)?;
+                let d = self.train_stage(
+                    &format!("student-k{k}"),
+                    &o.arch,
+                    &["--logits", &st.dir.display().to_string()],
+                    plan.epochs,
+                    &data,
+                    Some(&st.key),
+                )?;
+                let s = summary(&d.dir)?;
+                k_table.push((k, f(&s, "val_top1"), f(&s, "test_top1")));
+            }
+        }
+        let mut bits_row = None;
+        if o.compare_8bit {
+            let st = self.store_stage("store-8bit", &teacher, &teacher_key, &data, plan.topk, 8)?;
+            let st_stats = self.store_stats(&st.dir)?;
+            let d = self.train_stage(
+                "student-8bit",
+                &o.arch,
+                &["--logits", &st.dir.display().to_string()],
+                plan.epochs,
+                &data,
+                Some(&st.key),
+            )?;
+            let s = summary(&d.dir)?;
+            bits_row = Some((
+                st_stats.bytes_per_sample,
+                f(&s, "val_top1"),
+                f(&s, "test_top1"),
+            ));
+        }
+
+        // Export and the device.
+        let eval_split = data.test.clone().unwrap_or_else(|| data.val.clone());
+        let tvb = self.out.join("student.tvb");
+        let export = self.export_stage(&kd, &data, &tvb)?;
+        let device = if o.no_firmware || !o.arch.starts_with("tiny_vit_mcu") {
+            notes.push("firmware stage skipped (not an MCU preset, or --no-firmware)".to_string());
+            None
+        } else {
+            Some(self.firmware_stage(&export, &tvb, &eval_split)?)
+        };
+
+        let report = self.report(
+            &rows,
+            &stats,
+            &store,
+            &k_table,
+            bits_row,
+            device.as_ref(),
+            &notes,
+            start,
+        )?;
+        let path = self.out.join("report.md");
+        std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+        println!("\n{report}");
+        eprintln!("report: {}", path.display());
+        if let (Some(a), Some(b)) = (f(&kd_s, "test_top1"), f(&base_s, "test_top1")) {
+            if a <= b {
+                eprintln!(
+                    "note: the distilled student ({a:.2}%) did not beat the baseline ({b:.2}%) in this run"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn data(&self) -> Result<Data> {
+        let o = self.o;
+        if let Some(train) = &o.data {
+            let val = o
+                .val
+                .clone()
+                .context("--data needs --val SPEC (a held-out split for every choice)")?;
+            return Ok(Data {
+                key: format!("data {train} val {val} test {:?}", o.test),
+                train: train.clone(),
+                val,
+                test: o.test.clone(),
+            });
+        }
+        let src = splits::locate(o.fashion_mnist.as_deref())?;
+        let sizes = self.plan.sizes;
+        let key = format!("fashion-mnist {} {:?}", src.display(), sizes);
+        let dir = self.out.join("data");
+        let mut specs = None;
+        let done = stage::run("data splits", &dir, &key, o.force, |d| {
+            specs = Some(splits::write(&src, sizes, d)?);
+            Ok(())
+        })?;
+        let s = match specs {
+            Some(s) => s,
+            None => splits::specs_in(&done.dir),
+        };
+        Ok(Data {
+            train: s.train,
+            val: s.val,
+            test: Some(s.test),
+            key,
+        })
+    }
+
+    fn common(&self) -> Vec<String> {
+        vec!["--device".into(), self.o.device.clone()]
+    }
+
+    fn train_stage(
+        &self,
+        name: &str,
+        arch: &str,
+        target: &[&str],
+        epochs: u32,
+        data: &Data,
+        upstream: Option<&str>,
+    ) -> Result<Done> {
+        let dir = self.out.join(name);
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            "--arch".into(),
+            arch.into(),
+            "--data".into(),
+            data.train.clone(),
+            "--val".into(),
+            data.val.clone(),
+            "--epochs".into(),
+            epochs.to_string(),
+            "--batch-size".into(),
+            self.plan.batch_size.to_string(),
+            "--seed".into(),
+            self.o.seed.to_string(),
+            "--num-classes".into(),
+            "10".into(),
+        ];
+        if self.o.data.is_some() {
+            // The user's data fixes its own class count.
+            args.truncate(args.len() - 2);
+        }
+        if let Some(t) = &data.test {
+            args.extend(["--test".into(), t.clone()]);
+        }
+        args.extend(target.iter().map(|s| s.to_string()));
+        if let Some(r) = &self.o.recipe {
+            args.extend(["--recipe".into(), r.clone()]);
+        }
+        if let Some(lr) = self.o.lr {
+            args.extend(["--lr".into(), lr.to_string()]);
+        }
+        args.extend(self.common());
+        let key = format!("{} | {} | {:?}", data.key, args.join(" "), upstream);
+        stage::run(&format!("train {name}"), &dir, &key, self.o.force, |d| {
+            let mut a = args.clone();
+            a.extend(["--out".into(), d.display().to_string()]);
+            self.tinyvit(&a)
+        })
+    }
+
+    fn store_stage(
+        &self,
+        name: &str,
+        teacher: &Path,
+        teacher_key: &str,
+        data: &Data,
+        topk: u32,
+        bits: u32,
+    ) -> Result<Done> {
+        let dir = self.out.join(name);
+        let mut args: Vec<String> = vec![
+            "save-logits".into(),
+            "--teacher".into(),
+            teacher.display().to_string(),
+            "--data".into(),
+            data.train.clone(),
+            "--epochs".into(),
+            self.plan.epochs.to_string(),
+            "--topk".into(),
+            topk.to_string(),
+            "--preset".into(),
+            self.o.aug.clone(),
+            "--seed".into(),
+            self.o.seed.to_string(),
+            "--value-bits".into(),
+            bits.to_string(),
+        ];
+        args.extend(self.common());
+        let key = format!("{} | {} | {teacher_key}", data.key, args.join(" "));
+        stage::run(
+            &format!("teacher pass {name}"),
+            &dir,
+            &key,
+            self.o.force,
+            |d| {
+                let mut a = args.clone();
+                a.extend(["--out".into(), d.display().to_string()]);
+                self.tinyvit(&a)?;
+                self.tinyvit(&["logits".into(), "verify".into(), d.display().to_string()])
+            },
+        )
+    }
+
+    fn store_stats(&self, dir: &Path) -> Result<StoreStats> {
+        let out = self.tinyvit_output(&[
+            "logits".into(),
+            "stats".into(),
+            dir.display().to_string(),
+            "--json".into(),
+        ])?;
+        let v: Value =
+            serde_json::from_str(out.trim().lines().last().unwrap_or("")).with_context(|| {
+                format!("parsing `tinyvit logits stats --json` of {}", dir.display())
+            })?;
+        Ok(StoreStats {
+            bytes_per_sample: f(&v, "bytes_per_sample").unwrap_or(0.0),
+            total_bytes: f(&v, "total_bytes").unwrap_or(0.0),
+            samples: f(&v, "samples").unwrap_or(0.0),
+            epochs: f(&v, "epochs").unwrap_or(0.0),
+            mean_top1: f(&v, "mean_top1_prob"),
+            mass_kept: f(&v, "mean_mass_kept"),
+        })
+    }
+
+    fn export_stage(&self, kd: &Done, data: &Data, tvb: &Path) -> Result<Done> {
+        let dir = self.out.join("export");
+        let args: Vec<String> = vec![
+            "export".into(),
+            "--checkpoint".into(),
+            kd.dir.join("model.safetensors").display().to_string(),
+            "--val".into(),
+            data.val.clone(),
+        ];
+        let key = format!("{} | {}", args.join(" "), kd.key);
+        let done = stage::run("export .tvb", &dir, &key, self.o.force, |d| {
+            let mut a = args.clone();
+            let file = d.join("student.tvb");
+            a.extend(["--out".into(), file.display().to_string()]);
+            let out = self.tinyvit_output(&a)?;
+            std::fs::write(d.join("export.log"), &out)?;
+            Ok(())
+        })?;
+        std::fs::copy(dir.join("student.tvb"), tvb)
+            .with_context(|| format!("copying the exported model to {}", tvb.display()))?;
+        Ok(done)
+    }
+
+    fn firmware_stage(
+        &self,
+        export: &Done,
+        tvb: &Path,
+        split: &str,
+    ) -> Result<firmware::DeviceRun> {
+        let dir = self.out.join("device");
+        let n = self.plan.device_images;
+        let key = format!("{} | {split} | {n}", export.key);
+        let tinyvit = self.tinyvit.clone();
+        stage::run("firmware under QEMU", &dir, &key, self.o.force, |d| {
+            let run = firmware::run_eval(&tinyvit, tvb, split, n, d)?;
+            std::fs::write(
+                d.join("device.json"),
+                serde_json::to_string_pretty(&run.to_json())?,
+            )?;
+            Ok(())
+        })?;
+        firmware::DeviceRun::from_json(&serde_json::from_str(&std::fs::read_to_string(
+            dir.join("device.json"),
+        )?)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        rows: &[Row],
+        stats: &StoreStats,
+        store: &Done,
+        k_table: &[(u32, Option<f64>, Option<f64>)],
+        bits_row: Option<(f64, Option<f64>, Option<f64>)>,
+        device: Option<&firmware::DeviceRun>,
+        notes: &[String],
+        start: Instant,
+    ) -> Result<String> {
+        let o = self.o;
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let mut r = String::new();
+        let test_name = if self.o.data.is_some() && self.o.test.is_none() {
+            "val"
+        } else {
+            "test"
+        };
+        writeln!(r, "# tinyvit run report\n")?;
+        writeln!(
+            r,
+            "Data: {}. Student `{}`, {} epochs of stored teacher logits, K = {}, seed {}.\n",
+            o.data
+                .as_deref()
+                .unwrap_or("Fashion-MNIST (train / held-out val / test)"),
+            o.arch,
+            self.plan.epochs,
+            self.plan.topk,
+            o.seed
+        )?;
+        writeln!(
+            r,
+            "| model | val top-1 % | {test_name} top-1 % | wall s | notes |"
+        )?;
+        writeln!(r, "|---|---|---|---|---|")?;
+        for row in rows {
+            writeln!(
+                r,
+                "| {} | {} | {} | {:.0}{} | {} |",
+                row.what,
+                pct(row.val_top1),
+                pct(row.test_top1),
+                row.seconds,
+                if row.cached { " (earlier run)" } else { "" },
+                row.note
+            )?;
+        }
+        writeln!(r)?;
+        writeln!(
+            r,
+            "Store: {:.0} samples x {:.0} epochs, {:.1} bytes per sample, {:.2} MB in all; \
+             teacher pass {:.0} s; mean top-1 probability {}, mass kept by top-{} {}.",
+            stats.samples,
+            stats.epochs,
+            stats.bytes_per_sample,
+            stats.total_bytes / 1e6,
+            store.seconds,
+            stats.mean_top1.map_or("-".into(), |v| format!("{v:.3}")),
+            self.plan.topk,
+            stats.mass_kept.map_or("-".into(), |v| format!("{v:.3}"))
+        )?;
+        if let Some(d) = device {
+            writeln!(r)?;
+            writeln!(
+                r,
+                "Device (QEMU {}): {} test images, {} agree with the host bit for bit \
+                 (class and logits hash); {} instructions per image; model {} bytes, arena {} bytes.",
+                d.board, d.images, d.agree, d.instructions_per_image, d.model_bytes, d.arena_bytes
+            )?;
+        }
+        if !k_table.is_empty() {
+            writeln!(
+                r,
+                "\n| K | val top-1 % | {test_name} top-1 % |\n|---|---|---|"
+            )?;
+            for (k, v, t) in k_table {
+                writeln!(r, "| {k} | {} | {} |", pct(*v), pct(*t))?;
+            }
+        }
+        if let Some((bps, v, t)) = bits_row {
+            writeln!(
+                r,
+                "\n8-bit probabilities: {bps:.1} bytes per sample (f16: {:.1}); student val {} %, {test_name} {} %.",
+                stats.bytes_per_sample,
+                pct(v),
+                pct(t)
+            )?;
+        }
+        for n in notes {
+            writeln!(r, "\nNote: {n}")?;
+        }
+        writeln!(
+            r,
+            "\nTotal wall time {:.0} s. Curves: `*/curves.png`; metrics: `*/metrics.jsonl`; \
+             student model: `student.tvb`.",
+            start.elapsed().as_secs_f64()
+        )?;
+        Ok(r)
+    }
+
+    fn tinyvit(&self, args: &[String]) -> Result<()> {
+        util::run(Command::new(&self.tinyvit).args(args))
+    }
+
+    fn tinyvit_output(&self, args: &[String]) -> Result<String> {
+        let mut cmd = Command::new(&self.tinyvit);
+        cmd.args(args).stderr(std::process::Stdio::inherit());
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", self.tinyvit.display()))?;
+        if !out.status.success() {
+            bail!("`tinyvit {}` failed ({})", args.join(" "), out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+struct StoreStats {
+    bytes_per_sample: f64,
+    total_bytes: f64,
+    samples: f64,
+    epochs: f64,
+    mean_top1: Option<f64>,
+    mass_kept: Option<f64>,
+}
+
+fn summary(dir: &Path) -> Result<Value> {
+    let p = dir.join("summary.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+fn f(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+/// Builds the release `tinyvit` and returns its path.
+fn build_tinyvit() -> Result<PathBuf> {
+    util::step("building the release `tinyvit` command");
+    let mut cmd = util::cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "tinyvit-host",
+        "--bin",
+        "tinyvit",
+    ]);
+    setup::torch_env(&mut cmd)?;
+    util::run(&mut cmd)?;
+    Ok(util::target_dir().join("release").join("tinyvit"))
 }
