@@ -7,10 +7,10 @@ use crate::{setup, util};
 /// The embedded target that the core must always build for.
 pub const DEVICE_TARGET: &str = "thumbv7em-none-eabihf";
 
-pub fn run(args: &[String]) -> Result<()> {
-    let _ = args;
-    util::step("rustfmt");
+pub fn run(_args: &[String]) -> Result<()> {
+    util::step("rustfmt (host workspace and firmware)");
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(util::cargo().args(["fmt", "--check", "--manifest-path", "firmware/Cargo.toml"]))?;
 
     util::step("core: no_std build for the device");
     util::run(util::cargo().args([
@@ -47,6 +47,15 @@ pub fn run(args: &[String]) -> Result<()> {
 
     util::step("firmware: bit-exact replay on QEMU Cortex-M4F and Cortex-M7");
     crate::replay::run(&[])?;
+
+    util::step("the main job, smoke run: cargo xtask train --quick");
+    let out = util::target_dir().join("xtask-train-quick");
+    crate::train::run(&[
+        "--quick".to_string(),
+        "--force".to_string(),
+        "--out".to_string(),
+        out.display().to_string(),
+    ])?;
 
     eprintln!("\nall checks passed");
     Ok(())

@@ -74,9 +74,13 @@ pub struct Opts {
     /// Training recipe of the students (default: the trainer's choice for the input size).
     #[arg(long)]
     pub recipe: Option<String>,
-    /// Augmentation preset of the teacher pass and the baseline.
+    /// Augmentation preset of the teacher pass and of both students.
     #[arg(long, default_value = "light")]
     pub aug: String,
+    /// Augmentation preset the teacher trains with (when it is trained here): crop and flip
+    /// only, so that it converges in a few epochs.
+    #[arg(long, default_value = "plain")]
+    pub teacher_aug: String,
     /// Compute device of every stage.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -126,7 +130,7 @@ impl Plan {
                     test: 1_000,
                 },
                 epochs: 2,
-                teacher_epochs: 3,
+                teacher_epochs: 2,
                 topk: 3,
                 batch_size: 64,
                 device_images: 4,
@@ -138,8 +142,8 @@ impl Plan {
                     val: 5_000,
                     test: 10_000,
                 },
-                epochs: 6,
-                teacher_epochs: 10,
+                epochs: 4,
+                teacher_epochs: 4,
                 topk: 3,
                 batch_size: 128,
                 device_images: 32,
@@ -189,6 +193,7 @@ pub fn run(args: &[String]) -> Result<()> {
         plan: &plan,
         out: out.clone(),
         tinyvit,
+        times: Default::default(),
     };
     p.run(start)
 }
@@ -198,6 +203,8 @@ struct Pipeline<'a> {
     plan: &'a Plan,
     out: PathBuf,
     tinyvit: PathBuf,
+    /// Wall time of every stage run or reused so far: (title, seconds, reused).
+    times: std::cell::RefCell<Vec<(String, f64, bool)>>,
 }
 
 /// Data SPECs of the run.
@@ -221,10 +228,12 @@ impl Pipeline<'_> {
         let (teacher, teacher_key, teacher_done) = match &o.teacher {
             Some(t) => (t.clone(), format!("teacher file {}", t.display()), None),
             None => {
+                // The teacher sees the student's input size, so that the store's views fit both.
+                let size = student_size(&o.arch)?.to_string();
                 let d = self.train_stage(
                     "teacher",
                     &o.teacher_arch,
-                    &["--labels", "--aug", &o.aug],
+                    &["--labels", "--aug", &o.teacher_aug, "--img-size", &size],
                     plan.teacher_epochs,
                     &data,
                     None,
@@ -250,14 +259,7 @@ impl Pipeline<'_> {
         let stats = self.store_stats(&store.dir)?;
 
         // Students.
-        let kd = self.train_stage(
-            "student-distilled",
-            &o.arch,
-            &["--logits", &store.dir.display().to_string()],
-            plan.epochs,
-            &data,
-            Some(&store.key),
-        )?;
+        let kd = self.distill_stage("student-distilled", &store, &data)?;
         let base = self.train_stage(
             "student-labels",
             &o.arch,
@@ -305,14 +307,7 @@ impl Pipeline<'_> {
                 }
                 let st =
                     self.store_stage(&format!("store-k{k}"), &teacher, &teacher_key, &data, k, 16)?;
-                let d = self.train_stage(
-                    &format!("student-k{k}"),
-                    &o.arch,
-                    &["--logits", &st.dir.display().to_string()],
-                    plan.epochs,
-                    &data,
-                    Some(&st.key),
-                )?;
+                let d = self.distill_stage(&format!("student-k{k}"), &st, &data)?;
                 let s = summary(&d.dir)?;
                 k_table.push((k, f(&s, "val_top1"), f(&s, "test_top1")));
             }
@@ -321,14 +316,7 @@ impl Pipeline<'_> {
         if o.compare_8bit {
             let st = self.store_stage("store-8bit", &teacher, &teacher_key, &data, plan.topk, 8)?;
             let st_stats = self.store_stats(&st.dir)?;
-            let d = self.train_stage(
-                "student-8bit",
-                &o.arch,
-                &["--logits", &st.dir.display().to_string()],
-                plan.epochs,
-                &data,
-                Some(&st.key),
-            )?;
+            let d = self.distill_stage("student-8bit", &st, &data)?;
             let s = summary(&d.dir)?;
             bits_row = Some((
                 st_stats.bytes_per_sample,
@@ -391,7 +379,7 @@ impl Pipeline<'_> {
         let key = format!("fashion-mnist {} {:?}", src.display(), sizes);
         let dir = self.out.join("data");
         let mut specs = None;
-        let done = stage::run("data splits", &dir, &key, o.force, |d| {
+        let done = self.stage("data splits", &dir, &key, |d| {
             specs = Some(splits::write(&src, sizes, d)?);
             Ok(())
         })?;
@@ -405,6 +393,21 @@ impl Pipeline<'_> {
             test: Some(s.test),
             key,
         })
+    }
+
+    /// Runs a cached stage and records its wall time for the report.
+    fn stage(
+        &self,
+        title: &str,
+        dir: &Path,
+        key: &str,
+        body: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Done> {
+        let d = stage::run(title, dir, key, self.o.force, body)?;
+        self.times
+            .borrow_mut()
+            .push((title.to_string(), d.seconds, d.cached));
+        Ok(d)
     }
 
     fn common(&self) -> Vec<String> {
@@ -454,11 +457,25 @@ impl Pipeline<'_> {
         }
         args.extend(self.common());
         let key = format!("{} | {} | {:?}", data.key, args.join(" "), upstream);
-        stage::run(&format!("train {name}"), &dir, &key, self.o.force, |d| {
+        self.stage(&format!("train {name}"), &dir, &key, |d| {
             let mut a = args.clone();
             a.extend(["--out".into(), d.display().to_string()]);
             self.tinyvit(&a)
         })
+    }
+
+    /// The student trained from the store in `store`.
+    fn distill_stage(&self, name: &str, store: &Done, data: &Data) -> Result<Done> {
+        let dir = store.dir.display().to_string();
+        let (arch, epochs) = (&self.o.arch, self.plan.epochs);
+        self.train_stage(
+            name,
+            arch,
+            &["--logits", &dir],
+            epochs,
+            data,
+            Some(&store.key),
+        )
     }
 
     fn store_stage(
@@ -490,18 +507,12 @@ impl Pipeline<'_> {
         ];
         args.extend(self.common());
         let key = format!("{} | {} | {teacher_key}", data.key, args.join(" "));
-        stage::run(
-            &format!("teacher pass {name}"),
-            &dir,
-            &key,
-            self.o.force,
-            |d| {
-                let mut a = args.clone();
-                a.extend(["--out".into(), d.display().to_string()]);
-                self.tinyvit(&a)?;
-                self.tinyvit(&["logits".into(), "verify".into(), d.display().to_string()])
-            },
-        )
+        self.stage(&format!("teacher pass {name}"), &dir, &key, |d| {
+            let mut a = args.clone();
+            a.extend(["--out".into(), d.display().to_string()]);
+            self.tinyvit(&a)?;
+            self.tinyvit(&["logits".into(), "verify".into(), d.display().to_string()])
+        })
     }
 
     fn store_stats(&self, dir: &Path) -> Result<StoreStats> {
@@ -535,7 +546,7 @@ impl Pipeline<'_> {
             data.val.clone(),
         ];
         let key = format!("{} | {}", args.join(" "), kd.key);
-        let done = stage::run("export .tvb", &dir, &key, self.o.force, |d| {
+        let done = self.stage("export .tvb", &dir, &key, |d| {
             let mut a = args.clone();
             let file = d.join("student.tvb");
             a.extend(["--out".into(), file.display().to_string()]);
@@ -558,7 +569,7 @@ impl Pipeline<'_> {
         let n = self.plan.device_images;
         let key = format!("{} | {split} | {n}", export.key);
         let tinyvit = self.tinyvit.clone();
-        stage::run("firmware under QEMU", &dir, &key, self.o.force, |d| {
+        self.stage("firmware under QEMU", &dir, &key, |d| {
             let run = firmware::run_eval(&tinyvit, tvb, split, n, d)?;
             std::fs::write(
                 d.join("device.json"),
@@ -634,6 +645,23 @@ impl Pipeline<'_> {
             self.plan.topk,
             stats.mass_kept.map_or("-".into(), |v| format!("{v:.3}"))
         )?;
+        if let Ok(text) = std::fs::read_to_string(self.out.join("export").join("export.log")) {
+            if let Ok(v) = serde_json::from_str::<Value>(text.trim()) {
+                writeln!(
+                    r,
+                    "\nExport: `student.tvb`, {} bytes, BatchNorm folded; on {} validation images \
+                     libtorch top-1 {} % and core `{}` engine top-1 {} % ({} disagreements, max \
+                     relative logit difference {:.1e}).",
+                    v["bytes"],
+                    v["images"],
+                    v["tch_top1"],
+                    v["engine"].as_str().unwrap_or("?"),
+                    v["core_top1"],
+                    v["disagreements"],
+                    f(&v, "max_rel_logit_diff").unwrap_or(f64::NAN)
+                )?;
+            }
+        }
         if let Some(d) = device {
             writeln!(r)?;
             writeln!(
@@ -660,6 +688,15 @@ impl Pipeline<'_> {
                 pct(v),
                 pct(t)
             )?;
+        }
+        writeln!(r, "\n| stage | wall s |\n|---|---|")?;
+        for (title, secs, reused) in self.times.borrow().iter() {
+            let how = if *reused {
+                " (earlier run, reused)"
+            } else {
+                ""
+            };
+            writeln!(r, "| {title} | {secs:.1}{how} |")?;
         }
         for n in notes {
             writeln!(r, "\nNote: {n}")?;
@@ -707,6 +744,18 @@ fn summary(dir: &Path) -> Result<Value> {
 
 fn f(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
+}
+
+/// Input side of a student preset.
+fn student_size(arch: &str) -> Result<u32> {
+    tinyvit_core::config::ModelConfig::preset(arch)
+        .map(|c| c.img_size)
+        .with_context(|| {
+            format!(
+                "unknown --arch `{arch}` (known: {})",
+                tinyvit_core::config::PRESET_NAMES.join(", ")
+            )
+        })
 }
 
 /// Builds the release `tinyvit` and returns its path.

@@ -23,21 +23,19 @@ use super::recipe::Recipe;
 use super::{DataPlan, TrainArgs};
 use crate::data::{self, Dataset};
 
-/// Normalises an 8-bit HWC image into CHW f32: `(v / 255 - mean[c]) / std[c]`.
+/// Normalises an 8-bit HWC image into CHW f32 with the core's [`aug::normalize`]:
+/// `(v / 255 - mean[c]) / std[c]`, the values the device computes from the same bytes.
 pub fn normalize_into(
     img: &[u8],
     channels: usize,
     mean: &[f32; 3],
     std: &[f32; 3],
     out: &mut [f32],
-) {
-    let hw = img.len() / channels.max(1);
-    for c in 0..channels {
-        let (m, s) = (mean[c.min(2)], std[c.min(2)]);
-        for p in 0..hw {
-            out[c * hw + p] = (img[p * channels + c] as f32 / 255.0 - m) / s;
-        }
-    }
+) -> Result<()> {
+    // The layout only matters as pixels x channels, so one row of `hw` pixels will do.
+    let hw = (img.len() / channels.max(1)) as u32;
+    let view = ImageRef::new(hw, 1, channels as u32, img).map_err(|e| anyhow::anyhow!("{e}"))?;
+    aug::normalize(view, *mean, *std, out).map_err(|e| anyhow::anyhow!("normalise: {e}"))
 }
 
 /// Where the augmentation seed of each (epoch, sample) comes from.
@@ -107,13 +105,16 @@ impl Source for AugSource {
             .map_err(|e| anyhow::anyhow!("augmentation output: {e}"))?;
         aug::replay(&self.aug, seed, src, dst, &mut scratch)
             .map_err(|e| anyhow::anyhow!("replay seed {seed} on {}: {e}", self.ds.name(i)))?;
-        normalize_into(&view, self.channels, &self.aug.mean, &self.aug.std, out);
+        normalize_into(&view, self.channels, &self.aug.mean, &self.aug.std, out)?;
         Ok(SampleMeta {
             label: s.label,
             topk,
         })
     }
 }
+
+/// Centre-crop fraction of the evaluation view (timm's default `crop_pct`).
+pub const EVAL_CROP_PCT: f32 = 0.875;
 
 /// Evaluation views: resize to `size / 0.875` (bicubic) and centre crop `size`, normalised.
 pub struct EvalSource {
@@ -140,36 +141,24 @@ impl EvalSource {
             self.ds.name(i),
             self.channels
         );
-        // Shorter side to floor(size / 0.875), the other keeping the aspect (timm's eval).
-        let scaled = (self.size as f64 / 0.875).floor() as u32;
-        let (rw, rh) = if im.width <= im.height {
-            (
-                scaled,
-                ((scaled as u64 * im.height as u64) / im.width as u64).max(1) as u32,
-            )
-        } else {
-            (
-                ((scaled as u64 * im.width as u64) / im.height as u64).max(1) as u32,
-                scaled,
-            )
-        };
-        let mut resized = vec![0u8; (rw * rh * c) as usize];
-        let mut scratch = vec![
-            0u8;
-            aug::resize_scratch_len(im.width, im.height, rw, rh, c)
-                .map_err(|e| anyhow::anyhow!("eval resize: {e}"))?
-        ];
+        // The core's evaluation transform (resize to size / 0.875 bicubic, centre crop): the
+        // same bytes the exported model sees in `tinyvit infer` and on the device.
         let src = ImageRef::new(im.width, im.height, c, &im.data)
             .map_err(|e| anyhow::anyhow!("sample {}: {e}", self.ds.name(i)))?;
-        let dst = ImageMut::new(rw, rh, c, &mut resized).map_err(|e| anyhow::anyhow!("{e}"))?;
-        aug::resize(src, dst, Interpolation::Bicubic, &mut scratch)
-            .map_err(|e| anyhow::anyhow!("eval resize of {}: {e}", self.ds.name(i)))?;
-        let (x0, y0) = ((rw - self.size) / 2, (rh - self.size) / 2);
-        let mut crop = Vec::with_capacity((self.size * self.size * c) as usize);
-        for y in y0..y0 + self.size {
-            let row = ((y * rw + x0) * c) as usize;
-            crop.extend_from_slice(&resized[row..row + (self.size * c) as usize]);
-        }
+        let need = aug::eval_scratch_len(im.width, im.height, self.size, EVAL_CROP_PCT, c)
+            .map_err(|e| anyhow::anyhow!("evaluation view of {}: {e}", self.ds.name(i)))?;
+        let mut scratch = vec![0u8; need];
+        let mut crop = vec![0u8; (self.size * self.size * c) as usize];
+        let dst = ImageMut::new(self.size, self.size, c, &mut crop)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        aug::eval_transform(
+            src,
+            dst,
+            EVAL_CROP_PCT,
+            Interpolation::Bicubic,
+            &mut scratch,
+        )
+        .map_err(|e| anyhow::anyhow!("evaluation view of {}: {e}", self.ds.name(i)))?;
         Ok((crop, s.label))
     }
 }
@@ -184,7 +173,7 @@ impl Source for EvalSource {
     }
     fn sample(&self, _epoch: u64, j: usize, out: &mut [f32]) -> Result<SampleMeta> {
         let (view, label) = self.view(self.indices[j])?;
-        normalize_into(&view, self.channels, &self.mean, &self.std, out);
+        normalize_into(&view, self.channels, &self.mean, &self.std, out)?;
         Ok(SampleMeta { label, topk: None })
     }
 }
