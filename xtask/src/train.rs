@@ -65,6 +65,10 @@ pub struct Opts {
     /// Teacher to use instead of training one: TorchScript `.pt` or TinyViT checkpoint.
     #[arg(long)]
     pub teacher: Option<PathBuf>,
+    /// Input normalisation of a `--teacher` file for the teacher pass (`imagenet`, `clip`,
+    /// `half`); default: the augmentation preset's.
+    #[arg(long)]
+    pub teacher_norm: Option<String>,
     /// Student architecture preset.
     #[arg(long, default_value = "tiny_vit_mcu_m4")]
     pub arch: String,
@@ -505,6 +509,9 @@ impl Pipeline<'_> {
             "--value-bits".into(),
             bits.to_string(),
         ];
+        if let Some(n) = &self.o.teacher_norm {
+            args.extend(["--norm".into(), n.clone()]);
+        }
         args.extend(self.common());
         let key = format!("{} | {} | {teacher_key}", data.key, args.join(" "));
         self.stage(&format!("teacher pass {name}"), &dir, &key, |d| {
