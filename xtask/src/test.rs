@@ -50,6 +50,11 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     util::step("the main job, smoke run: cargo xtask train --quick");
     let out = util::target_dir().join("xtask-train-quick");
+    // The `tinyvit` the workspace tests just built (optimised dependencies): no release build.
+    std::env::set_var(
+        "TINYVIT_BIN",
+        util::target_dir().join("debug").join("tinyvit"),
+    );
     crate::train::run(&[
         "--quick".to_string(),
         "--force".to_string(),

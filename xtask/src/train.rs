@@ -765,8 +765,18 @@ fn student_size(arch: &str) -> Result<u32> {
         })
 }
 
-/// Builds the release `tinyvit` and returns its path.
+/// Builds the release `tinyvit` and returns its path; `$TINYVIT_BIN` names a binary to use
+/// instead (`cargo xtask test` passes the one its tests just built).
 fn build_tinyvit() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TINYVIT_BIN") {
+        let bin = PathBuf::from(bin);
+        anyhow::ensure!(
+            bin.is_file(),
+            "$TINYVIT_BIN: {} is not a file",
+            bin.display()
+        );
+        return Ok(bin);
+    }
     util::step("building the release `tinyvit` command");
     let mut cmd = util::cargo();
     cmd.args([
