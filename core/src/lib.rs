@@ -20,10 +20,10 @@
 #![cfg_attr(not(feature = "fast"), forbid(unsafe_code))]
 #![cfg_attr(feature = "fast", deny(unsafe_code))]
 
-pub mod config;
-pub mod params;
-pub mod store;
-pub mod engine;
 pub mod aug;
+pub mod config;
+pub mod engine;
+pub mod params;
 pub mod softlabel;
+pub mod store;
 pub mod tvb;

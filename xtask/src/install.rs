@@ -12,9 +12,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut cmd = util::cargo();
     // Reuse the workspace's release build instead of cargo install's throw-away folder.
     let target = util::target_dir();
-    cmd.args(["install", "--locked", "--force", "--path", "host", "--target-dir"])
-        .arg(&target)
-        .args(args);
+    cmd.args([
+        "install",
+        "--locked",
+        "--force",
+        "--path",
+        "host",
+        "--target-dir",
+    ])
+    .arg(&target)
+    .args(args);
     setup::torch_env(&mut cmd)?;
     // The installed binary must not lean on the loader path we set for tests.
     cmd.env_remove("LD_LIBRARY_PATH");
