@@ -11,7 +11,7 @@
 //!
 //! # API for readers (the trainer)
 //!
-//! ```ignore
+//! ```text
 //! let store = LogitStore::open_for(dir, &dataset.fingerprint(), Some(k), Some(classes))?;
 //! for epoch in store.epochs() {                  // complete epochs only
 //!     let r = store.record(epoch, sample)?;      // O(1), block crc checked on first touch
