@@ -49,6 +49,8 @@ pub enum EngineError {
     LogitsLen { expected: usize, got: usize },
     /// The arena is smaller than [`arena_len`].
     ArenaTooSmall { needed: usize, got: usize },
+    /// The fast engine's kernel (named) needs instructions this CPU lacks.
+    KernelUnsupported(&'static str),
 }
 
 impl core::fmt::Display for EngineError {
@@ -67,6 +69,9 @@ impl core::fmt::Display for EngineError {
             }
             EngineError::ArenaTooSmall { needed, got } => {
                 write!(f, "arena: needs {needed} f32 values, got {got}")
+            }
+            EngineError::KernelUnsupported(k) => {
+                write!(f, "the fast engine's {k} kernel needs instructions this CPU lacks")
             }
         }
     }

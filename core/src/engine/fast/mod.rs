@@ -1,84 +1,29 @@
 //! The `fast` engine (feature `fast`, host only): the same network as [`super::exact`] over the
-//! same [`Weights`], built on matrixmultiply's SGEMM.
+//! same [`Weights`], built for speed on one core.
 //!
-//! Every Linear, 1x1 conv, the stem convs (via im2col) and both attention products are GEMMs;
-//! depthwise convs run channel-innermost over pre-transposed `[k*k, C]` kernels; GELU and the
-//! softmax exponential use vectorisable polynomial approximations (a few ulp from `libm`). The
-//! gathered attention bias is precomputed per block, like the reference's eval cache.
-//! Results differ from `exact` only by summation order and those approximations: about 1e-6
-//! relative on the logits (tests require 1e-5).
+//! Every Linear, 1x1 conv, both stem convs (via im2col) and both attention products run
+//! through [`gemm`]: weights packed once into column panels, register-tiled kernels for
+//! AVX-512, AVX2 + FMA or portable Rust (picked at run time, [`Kernel`]), bias, residual and
+//! GELU applied to each tile while it is in L1. Depthwise convs run channel-innermost over
+//! pre-transposed `[k*k, C]` kernels; GELU and the softmax exponential use vectorisable
+//! polynomial approximations (a few ulp from `libm`); the rest of the engine is compiled once
+//! per kernel's vector width. The gathered attention bias is precomputed per block, like the
+//! reference's eval cache. Results differ from `exact` only by summation order and those
+//! approximations: about 1e-6 relative on the logits (tests require 1e-5).
 //!
 //! Unlike `exact`, this engine allocates: it is for hosts.
+
+mod gemm;
 
 use std::vec;
 use std::vec::Vec;
 
+pub use gemm::Kernel;
+use gemm::{gemm, Packed, ADD, ADD_GELU, SET, SET_GELU};
+
 use super::layers::{bias_index, LN_EPS};
 use super::{input_len, EngineError, Reader, Weights};
 use crate::config::{ModelConfig, STAGES};
-
-/// `C = alpha * A B + beta * C` for row/column-strided matrices, after checking that every
-/// index the GEMM touches lies inside the slices.
-///
-/// # Shapes
-/// `A: [m, k]` (strides `rsa`, `csa`), `B: [k, n]` (`rsb`, `csb`), `C: [m, n]` (`rsc`, 1).
-#[allow(unsafe_code)]
-fn gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    rsa: usize,
-    csa: usize,
-    b: &[f32],
-    rsb: usize,
-    csb: usize,
-    beta: f32,
-    c: &mut [f32],
-    rsc: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(c.len() > last(m, rsc, n, 1), "gemm: C out of bounds");
-    if k > 0 {
-        assert!(a.len() > last(m, rsa, k, csa), "gemm: A out of bounds");
-        assert!(b.len() > last(k, rsb, n, csb), "gemm: B out of bounds");
-    }
-    // SAFETY: the asserts above prove that every element sgemm reads (A: i*rsa + p*csa for
-    // i < m, p < k; B: p*rsb + j*csb) and writes (C: i*rsc + j for j < n) is inside its slice;
-    // C is a unique borrow, so it aliases neither A nor B.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            rsc as isize,
-            1,
-        );
-    }
-}
-
-/// `Y[M, out] = X[M, inp] W^T + b` with `W: [out, inp]` (PyTorch layout).
-#[inline(always)]
-fn linear_rows(x: &[f32], m: usize, inp: usize, w: &[f32], b: &[f32], y: &mut [f32]) {
-    let out = b.len();
-    for row in y[..m * out].chunks_exact_mut(out) {
-        row.copy_from_slice(b);
-    }
-    gemm(m, inp, out, 1.0, x, inp, 1, w, 1, inp, 1.0, y, out);
-}
 
 /// erf as a rational polynomial on `[-4, 4]` (the form Eigen and XLA use for f32); a few ulp
 /// from `libm::erff`, and it vectorises.
@@ -133,11 +78,11 @@ fn exp_fast(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Sum with eight independent accumulators (vectorisable; the order differs from `exact`).
+/// Sum with sixteen independent accumulators (vectorisable; the order differs from `exact`).
 #[inline(always)]
-fn sum8(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
+fn sum16(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
     let tail: f32 = chunks.remainder().iter().sum();
     for c in chunks {
         for (a, v) in acc.iter_mut().zip(c) {
@@ -147,29 +92,64 @@ fn sum8(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Maximum with sixteen independent lanes (vectorisable; `f32::max` is fine here: this engine
+/// is not bit-exact by design).
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.max(*v);
+        }
+    }
+    acc.iter().fold(tail, |m, v| m.max(*v))
+}
+
 #[inline(always)]
 fn softmax_fast(x: &mut [f32]) {
-    // `f32::max` is fine here: this engine is not bit-exact by design, and it vectorises.
-    let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let m = max16(x);
     for v in x.iter_mut() {
         *v = exp_fast(*v - m);
     }
-    let inv = 1.0 / sum8(x);
+    let inv = 1.0 / sum16(x);
     for v in x.iter_mut() {
         *v *= inv;
     }
 }
 
+/// LayerNorm of one token `x` into `y` (two passes: mean, then centred variance).
 #[inline(always)]
-fn layer_norm_rows(x: &mut [f32], c: usize, w: &[f32], b: &[f32]) {
-    for t in x.chunks_exact_mut(c) {
-        let n = c as f32;
-        let mean = t.iter().sum::<f32>() / n;
-        let var = t.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (var + LN_EPS).sqrt();
-        for ((v, wi), bi) in t.iter_mut().zip(w).zip(b) {
-            *v = (*v - mean) * inv * wi + bi;
+fn layer_norm_into(x: &[f32], y: &mut [f32], w: &[f32], b: &[f32]) {
+    let n = x.len() as f32;
+    let mean = sum16(x) / n;
+    for (o, v) in y.iter_mut().zip(x) {
+        *o = v - mean;
+    }
+    let mut acc = [0.0f32; 16];
+    let chunks = y.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|d| d * d).sum();
+    for c in chunks {
+        for (a, d) in acc.iter_mut().zip(c) {
+            *a += d * d;
         }
+    }
+    let var = (acc.iter().sum::<f32>() + tail) / n;
+    let inv = 1.0 / (var + LN_EPS).sqrt();
+    for ((o, wi), bi) in y.iter_mut().zip(w).zip(b) {
+        *o = *o * inv * wi + bi;
+    }
+}
+
+/// LayerNorm of every `c`-channel row of `x` into the same row of `y`.
+#[inline(always)]
+fn layer_norm_rows_into(x: &[f32], y: &mut [f32], c: usize, w: &[f32], b: &[f32]) {
+    for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
+        layer_norm_into(xr, yr, w, b);
     }
 }
 
@@ -184,7 +164,8 @@ fn transpose_dw(w: &[f32], c: usize, k: usize) -> Vec<f32> {
     t
 }
 
-/// Depthwise `k x k` conv, padding `k/2`, stride `s`: `x: [h*h, c]` -> `y: [ho*ho, c]`.
+/// Depthwise `k x k` conv, padding `k/2`, stride `s`: `x: [h*h, c]` -> `y: [ho*ho, c]`, then
+/// GELU on each output pixel while it is in L1 when `gelu` is set.
 #[inline(always)]
 fn depthwise(
     x: &[f32],
@@ -195,6 +176,7 @@ fn depthwise(
     wt: &[f32],
     b: &[f32],
     y: &mut [f32],
+    gelu: bool,
 ) {
     let ho = (h + 2 * (k / 2) - k) / s + 1;
     let pad = k / 2;
@@ -217,36 +199,36 @@ fn depthwise(
                     }
                 }
             }
+            if gelu {
+                gelu_all(out);
+            }
         }
     }
 }
 
 /// Pointwise -> depthwise -> pointwise, the shape of MBConv and PatchMerging.
-struct ConvTriple<'a> {
-    w1: &'a [f32],
-    b1: &'a [f32],
+struct ConvTriple {
+    pw1: Packed,
     dw: Vec<f32>,
-    b2: &'a [f32],
-    w3: &'a [f32],
-    b3: &'a [f32],
+    dw_b: Vec<f32>,
+    pw3: Packed,
 }
 
-impl<'a> ConvTriple<'a> {
-    fn read(rd: &mut Reader<'a>, cin: usize, mid: usize, cout: usize) -> Result<Self, EngineError> {
+impl ConvTriple {
+    fn read(
+        rd: &mut Reader<'_>,
+        kernel: Kernel,
+        cin: usize,
+        mid: usize,
+        cout: usize,
+    ) -> Result<Self, EngineError> {
         let w1 = rd.take(mid * cin)?;
-        let b1 = rd.take(mid)?;
+        let pw1 = Packed::linear(kernel, w1, rd.take(mid)?);
         let dw = transpose_dw(rd.take(mid * 9)?, mid, 3);
-        let b2 = rd.take(mid)?;
+        let dw_b = rd.take(mid)?.to_vec();
         let w3 = rd.take(cout * mid)?;
-        let b3 = rd.take(cout)?;
-        Ok(ConvTriple {
-            w1,
-            b1,
-            dw,
-            b2,
-            w3,
-            b3,
-        })
+        let pw3 = Packed::linear(kernel, w3, rd.take(cout)?);
+        Ok(ConvTriple { pw1, dw, dw_b, pw3 })
     }
 }
 
@@ -255,56 +237,65 @@ struct Block<'a> {
     bias: Vec<f32>,
     an_w: &'a [f32],
     an_b: &'a [f32],
-    qkv_w: &'a [f32],
-    qkv_b: &'a [f32],
-    proj_w: &'a [f32],
-    proj_b: &'a [f32],
+    qkv: Packed,
+    proj: Packed,
     mn_w: &'a [f32],
     mn_b: &'a [f32],
-    fc1_w: &'a [f32],
-    fc1_b: &'a [f32],
-    fc2_w: &'a [f32],
-    fc2_b: &'a [f32],
+    fc1: Packed,
+    fc2: Packed,
     lc: Vec<f32>,
     lc_b: &'a [f32],
 }
 
-/// A network prepared for the fast engine (transposed depthwise kernels, gathered biases).
+/// A network prepared for the fast engine (packed GEMM weights, transposed depthwise kernels,
+/// gathered attention biases).
 pub struct FastModel<'a> {
     cfg: ModelConfig,
-    stem: [&'a [f32]; 4],
-    mbconv: Vec<ConvTriple<'a>>,
+    kernel: Kernel,
+    stem1: Packed,
+    stem2: Packed,
+    mbconv: Vec<ConvTriple>,
     blocks: [Vec<Block<'a>>; STAGES],
-    merges: Vec<ConvTriple<'a>>,
-    head: [&'a [f32]; 4],
+    merges: Vec<ConvTriple>,
+    head_norm: [&'a [f32]; 2],
+    head: Packed,
     work: std::cell::RefCell<Work>,
 }
 
 impl core::fmt::Debug for FastModel<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("FastModel").field("cfg", &self.cfg).finish()
+        f.debug_struct("FastModel")
+            .field("cfg", &self.cfg)
+            .field("kernel", &self.kernel)
+            .finish()
     }
 }
 
 impl<'a> FastModel<'a> {
-    /// Prepares `weights` (reads every tensor once, in [`crate::params::for_each_folded`]
-    /// order).
+    /// Prepares `weights` for the widest kernel this CPU runs ([`Kernel::detect`]).
     pub fn new(weights: &Weights<'a>) -> Result<Self, EngineError> {
+        Self::with_kernel(weights, Kernel::detect())
+    }
+
+    /// Prepares `weights` for `kernel` (reads every tensor once, in
+    /// [`crate::params::for_each_folded`] order); an error if this CPU cannot run it.
+    pub fn with_kernel(weights: &Weights<'a>, kernel: Kernel) -> Result<Self, EngineError> {
+        if !kernel.supported() {
+            return Err(EngineError::KernelUnsupported(kernel.name()));
+        }
         let cfg = *weights.config();
         let mut rd = weights.reader();
         let e = cfg.embed_dims.map(|v| v as usize);
         let cin = cfg.in_chans as usize;
         let half = e[0] / 2;
-        let stem = [
-            rd.take(half * cin * 9)?,
-            rd.take(half)?,
-            rd.take(e[0] * half * 9)?,
-            rd.take(e[0])?,
-        ];
+        let w = rd.take(half * cin * 9)?;
+        let stem1 = Packed::linear(kernel, w, rd.take(half)?);
+        let w = rd.take(e[0] * half * 9)?;
+        let stem2 = Packed::linear(kernel, w, rd.take(e[0])?);
         let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
         let mut mbconv = Vec::new();
         for _ in 0..cfg.depths[0] {
-            mbconv.push(ConvTriple::read(&mut rd, e[0], hid0, e[0])?);
+            mbconv.push(ConvTriple::read(&mut rd, kernel, e[0], hid0, e[0])?);
         }
         let mut blocks: [Vec<Block<'a>>; STAGES] = Default::default();
         let mut merges = Vec::new();
@@ -326,50 +317,63 @@ impl<'a> FastModel<'a> {
                             }
                         }
                     }
+                    let an_w = rd.take(c)?;
+                    let an_b = rd.take(c)?;
+                    let w = rd.take(3 * c * c)?;
+                    let qkv = Packed::linear(kernel, w, rd.take(3 * c)?);
+                    let w = rd.take(c * c)?;
+                    let proj = Packed::linear(kernel, w, rd.take(c)?);
+                    let mn_w = rd.take(c)?;
+                    let mn_b = rd.take(c)?;
+                    let w = rd.take(hid * c)?;
+                    let fc1 = Packed::linear(kernel, w, rd.take(hid)?);
+                    let w = rd.take(c * hid)?;
+                    let fc2 = Packed::linear(kernel, w, rd.take(c)?);
                     blocks[s].push(Block {
                         bias,
-                        an_w: rd.take(c)?,
-                        an_b: rd.take(c)?,
-                        qkv_w: rd.take(3 * c * c)?,
-                        qkv_b: rd.take(3 * c)?,
-                        proj_w: rd.take(c * c)?,
-                        proj_b: rd.take(c)?,
-                        mn_w: rd.take(c)?,
-                        mn_b: rd.take(c)?,
-                        fc1_w: rd.take(hid * c)?,
-                        fc1_b: rd.take(hid)?,
-                        fc2_w: rd.take(c * hid)?,
-                        fc2_b: rd.take(c)?,
+                        an_w,
+                        an_b,
+                        qkv,
+                        proj,
+                        mn_w,
+                        mn_b,
+                        fc1,
+                        fc2,
                         lc: transpose_dw(rd.take(c * k * k)?, c, k),
                         lc_b: rd.take(c)?,
                     });
                 }
             }
             if s + 1 < STAGES {
-                merges.push(ConvTriple::read(&mut rd, e[s], e[s + 1], e[s + 1])?);
+                merges.push(ConvTriple::read(&mut rd, kernel, e[s], e[s + 1], e[s + 1])?);
             }
         }
         let nc = cfg.num_classes as usize;
-        let head = [
-            rd.take(e[3])?,
-            rd.take(e[3])?,
-            rd.take(nc * e[3])?,
-            rd.take(nc)?,
-        ];
+        let head_norm = [rd.take(e[3])?, rd.take(e[3])?];
+        let w = rd.take(nc * e[3])?;
+        let head = Packed::linear(kernel, w, rd.take(nc)?);
         Ok(FastModel {
             cfg,
-            stem,
+            kernel,
+            stem1,
+            stem2,
             mbconv,
             blocks,
             merges,
+            head_norm,
             head,
-            work: Default::default(),
+            work: std::cell::RefCell::new(Work::new(kernel)),
         })
     }
 
     /// The network.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The kernel this model runs on.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Runs a batch: `input: [B, C, H, W]` normalised, `logits: [B, num_classes]`.
@@ -399,18 +403,26 @@ impl<'a> FastModel<'a> {
         Ok(())
     }
 
-    /// Picks the widest vector code this CPU runs: the same Rust compiled for AVX2 + FMA when
-    /// available (only vector width changes; LLVM does not contract multiply-adds), else the
-    /// baseline build.
+    /// Runs the body compiled for the kernel's vector width: the same Rust, with AVX-512 or
+    /// AVX2 + FMA enabled (only vector width changes; LLVM does not contract multiply-adds
+    /// outside the GEMM kernels), else the baseline build.
     #[allow(unsafe_code)]
     fn forward_one(&self, input: &[f32], logits: &mut [f32], ws: &mut Work) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: `forward_one_avx2` only requires the CPU to support AVX2 and FMA, which
-            // was checked just above.
-            unsafe { self.forward_one_avx2(input, logits, ws) };
-            return;
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `with_kernel` checked that the CPU supports the kernel's features.
+            Kernel::Avx512 => unsafe { self.forward_one_avx512(input, logits, ws) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2 => unsafe { self.forward_one_avx2(input, logits, ws) },
+            _ => self.forward_one_body(input, logits, ws),
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(unsafe_code)]
+    unsafe fn forward_one_avx512(&self, input: &[f32], logits: &mut [f32], ws: &mut Work) {
         self.forward_one_body(input, logits, ws);
     }
 
@@ -444,7 +456,8 @@ impl<'a> FastModel<'a> {
         let c = e[3];
         let n = r[3] * r[3];
         let x = &ws.x[..n * c];
-        let pooled = grow(&mut ws.t[0], c);
+        let [t0, t1, ..] = &mut ws.t;
+        let pooled = grow(t0, c);
         pooled.fill(0.0);
         for t in x.chunks_exact(c) {
             for (p, v) in pooled.iter_mut().zip(t) {
@@ -454,9 +467,10 @@ impl<'a> FastModel<'a> {
         for p in pooled.iter_mut() {
             *p /= n as f32;
         }
-        let [nw, nb, hw, hb] = self.head;
-        layer_norm_rows(pooled, c, nw, nb);
-        linear_rows(pooled, 1, c, hw, hb, logits);
+        let [nw, nb] = self.head_norm;
+        let normed = grow(t1, c);
+        layer_norm_into(pooled, normed, nw, nb);
+        gemm(1, normed, c, &self.head, SET, logits, logits.len());
     }
 
     /// Both stem convs through im2col + GEMM; the result goes to `ws.x`.
@@ -469,7 +483,6 @@ impl<'a> FastModel<'a> {
         let half = e0 / 2;
         let w1 = img.div_ceil(2);
         let r0 = w1.div_ceil(2);
-        let [k1, b1, k2, b2] = self.stem;
         let [t0, t1, ..] = &mut ws.t;
         // im2col of the CHW input: rows = output pixels, cols = (i, ky, kx).
         let kk = cin * 9;
@@ -494,8 +507,7 @@ impl<'a> FastModel<'a> {
             }
         }
         let y1 = grow(t1, w1 * w1 * half);
-        linear_rows(cols, w1 * w1, kk, k1, b1, y1);
-        gelu_all(y1);
+        gemm(w1 * w1, cols, kk, &self.stem1, SET_GELU, y1, half);
         // im2col of the token-major map: cols = (i, ky, kx) to match [o, i, ky, kx].
         let kk2 = half * 9;
         let cols2 = grow(t0, r0 * r0 * kk2);
@@ -520,7 +532,7 @@ impl<'a> FastModel<'a> {
             }
         }
         let out = grow(&mut ws.x, r0 * r0 * e0);
-        linear_rows(cols2, r0 * r0, kk2, k2, b2, out);
+        gemm(r0 * r0, cols2, kk2, &self.stem2, SET, out, e0);
     }
 
     /// One TinyViT block in place on `ws.x: [r*r, c]`.
@@ -536,98 +548,106 @@ impl<'a> FastModel<'a> {
         let t = wsz * wsz;
         let nw = r.div_ceil(wsz);
         let m = nw * nw * t;
+        // One window covering the whole map: tokens are already in window order.
+        let whole = nw == 1 && wsz == r;
         let x = &mut ws.x[..r * r * c];
-        let [t0, t1, t2, t3, ..] = &mut ws.t;
-        // Windows, zero-padded, then the attention LayerNorm on every token.
+        let [t0, t1, t2, t3] = &mut ws.t;
+        // The attention LayerNorm of every token, written in window order. Padding tokens are
+        // zeros normalised like the others, which gives the LayerNorm's bias.
         let win = grow(t0, m * c);
-        win.fill(0.0);
-        for wy in 0..nw {
-            for wx in 0..nw {
-                for i in 0..t {
-                    let (y, xx) = (wy * wsz + i / wsz, wx * wsz + i % wsz);
-                    if y < r && xx < r {
-                        let row = ((wy * nw + wx) * t + i) * c;
-                        win[row..row + c]
-                            .copy_from_slice(&x[(y * r + xx) * c..(y * r + xx + 1) * c]);
-                    }
-                }
-            }
-        }
-        layer_norm_rows(win, c, b.an_w, b.an_b);
-        let qkv = grow(t1, m * 3 * c);
-        linear_rows(win, m, c, b.qkv_w, b.qkv_b, qkv);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let scores = grow(t2, t * t);
-        // `win` now receives the head outputs.
-        for w in 0..nw * nw {
-            let base = w * t * 3 * c;
-            for h in 0..heads {
-                let q = &qkv[base + h * 3 * hd..];
-                let kmat = &qkv[base + h * 3 * hd + hd..];
-                let v = &qkv[base + h * 3 * hd + 2 * hd..];
-                scores.copy_from_slice(&b.bias[h * t * t..(h + 1) * t * t]);
-                gemm(t, hd, t, scale, q, 3 * c, 1, kmat, 1, 3 * c, 1.0, scores, t);
-                for row in scores.chunks_exact_mut(t) {
-                    softmax_fast(row);
-                }
-                gemm(
-                    t,
-                    t,
-                    hd,
-                    1.0,
-                    scores,
-                    t,
-                    1,
-                    v,
-                    3 * c,
-                    1,
-                    0.0,
-                    &mut win[w * t * c + h * hd..],
-                    c,
-                );
-            }
-        }
-        let proj = grow(t3, m * c);
-        linear_rows(win, m, c, b.proj_w, b.proj_b, proj);
-        for wy in 0..nw {
-            for wx in 0..nw {
-                for i in 0..t {
-                    let (y, xx) = (wy * wsz + i / wsz, wx * wsz + i % wsz);
-                    if y < r && xx < r {
-                        let row = ((wy * nw + wx) * t + i) * c;
-                        for (d, p) in x[(y * r + xx) * c..(y * r + xx + 1) * c]
-                            .iter_mut()
-                            .zip(&proj[row..row + c])
-                        {
-                            *d += p;
+        if whole {
+            layer_norm_rows_into(x, win, c, b.an_w, b.an_b);
+        } else {
+            for wy in 0..nw {
+                for wx in 0..nw {
+                    for i in 0..t {
+                        let (y, xx) = (wy * wsz + i / wsz, wx * wsz + i % wsz);
+                        let row = &mut win[((wy * nw + wx) * t + i) * c..][..c];
+                        if y < r && xx < r {
+                            let src = &x[(y * r + xx) * c..(y * r + xx + 1) * c];
+                            layer_norm_into(src, row, b.an_w, b.an_b);
+                        } else {
+                            row.copy_from_slice(b.an_b);
                         }
                     }
                 }
             }
         }
-        // Local conv, no residual.
-        let n = r * r;
-        let y = grow(t0, n * c);
-        depthwise(x, r, c, k, 1, &b.lc, b.lc_b, y);
-        x.copy_from_slice(y);
-        // MLP with residual.
-        let hid = b.fc1_b.len();
-        layer_norm_rows(y, c, b.mn_w, b.mn_b);
-        let hmat = grow(t1, n * hid);
-        linear_rows(y, n, c, b.fc1_w, b.fc1_b, hmat);
-        gelu_all(hmat);
-        linear_rows(hmat, n, hid, b.fc2_w, b.fc2_b, y);
-        for (d, v) in x.iter_mut().zip(y.iter()) {
-            *d += v;
+        let qkv = grow(t1, m * 3 * c);
+        gemm(m, win, c, &b.qkv, SET, qkv, 3 * c);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let scores = grow(t2, t * t);
+        let (kp, vp) = (&mut ws.keys, &mut ws.values);
+        // `win` now receives the head outputs.
+        for w in 0..nw * nw {
+            let base = w * t * 3 * c;
+            for h in 0..heads {
+                let q = &qkv[base + h * 3 * hd..];
+                kp.set_nk(&qkv[base + h * 3 * hd + hd..], 3 * c, t, hd, scale);
+                vp.set_kn(&qkv[base + h * 3 * hd + 2 * hd..], 3 * c, t, hd);
+                scores.copy_from_slice(&b.bias[h * t * t..(h + 1) * t * t]);
+                gemm(t, q, 3 * c, kp, ADD, scores, t);
+                for row in scores.chunks_exact_mut(t) {
+                    softmax_fast(row);
+                }
+                gemm(t, scores, t, vp, SET, &mut win[w * t * c + h * hd..], c);
+            }
         }
+        if whole {
+            gemm(m, win, c, &b.proj, ADD, x, c);
+        } else {
+            let proj = grow(t3, m * c);
+            gemm(m, win, c, &b.proj, SET, proj, c);
+            for wy in 0..nw {
+                for wx in 0..nw {
+                    for i in 0..t {
+                        let (y, xx) = (wy * wsz + i / wsz, wx * wsz + i % wsz);
+                        if y < r && xx < r {
+                            let row = ((wy * nw + wx) * t + i) * c;
+                            for (d, p) in x[(y * r + xx) * c..(y * r + xx + 1) * c]
+                                .iter_mut()
+                                .zip(&proj[row..row + c])
+                            {
+                                *d += p;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Local conv, no residual: its output becomes `x`.
+        let n = r * r;
+        depthwise(x, r, c, k, 1, &b.lc, b.lc_b, grow(t0, n * c), false);
+        core::mem::swap(&mut ws.x, t0);
+        let x = &mut ws.x[..n * c];
+        // MLP with residual, accumulated straight into `x`.
+        let hid = b.fc1.n();
+        let normed = grow(t2, n * c);
+        layer_norm_rows_into(x, normed, c, b.mn_w, b.mn_b);
+        let hmat = grow(t1, n * hid);
+        gemm(n, normed, c, &b.fc1, SET_GELU, hmat, hid);
+        gemm(n, hmat, hid, &b.fc2, ADD, x, c);
     }
 }
 
-/// Reusable buffers of the fast engine: the activation `x` and temporaries.
-#[derive(Default)]
+/// Reusable buffers of the fast engine: the activation `x`, temporaries, and the packed keys
+/// and values of one attention head.
 struct Work {
     x: Vec<f32>,
     t: [Vec<f32>; 4],
+    keys: Packed,
+    values: Packed,
+}
+
+impl Work {
+    fn new(kernel: Kernel) -> Self {
+        Work {
+            x: Vec::new(),
+            t: Default::default(),
+            keys: Packed::empty(kernel),
+            values: Packed::empty(kernel),
+        }
+    }
 }
 
 /// The first `n` values of `v`, growing it if needed (contents are stale).
@@ -639,40 +659,33 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// MBConv on `ws.x: [r*r, c]`.
+/// MBConv on `ws.x: [r*r, c]`: `x = GELU(x + pw3(GELU(dw(GELU(pw1(x))))))`.
 #[inline(always)]
-fn mbconv(m: &ConvTriple<'_>, r: usize, c: usize, hid: usize, ws: &mut Work) {
+fn mbconv(m: &ConvTriple, r: usize, c: usize, hid: usize, ws: &mut Work) {
     let n = r * r;
     let x = &mut ws.x[..n * c];
-    let [t0, t1, t2, ..] = &mut ws.t;
+    let [t0, t1, ..] = &mut ws.t;
     let a = grow(t0, n * hid);
-    linear_rows(x, n, c, m.w1, m.b1, a);
-    gelu_all(a);
+    gemm(n, x, c, &m.pw1, SET_GELU, a, hid);
     let d = grow(t1, n * hid);
-    depthwise(a, r, hid, 3, 1, &m.dw, m.b2, d);
-    gelu_all(d);
-    let out = grow(t2, n * c);
-    linear_rows(d, n, hid, m.w3, m.b3, out);
-    for (o, s) in x.iter_mut().zip(out.iter()) {
-        *o = gelu_fast(*o + s);
-    }
+    depthwise(a, r, hid, 3, 1, &m.dw, &m.dw_b, d, true);
+    gemm(n, d, hid, &m.pw3, ADD_GELU, x, c);
 }
 
 /// PatchMerging from `ws.x: [r*r, cin]` to `ws.x: [r2*r2, cout]`.
 #[inline(always)]
-fn merge(m: &ConvTriple<'_>, r: usize, cin: usize, cout: usize, ws: &mut Work) {
+fn merge(m: &ConvTriple, r: usize, cin: usize, cout: usize, ws: &mut Work) {
     let n = r * r;
     let r2 = r.div_ceil(2);
     let [t0, t1, ..] = &mut ws.t;
     let a = grow(t0, n * cout);
-    linear_rows(&ws.x[..n * cin], n, cin, m.w1, m.b1, a);
-    gelu_all(a);
+    gemm(n, &ws.x[..n * cin], cin, &m.pw1, SET_GELU, a, cout);
     let d = grow(t1, r2 * r2 * cout);
-    depthwise(a, r, cout, 3, 2, &m.dw, m.b2, d);
-    gelu_all(d);
+    depthwise(a, r, cout, 3, 2, &m.dw, &m.dw_b, d, true);
     let out = grow(&mut ws.x, r2 * r2 * cout);
-    linear_rows(d, r2 * r2, cout, m.w3, m.b3, out);
+    gemm(r2 * r2, d, cout, &m.pw3, SET, out, cout);
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -709,7 +722,7 @@ mod tests {
         let x = vec![1.0f32; 25];
         let w = vec![1.0f32; 9];
         let mut y = vec![0.0f32; 9];
-        depthwise(&x, 5, 1, 3, 2, &w, &[0.0], &mut y);
+        depthwise(&x, 5, 1, 3, 2, &w, &[0.0], &mut y, false);
         assert_eq!(y, [4.0, 6.0, 4.0, 6.0, 9.0, 6.0, 4.0, 6.0, 4.0]);
     }
 }
@@ -745,17 +758,21 @@ mod agreement {
             )
             .unwrap();
         }
-        let mut fast_l = vec![0.0; 2 * nc];
-        FastModel::new(&w)
-            .unwrap()
-            .forward(&x, &mut fast_l)
-            .unwrap();
         let scale = exact_l.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff = exact_l
-            .iter()
-            .zip(&fast_l)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        diff / scale
+        let mut worst = 0.0f32;
+        for kernel in Kernel::available() {
+            let mut fast_l = vec![0.0; 2 * nc];
+            FastModel::with_kernel(&w, kernel)
+                .unwrap()
+                .forward(&x, &mut fast_l)
+                .unwrap();
+            let diff = exact_l
+                .iter()
+                .zip(&fast_l)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(diff / scale);
+        }
+        worst
     }
 
     #[test]
@@ -770,6 +787,23 @@ mod agreement {
             let d = rel_diff(&cfg);
             assert!(d < 1e-5, "{cfg:?}: {d}");
         }
+    }
+
+    #[test]
+    fn every_kernel_runs_or_is_refused_by_name() {
+        let cfg = ModelConfig::tiny_vit_mcu_m4();
+        let blob = vec![0.0; crate::params::folded_blob_len(&cfg)];
+        let w = Weights::new(&cfg, &blob).unwrap();
+        for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Portable] {
+            match FastModel::with_kernel(&w, kernel) {
+                Ok(m) => assert_eq!(m.kernel(), kernel),
+                Err(e) => {
+                    assert!(!kernel.supported());
+                    assert_eq!(e, EngineError::KernelUnsupported(kernel.name()));
+                }
+            }
+        }
+        assert_eq!(FastModel::new(&w).unwrap().kernel(), Kernel::detect());
     }
 
     #[test]
@@ -861,14 +895,19 @@ mod properties {
             let mut arena = vec![0.0; arena_len(&cfg).unwrap()];
             let mut e = vec![0.0; nc];
             exact::forward(&w, &x, &mut arena, &mut e).unwrap();
-            let mut f = vec![0.0; nc];
-            FastModel::new(&w).unwrap().forward(&x, &mut f).unwrap();
             // Relative to the logits' scale, but never below 0.1: a logit near zero is the
             // cancellation of O(1) terms, whose rounding error is absolute, not relative (a
             // one-class head at -0.017 differed by 2.6e-7, 1.5e-5 of itself).
             let scale = e.iter().fold(0.1f32, |m, v| m.max(v.abs()));
-            for (a, b) in e.iter().zip(&f) {
-                prop_assert!((a - b).abs() <= 1e-5 * scale, "{:?}: {} vs {}", cfg, a, b);
+            for kernel in Kernel::available() {
+                let mut f = vec![0.0; nc];
+                FastModel::with_kernel(&w, kernel).unwrap().forward(&x, &mut f).unwrap();
+                for (a, b) in e.iter().zip(&f) {
+                    prop_assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{:?} {:?}: {} vs {}", kernel, cfg, a, b
+                    );
+                }
             }
         }
     }
