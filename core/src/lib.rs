@@ -15,8 +15,9 @@
 //! Nothing in this crate panics on user data: every parser and every entry point that takes
 //! shapes, bytes or sizes from outside returns an error instead.
 #![cfg_attr(not(feature = "std"), no_std)]
-// The one exception is the `fast` engine's GEMM call (matrixmultiply's sgemm is an unsafe fn),
-// behind a bounds-checked wrapper with a SAFETY argument; without `fast` unsafe is forbidden.
+// The exceptions, with `fast` only: the `fast` engine's GEMM call (matrixmultiply's sgemm is an
+// unsafe fn), behind a bounds-checked wrapper with a SAFETY argument, and `aug::wide`'s call of
+// integer kernels compiled for AVX2 after a CPU check; without `fast` unsafe is forbidden.
 #![cfg_attr(not(feature = "fast"), forbid(unsafe_code))]
 #![cfg_attr(feature = "fast", deny(unsafe_code))]
 

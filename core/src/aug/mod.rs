@@ -61,6 +61,7 @@ pub mod preset;
 mod randaug;
 mod resize;
 mod rng;
+mod wide;
 
 pub use config::{
     AugConfig, CropConfig, EraseConfig, Interpolation, JitterConfig, MixConfig, RandAugConfig,

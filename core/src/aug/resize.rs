@@ -9,9 +9,11 @@
 //!
 //! # Scratch layout
 //! `[horizontal coefficients: ow * kh * 4][horizontal bounds: ow * 8]`
-//! `[vertical coefficients: oh * kv * 4][vertical bounds: oh * 8][intermediate]`, the
+//! `[vertical coefficients: oh * kv * 4][vertical bounds: oh * 8][intermediate][strip]`, the
 //! intermediate being `rows * ow * C` (horizontal first) or `oh * columns * C` (vertical first),
-//! coefficients as native-endian i32, bounds as (first tap, tap count) u32 pairs.
+//! the strip `8 * (columns + ow) * C` (the horizontal pass's transposed rows and their
+//! output), coefficients as
+//! native-endian i32, bounds as (first tap, tap count) u32 pairs.
 
 use super::{image_len, AugError, CropBox, ImageMut, ImageRef, Interpolation};
 
@@ -96,7 +98,16 @@ pub(crate) fn region_scratch_len(
     let a = image_len(region_w, src_h, channels)?;
     let b = image_len(src_w, region_h, channels)?;
     let mid = if a > b { a } else { b };
-    h.checked_add(v).and_then(|s| s.checked_add(mid)).ok_or(too)
+    // The horizontal pass's transposed strip (at most `src_w` columns) and its output.
+    let strip = image_len(
+        src_w.checked_add(region_w).ok_or(too)?,
+        STRIP as u32,
+        channels,
+    )?;
+    h.checked_add(v)
+        .and_then(|s| s.checked_add(mid))
+        .and_then(|s| s.checked_add(strip))
+        .ok_or(too)
 }
 
 /// Fixed-point coefficients of output pixels `first .. first + count` of an
@@ -186,11 +197,33 @@ fn clip8(ss: i32) -> u8 {
     }
 }
 
+/// Rows the horizontal pass filters together: one vector lane per row and channel.
+const STRIP: usize = 8;
+
+/// Transposes `STRIP` rows of `len` bytes into `t`: byte `i` of row `r` goes to
+/// `t[i * STRIP + r]`, so each source value's `STRIP` rows are contiguous.
+#[inline(always)]
+fn transpose_strip(rows: &[&[u8]; STRIP], len: usize, t: &mut [u8]) {
+    let t = &mut t[..len * STRIP];
+    let rows: [&[u8]; STRIP] = core::array::from_fn(|r| &rows[r][..len]);
+    for (i, o) in t.chunks_exact_mut(STRIP).enumerate() {
+        for r in 0..STRIP {
+            o[r] = rows[r][i];
+        }
+    }
+}
+
 /// Horizontal pass: `rows` rows; `row(r)` is input row `r` starting at input column
-/// `x_shift` (the first column any tap reads); output rows are `ow * ch` wide.
+/// `x_shift` (the first column any tap reads), `cols` columns wide; output rows are `ow * ch`
+/// wide. Rows go through in strips of [`STRIP`]: a strip is transposed into `t` (column
+/// `j` becomes the line `t[j * ch * STRIP ..][.. ch * STRIP]`, channel-major), filtered by the
+/// vertical kernel into `tout` (`ow` such lines) and scattered back into `out`. Integer sums:
+/// the result does not depend on the order. `t` holds `cols * ch * STRIP` bytes and `tout`
+/// `ow * ch * STRIP`.
 fn horizontal<'a>(
     row: impl Fn(usize) -> &'a [u8],
     rows: usize,
+    cols: usize,
     hk: &[u8],
     hb: &[u8],
     kh: usize,
@@ -198,90 +231,67 @@ fn horizontal<'a>(
     ow: usize,
     ch: usize,
     out: &mut [u8],
+    t: &mut [u8],
+    tout: &mut [u8],
 ) {
-    let half = 1i32 << (PRECISION_BITS - 1);
     let line = ow * ch;
-    // Two rows at a time: each output column's taps are decoded once for both rows, and the
-    // six (or two) accumulators stay in registers. Integer sums: the order is free.
+    let len = cols * ch;
+    let tline = ch * STRIP;
+    let tout = &mut tout[..ow * tline];
     let mut y = 0;
-    while y + 2 <= rows {
-        let (r0, r1) = (row(y), row(y + 1));
-        let (o0, o1) = out[y * line..(y + 2) * line].split_at_mut(line);
-        for xx in 0..ow {
-            let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
-            let n = get_u32(hb, 2 * xx + 1) as usize;
-            let k = &hk[xx * kh * 4..(xx * kh + n) * 4];
-            let (a, b) = (xmin * ch, (xmin + n) * ch);
-            let (p0, p1) = (&r0[a..b], &r1[a..b]);
-            if ch == 3 {
-                // Both rows' values of a channel share one 64-bit multiply: lane sums are
-                // below 2^31 in magnitude, so `sum = S0 + S1 * 2^32` splits back exactly.
-                let (mut a0, mut a1, mut a2) = (0i64, 0i64, 0i64);
-                for ((kb, p), q) in k
-                    .chunks_exact(4)
-                    .zip(p0.chunks_exact(3))
-                    .zip(p1.chunks_exact(3))
-                {
-                    let kt = i64::from(i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]));
-                    let pack = |a: u8, b: u8| i64::from(a) | (i64::from(b) << 32);
-                    a0 = a0.wrapping_add(pack(p[0], q[0]).wrapping_mul(kt));
-                    a1 = a1.wrapping_add(pack(p[1], q[1]).wrapping_mul(kt));
-                    a2 = a2.wrapping_add(pack(p[2], q[2]).wrapping_mul(kt));
+    while y < rows {
+        let nrows = (rows - y).min(STRIP);
+        // A short last strip repeats its last row; only `nrows` outputs are written.
+        let strip: [&[u8]; STRIP] = core::array::from_fn(|r| row(y + r.min(nrows - 1)));
+        let out = &mut out[y * line..];
+        super::wide::run(
+            #[inline(always)]
+            || {
+                transpose_strip(&strip, len, t);
+                let t = &*t;
+                vertical_rows(
+                    |j| &t[j * tline..(j + 1) * tline],
+                    hk,
+                    hb,
+                    kh,
+                    x_shift,
+                    ow,
+                    tline,
+                    tout,
+                );
+                for (xx, g) in tout.chunks_exact(tline).enumerate() {
+                    for (c, lanes) in g.chunks_exact(STRIP).enumerate() {
+                        for (r, &v) in lanes.iter().enumerate().take(nrows) {
+                            out[r * line + xx * ch + c] = v;
+                        }
+                    }
                 }
-                let q = xx * 3;
-                for (c, a) in [a0, a1, a2].into_iter().enumerate() {
-                    let lo = a as i32;
-                    let hi = (a.wrapping_sub(i64::from(lo)) >> 32) as i32;
-                    o0[q + c] = clip8(half + lo);
-                    o1[q + c] = clip8(half + hi);
-                }
-            } else {
-                let (mut s, mut u) = (half, half);
-                for ((kb, &p), &q) in k.chunks_exact(4).zip(p0).zip(p1) {
-                    let kt = i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
-                    s += i32::from(p) * kt;
-                    u += i32::from(q) * kt;
-                }
-                o0[xx] = clip8(s);
-                o1[xx] = clip8(u);
-            }
-        }
-        y += 2;
-    }
-    for y in y..rows {
-        let r = row(y);
-        let o_row = &mut out[y * line..(y + 1) * line];
-        for xx in 0..ow {
-            let xmin = get_u32(hb, 2 * xx) as usize - x_shift;
-            let n = get_u32(hb, 2 * xx + 1) as usize;
-            let k = &hk[xx * kh * 4..(xx * kh + n) * 4];
-            let px = &r[xmin * ch..(xmin + n) * ch];
-            let o = &mut o_row[xx * ch..(xx + 1) * ch];
-            if ch == 3 {
-                let (mut s0, mut s1, mut s2) = (half, half, half);
-                for (kb, p) in k.chunks_exact(4).zip(px.chunks_exact(3)) {
-                    let t = i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
-                    s0 += i32::from(p[0]) * t;
-                    s1 += i32::from(p[1]) * t;
-                    s2 += i32::from(p[2]) * t;
-                }
-                o[0] = clip8(s0);
-                o[1] = clip8(s1);
-                o[2] = clip8(s2);
-            } else {
-                let mut s = half;
-                for (kb, &p) in k.chunks_exact(4).zip(px.iter()) {
-                    s += i32::from(p) * i32::from_ne_bytes([kb[0], kb[1], kb[2], kb[3]]);
-                }
-                o[0] = clip8(s);
-            }
-        }
+            },
+        );
+        y += nrows;
     }
 }
 
 /// Vertical pass: output row `yy` sums input rows `ymin - y_shift ..` given by `row(r)`, each
 /// `line` bytes wide.
 fn vertical<'a>(
+    row: impl Fn(usize) -> &'a [u8],
+    vk: &[u8],
+    vb: &[u8],
+    kv: usize,
+    y_shift: usize,
+    oh: usize,
+    line: usize,
+    out: &mut [u8],
+) {
+    super::wide::run(
+        #[inline(always)]
+        || vertical_rows(row, vk, vb, kv, y_shift, oh, line, out),
+    );
+}
+
+#[inline(always)]
+fn vertical_rows<'a>(
     row: impl Fn(usize) -> &'a [u8],
     vk: &[u8],
     vb: &[u8],
@@ -396,30 +406,40 @@ pub(crate) fn resample(
     let stride = src.stride();
     let data = src.data;
     let (bxx, bxy) = (bx.x as usize, bx.y as usize);
+    // Source columns the horizontal pass reads (relative to the box).
+    let x_first = get_u32(hb, 0) as usize;
+    let x_last = (get_u32(hb, 2 * (ow - 1)) + get_u32(hb, 2 * (ow - 1) + 1)) as usize;
+    let cols = x_last.saturating_sub(x_first);
+    let strip_len = STRIP * (cols + ow) * ch;
     if horizontal_first {
         // Source rows the vertical pass reads (relative to the box).
         let y_first = get_u32(vb, 0) as usize;
         let y_last = (get_u32(vb, 2 * (oh - 1)) + get_u32(vb, 2 * (oh - 1) + 1)) as usize;
         let rows = y_last.saturating_sub(y_first);
         let mid_len = rows * ow * ch;
-        if mid.len() < mid_len {
+        if mid.len() < mid_len + strip_len {
             return Err(AugError::BufferSize {
                 what: "resize scratch",
-                expected: need_coeffs + mid_len,
+                expected: need_coeffs + mid_len + strip_len,
                 actual: need_coeffs + mid.len(),
             });
         }
-        let mid = &mut mid[..mid_len];
+        let (mid, t) = mid.split_at_mut(mid_len);
+        let (t, tout) = t.split_at_mut(STRIP * cols * ch);
+        let x0 = (bxx + x_first) * ch;
         horizontal(
-            |r| &data[(bxy + y_first + r) * stride + bxx * ch..],
+            |r| &data[(bxy + y_first + r) * stride + x0..],
             rows,
+            cols,
             hk,
             hb,
             kh,
-            0,
+            x_first,
             ow,
             ch,
             mid,
+            t,
+            tout,
         );
         let mid = &*mid;
         let line = ow * ch;
@@ -434,20 +454,17 @@ pub(crate) fn resample(
             dst,
         );
     } else {
-        // Source columns the horizontal pass reads (relative to the box).
-        let x_first = get_u32(hb, 0) as usize;
-        let x_last = (get_u32(hb, 2 * (ow - 1)) + get_u32(hb, 2 * (ow - 1) + 1)) as usize;
-        let cols = x_last.saturating_sub(x_first);
         let line = cols * ch;
         let mid_len = oh * line;
-        if mid.len() < mid_len {
+        if mid.len() < mid_len + strip_len {
             return Err(AugError::BufferSize {
                 what: "resize scratch",
-                expected: need_coeffs + mid_len,
+                expected: need_coeffs + mid_len + strip_len,
                 actual: need_coeffs + mid.len(),
             });
         }
-        let mid = &mut mid[..mid_len];
+        let (mid, t) = mid.split_at_mut(mid_len);
+        let (t, tout) = t.split_at_mut(STRIP * cols * ch);
         let x0 = (bxx + x_first) * ch;
         vertical(
             |r| &data[(bxy + r) * stride + x0..(bxy + r) * stride + x0 + line],
@@ -463,6 +480,7 @@ pub(crate) fn resample(
         horizontal(
             |r| &mid[r * line..(r + 1) * line],
             oh,
+            cols,
             hk,
             hb,
             kh,
@@ -470,6 +488,8 @@ pub(crate) fn resample(
             ow,
             ch,
             dst,
+            t,
+            tout,
         );
     }
     Ok(())
@@ -532,6 +552,52 @@ mod tests {
             )
             .unwrap();
             assert_eq!(src, out);
+        }
+    }
+
+    /// The AVX2 build of the kernels gives the bits of the portable build, for both pass
+    /// orders, both filters, grey and RGB, up- and downscaling, strips of every height.
+    #[cfg(all(feature = "fast", target_arch = "x86_64"))]
+    #[test]
+    fn avx2_kernels_equal_portable_kernels() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u32| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) % u64::from(m)) as u32
+        };
+        for case in 0..300 {
+            let (w, h) = (1 + next(300), 1 + next(300));
+            let (ow, oh) = (1 + next(260), 1 + next(260));
+            let ch = if case % 3 == 0 { 1 } else { 3 };
+            let f = if case % 2 == 0 {
+                Interpolation::Bicubic
+            } else {
+                Interpolation::Bilinear
+            };
+            let src: std::vec::Vec<u8> = (0..w * h * ch).map(|_| next(256) as u8).collect();
+            let len = (ow * oh * ch) as usize;
+            let (mut a, mut b) = (std::vec![0u8; len], std::vec![1u8; len]);
+            let mut scratch = std::vec![0u8; resize_scratch_len(w, h, ow, oh, ch).unwrap()];
+            let s = ImageRef::new(w, h, ch, &src).unwrap();
+            resize(
+                s,
+                ImageMut::new(ow, oh, ch, &mut a).unwrap(),
+                f,
+                &mut scratch,
+            )
+            .unwrap();
+            super::super::wide::portable(|| {
+                resize(
+                    s,
+                    ImageMut::new(ow, oh, ch, &mut b).unwrap(),
+                    f,
+                    &mut scratch,
+                )
+                .unwrap()
+            });
+            assert!(a == b, "case {case}: {w}x{h}x{ch} -> {ow}x{oh} {f:?}");
         }
     }
 
