@@ -75,6 +75,72 @@ pub fn load_image(path: &Path) -> Result<Image> {
 
 /// Decodes encoded image bytes (PNG, JPEG); grey stays 1 channel, the rest becomes RGB.
 pub fn decode_image(bytes: &[u8]) -> Result<Image> {
+    let mut img = Image {
+        width: 0,
+        height: 0,
+        channels: 3,
+        data: Vec::new(),
+    };
+    decode_image_into(bytes, &mut img)?;
+    Ok(img)
+}
+
+/// [`decode_image`] into `img`, reusing its pixel buffer (a loader decoding image after image
+/// allocates once). Baseline and progressive JPEGs in YCbCr, RGB, CMYK, YCCK or grey go
+/// straight to zune-jpeg, the decoder `image` runs for JPEG, with the options `image` gives it
+/// (so the pixels are identical); anything else goes through `image`.
+pub fn decode_image_into(bytes: &[u8], img: &mut Image) -> Result<()> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) && decode_jpeg_into(bytes, img)? {
+        return Ok(());
+    }
+    *img = decode_with_image(bytes)?;
+    Ok(())
+}
+
+/// The JPEG fast path; `Ok(false)` leaves the image to the `image` crate.
+fn decode_jpeg_into(bytes: &[u8], img: &mut Image) -> Result<bool> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    // `image`'s own settings for zune-jpeg (image 0.25 codecs/jpeg/decoder.rs), no limits.
+    let opts = |out: ColorSpace| {
+        DecoderOptions::default()
+            .jpeg_set_out_colorspace(out)
+            .set_strict_mode(false)
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX)
+    };
+    let mut dec =
+        zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts(ColorSpace::RGB));
+    dec.decode_headers().context("decoding JPEG headers")?;
+    let (out, channels) = match dec.input_colorspace() {
+        Some(ColorSpace::Luma) => (ColorSpace::Luma, 1u32),
+        Some(ColorSpace::YCbCr | ColorSpace::RGB | ColorSpace::CMYK | ColorSpace::YCCK) => {
+            (ColorSpace::RGB, 3)
+        }
+        _ => return Ok(false),
+    };
+    let Some((w, h)) = dec.dimensions() else {
+        return Ok(false);
+    };
+    let len = w * h * channels as usize;
+    // `image` refuses decodes over its default 512 MiB allocation limit; keep its answer.
+    if len == 0 || len > 512 * 1024 * 1024 {
+        return Ok(false);
+    }
+    if out != ColorSpace::RGB {
+        // As `image` does: a fresh decoder asked for the grey output from the start.
+        dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts(out));
+    }
+    img.data.resize(len, 0);
+    dec.decode_into(&mut img.data).context("decoding JPEG")?;
+    img.width = u32::try_from(w)?;
+    img.height = u32::try_from(h)?;
+    img.channels = channels;
+    Ok(true)
+}
+
+fn decode_with_image(bytes: &[u8]) -> Result<Image> {
     let img = image::load_from_memory(bytes)?;
     let grey = !img.color().has_color();
     Ok(if grey {
@@ -281,6 +347,46 @@ mod tests {
         let e = config("light", None, &["nope=1".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("--set nope=1"), "{e:#}");
         assert!(config("huge", None, &[]).is_err());
+    }
+
+    /// The zune-jpeg fast path gives exactly what `image` decodes, for every JPEG kind it
+    /// takes (4:4:4 from `image`'s encoder; 4:2:0, progressive 4:2:2, grey and CMYK made by
+    /// Pillow), reusing one buffer across sizes and channel counts.
+    #[test]
+    fn jpeg_fast_path_equals_image_crate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
+        let mut files = Vec::new();
+        for name in ["rgb420.jpg", "rgb422_progressive.jpg", "grey.jpg", "cmyk.jpg"] {
+            files.push(std::fs::read(dir.join(name)).unwrap());
+        }
+        let mut data = vec![0u8; 61 * 47 * 3];
+        aug::test_pattern(61, 47, 3, &mut data).unwrap();
+        let rgb = image::RgbImage::from_raw(61, 47, data).unwrap();
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
+            .encode_image(&rgb)
+            .unwrap();
+        files.push(buf);
+        let mut reused = Image {
+            width: 0,
+            height: 0,
+            channels: 3,
+            data: Vec::new(),
+        };
+        for (i, bytes) in files.iter().chain(files.iter().rev()).enumerate() {
+            let want = decode_with_image(bytes).unwrap();
+            assert!(decode_jpeg_into(bytes, &mut reused).unwrap(), "file {i}");
+            assert_eq!(
+                (reused.width, reused.height, reused.channels),
+                (want.width, want.height, want.channels),
+                "file {i}"
+            );
+            assert!(reused.data == want.data, "file {i}: pixels differ");
+            let again = decode_image(bytes).unwrap();
+            assert!(again.data == want.data, "file {i}");
+        }
+        assert_eq!(decode_image(&files[2]).unwrap().channels, 1);
+        assert!(decode_image(&files[0][..100]).is_err());
     }
 
     #[test]
