@@ -356,7 +356,12 @@ mod tests {
     fn jpeg_fast_path_equals_image_crate() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
         let mut files = Vec::new();
-        for name in ["rgb420.jpg", "rgb422_progressive.jpg", "grey.jpg", "cmyk.jpg"] {
+        for name in [
+            "rgb420.jpg",
+            "rgb422_progressive.jpg",
+            "grey.jpg",
+            "cmyk.jpg",
+        ] {
             files.push(std::fs::read(dir.join(name)).unwrap());
         }
         let mut data = vec![0u8; 61 * 47 * 3];
