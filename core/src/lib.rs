@@ -15,8 +15,9 @@
 //! Nothing in this crate panics on user data: every parser and every entry point that takes
 //! shapes, bytes or sizes from outside returns an error instead.
 #![cfg_attr(not(feature = "std"), no_std)]
-// The one exception is the `fast` engine's GEMM call (matrixmultiply's sgemm is an unsafe fn),
-// behind a bounds-checked wrapper with a SAFETY argument; without `fast` unsafe is forbidden.
+// The one exception is the `fast` engine's x86 GEMM kernels and its dispatch to code compiled
+// for AVX-512 / AVX2 (engine/fast/gemm.rs, engine/fast/mod.rs): behind a bounds-checked,
+// feature-checked wrapper with SAFETY arguments. Without `fast` unsafe is forbidden.
 #![cfg_attr(not(feature = "fast"), forbid(unsafe_code))]
 #![cfg_attr(feature = "fast", deny(unsafe_code))]
 
