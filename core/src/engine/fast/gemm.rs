@@ -204,6 +204,8 @@ pub(super) fn gemm(
     assert!(b.data.len() == n.div_ceil(nr) * nr * k, "gemm: bad packing");
     assert!(!b.has_bias || b.bias.len() == n.div_ceil(nr) * nr);
     let bias = b.has_bias.then_some(&b.bias[..]);
+    // With k = 0 nothing of A is read: no row offset is formed into a slice that may be empty.
+    let (a, lda) = if k == 0 { (&[][..], 0) } else { (a, lda) };
     match b.kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
