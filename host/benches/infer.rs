@@ -3,19 +3,21 @@
 //! same synthetic weights and input, timed in one run and printed with their ratios.
 //!
 //! `cargo xtask bench` runs it (or `cargo bench -p tinyvit-host --bench infer`).
-//! Each engine: one warm-up run, then the median of `RUNS` timed runs (fewer for `exact`);
-//! `fast` and libtorch alternate run by run.
+//! Each engine: one warm-up run, then the median of `RUNS` timed runs (fewer for `exact` and
+//! the portable kernel); libtorch and every vector kernel of `fast` alternate run by run.
 //!
-//! Recorded (2-vCPU Xeon @ 2.5 GHz VM with AVX-512, other builds running, load average 5-9;
-//! libtorch 2.11.0 uses MKL's AVX-512 SGEMM, matrixmultiply uses AVX2+FMA), five runs:
-//! fast / libtorch = 0.98 (184.8 / 187.7 ms), 1.16 (193.8 / 167.0), 0.98 (227.2 / 230.9),
-//! 1.04 (234.2 / 225.0), 1.18 (199.3 / 169.6, before the workspace change); exact about 18-27x
-//! libtorch (3.3-5.0 s). Logits: |fast - exact| 2.2e-6, |libtorch - exact| 1.9e-6.
+//! Recorded (2-vCPU Xeon @ 2.5 GHz VM with AVX-512, two other agents' builds running, load
+//! average 4-5; libtorch 2.11.0 uses MKL's AVX-512 SGEMM), three runs, fast / libtorch:
+//! avx512 kernel 0.54 (46.8 / 86.0 ms), 0.54 (76.2 / 141.5), 0.59 (71.7 / 121.3); avx2 kernel
+//! 0.91, 0.87, 0.91; portable 3.8-3.9; exact 21-29x. Logits: |fast - exact| 1.7e-6 (avx512,
+//! avx2) and 2.2e-6 (portable), |libtorch - exact| 1.9e-6. Before the packed kernels (on
+//! matrixmultiply) fast / libtorch was 0.98-1.18.
 
 use std::time::Instant;
 
 use tinyvit_core::config::ModelConfig;
-use tinyvit_core::engine::{arena_len, exact, fast::FastModel, input_len, Weights};
+use tinyvit_core::engine::fast::{FastModel, Kernel};
+use tinyvit_core::engine::{arena_len, exact, input_len, Weights};
 use tinyvit_core::params::{splitmix64, synthetic_state_dict, TensorKind};
 use tinyvit_host::import::{self, StateDict, Tensor};
 use tinyvit_host::infer::tch_model;
@@ -78,32 +80,42 @@ fn main() {
         exact::forward(&w, &x, &mut arena, &mut l_exact).expect("exact");
     });
 
-    let model = FastModel::new(&w).expect("fast");
-    let mut l_fast = vec![0.0f32; nc];
+    // Every fast kernel this CPU runs; the vector kernels alternate with libtorch run by run,
+    // so load from other processes hits them alike. The portable kernel is timed like `exact`.
+    let kernels = Kernel::available();
+    let models: Vec<FastModel> = kernels
+        .iter()
+        .map(|k| FastModel::with_kernel(&w, *k).expect("fast"))
+        .collect();
+    let mut l_fast = vec![vec![0.0f32; nc]; kernels.len()];
     let (_vs, tmodel) = tch_model(&sd, &cfg).expect("tch model");
     let xt = tch::Tensor::from_slice(&x).reshape([1, 3, 224, 224]);
     let mut l_tch = vec![0.0f32; nc];
-    // fast and libtorch alternate run by run, so load from other processes hits both alike.
-    let mut fast_t = Vec::new();
+    let mut fast_t = vec![Vec::new(); kernels.len()];
     let mut tch_t = Vec::new();
     for i in 0..=RUNS {
-        let s = Instant::now();
-        model.forward(&x, &mut l_fast).expect("fast");
-        let f = s.elapsed().as_secs_f64() * 1e3;
         let s = Instant::now();
         let y = tch::no_grad(|| tmodel.forward(&xt, tinyvit_host::model::Mode::EVAL));
         l_tch = Vec::<f32>::try_from(y.flatten(0, -1)).expect("logits");
         let t = s.elapsed().as_secs_f64() * 1e3;
         if i > 0 {
-            fast_t.push(f);
             tch_t.push(t);
+        }
+        for (j, m) in models.iter().enumerate() {
+            if kernels[j] == Kernel::Portable && i > EXACT_RUNS {
+                continue;
+            }
+            let s = Instant::now();
+            m.forward(&x, &mut l_fast[j]).expect("fast");
+            if i > 0 {
+                fast_t[j].push(s.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let fast_ms = median(&mut fast_t);
     let tch_ms = median(&mut tch_t);
 
     let max_abs = |a: &[f32], b: &[f32]| {
@@ -111,22 +123,29 @@ fn main() {
             .zip(b)
             .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
     };
-    println!("tiny_vit_5m_224, batch 1, one thread (median of {RUNS}; exact {EXACT_RUNS}):");
     println!(
-        "  libtorch {} CPU : {tch_ms:8.2} ms",
-        tinyvit_host::LIBTORCH_VERSION
+        "tiny_vit_5m_224, batch 1, one thread (median of {RUNS}; exact, portable {EXACT_RUNS}):"
     );
     println!(
-        "  core fast          : {fast_ms:8.2} ms   {:.2}x libtorch time",
-        fast_ms / tch_ms
+        "  {:<22}: {tch_ms:8.2} ms",
+        format!("libtorch {} CPU", tinyvit_host::LIBTORCH_VERSION)
     );
+    for (j, k) in kernels.iter().enumerate() {
+        let ms = median(&mut fast_t[j]);
+        println!(
+            "  {:<22}: {ms:8.2} ms   {:.2}x libtorch time   |fast-exact| {:.2e}",
+            format!("core fast, {}", k.name()),
+            ms / tch_ms,
+            max_abs(&l_fast[j], &l_exact)
+        );
+    }
     println!(
-        "  core exact         : {exact_ms:8.2} ms   {:.2}x libtorch time",
+        "  {:<22}: {exact_ms:8.2} ms   {:.2}x libtorch time",
+        "core exact",
         exact_ms / tch_ms
     );
     println!(
-        "  agreement: |fast-exact| {:.2e}, |tch-exact| {:.2e} (max abs logit diff)",
-        max_abs(&l_fast, &l_exact),
+        "  agreement: |tch-exact| {:.2e} (max abs logit diff)",
         max_abs(&l_tch, &l_exact)
     );
 }

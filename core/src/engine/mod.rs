@@ -11,8 +11,9 @@
 //! - [`forward`] (= [`exact::forward`]) runs one image: input `[C, H, W]` already normalised,
 //!   logits `[num_classes]` out. No allocation, no panic on bad sizes: every size is checked and
 //!   reported as an [`EngineError`].
-//! - [`fast`] (feature `fast`, host only) runs batches with matrixmultiply GEMMs over the same
-//!   weights and agrees with `exact` to about 1e-6 relative.
+//! - [`fast`] (feature `fast`, host only) runs batches with packed, register-tiled GEMMs
+//!   (AVX-512, AVX2 + FMA or portable kernels) over the same weights and agrees with `exact` to
+//!   about 1e-6 relative.
 //!
 //! The `exact` engine is scalar with a fixed summation order, `libm` for every transcendental and
 //! no fused multiply-add, so it gives bit-identical logits on x86_64 and thumbv7em.
@@ -71,7 +72,10 @@ impl core::fmt::Display for EngineError {
                 write!(f, "arena: needs {needed} f32 values, got {got}")
             }
             EngineError::KernelUnsupported(k) => {
-                write!(f, "the fast engine's {k} kernel needs instructions this CPU lacks")
+                write!(
+                    f,
+                    "the fast engine's {k} kernel needs instructions this CPU lacks"
+                )
             }
         }
     }

@@ -103,7 +103,7 @@ impl Packed {
     /// A Linear layer: `W: [n, k]` (PyTorch layout), so `B = W^T`, and its bias `b: [n]`.
     pub(super) fn linear(kernel: Kernel, w: &[f32], b: &[f32]) -> Self {
         let n = b.len();
-        let k = if n == 0 { 0 } else { w.len() / n };
+        let k = w.len().checked_div(n).unwrap_or(0);
         let mut p = Packed::empty(kernel);
         p.set_nk(w, k, n, k, 1.0);
         let nr = kernel.nr();
@@ -204,6 +204,8 @@ pub(super) fn gemm(
     assert!(b.data.len() == n.div_ceil(nr) * nr * k, "gemm: bad packing");
     assert!(!b.has_bias || b.bias.len() == n.div_ceil(nr) * nr);
     let bias = b.has_bias.then_some(&b.bias[..]);
+    // With k = 0 nothing of A is read: no row offset is formed into a slice that may be empty.
+    let (a, lda) = if k == 0 { (&[][..], 0) } else { (a, lda) };
     match b.kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
@@ -272,29 +274,25 @@ mod x86 {
     macro_rules! drive_body {
         ($mr:tt, $nr:expr, $tile:ident, $m:ident, $k:ident, $n:ident, $a:ident, $lda:ident,
          $b:ident, $bias:ident, $epi:ident, $c:ident, $ldc:ident) => {{
-            // The rows of A, interleaved `[k][r]` so the tile broadcasts from one pointer at
-            // constant offsets; reused across all panels.
-            let mut apack = vec![0.0f32; $mr * $k];
             let mut i = 0;
             while i < $m {
                 let r = ($m - i).min($mr);
-                for ii in 0..r {
-                    let row = &$a[(i + ii) * $lda..][..$k];
-                    for (p, v) in row.iter().enumerate() {
-                        apack[p * r + ii] = *v;
-                    }
-                }
                 for jp in 0..$n.div_ceil($nr) {
                     let cols = ($n - jp * $nr).min($nr);
-                    // SAFETY (for the caller's bounds): the packed rows hold r * k values; panel
-                    // jp spans jp*k*NR..(jp+1)*k*NR of b (b.len() == panels*k*NR); bias
-                    // jp*NR..(jp+1)*NR (bias.len() == panels*NR); C rows i..i+r, columns
-                    // jp*NR..jp*NR+cols <= n, and the tile masks every column past `cols`.
-                    let ap = apack.as_ptr();
+                    // SAFETY (for the caller's bounds): rows i..i+r < m of A read columns < k
+                    // (a.len() >= (m-1)*lda + k); panel jp spans jp*k*NR..(jp+1)*k*NR of b
+                    // (b.len() == panels*k*NR); bias jp*NR..(jp+1)*NR (bias.len() ==
+                    // panels*NR); C rows i..i+r, columns jp*NR..jp*NR+cols <= n, and the tile
+                    // masks every column past `cols`.
+                    let ap = $a.as_ptr().add(i * $lda);
                     let bp = $b.as_ptr().add(jp * $k * $nr);
                     let biasp = $bias.map_or(core::ptr::null(), |v| v.as_ptr().add(jp * $nr));
                     let cp = $c.as_mut_ptr().add(i * $ldc + jp * $nr);
-                    by_rows!(r, $mr, $tile($k, ap, bp, biasp, cp, $ldc, cols, $epi.accumulate));
+                    by_rows!(
+                        r,
+                        $mr,
+                        $tile($k, ap, $lda, bp, biasp, cp, $ldc, cols, $epi.accumulate)
+                    );
                     if $epi.gelu {
                         gelu_block(&mut $c[i * $ldc + jp * $nr..], $ldc, r, cols);
                     }
@@ -322,12 +320,13 @@ mod x86 {
         unsafe { drive_body!(12, 32, tile_avx512, m, k, n, a, lda, b, bias, epi, c, ldc) }
     }
 
-    /// `R x 32` tile: `C[0..R, 0..cols] (+)= A B_panel + bias`, `A` packed as `[k][R]`.
+    /// `R x 32` tile: `C[0..R, 0..cols] (+)= A B_panel + bias`, `A` row-strided.
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
     unsafe fn tile_avx512<const R: usize>(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         bias: *const f32,
         c: *mut f32,
@@ -335,7 +334,7 @@ mod x86 {
         cols: usize,
         accumulate: bool,
     ) {
-        // SAFETY: the caller guarantees R rows of A packed as [k][R], a [k][32] panel at b, 32
+        // SAFETY: the caller guarantees R rows of A with k columns, a [k][32] panel at b, 32
         // bias values when bias is not null, and R rows of C with `cols` writable columns;
         // masked lanes are neither read nor written (AVX-512 masks suppress their faults).
         unsafe {
@@ -351,12 +350,16 @@ mod x86 {
                 let b0 = _mm512_loadu_ps(b.add(p * 32));
                 let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
                 for i in 0..R {
-                    let av = _mm512_set1_ps(*a.add(p * R + i));
+                    let av = _mm512_set1_ps(*a.add(i * lda + p));
                     acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
                     acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
                 }
             }
-            let m0: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
+            let m0: __mmask16 = if cols >= 16 {
+                0xffff
+            } else {
+                (1u16 << cols) - 1
+            };
             let m1: __mmask16 = if cols >= 32 {
                 0xffff
             } else if cols > 16 {
@@ -409,6 +412,7 @@ mod x86 {
     unsafe fn tile_avx2<const R: usize>(
         k: usize,
         a: *const f32,
+        lda: usize,
         b: *const f32,
         bias: *const f32,
         c: *mut f32,
@@ -431,7 +435,7 @@ mod x86 {
                 let b0 = _mm256_loadu_ps(b.add(p * 16));
                 let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
                 for i in 0..R {
-                    let av = _mm256_set1_ps(*a.add(p * R + i));
+                    let av = _mm256_set1_ps(*a.add(i * lda + p));
                     acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
                     acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
                 }
@@ -479,7 +483,11 @@ mod portable {
                 let panel = &b[jp * k * NR..(jp + 1) * k * NR];
                 let bias = bias.map(|v| &v[jp * NR..(jp + 1) * NR]);
                 let cc = &mut c[i * ldc + jp * NR..];
-                by_rows!(r, 4, tile(&a[i * lda..], lda, panel, bias, cc, ldc, cols, epi));
+                by_rows!(
+                    r,
+                    4,
+                    tile(&a[i * lda..], lda, panel, bias, cc, ldc, cols, epi)
+                );
                 if epi.gelu {
                     gelu_block(cc, ldc, r, cols);
                 }

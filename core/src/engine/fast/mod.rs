@@ -61,12 +61,15 @@ fn gelu_all(x: &mut [f32]) {
 
 /// exp by range reduction to `2^n * e^r`, `|r| <= ln2/2`, and a degree-6 polynomial (Cephes
 /// coefficients); inputs below -87 flush to about 1e-38. `n` is rounded with the 1.5 * 2^23
-/// trick instead of `floor`, which keeps the loop free of calls so it vectorises on plain SSE2.
+/// trick instead of `floor`, and `2^n` is built from the integer that trick leaves in the low
+/// mantissa bits (no float-to-int conversion), which keeps the loop free of calls and
+/// saturating casts so it vectorises.
 #[inline(always)]
 fn exp_fast(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * core::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -75,7 +78,12 @@ fn exp_fast(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // |n| <= 127, so the low bits of `shifted` hold n + 2^22 + 2^23 exactly.
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    y * f32::from_bits(biased << 23)
 }
 
 /// Sum with sixteen independent accumulators (vectorisable; the order differs from `exact`).
@@ -686,7 +694,6 @@ fn merge(m: &ConvTriple, r: usize, cin: usize, cout: usize, ws: &mut Work) {
     gemm(r2 * r2, d, cout, &m.pw3, SET, out, cout);
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,6 +793,85 @@ mod agreement {
         ] {
             let d = rel_diff(&cfg);
             assert!(d < 1e-5, "{cfg:?}: {d}");
+        }
+    }
+
+    /// Networks whose LayerNorms span 4 channels (pinned in proptest-regressions/ when the
+    /// property test still drew them) miss the 1e-5 bound. That is the networks' conditioning,
+    /// not an engine fault: moving every input by one ulp moves the `exact` engine's own logits
+    /// by as much as `fast` differs from it. On a preset the same probe stays near 1e-6.
+    #[test]
+    fn disagreement_on_tiny_layernorms_is_within_one_ulp_sensitivity() {
+        let mut a = ModelConfig::tiny_vit_mcu_m4();
+        (a.in_chans, a.img_size, a.num_classes) = (1, 35, 1);
+        (a.embed_dims, a.num_heads, a.window_sizes) = ([4, 8, 8, 8], [1, 2, 2, 2], [3, 3, 2, 2]);
+        (
+            a.depths,
+            a.mlp_ratio,
+            a.mbconv_expand_ratio,
+            a.local_conv_size,
+        ) = ([1, 1, 2, 1], 2, 1, 5);
+        let mut b = a;
+        (b.img_size, b.embed_dims, b.num_heads) = (27, [4, 12, 4, 4], [1, 3, 1, 1]);
+        (b.window_sizes, b.mbconv_expand_ratio, b.local_conv_size) = ([1, 1, 3, 1], 4, 1);
+        for (cfg, seed, preset) in [
+            (a, 892, false),
+            (b, 456, false),
+            (ModelConfig::tiny_vit_mcu_m4(), 3, true),
+        ] {
+            let sd = synthetic_state_dict(&cfg, seed);
+            let blob = fold_state_dict(&cfg, |n| {
+                sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
+            })
+            .unwrap();
+            let w = Weights::new(&cfg, &blob).unwrap();
+            let n = input_len(&cfg).unwrap();
+            let mut s = seed;
+            let x: Vec<f32> = (0..n)
+                .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
+                .collect();
+            let nc = cfg.num_classes as usize;
+            let mut arena = vec![0.0; arena_len(&cfg).unwrap()];
+            let mut e = vec![0.0; nc];
+            exact::forward(&w, &x, &mut arena, &mut e).unwrap();
+            let scale = e.iter().fold(0.1f32, |m, v| m.max(v.abs()));
+            let max_diff = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+                    / scale
+            };
+            // The exact engine's spread over 20 inputs each one ulp away, in random directions.
+            let mut spread = 0.0f32;
+            for t in 0..20u64 {
+                let mut s2 = 1000 + t;
+                let xp: Vec<f32> = x
+                    .iter()
+                    .map(|v| {
+                        let bits = v.to_bits();
+                        let up = splitmix64(&mut s2) & 1 == 0;
+                        f32::from_bits(if up || bits == 0 { bits + 1 } else { bits - 1 })
+                    })
+                    .collect();
+                let mut ep = vec![0.0; nc];
+                exact::forward(&w, &xp, &mut arena, &mut ep).unwrap();
+                spread = spread.max(max_diff(&e, &ep));
+            }
+            if preset {
+                assert!(spread < 1e-5, "preset spread {spread}");
+            }
+            for kernel in Kernel::available() {
+                let mut f = vec![0.0; nc];
+                FastModel::with_kernel(&w, kernel)
+                    .unwrap()
+                    .forward(&x, &mut f)
+                    .unwrap();
+                let d = max_diff(&e, &f);
+                assert!(
+                    d <= 2.0 * spread,
+                    "{kernel:?} {cfg:?}: |fast-exact| {d:.2e} vs one-ulp spread {spread:.2e}"
+                );
+            }
         }
     }
 
