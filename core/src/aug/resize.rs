@@ -290,6 +290,96 @@ fn vertical<'a>(
     );
 }
 
+/// One output line from `k.len()` taps over lines `ymin ..`: blocks of four taps accumulate
+/// in `acc`, the first block starting from the rounding term, and the last pass (the
+/// remaining one to three taps, or the last block) writes the clipped bytes directly.
+#[inline(always)]
+fn fused_taps<'a>(
+    row: &impl Fn(usize) -> &'a [u8],
+    ymin: usize,
+    k: &[i32],
+    line: usize,
+    acc: &mut [i32],
+    out: &mut [u8],
+) {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let n = k.len();
+    let r = |t: usize| &row(ymin + t)[..line];
+    // Taps before the last pass, in blocks of four.
+    let blocks = if n.is_multiple_of(4) {
+        n.saturating_sub(4)
+    } else {
+        n - n % 4
+    };
+    let mut t = 0;
+    while t < blocks {
+        let (k0, k1, k2, k3) = (k[t], k[t + 1], k[t + 2], k[t + 3]);
+        let (r0, r1, r2, r3) = (r(t), r(t + 1), r(t + 2), r(t + 3));
+        let first = t == 0;
+        for ((((a, &p), &q), &u), &v) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+            let base = if first { half } else { *a };
+            *a = base
+                + i32::from(p) * k0
+                + i32::from(q) * k1
+                + i32::from(u) * k2
+                + i32::from(v) * k3;
+        }
+        t += 4;
+    }
+    let first = t == 0;
+    match n - t {
+        4 => {
+            let (k0, k1, k2, k3) = (k[t], k[t + 1], k[t + 2], k[t + 3]);
+            let (r0, r1, r2, r3) = (r(t), r(t + 1), r(t + 2), r(t + 3));
+            for (((((o, &a), &p), &q), &u), &v) in out
+                .iter_mut()
+                .zip(acc.iter())
+                .zip(r0)
+                .zip(r1)
+                .zip(r2)
+                .zip(r3)
+            {
+                let base = if first { half } else { a };
+                *o = clip8(
+                    base + i32::from(p) * k0
+                        + i32::from(q) * k1
+                        + i32::from(u) * k2
+                        + i32::from(v) * k3,
+                );
+            }
+        }
+        3 => {
+            let (k0, k1, k2) = (k[t], k[t + 1], k[t + 2]);
+            let (r0, r1, r2) = (r(t), r(t + 1), r(t + 2));
+            for ((((o, &a), &p), &q), &u) in out.iter_mut().zip(acc.iter()).zip(r0).zip(r1).zip(r2)
+            {
+                let base = if first { half } else { a };
+                *o = clip8(base + i32::from(p) * k0 + i32::from(q) * k1 + i32::from(u) * k2);
+            }
+        }
+        2 => {
+            let (k0, k1) = (k[t], k[t + 1]);
+            let (r0, r1) = (r(t), r(t + 1));
+            for (((o, &a), &p), &q) in out.iter_mut().zip(acc.iter()).zip(r0).zip(r1) {
+                let base = if first { half } else { a };
+                *o = clip8(base + i32::from(p) * k0 + i32::from(q) * k1);
+            }
+        }
+        1 => {
+            let k0 = k[t];
+            let r0 = r(t);
+            for ((o, &a), &p) in out.iter_mut().zip(acc.iter()).zip(r0) {
+                let base = if first { half } else { a };
+                *o = clip8(base + i32::from(p) * k0);
+            }
+        }
+        _ => {
+            // No taps at all: PIL's sum is the rounding term alone.
+            out.fill(clip8(half));
+        }
+    }
+}
+
 #[inline(always)]
 fn vertical_rows<'a>(
     row: impl Fn(usize) -> &'a [u8],
@@ -310,6 +400,10 @@ fn vertical_rows<'a>(
         let m_taps = n.min(kbuf.len());
         load_coeffs(&kbytes[..m_taps * 4], &mut kbuf[..m_taps]);
         let out_row = &mut out[yy * line..(yy + 1) * line];
+        if n <= kbuf.len() && line <= acc.len() {
+            fused_taps(&row, ymin, &kbuf[..n], line, &mut acc[..line], out_row);
+            continue;
+        }
         let mut x0 = 0;
         while x0 < line {
             let m = (line - x0).min(acc.len());
