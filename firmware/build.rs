@@ -7,7 +7,7 @@
 //!   header gives the config, and so the exact engine's arena, the input and the logits sizes.
 //!   A blob whose header cannot be read is still embedded (with no arena) so that the firmware
 //!   itself reports the error at run time, as it would for a blob damaged in flash.
-//! - `TINYVIT_VECTORS`: path of a replay vector file (`src/vectors.rs`); the augmentation view
+//! - `TINYVIT_VECTORS`: path of a replay vector file (`tinyvit_core::vectors`); the augmentation view
 //!   and scratch buffers are sized for its largest vector.
 //!
 //! Everything is written to `$OUT_DIR/payload.rs`, which `main.rs` includes.
@@ -16,15 +16,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::{env, fs};
 
-#[allow(
-    dead_code,
-    reason = "the firmware's parser; the build script only sizes buffers"
-)]
-#[path = "src/vectors.rs"]
-mod vectors;
-
 use tinyvit_core::aug::{self, AugConfig};
 use tinyvit_core::config::ModelConfig;
+use tinyvit_core::vectors;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

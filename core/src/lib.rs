@@ -7,7 +7,8 @@
 //! - the deployable model file format ([`tvb`]),
 //! - replayable data augmentation driven by one seed per sample ([`aug`]),
 //! - sparse soft-label math for fast distillation ([`softlabel`]),
-//! - the on-disk record format of the sparse logit store ([`store`]).
+//! - the on-disk record format of the sparse logit store ([`store`]),
+//! - the replay vector file the firmware checks itself against ([`vectors`]).
 //!
 //! TinyViT: Wu et al., "TinyViT: Fast Pretraining Distillation for Small Vision Transformers",
 //! ECCV 2022 (arXiv 2207.10666).
@@ -29,3 +30,4 @@ pub mod params;
 pub mod softlabel;
 pub mod store;
 pub mod tvb;
+pub mod vectors;

@@ -21,12 +21,12 @@ mod counter;
 mod hash;
 mod out;
 mod stack;
-mod vectors;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, Weights};
+use tinyvit_core::vectors;
 
 /// Prints one line through the board's output ([`out::line`]).
 macro_rules! say {

@@ -12,8 +12,11 @@
 //! Environment: `TINYVIT_BENCH_IMAGES` (default 1024), `TINYVIT_BENCH_DEVICE` (`cpu` default,
 //! `cuda`), `TINYVIT_BENCH_READS` (default 4,000,000), `TINYVIT_BENCH_REPS` (default 5).
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -30,13 +33,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyvit-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// CPU seconds used by this process so far (all threads).
@@ -58,7 +54,7 @@ fn main() -> Result<()> {
 
 fn random_access() -> Result<()> {
     let n: u64 = 200_000;
-    let dir = tmpdir("read");
+    let dir = support::tmpdir("bench", "read");
     let m = Manifest {
         format_version: FORMAT_VERSION,
         aug_version: aug::AUG_VERSION,
@@ -174,24 +170,6 @@ fn make_teacher(path: &Path, size: i64) -> Result<()> {
     Ok(())
 }
 
-/// A synthetic IDX file of `n` 28x28 grey images.
-fn idx_file(dir: &Path, n: u32) -> Result<String> {
-    let mut b = vec![0, 0, 8, 3];
-    for v in [n, 28, 28] {
-        b.extend(v.to_be_bytes());
-    }
-    for i in 0..n {
-        for y in 0..28u32 {
-            for x in 0..28u32 {
-                b.push(((x * (i % 7 + 1) + y * (i % 5 + 2) + i * 3) % 256) as u8);
-            }
-        }
-    }
-    let path = dir.join("images.idx");
-    std::fs::write(&path, b)?;
-    Ok(format!("idx:{}", path.display()))
-}
-
 fn teacher_pass() -> Result<()> {
     let images: u32 = env_or("TINYVIT_BENCH_IMAGES", 1024);
     let device = match std::env::var("TINYVIT_BENCH_DEVICE").as_deref() {
@@ -203,11 +181,11 @@ fn teacher_pass() -> Result<()> {
     };
     let size = 64u32;
     let batch = 64usize;
-    let dir = tmpdir("pass");
+    let dir = support::tmpdir("bench", "pass");
     let teacher_path = dir.join("teacher.pt");
     make_teacher(&teacher_path, i64::from(size))?;
     let teacher = TorchScriptTeacher::load(&teacher_path, device)?;
-    let spec = idx_file(&dir, images)?;
+    let spec = support::synthetic_idx(&dir, images)?;
     let mut cfg = PassConfig::new(&spec, &dir.join("store"), 1, 5);
     cfg.aug_preset = "light".into();
     cfg.aug = aug::preset("light").map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -9,41 +9,21 @@
 //! fastest kept. The claim under test: reading the store costs no more than labels (within 5%);
 //! online distillation pays the teacher forward.
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
 
 use clap::Parser;
 use tch::{nn, Device};
 use tinyvit_core::config::ModelConfig;
-use tinyvit_host::data::read_maybe_gz;
 use tinyvit_host::model::TinyVit;
 use tinyvit_host::train::{self, checkpoint, TrainArgs};
-
-const FM: &str = "/usr/share/datasets/fashion-mnist";
 
 #[derive(Parser)]
 struct W {
     #[command(flatten)]
     a: TrainArgs,
-}
-
-fn idx_subset(dir: &Path, n: usize) -> String {
-    let img = read_maybe_gz(&Path::new(FM).join("train-images-idx3-ubyte.gz"))
-        .expect("Fashion-MNIST (Debian package dataset-fashion-mnist) is needed");
-    let lab = read_maybe_gz(&Path::new(FM).join("train-labels-idx1-ubyte.gz")).unwrap();
-    let mut i = img[..4].to_vec();
-    i.extend((n as u32).to_be_bytes());
-    i.extend(&img[8..16]);
-    i.extend(&img[16..16 + n * 784]);
-    let mut l = lab[..4].to_vec();
-    l.extend((n as u32).to_be_bytes());
-    l.extend(&lab[8..8 + n]);
-    std::fs::write(dir.join("img"), i).unwrap();
-    std::fs::write(dir.join("lab"), l).unwrap();
-    format!(
-        "idx:{},{}",
-        dir.join("img").display(),
-        dir.join("lab").display()
-    )
 }
 
 fn run(data: &str, out: &Path, target: &[&str]) -> train::Summary {
@@ -77,10 +57,8 @@ fn run(data: &str, out: &Path, target: &[&str]) -> train::Summary {
 }
 
 fn main() {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("tinyvit-bench-train-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let data = idx_subset(&dir, 1024);
+    let dir = support::tmpdir("bench", "train");
+    let data = support::fashion_mnist_subset(&dir, "train", 1024);
 
     // Teacher: tiny_vit_mcu_h7 at 56 px, random init.
     let tcfg = ModelConfig::tiny_vit_mcu_h7().with_img_size(56);
@@ -96,11 +74,7 @@ fn main() {
     // Store: one epoch, top-5, the light augmentation at 56 px.
     let store = dir.join("store");
     let st = train::StoreTeacher::load(&teacher, Device::Cpu).unwrap();
-    let mut pc = tinyvit_host::save_logits::PassConfig::new(&data, &store, 1, 5);
-    pc.aug_preset = "light".into();
-    pc.aug = tinyvit_core::aug::preset("light").unwrap();
-    pc.aug.size = 56;
-    pc.progress = false;
+    let pc = support::light_pass(&data, &store, 1, 5, 56);
     tinyvit_host::save_logits::run(&pc, &st).unwrap();
 
     let store_s = store.display().to_string();

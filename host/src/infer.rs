@@ -38,9 +38,10 @@ pub enum Engine {
     Tch,
 }
 
-/// Arguments of `tinyvit infer`.
+/// The model a command reads and how to build it: shared by `tinyvit infer` and
+/// `tinyvit convert`.
 #[derive(Args, Debug)]
-pub struct InferArgs {
+pub struct ModelArgs {
     /// Model file: .safetensors (official or timm names), .pth/.pt, or .tvb.
     #[arg(long)]
     pub model: PathBuf,
@@ -53,6 +54,25 @@ pub struct InferArgs {
     /// Input size, for networks that are no preset (presets know theirs).
     #[arg(long)]
     pub img_size: Option<u32>,
+}
+
+impl ModelArgs {
+    /// Loads the model file ([`import::load`]) with the given architecture hints.
+    pub fn load(&self) -> Result<import::Loaded> {
+        import::load(
+            &self.model,
+            self.arch.as_deref(),
+            self.num_classes,
+            self.img_size,
+        )
+    }
+}
+
+/// Arguments of `tinyvit infer`.
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub source: ModelArgs,
     /// Inference engine.
     #[arg(long, value_enum, default_value_t = Engine::Fast)]
     pub engine: Engine,
@@ -72,18 +92,8 @@ pub struct InferArgs {
 /// Arguments of `tinyvit convert`.
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// Source model file (.safetensors, .pth, .pt or .tvb).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Preset name; detected when omitted.
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Class count (checked against the head).
-    #[arg(long)]
-    pub num_classes: Option<u32>,
-    /// Input size, for networks that are no preset.
-    #[arg(long)]
-    pub img_size: Option<u32>,
+    #[command(flatten)]
+    pub source: ModelArgs,
     /// Output .tvb file.
     #[arg(long)]
     pub out: PathBuf,
@@ -91,12 +101,7 @@ pub struct ConvertArgs {
 
 /// Runs `tinyvit infer`.
 pub fn run(args: &InferArgs) -> Result<()> {
-    let model = import::load(
-        &args.model,
-        args.arch.as_deref(),
-        args.num_classes,
-        args.img_size,
-    )?;
+    let model = args.source.load()?;
     let cfg = model.config;
     let (input, n) = match (&args.npy, args.images.is_empty()) {
         (Some(p), true) => read_input_npy(p, &cfg)?,
@@ -379,16 +384,11 @@ fn npy_bytes(shape: &[usize], values: &[f32]) -> Vec<u8> {
 
 /// Runs `tinyvit convert`.
 pub fn convert(args: &ConvertArgs) -> Result<()> {
-    let model = import::load(
-        &args.model,
-        args.arch.as_deref(),
-        args.num_classes,
-        args.img_size,
-    )?;
+    let model = args.source.load()?;
     import::export_tvb(&model, &args.out)?;
     eprintln!(
         "{} -> {} ({} classes, {} folded values)",
-        args.model.display(),
+        args.source.model.display(),
         args.out.display(),
         model.config.num_classes,
         model.blob.len()

@@ -2,41 +2,17 @@
 //! teacher (`tests/fixtures/teacher/tiny_cnn.pt`, made by the committed script next to it):
 //! sharded == unsharded, kill -9 + --resume == uninterrupted, bad images, mismatches, verify.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::{fails, ok, synthetic_idx, tmpdir, BIN};
 use tinyvit_core::store::{FOOTER_LEN, HEADER_LEN};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
 
 fn teacher() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/teacher/tiny_cnn.pt")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyvit-teacher-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A synthetic IDX image file of `n` 28x28 images (smooth patterns that differ per image).
-fn idx_dataset(dir: &Path, n: u32) -> String {
-    let mut b = vec![0, 0, 8, 3];
-    for v in [n, 28, 28] {
-        b.extend(v.to_be_bytes());
-    }
-    for i in 0..n {
-        for y in 0..28u32 {
-            for x in 0..28u32 {
-                b.push(((x * (i % 7 + 1) + y * (i % 5 + 2) + i * 3) % 256) as u8);
-            }
-        }
-    }
-    let path = dir.join("images.idx");
-    std::fs::write(&path, b).unwrap();
-    format!("idx:{}", path.display())
 }
 
 fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
@@ -67,24 +43,6 @@ fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-fn ok(mut c: Command) -> Output {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{:?} failed:\n{}{}",
-        c,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn fails(mut c: Command) -> String {
-    let o = c.output().unwrap();
-    assert!(!o.status.success(), "{c:?} succeeded but should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
-}
-
 fn logits(args: &[&str], dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.arg("logits").arg(args[0]).arg(dir).args(&args[1..]);
@@ -98,8 +56,8 @@ fn part(dir: &Path, e: u32, p: u32, n: u32) -> PathBuf {
 
 #[test]
 fn sharded_equals_unsharded_and_verifies() {
-    let d = tmpdir("shard");
-    let data = idx_dataset(&d, 150);
+    let d = tmpdir("teacher", "shard");
+    let data = synthetic_idx(&d, 150).unwrap();
     let (whole, sharded) = (d.join("whole"), d.join("sharded"));
     ok(save_logits(&data, &whole, &[]));
     for s in ["2/3", "0/3", "1/3"] {
@@ -162,8 +120,8 @@ fn sharded_equals_unsharded_and_verifies() {
 
 #[test]
 fn kill_then_resume_equals_uninterrupted() {
-    let d = tmpdir("kill");
-    let data = idx_dataset(&d, 600);
+    let d = tmpdir("teacher", "kill");
+    let data = synthetic_idx(&d, 600).unwrap();
     let (clean, killed) = (d.join("clean"), d.join("killed"));
     ok(save_logits(&data, &clean, &[]));
 
@@ -203,9 +161,9 @@ fn kill_then_resume_equals_uninterrupted() {
     // Resuming with another K or other data is refused, naming what differs.
     let msg = fails(save_logits(&data, &killed, &["--resume", "--topk", "4"]));
     assert!(msg.contains("topk: store has 3, now 4"), "{msg}");
-    let other = tmpdir("kill-other");
+    let other = tmpdir("teacher", "kill-other");
     let msg = fails(save_logits(
-        &idx_dataset(&other, 601),
+        &synthetic_idx(&other, 601).unwrap(),
         &killed,
         &["--resume"],
     ));
@@ -228,7 +186,7 @@ fn kill_then_resume_equals_uninterrupted() {
 
 #[test]
 fn bad_images_error_or_missing_records() {
-    let d = tmpdir("bad");
+    let d = tmpdir("teacher", "bad");
     let root = d.join("imgs");
     for (c, n) in [("a", 5u8), ("b", 4)] {
         std::fs::create_dir_all(root.join(c)).unwrap();
@@ -274,8 +232,8 @@ fn bad_images_error_or_missing_records() {
 
 #[test]
 fn eight_bit_values_round_trip_through_the_pass() {
-    let d = tmpdir("bits8");
-    let data = idx_dataset(&d, 40);
+    let d = tmpdir("teacher", "bits8");
+    let data = synthetic_idx(&d, 40).unwrap();
     let (s16, s8) = (d.join("s16"), d.join("s8"));
     ok(save_logits(&data, &s16, &[]));
     ok(save_logits(&data, &s8, &["--value-bits", "8"]));

@@ -6,42 +6,13 @@
 //!
 //! "Learning" = the logged training loss falls and held-out top-1 is well above chance (10%).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use tinyvit_host::data::read_maybe_gz;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
-const FM: &str = "/usr/share/datasets/fashion-mnist";
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyvit-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Writes the first `n` images and labels of a Fashion-MNIST split as raw IDX files.
-fn idx_subset(dir: &Path, split: &str, n: usize) -> String {
-    let img = read_maybe_gz(&Path::new(FM).join(format!("{split}-images-idx3-ubyte.gz")))
-        .expect("Fashion-MNIST (Debian package dataset-fashion-mnist) is needed");
-    let lab = read_maybe_gz(&Path::new(FM).join(format!("{split}-labels-idx1-ubyte.gz"))).unwrap();
-    let mut i = img[..4].to_vec();
-    i.extend((n as u32).to_be_bytes());
-    i.extend(&img[8..16]);
-    i.extend(&img[16..16 + n * 784]);
-    let mut l = lab[..4].to_vec();
-    l.extend((n as u32).to_be_bytes());
-    l.extend(&lab[8..8 + n]);
-    let (ip, lp) = (
-        dir.join(format!("{split}-img")),
-        dir.join(format!("{split}-lab")),
-    );
-    std::fs::write(&ip, i).unwrap();
-    std::fs::write(&lp, l).unwrap();
-    format!("idx:{},{}", ip.display(), lp.display())
-}
+use support::{fails, fashion_mnist_subset, ok, tmpdir, train_m4, BIN};
 
 struct Data {
     dir: PathBuf,
@@ -52,63 +23,37 @@ struct Data {
 fn data() -> &'static Data {
     static D: OnceLock<Data> = OnceLock::new();
     D.get_or_init(|| {
-        let dir = tmpdir("data");
+        let dir = tmpdir("train", "data");
         Data {
-            train: idx_subset(&dir, "train", 640),
-            val: idx_subset(&dir, "t10k", 320),
+            train: fashion_mnist_subset(&dir, "train", 640),
+            val: fashion_mnist_subset(&dir, "t10k", 320),
             dir,
         }
     })
 }
 
-fn ok(mut c: Command) -> Output {
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{:?} failed:\n{}{}",
-        c,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn fails(mut c: Command) -> String {
-    let o = c.output().unwrap();
-    assert!(!o.status.success(), "{c:?} succeeded but should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
-}
-
 /// `tinyvit train` with the common small settings.
 fn train(out: &Path, target: &[&str], epochs: u32, extra: &[&str]) -> Command {
     let d = data();
-    let mut c = Command::new(BIN);
-    c.args([
-        "train",
-        "--arch",
-        "tiny_vit_mcu_m4",
-        "--data",
-        &d.train,
-        "--val",
-        &d.val,
-    ])
-    .args(target)
-    .args(["--epochs", &epochs.to_string(), "--out"])
-    .arg(out)
-    .args([
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--log-every",
-        "4",
-        "--quiet",
-    ])
-    .args(extra);
+    let mut c = train_m4(&d.train);
+    c.args(["--val", &d.val])
+        .args(target)
+        .args(["--epochs", &epochs.to_string(), "--out"])
+        .arg(out)
+        .args([
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--workers",
+            "1",
+            "--log-every",
+            "4",
+            "--quiet",
+        ])
+        .args(extra);
     if !extra.contains(&"--img-size") && !target.contains(&"--logits") {
         c.args(["--img-size", "32"]);
     }
@@ -160,13 +105,9 @@ fn store() -> &'static PathBuf {
         let out = data().dir.join("store");
         let _ = std::fs::remove_dir_all(&out);
         let t = tinyvit_host::train::StoreTeacher::load(ckpt, tch::Device::Cpu).unwrap();
-        let mut cfg = tinyvit_host::save_logits::PassConfig::new(&data().train, &out, 3, 3);
-        cfg.aug_preset = "light".into();
-        cfg.aug = tinyvit_core::aug::preset("light").unwrap();
-        cfg.aug.size = 32;
+        let mut cfg = support::light_pass(&data().train, &out, 3, 3, 32);
         cfg.batch_size = 64;
         cfg.workers = 1;
-        cfg.progress = false;
         tinyvit_host::save_logits::run(&cfg, &t).unwrap();
         out
     })
@@ -203,7 +144,7 @@ fn labels_run_learns_and_writes_the_run_folder() {
 #[test]
 fn distillation_from_the_store_learns() {
     let store = store();
-    let out = tmpdir("distill");
+    let out = tmpdir("train", "distill");
     let o = ok(train(&out, &["--logits", store.to_str().unwrap()], 4, &[]));
     let s = summary(&o);
     assert_learns(&s, "store distillation");
@@ -215,7 +156,7 @@ fn distillation_from_the_store_learns() {
 #[test]
 fn online_distillation_learns() {
     let (ckpt, _) = teacher();
-    let out = tmpdir("online");
+    let out = tmpdir("train", "online");
     let o = ok(train(&out, &["--teacher", ckpt.to_str().unwrap()], 4, &[]));
     let s = summary(&o);
     assert_learns(&s, "online distillation");
@@ -229,19 +170,12 @@ fn mismatched_store_is_refused() {
     let store = store();
     let d = data();
     // another dataset: the validation images instead of the training images
-    let out = tmpdir("mismatch");
-    let mut c = Command::new(BIN);
-    c.args([
-        "train",
-        "--arch",
-        "tiny_vit_mcu_m4",
-        "--data",
-        &d.val,
-        "--logits",
-    ])
-    .arg(store)
-    .args(["--epochs", "1", "--device", "cpu", "--quiet", "--out"])
-    .arg(&out);
+    let out = tmpdir("train", "mismatch");
+    let mut c = train_m4(&d.val);
+    c.arg("--logits")
+        .arg(store)
+        .args(["--epochs", "1", "--device", "cpu", "--quiet", "--out"])
+        .arg(&out);
     let err = fails(c);
     assert!(
         err.contains("fingerprint") || err.contains("dataset"),

@@ -3,78 +3,42 @@
 //! augmentation seeds, mixup draws, DropPath masks) is derived from the run seed and the
 //! position, and the checkpoint holds weights, BN statistics, AdamW moments and that position.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tinyvit_host::data::read_maybe_gz;
+use support::{fashion_mnist_subset, tmpdir, train_m4};
 use tinyvit_host::train::checkpoint;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
-const FM: &str = "/usr/share/datasets/fashion-mnist";
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tinyvit-resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The first `n` Fashion-MNIST training images and labels as raw IDX files.
-fn idx_subset(dir: &Path, n: usize) -> String {
-    let img = read_maybe_gz(&Path::new(FM).join("train-images-idx3-ubyte.gz"))
-        .expect("Fashion-MNIST (Debian package dataset-fashion-mnist) is needed");
-    let lab = read_maybe_gz(&Path::new(FM).join("train-labels-idx1-ubyte.gz")).unwrap();
-    let mut i = img[..4].to_vec();
-    i.extend((n as u32).to_be_bytes());
-    i.extend(&img[8..16]);
-    i.extend(&img[16..16 + n * 784]);
-    let mut l = lab[..4].to_vec();
-    l.extend((n as u32).to_be_bytes());
-    l.extend(&lab[8..8 + n]);
-    std::fs::write(dir.join("img"), i).unwrap();
-    std::fs::write(dir.join("lab"), l).unwrap();
-    format!(
-        "idx:{},{}",
-        dir.join("img").display(),
-        dir.join("lab").display()
-    )
-}
-
 fn train(data: &str, out: &Path, resume: bool) -> Command {
-    let mut c = Command::new(BIN);
-    c.args([
-        "train",
-        "--arch",
-        "tiny_vit_mcu_m4",
-        "--data",
-        data,
-        "--labels",
-    ])
-    .args([
-        "--val",
-        "split:64",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--img-size",
-        "32",
-    ])
-    // exercise every random stream: DropPath, mixup and CutMix, augmentation
-    .args(["--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"])
-    .args([
-        "--ckpt-every",
-        "3",
-        "--threads",
-        "1",
-        "--workers",
-        "2",
-        "--device",
-        "cpu",
-    ])
-    .args(["--seed", "11", "--quiet", "--out"])
-    .arg(out);
+    let mut c = train_m4(data);
+    c.arg("--labels")
+        .args([
+            "--val",
+            "split:64",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--img-size",
+            "32",
+        ])
+        // exercise every random stream: DropPath, mixup and CutMix, augmentation
+        .args(["--drop-path", "0.1", "--mixup", "0.8", "--cutmix", "1.0"])
+        .args([
+            "--ckpt-every",
+            "3",
+            "--threads",
+            "1",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+        ])
+        .args(["--seed", "11", "--quiet", "--out"])
+        .arg(out);
     if resume {
         c.arg("--resume");
     }
@@ -88,8 +52,8 @@ fn step_of(path: &Path) -> Option<u64> {
 
 #[test]
 fn kill_then_resume_equals_uninterrupted() {
-    let dir = tmpdir("data");
-    let data = idx_subset(&dir, 384);
+    let dir = tmpdir("resume", "data");
+    let data = fashion_mnist_subset(&dir, "train", 384);
     let whole = dir.join("whole");
     let o = train(&data, &whole, false).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

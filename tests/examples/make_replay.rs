@@ -37,8 +37,9 @@ use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
 use tinyvit_core::params::{splitmix64, synthetic_state_dict};
+use tinyvit_core::vectors::{self, Kind, Record};
 use tinyvit_tests::aug_golden;
-use tinyvit_tests::replay::{self, Kind, Record};
+use tinyvit_tests::replay;
 
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
@@ -81,6 +82,11 @@ fn main() {
     }
 }
 
+/// The vector file of `records`.
+fn encode(records: &[Record]) -> Result<Vec<u8>, String> {
+    vectors::write(records).map_err(|e| e.to_string())
+}
+
 fn run(out: &Path) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
@@ -90,9 +96,9 @@ fn run(out: &Path) -> Result<(), String> {
     let mut cases = String::new();
     let mut macs = String::new();
 
-    write("golden.vec", &replay::write(&golden_view_vectors()?))?;
+    write("golden.vec", &encode(&golden_view_vectors()?)?)?;
     cases.push_str("aug-golden golden.vec\n");
-    write("aug.vec", &replay::write(&view_vectors()?))?;
+    write("aug.vec", &encode(&view_vectors()?)?)?;
     cases.push_str("aug aug.vec\n");
 
     for (name, seed) in PRESETS {
@@ -104,7 +110,7 @@ fn run(out: &Path) -> Result<(), String> {
         )?;
         write(
             &format!("{name}.vec"),
-            &replay::write(&inference_vectors(&cfg, &blob)?),
+            &encode(&inference_vectors(&cfg, &blob)?)?,
         )?;
         writeln!(cases, "{name} {name}.vec {name}.tvb").unwrap();
         writeln!(macs, "{name} {}", replay::macs(&cfg)).unwrap();
@@ -119,7 +125,7 @@ fn run(out: &Path) -> Result<(), String> {
     )?;
     write(
         "matmul_probe.vec",
-        &replay::write(&inference_vectors(&probe, &blob)?),
+        &encode(&inference_vectors(&probe, &blob)?)?,
     )?;
     let extra = replay::macs(&probe) - replay::macs(&base);
     write(
@@ -188,7 +194,7 @@ fn view(cfg: &AugConfig, seed: u32, src: &ImageRef<'_>) -> Result<Vec<u8>, Strin
     Ok(out)
 }
 
-/// The evaluation view of `src` at `cfg.size` ([`replay::EVAL_CROP_PCT`], `cfg.interpolation`).
+/// The evaluation view of `src` at `cfg.size` ([`vectors::EVAL_CROP_PCT`], `cfg.interpolation`).
 fn eval_view(cfg: &AugConfig, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
     let e = |e: aug::AugError| e.to_string();
     let mut out = vec![0u8; aug::image_len(cfg.size, cfg.size, src.channels).map_err(e)?];
@@ -196,7 +202,7 @@ fn eval_view(cfg: &AugConfig, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
         src.width,
         src.height,
         cfg.size,
-        replay::EVAL_CROP_PCT,
+        vectors::EVAL_CROP_PCT,
         src.channels,
     )
     .map_err(e)?;
@@ -204,7 +210,7 @@ fn eval_view(cfg: &AugConfig, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
     aug::eval_transform(
         *src,
         ImageMut::new(cfg.size, cfg.size, src.channels, &mut out).map_err(e)?,
-        replay::EVAL_CROP_PCT,
+        vectors::EVAL_CROP_PCT,
         cfg.interpolation,
         &mut scratch,
     )
@@ -483,6 +489,6 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
         let p = out.join(name);
         std::fs::write(&p, bytes).map_err(|e| format!("{}: {e}", p.display()))
     };
-    write("eval.vec", &replay::write(&records))?;
+    write("eval.vec", &encode(&records)?)?;
     write("eval.txt", table.as_bytes())
 }

@@ -1,61 +1,8 @@
-//! Host side of the device replay: the writer of the replay vector file (`.vec`) and the hash
-//! both sides compare.
-//!
-//! The format is specified where the firmware parses it, `firmware/src/vectors.rs`; in short: a
-//! 16-byte header `"TVRV", version 1, count, 0`, then records of a 48-byte header (len, kind,
-//! seed, width, height, channels, cfg_len, class, image_hash, logits_hash), the postcard-encoded
-//! augmentation config and the source pixels, each padded to 4 bytes. All little-endian.
+//! Host side of the device replay: the hash of the logits both sides compare, the class rule
+//! and the multiply-accumulate count. The vector file itself (format, writer and the parser the
+//! firmware uses) is the core's [`tinyvit_core::vectors`].
 
-use tinyvit_core::aug::AugConfig;
 use tinyvit_core::config::{ModelConfig, STAGES};
-
-/// The file magic.
-pub const MAGIC: &[u8; 4] = b"TVRV";
-/// The format version written.
-pub const VERSION: u32 = 1;
-/// Kind flag: the source is the core's test pattern, rebuilt on the device.
-pub const PATTERN: u32 = 0x100;
-
-/// What the device does with a vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Replay the augmentation from the seed; compare the hash of the u8 view.
-    View = 1,
-    /// Replay the augmentation, normalise with the config's mean/std, run the model; compare the
-    /// view hash, the logits hash and the class.
-    Infer = 2,
-    /// No augmentation: the source image (already the model's size) is normalised and
-    /// classified; compare the logits hash and the class (the image hash is the source's).
-    Eval = 3,
-    /// The evaluation transform ([`EVAL_CROP_PCT`], the config's size and interpolation), then
-    /// normalisation and inference; compare the view hash, the logits hash and the class.
-    EvalView = 4,
-}
-
-/// `crop_pct` of [`Kind::EvalView`] (timm's default; the firmware uses the same constant).
-pub const EVAL_CROP_PCT: f32 = 0.875;
-
-/// One vector to write.
-#[derive(Clone, Debug)]
-pub struct Record {
-    pub kind: Kind,
-    pub seed: u32,
-    pub width: u32,
-    pub height: u32,
-    pub channels: u32,
-    pub cfg: AugConfig,
-    /// Source pixels, HWC u8 (not written when `pattern`).
-    pub pixels: Vec<u8>,
-    /// The source is `aug::test_pattern(width, height, channels)`: the device rebuilds it, so
-    /// the pixels are not stored.
-    pub pattern: bool,
-    /// Expected class (u32::MAX for [`Kind::View`]).
-    pub class: u32,
-    /// FNV-1a 64 of the u8 image the device feeds on (the view, or the source for `Eval`).
-    pub image_hash: u64,
-    /// [`logits_hash`] of the expected logits (0 for [`Kind::View`]).
-    pub logits_hash: u64,
-}
 
 /// The canonical quiet NaN every NaN is hashed as.
 pub const CANONICAL_NAN: u32 = 0x7fc0_0000;
@@ -119,48 +66,6 @@ pub fn macs(cfg: &ModelConfig) -> u64 {
         }
     }
     n + u64::from(cfg.num_classes) * e[3]
-}
-
-fn pad4(v: &mut Vec<u8>) {
-    while !v.len().is_multiple_of(4) {
-        v.push(0);
-    }
-}
-
-/// Serialises records into a vector file.
-pub fn write(records: &[Record]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    for r in records {
-        let cfg = postcard::to_allocvec(&r.cfg).expect("an AugConfig always serialises");
-        let mut body = Vec::new();
-        let flags = if r.pattern { PATTERN } else { 0 };
-        body.extend_from_slice(&(r.kind as u32 | flags).to_le_bytes());
-        for v in [
-            r.seed,
-            r.width,
-            r.height,
-            r.channels,
-            cfg.len() as u32,
-            r.class,
-        ] {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
-        body.extend_from_slice(&r.image_hash.to_le_bytes());
-        body.extend_from_slice(&r.logits_hash.to_le_bytes());
-        body.extend_from_slice(&cfg);
-        pad4(&mut body);
-        if !r.pattern {
-            body.extend_from_slice(&r.pixels);
-            pad4(&mut body);
-        }
-        out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
-        out.extend_from_slice(&body);
-    }
-    out
 }
 
 #[cfg(test)]

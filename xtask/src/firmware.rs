@@ -1,7 +1,7 @@
 //! `cargo xtask firmware build|run|size|eval|bench`, `cargo xtask flash`: the Cortex-M firmware.
 //!
 //! The firmware (`firmware/`, its own workspace) embeds at build time a model `.tvb`
-//! (`TINYVIT_MODEL`) and a replay vector file (`TINYVIT_VECTORS`, see `firmware/src/vectors.rs`);
+//! (`TINYVIT_MODEL`) and a replay vector file (`TINYVIT_VECTORS`, see `core/src/vectors.rs`);
 //! both paths are handed to its build script as environment variables. Boards:
 //!
 //! | board        | feature       | runs on                                          |
