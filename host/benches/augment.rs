@@ -6,7 +6,10 @@
 //!
 //! Photos: scikit-image's bundled samples, re-encoded as JPEG quality 90 (ImageNet is JPEG).
 //! `TINYVIT_PYREF` names the reference environment (default `/root/.cache/tinyvit/pyref`);
-//! `TINYVIT_BENCH_SECONDS` the time per measurement (default 4).
+//! `TINYVIT_BENCH_SECONDS` the time per measurement (default 4), `TINYVIT_BENCH_ROUNDS` the
+//! rounds (default 3): each round measures our side, then runs the timm peer, so the two sides
+//! alternate; the summary gives medians over the rounds, each ratio taken within its round
+//! (the machine's speed drifts between rounds).
 //!
 //! Both sides report images per second of wall time and per second of the measuring thread's
 //! CPU time (`CLOCK_THREAD_CPUTIME_ID` here, `time.thread_time()` in Python). On a shared
@@ -17,19 +20,21 @@
 //! with `image`'s options, the pixels `image` gives); timm opens each file with Pillow
 //! (libjpeg-turbo) and converts it to RGB. Both sides do the whole augmentation on every image.
 //!
-//! Measured on a 2-core Xeon @ 2.5 GHz shared with another engineer's builds (load 3.4-3.9),
-//! three runs, tinyvit / timm 1.0.31 images/s, ratio by CPU time (by wall time):
+//! Measured on a 2-core Xeon @ 2.5 GHz shared with another engineer's work (load 1-2.8), three
+//! runs of 3 rounds; medians, tinyvit / timm 1.0.31 images/s, ratio by CPU time (by wall time):
 //!
 //! | run | decode excluded | decode included |
 //! |---|---|---|
-//! | 1 | 382.8 / 175.6 = 2.18x (2.32x) | 145.0 / 99.1 = 1.46x (1.59x) |
-//! | 2 | 384.5 / 190.4 = 2.02x (1.80x) | 147.2 / 100.5 = 1.47x (1.21x) |
-//! | 3 | 389.4 / 195.2 = 1.99x (2.34x) | 151.1 / 97.8 = 1.54x (1.90x) |
+//! | 1 | 276.9 / 154.3 = 1.79x (1.78x) | 139.1 / 77.1 = 1.81x (1.57x) |
+//! | 2 | 388.4 / 157.1 = 2.44x (2.40x) | 152.0 / 89.0 = 1.71x (1.61x) |
+//! | 3 | 351.2 / 160.9 = 2.18x (2.18x) | 137.4 / 79.6 = 1.73x (1.62x) |
 //!
-//! Decode excluded, our pipeline takes about 2.6 ms of CPU an image, timm's 5.1-5.7 ms (its
-//! figure moves more with the machine's load). With decode included the decoders set the
-//! ceiling: zune-jpeg here and libjpeg-turbo in Pillow each take about 4.1-4.4 ms an image on
-//! these q90 4:4:4 files, so even a free augmentation would reach only about 2.4x.
+//! Single rounds ranged 1.55-2.47x (decode excluded) and 1.49-2.13x (included): our rate moved
+//! between 231 and 389 images/s from round to round on the same binary, timm's between 135 and
+//! 169. At its best our pipeline takes about 2.6 ms of CPU an image against timm's 6-7 ms. With
+//! decode included the decoders set the ceiling: zune-jpeg here and libjpeg-turbo in Pillow
+//! each take about 4 ms an image on these q90 4:4:4 files, so even a free augmentation would
+//! reach only about 2.4x.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -70,6 +75,11 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4.0);
+    let rounds: u32 = std::env::var("TINYVIT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(3);
     let python = pyref.join("bin/python");
     let data = pyref.join("lib/python3.11/site-packages/skimage/data");
     if !python.exists() || !data.exists() {
@@ -153,7 +163,6 @@ fn main() -> Result<()> {
             }
         }
     };
-    let ours_ex = rate(&mut |i, s| one(&decoded[i], s))?;
     // A loader decodes into one buffer, image after image.
     let mut img = Image {
         width: 0,
@@ -161,55 +170,84 @@ fn main() -> Result<()> {
         channels: 3,
         data: Vec::new(),
     };
-    let ours_in = rate(&mut |i, s| {
-        decode_image_into(&jpegs[i], &mut img)?;
-        one(&img, s)
-    })?;
-
-    let out = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/benches/augment_timm.py"
-        ))
-        .arg(seconds.to_string())
-        .args(&files)
-        .env("OMP_NUM_THREADS", "1")
-        .env("MKL_NUM_THREADS", "1")
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    std::fs::remove_dir_all(&dir).ok();
-    if !out.status.success() {
-        bail!("timm peer failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let line = String::from_utf8(out.stdout)?;
-    let v: serde_json::Value = serde_json::from_str(line.trim()).context("timm peer output")?;
-    let num = |k: &str| {
-        v[k].as_f64()
-            .with_context(|| format!("timm peer output: {k}"))
+    let timm_round = || -> Result<serde_json::Value> {
+        let out = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/augment_timm.py"
+            ))
+            .arg(seconds.to_string())
+            .args(&files)
+            .env("OMP_NUM_THREADS", "1")
+            .env("MKL_NUM_THREADS", "1")
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        if !out.status.success() {
+            bail!("timm peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let line = String::from_utf8(out.stdout)?;
+        serde_json::from_str(line.trim()).context("timm peer output")
     };
-    let timm_ex = (num("decode_excluded")?, num("decode_excluded_cpu")?);
-    let timm_in = (num("decode_included")?, num("decode_included_cpu")?);
-    let tv = v["timm"].as_str().unwrap_or("?").to_string();
-    let retries = v["retries"].as_u64().unwrap_or(0);
+    // Rounds alternate the two sides so that both meet about the same machine conditions; the
+    // summary gives each figure's median over the rounds, rates and ratios (a ratio is taken
+    // within its round).
+    // Per round: (wall, CPU) rates of ours excluded, ours included, timm excluded, included.
+    type Round = [(f64, f64); 4];
+    let mut rows: Vec<Round> = Vec::new();
+    let (mut tv, mut retries) = (String::from("?"), 0u64);
+    for round in 1..=rounds {
+        let ex = rate(&mut |i, s| one(&decoded[i], s))?;
+        let inc = rate(&mut |i, s| {
+            decode_image_into(&jpegs[i], &mut img)?;
+            one(&img, s)
+        })?;
+        let v = timm_round()?;
+        let num = |k: &str| {
+            v[k].as_f64()
+                .with_context(|| format!("timm peer output: {k}"))
+        };
+        let t_ex = (num("decode_excluded")?, num("decode_excluded_cpu")?);
+        let t_in = (num("decode_included")?, num("decode_included_cpu")?);
+        tv = v["timm"].as_str().unwrap_or("?").to_string();
+        retries += v["retries"].as_u64().unwrap_or(0);
+        println!(
+            "round {round}: CPU-second rates, decode excluded tinyvit {:.1} timm {:.1} ({:.2}x), included tinyvit {:.1} timm {:.1} ({:.2}x)",
+            ex.1,
+            t_ex.1,
+            ex.1 / t_ex.1,
+            inc.1,
+            t_in.1,
+            inc.1 / t_in.1
+        );
+        rows.push([ex, inc, t_ex, t_in]);
+    }
+    let median = |f: &dyn Fn(&Round) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    };
+    std::fs::remove_dir_all(&dir).ok();
     println!(
-        "augment 224 training pipeline, one core, {} photos, {seconds} s each (images/s):",
+        "augment 224 training pipeline, one core, {} photos, {seconds} s each, medians of {rounds} rounds (images/s):",
         PHOTOS.len()
     );
     if retries > 0 {
         println!("  (timm raised on Pillow 13's posterize(bits=0) {retries} times; those calls were retried)");
     }
-    for (what, ours, timm) in [
-        ("decode excluded", ours_ex, timm_ex),
-        ("decode included", ours_in, timm_in),
-    ] {
+    for (what, o, t) in [("decode excluded", 0, 2), ("decode included", 1, 3)] {
         println!(
             "  {what}: per CPU-second tinyvit {:7.1}  timm {tv} {:7.1}  ratio {:.2}x | per wall-second tinyvit {:7.1}  timm {:7.1}  ratio {:.2}x",
-            ours.1,
-            timm.1,
-            ours.1 / timm.1,
-            ours.0,
-            timm.0,
-            ours.0 / timm.0
+            median(&|r| r[o].1),
+            median(&|r| r[t].1),
+            median(&|r| r[o].1 / r[t].1),
+            median(&|r| r[o].0),
+            median(&|r| r[t].0),
+            median(&|r| r[o].0 / r[t].0),
         );
     }
     Ok(())
