@@ -9,7 +9,9 @@
 //! Every accumulation starts at the bias and adds terms in a fixed index order; transcendentals
 //! come from `libm`; there is no `mul_add`, no `f32::max/min` and no target-specific kernel.
 
-use super::layers::{bias_index, dot, gelu, gelu_inplace, layer_norm, layer_norm_into, linear};
+use super::layers::{
+    bias_index, dot, gelu, gelu_inplace, layer_norm, layer_norm_into, linear, stem_dims,
+};
 use super::{arena_plan, input_len, EngineError, Reader, Weights};
 use crate::config::{ModelConfig, STAGES};
 
@@ -106,12 +108,7 @@ fn stem(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), EngineError> {
-    let cin = cfg.in_chans as usize;
-    let img = cfg.img_size as usize;
-    let e0 = cfg.embed_dims[0] as usize;
-    let half = e0 / 2;
-    let w1 = img.div_ceil(2);
-    let r0 = w1.div_ceil(2);
+    let (cin, img, e0, half, w1, r0) = stem_dims(cfg);
     let k1 = rd.take(half * cin * 9)?;
     let b1 = rd.take(half)?;
     let k2 = rd.take(e0 * half * 9)?;

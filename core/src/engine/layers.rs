@@ -5,6 +5,18 @@
 /// LayerNorm epsilon of every norm in TinyViT.
 pub(crate) const LN_EPS: f32 = 1e-5;
 
+/// Sizes of the patch-embedding stem, `(cin, img, e0, half, w1, r0)`: `cin` input channels of
+/// `img x img`, a 3x3 stride-2 conv to `half = e0 / 2` channels of `w1 x w1`, then one to `e0`
+/// channels of `r0 x r0`.
+pub(crate) fn stem_dims(
+    cfg: &crate::config::ModelConfig,
+) -> (usize, usize, usize, usize, usize, usize) {
+    let e0 = cfg.embed_dims[0] as usize;
+    let img = cfg.img_size as usize;
+    let w1 = img.div_ceil(2);
+    (cfg.in_chans as usize, img, e0, e0 / 2, w1, w1.div_ceil(2))
+}
+
 /// Exact (erf) GELU: `0.5 * x * (1 + erf(x / sqrt(2)))`.
 #[inline]
 pub(crate) fn gelu(x: f32) -> f32 {

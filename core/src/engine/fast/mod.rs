@@ -21,7 +21,7 @@ use std::vec::Vec;
 pub use gemm::Kernel;
 use gemm::{gemm, Packed, ADD, ADD_GELU, SET, SET_GELU};
 
-use super::layers::{bias_index, LN_EPS};
+use super::layers::{bias_index, stem_dims, LN_EPS};
 use super::{input_len, EngineError, Reader, Weights};
 use crate::config::{ModelConfig, STAGES};
 
@@ -484,13 +484,7 @@ impl<'a> FastModel<'a> {
     /// Both stem convs through im2col + GEMM; the result goes to `ws.x`.
     #[inline(always)]
     fn stem(&self, input: &[f32], ws: &mut Work) {
-        let cfg = &self.cfg;
-        let cin = cfg.in_chans as usize;
-        let img = cfg.img_size as usize;
-        let e0 = cfg.embed_dims[0] as usize;
-        let half = e0 / 2;
-        let w1 = img.div_ceil(2);
-        let r0 = w1.div_ceil(2);
+        let (cin, img, e0, half, w1, r0) = stem_dims(&self.cfg);
         let [t0, t1, ..] = &mut ws.t;
         // im2col of the CHW input: rows = output pixels, cols = (i, ky, kx).
         let kk = cin * 9;
@@ -734,37 +728,58 @@ mod tests {
     }
 }
 
+/// Synthetic networks and inputs shared by the agreement and property tests.
 #[cfg(test)]
-mod agreement {
+mod testnet {
     use super::*;
     use crate::engine::{arena_len, exact, fold::fold_state_dict};
     use crate::params::{splitmix64, synthetic_state_dict};
 
-    /// Max |exact - fast| / max|exact| over the logits of a batch of two images.
-    fn rel_diff(cfg: &ModelConfig) -> f32 {
-        let sd = synthetic_state_dict(cfg, 21);
+    /// The folded weights of a synthetic network (from `weight_seed`) and `images` inputs in
+    /// [-2, 2) (from `input_seed`).
+    pub(super) fn network(
+        cfg: &ModelConfig,
+        weight_seed: u64,
+        input_seed: u64,
+        images: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let sd = synthetic_state_dict(cfg, weight_seed);
         let blob = fold_state_dict(cfg, |n| {
             sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
         })
         .unwrap();
-        let w = Weights::new(cfg, &blob).unwrap();
-        let n = input_len(cfg).unwrap();
-        let mut s = 5u64;
-        let x: Vec<f32> = (0..2 * n)
+        let mut s = input_seed;
+        let x = (0..images * input_len(cfg).unwrap())
             .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
             .collect();
-        let nc = cfg.num_classes as usize;
-        let mut exact_l = vec![0.0; 2 * nc];
+        (blob, x)
+    }
+
+    /// The exact engine's logits of every image in `x`.
+    pub(super) fn exact_logits(w: &Weights<'_>, x: &[f32]) -> Vec<f32> {
+        let cfg = w.config();
+        let (n, nc) = (input_len(cfg).unwrap(), cfg.num_classes as usize);
         let mut arena = vec![0.0; arena_len(cfg).unwrap()];
-        for i in 0..2 {
-            exact::forward(
-                &w,
-                &x[i * n..(i + 1) * n],
-                &mut arena,
-                &mut exact_l[i * nc..(i + 1) * nc],
-            )
-            .unwrap();
+        let mut out = vec![0.0; x.len() / n * nc];
+        for (img, l) in x.chunks_exact(n).zip(out.chunks_exact_mut(nc)) {
+            exact::forward(w, img, &mut arena, l).unwrap();
         }
+        out
+    }
+}
+
+#[cfg(test)]
+mod agreement {
+    use super::testnet::{exact_logits, network};
+    use super::*;
+    use crate::params::splitmix64;
+
+    /// Max |exact - fast| / max|exact| over the logits of a batch of two images.
+    fn rel_diff(cfg: &ModelConfig) -> f32 {
+        let (blob, x) = network(cfg, 21, 5, 2);
+        let w = Weights::new(cfg, &blob).unwrap();
+        let exact_l = exact_logits(&w, &x);
+        let nc = cfg.num_classes as usize;
         let scale = exact_l.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let mut worst = 0.0f32;
         for kernel in Kernel::available() {
@@ -819,21 +834,10 @@ mod agreement {
             (b, 456, false),
             (ModelConfig::tiny_vit_mcu_m4(), 3, true),
         ] {
-            let sd = synthetic_state_dict(&cfg, seed);
-            let blob = fold_state_dict(&cfg, |n| {
-                sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
-            })
-            .unwrap();
+            let (blob, x) = network(&cfg, seed, seed, 1);
             let w = Weights::new(&cfg, &blob).unwrap();
-            let n = input_len(&cfg).unwrap();
-            let mut s = seed;
-            let x: Vec<f32> = (0..n)
-                .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
-                .collect();
             let nc = cfg.num_classes as usize;
-            let mut arena = vec![0.0; arena_len(&cfg).unwrap()];
-            let mut e = vec![0.0; nc];
-            exact::forward(&w, &x, &mut arena, &mut e).unwrap();
+            let e = exact_logits(&w, &x);
             let scale = e.iter().fold(0.1f32, |m, v| m.max(v.abs()));
             let max_diff = |a: &[f32], b: &[f32]| {
                 a.iter()
@@ -853,9 +857,7 @@ mod agreement {
                         f32::from_bits(if up || bits == 0 { bits + 1 } else { bits - 1 })
                     })
                     .collect();
-                let mut ep = vec![0.0; nc];
-                exact::forward(&w, &xp, &mut arena, &mut ep).unwrap();
-                spread = spread.max(max_diff(&e, &ep));
+                spread = spread.max(max_diff(&e, &exact_logits(&w, &xp)));
             }
             if preset {
                 assert!(spread < 1e-5, "preset spread {spread}");
@@ -913,9 +915,8 @@ mod agreement {
 
 #[cfg(test)]
 mod properties {
+    use super::testnet::{exact_logits, network};
     use super::*;
-    use crate::engine::{arena_len, exact, fold::fold_state_dict};
-    use crate::params::{splitmix64, synthetic_state_dict};
     use proptest::prelude::*;
 
     fn config() -> impl Strategy<Value = ModelConfig> {
@@ -966,21 +967,11 @@ mod properties {
         #[test]
         fn exact_fits_its_arena_and_fast_agrees(cfg in config(), seed in 0u64..1000) {
             prop_assert!(cfg.validate().is_ok(), "{:?}", cfg);
-            let sd = synthetic_state_dict(&cfg, seed);
-            let blob = fold_state_dict(&cfg, |n| {
-                sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
-            })
-            .unwrap();
+            let (blob, x) = network(&cfg, seed, seed, 1);
             let w = Weights::new(&cfg, &blob).unwrap();
-            let n = input_len(&cfg).unwrap();
-            let mut s = seed;
-            let x: Vec<f32> = (0..n)
-                .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 22) as f32 - 2.0)
-                .collect();
             let nc = cfg.num_classes as usize;
-            let mut arena = vec![0.0; arena_len(&cfg).unwrap()];
-            let mut e = vec![0.0; nc];
-            exact::forward(&w, &x, &mut arena, &mut e).unwrap();
+            // Runs in exactly `arena_len` values (it errors on a smaller arena).
+            let e = exact_logits(&w, &x);
             // Relative to the logits' scale, but never below 0.1: a logit near zero is the
             // cancellation of O(1) terms, whose rounding error is absolute, not relative (a
             // one-class head at -0.017 differed by 2.6e-7, 1.5e-5 of itself).
