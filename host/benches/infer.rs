@@ -10,8 +10,10 @@
 //! average 4-5; libtorch 2.11.0 uses MKL's AVX-512 SGEMM), three runs, fast / libtorch:
 //! avx512 kernel 0.54 (46.8 / 86.0 ms), 0.54 (76.2 / 141.5), 0.59 (71.7 / 121.3); avx2 kernel
 //! 0.91, 0.87, 0.91; portable 3.8-3.9; exact 21-29x. Logits: |fast - exact| 1.7e-6 (avx512,
-//! avx2) and 2.2e-6 (portable), |libtorch - exact| 1.9e-6. Before the packed kernels (on
-//! matrixmultiply) fast / libtorch was 0.98-1.18.
+//! avx2) and 2.2e-6 (portable), |libtorch - exact| 1.9e-6. Two more runs on a quieter machine
+//! (load under 1): avx512 0.56 (53.6 / 95.1 ms) and 0.70 (44.4 / 63.4, inside `cargo xtask
+//! bench`); avx2 0.81 and 1.05; portable 3.25 and 4.59; exact 20-26x. Before the packed kernels
+//! (on matrixmultiply) fast / libtorch was 0.98-1.18.
 
 use std::time::Instant;
 
