@@ -269,56 +269,59 @@ mod x86 {
 
     use super::{gelu_block, Epilogue};
 
-    /// The loops shared by both x86 drivers: row blocks of `MR` outside, panels inside, so a
-    /// block of `A` stays in L1 while the panels stream from L2.
-    macro_rules! drive_body {
-        ($mr:tt, $nr:expr, $tile:ident, $m:ident, $k:ident, $n:ident, $a:ident, $lda:ident,
-         $b:ident, $bias:ident, $epi:ident, $c:ident, $ldc:ident) => {{
-            let mut i = 0;
-            while i < $m {
-                let r = ($m - i).min($mr);
-                for jp in 0..$n.div_ceil($nr) {
-                    let cols = ($n - jp * $nr).min($nr);
-                    // SAFETY (for the caller's bounds): rows i..i+r < m of A read columns < k
-                    // (a.len() >= (m-1)*lda + k); panel jp spans jp*k*NR..(jp+1)*k*NR of b
-                    // (b.len() == panels*k*NR); bias jp*NR..(jp+1)*NR (bias.len() ==
-                    // panels*NR); C rows i..i+r, columns jp*NR..jp*NR+cols <= n, and the tile
-                    // masks every column past `cols`.
-                    let ap = $a.as_ptr().add(i * $lda);
-                    let bp = $b.as_ptr().add(jp * $k * $nr);
-                    let biasp = $bias.map_or(core::ptr::null(), |v| v.as_ptr().add(jp * $nr));
-                    let cp = $c.as_mut_ptr().add(i * $ldc + jp * $nr);
-                    by_rows!(
-                        r,
-                        $mr,
-                        $tile($k, ap, $lda, bp, biasp, cp, $ldc, cols, $epi.accumulate)
-                    );
-                    if $epi.gelu {
-                        gelu_block(&mut $c[i * $ldc + jp * $nr..], $ldc, r, cols);
+    /// Defines a driver `$name` for `$tile` kernels of `$mr x $nr` compiled with `$features`:
+    /// row blocks of `MR` outside, panels inside, so a block of `A` stays in L1 while the panels
+    /// stream from L2. See [`super::gemm`]; a driver requires its features on the CPU and the
+    /// bounds `gemm` asserts.
+    macro_rules! driver {
+        ($name:ident, $features:literal, $mr:tt, $nr:expr, $tile:ident) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: &[f32],
+                lda: usize,
+                b: &[f32],
+                bias: Option<&[f32]>,
+                epi: Epilogue,
+                c: &mut [f32],
+                ldc: usize,
+            ) {
+                let mut i = 0;
+                while i < m {
+                    let r = (m - i).min($mr);
+                    for jp in 0..n.div_ceil($nr) {
+                        let cols = (n - jp * $nr).min($nr);
+                        // SAFETY: rows i..i+r < m of A read columns < k (a.len() >=
+                        // (m-1)*lda + k); panel jp spans jp*k*NR..(jp+1)*k*NR of b (b.len() ==
+                        // panels*k*NR); bias jp*NR..(jp+1)*NR (bias.len() == panels*NR); C rows
+                        // i..i+r, columns jp*NR..jp*NR+cols <= n, and the tile masks every
+                        // column past `cols`; the caller checked the CPU's features.
+                        unsafe {
+                            let ap = a.as_ptr().add(i * lda);
+                            let bp = b.as_ptr().add(jp * k * $nr);
+                            let biasp =
+                                bias.map_or(core::ptr::null(), |v| v.as_ptr().add(jp * $nr));
+                            let cp = c.as_mut_ptr().add(i * ldc + jp * $nr);
+                            by_rows!(
+                                r,
+                                $mr,
+                                $tile(k, ap, lda, bp, biasp, cp, ldc, cols, epi.accumulate)
+                            );
+                        }
+                        if epi.gelu {
+                            gelu_block(&mut c[i * ldc + jp * $nr..], ldc, r, cols);
+                        }
                     }
+                    i += r;
                 }
-                i += r;
             }
-        }};
+        };
     }
 
-    /// See [`super::gemm`]; requires AVX-512F, AVX2 and FMA and the bounds it asserts.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn drive_avx512(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        bias: Option<&[f32]>,
-        epi: Epilogue,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        // SAFETY: the caller proved the bounds listed in `drive_body`.
-        unsafe { drive_body!(12, 32, tile_avx512, m, k, n, a, lda, b, bias, epi, c, ldc) }
-    }
+    driver!(drive_avx512, "avx512f,avx2,fma", 12, 32, tile_avx512);
+    driver!(drive_avx2, "avx2,fma", 6, 16, tile_avx2);
 
     /// `R x 32` tile: `C[0..R, 0..cols] (+)= A B_panel + bias`, `A` row-strided.
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -378,24 +381,6 @@ mod x86 {
                 _mm512_mask_storeu_ps(cp.wrapping_add(16), m1, v1);
             }
         }
-    }
-
-    /// See [`super::gemm`]; requires AVX2 and FMA and the bounds it asserts.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn drive_avx2(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        bias: Option<&[f32]>,
-        epi: Epilogue,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        // SAFETY: the caller proved the bounds listed in `drive_body`.
-        unsafe { drive_body!(6, 16, tile_avx2, m, k, n, a, lda, b, bias, epi, c, ldc) }
     }
 
     /// Lane mask of the first `cols` of 8 lanes (all lanes for `cols >= 8`).
