@@ -751,6 +751,22 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     let segment_start = Instant::now();
     let seconds_before = state.train_seconds;
     let mut stop = false;
+    // Accuracy (and agreement, loss) of the model on an evaluation split, when there is one.
+    let evaluate_on = |split: &Option<Arc<dyn Source>>| {
+        split
+            .as_ref()
+            .map(|s| {
+                evaluate(
+                    &model,
+                    Arc::clone(s),
+                    recipe.eval_batch_size as usize,
+                    device,
+                    recipe.workers,
+                    teacher.as_ref(),
+                )
+            })
+            .transpose()
+    };
 
     while state.epoch < recipe.epochs && !stop {
         let epoch = state.epoch;
@@ -905,17 +921,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         state.epoch += 1;
         state.batch = 0;
         state.train_seconds = seconds_before + segment_start.elapsed().as_secs_f64();
-        let val = match &plan.val {
-            Some(v) => Some(evaluate(
-                &model,
-                Arc::clone(v),
-                recipe.eval_batch_size as usize,
-                device,
-                recipe.workers,
-                teacher.as_ref(),
-            )?),
-            None => None,
-        };
+        let val = evaluate_on(&plan.val)?;
         let secs = epoch_start.elapsed().as_secs_f64();
         let imgs = (micro_used * bs as u64) as f64;
         log.write(&Record::Epoch {
@@ -963,17 +969,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     state.train_seconds = seconds_before + segment_start.elapsed().as_secs_f64();
     let model_path = out.join("model.safetensors");
     checkpoint::save(&model_path, &vs, &cfg, Some(&plan.input), None)?;
-    let test = match &plan.test {
-        Some(t) => Some(evaluate(
-            &model,
-            Arc::clone(t),
-            recipe.eval_batch_size as usize,
-            device,
-            recipe.workers,
-            teacher.as_ref(),
-        )?),
-        None => None,
-    };
+    let test = evaluate_on(&plan.test)?;
     let records = MetricsLog::read(&out.join("metrics.jsonl"))?;
     metrics::plot_curves(&records, &out.join("curves.png"))?;
     // Figures over the whole run (resumed segments included) come from the log.

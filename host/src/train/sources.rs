@@ -255,40 +255,33 @@ pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Data
         seeds,
         channels: channels as usize,
     });
-    let val = match val {
-        Some((vd, idx)) => {
-            let vc = channels_of(vd.as_ref())?;
-            ensure!(
-                vc == channels,
-                "--val data has {vc} channels, --data has {channels}"
-            );
-            Some(Arc::new(EvalSource {
-                ds: vd,
-                indices: idx,
-                size: aug_cfg.size,
-                channels: channels as usize,
-                mean: aug_cfg.mean,
-                std: aug_cfg.std,
-            }) as Arc<dyn Source>)
-        }
-        None => None,
+    // The evaluation view of `ds` (`flag` names it in errors): same channels as `--data`.
+    let eval_source = |flag: &str, ds: Arc<dyn Dataset>, indices: Vec<usize>| {
+        let c = channels_of(ds.as_ref())?;
+        ensure!(
+            c == channels,
+            "{flag} data has {c} channels, --data has {channels}"
+        );
+        Ok(Arc::new(EvalSource {
+            ds,
+            indices,
+            size: aug_cfg.size,
+            channels: channels as usize,
+            mean: aug_cfg.mean,
+            std: aug_cfg.std,
+        }) as Arc<dyn Source>)
     };
+    let val = val
+        .map(|(vd, idx)| eval_source("--val", vd, idx))
+        .transpose()?;
     let test = match &args.test {
         Some(spec) => {
             let td = data::open(spec).with_context(|| format!("--test {spec}"))?;
-            let tc = channels_of(td.as_ref())?;
-            ensure!(
-                tc == channels,
-                "--test data has {tc} channels, --data has {channels}"
-            );
-            Some(Arc::new(EvalSource {
-                indices: (0..td.len()).collect(),
-                ds: td,
-                size: aug_cfg.size,
-                channels: channels as usize,
-                mean: aug_cfg.mean,
-                std: aug_cfg.std,
-            }) as Arc<dyn Source>)
+            Some(eval_source(
+                "--test",
+                Arc::clone(&td),
+                (0..td.len()).collect(),
+            )?)
         }
         None => None,
     };
