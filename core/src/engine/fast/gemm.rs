@@ -118,12 +118,13 @@ impl Packed {
         self.n
     }
 
+    /// Sizes the panels for `B: [k, n]`. Contents are stale: the setters write every value,
+    /// padding columns included (no zero-fill first; keys and values are repacked per head).
     fn reset(&mut self, k: usize, n: usize) {
         let nr = self.kernel.nr();
         self.k = k;
         self.n = n;
         self.has_bias = false;
-        self.data.clear();
         self.data.resize(n.div_ceil(nr) * nr * k, 0.0);
     }
 
@@ -132,11 +133,15 @@ impl Packed {
         self.reset(k, n);
         let nr = self.kernel.nr();
         for (jp, panel) in self.data.chunks_exact_mut(nr * k.max(1)).enumerate() {
-            for r in 0..nr.min(n - jp * nr) {
+            let cols = nr.min(n - jp * nr);
+            for r in 0..cols {
                 let row = &w[(jp * nr + r) * ldw..][..k];
                 for (p, v) in row.iter().enumerate() {
                     panel[p * nr + r] = scale * v;
                 }
+            }
+            for p in 0..k {
+                panel[p * nr + cols..(p + 1) * nr].fill(0.0);
             }
         }
     }
@@ -149,6 +154,7 @@ impl Packed {
             let cols = nr.min(n - jp * nr);
             for p in 0..k {
                 panel[p * nr..p * nr + cols].copy_from_slice(&v[p * ldv + jp * nr..][..cols]);
+                panel[p * nr + cols..(p + 1) * nr].fill(0.0);
             }
         }
     }
@@ -549,7 +555,9 @@ mod tests {
                 for (pi, packed) in [
                     Packed::linear(kernel, &w, &bias),
                     {
+                        // Repacked over a larger, different matrix: no stale value survives.
                         let mut p = Packed::empty(kernel);
+                        p.set_nk(&rand(70 * 301, 9), 301, 70, 301, 1.0);
                         p.set_nk(&w, k, n, k, 0.5);
                         p
                     },
