@@ -6,16 +6,18 @@
 //! into a function compiled with AVX2 enabled and called when `is_x86_feature_detected!`
 //! says the CPU has it; everywhere else (the device build, other hosts) it runs as compiled.
 //!
-//! Only integer code goes through here: integer arithmetic has one result whatever
-//! instructions compute it, so both versions give the same bits (the tests also check it).
-//! Float code does not: the bit-exact rule of the crate keeps it scalar and target-neutral.
+//! Integer code has one result whatever instructions compute it, so both versions give the
+//! same bits (the tests also check it). Float kernels may use vector lanes only when each lane
+//! performs the scalar code's IEEE operations in the same order (Rust never fuses a multiply
+//! and an add on its own, and these kernels use no FMA): the affine transform's AVX2 path
+//! ([`avx2_enabled`]) is written that way, and its test compares it with the portable one.
 
 /// Runs `f`, compiled for AVX2 when the CPU supports it (host builds with `fast`).
 #[inline(always)]
 pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(all(feature = "fast", target_arch = "x86_64"))]
     {
-        if !FORCE_PORTABLE.with(core::cell::Cell::get) && std::is_x86_feature_detected!("avx2") {
+        if avx2_enabled() {
             #[allow(unsafe_code)]
             // SAFETY: `avx2` only enables the AVX2 instruction set for its body; the CPU has
             // AVX2 (checked just above), so executing it is sound. `f` itself is safe code.
@@ -23,6 +25,14 @@ pub(crate) fn run<R>(f: impl FnOnce() -> R) -> R {
         }
     }
     f()
+}
+
+/// Whether [`run`] takes the AVX2 build on this thread (the CPU has AVX2 and no test forced
+/// the portable one); kernels written with AVX2 intrinsics ask this too.
+#[cfg(all(feature = "fast", target_arch = "x86_64"))]
+#[inline]
+pub(crate) fn avx2_enabled() -> bool {
+    !FORCE_PORTABLE.with(core::cell::Cell::get) && std::is_x86_feature_detected!("avx2")
 }
 
 #[cfg(all(feature = "fast", target_arch = "x86_64"))]
