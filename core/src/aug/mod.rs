@@ -493,6 +493,39 @@ pub fn apply(
     Ok(())
 }
 
+/// [`apply`] from a part of the source: `region` holds the source pixels of the rectangle
+/// at `(x, y)` of the `params.src_width x params.src_height` source, and must contain the
+/// crop. Only the crop's pixels shape the view, so the bytes are those [`apply`] gives from
+/// the whole source; a loader that can decode part of an image (a JPEG's crop) decodes the
+/// crop only. `scratch` needs [`scratch_len`] bytes for the region's size.
+pub fn apply_region(
+    cfg: &AugConfig,
+    params: &AugParams,
+    region: ImageRef<'_>,
+    x: u32,
+    y: u32,
+    out: ImageMut<'_>,
+    scratch: &mut [u8],
+) -> Result<(), AugError> {
+    let c = params.crop;
+    let inside = |start: u32, len: u32, at: u32, span: u32, total: u32| {
+        u64::from(at) <= u64::from(start)
+            && u64::from(start) + u64::from(len) <= u64::from(at) + u64::from(span)
+            && u64::from(at) + u64::from(span) <= u64::from(total)
+    };
+    if !inside(c.x, c.width, x, region.width, params.src_width)
+        || !inside(c.y, c.height, y, region.height, params.src_height)
+    {
+        return Err(AugError::Params("region does not contain the crop"));
+    }
+    let mut p = *params;
+    p.src_width = region.width;
+    p.src_height = region.height;
+    p.crop.x = c.x - x;
+    p.crop.y = c.y - y;
+    apply(cfg, &p, region, out, scratch)
+}
+
 /// [`decode`] + [`apply`]: rebuilds the view of `seed` and returns its parameters.
 pub fn replay(
     cfg: &AugConfig,
@@ -582,6 +615,75 @@ mod tests {
             for s in p.ops.iter().flatten() {
                 assert!((0.0..=10.0).contains(&s.magnitude));
             }
+        }
+    }
+
+    /// A region holding the crop (exactly, or with a margin) gives the whole source's view;
+    /// a region that misses part of the crop is refused.
+    #[test]
+    fn apply_region_equals_apply() {
+        let (w, h) = (40u32, 30u32);
+        let mut src = [0u8; 40 * 30 * 3];
+        test_pattern(w, h, 3, &mut src).unwrap();
+        let mut cfg = preset::in22k_distill();
+        cfg.size = 24;
+        let mut scratch = [0u8; 8192];
+        let srcref = ImageRef::new(w, h, 3, &src).unwrap();
+        let mut region = [0u8; 40 * 30 * 3];
+        for seed in 0..60 {
+            let p = decode(&cfg, seed, w, h).unwrap();
+            let mut want = [0u8; 24 * 24 * 3];
+            apply(
+                &cfg,
+                &p,
+                srcref,
+                ImageMut::new(24, 24, 3, &mut want).unwrap(),
+                &mut scratch,
+            )
+            .unwrap();
+            let c = p.crop;
+            let margin = seed % 3;
+            let (x0, y0) = (c.x.saturating_sub(margin), c.y.saturating_sub(margin));
+            let (x1, y1) = (
+                (c.x + c.width + margin).min(w),
+                (c.y + c.height + margin).min(h),
+            );
+            let (rw, rh) = (x1 - x0, y1 - y0);
+            for y in 0..rh {
+                for x in 0..rw {
+                    for ch in 0..3 {
+                        region[((y * rw + x) * 3 + ch) as usize] =
+                            src[(((y0 + y) * w + x0 + x) * 3 + ch) as usize];
+                    }
+                }
+            }
+            let r = ImageRef::new(rw, rh, 3, &region[..(rw * rh * 3) as usize]).unwrap();
+            let mut got = [1u8; 24 * 24 * 3];
+            apply_region(
+                &cfg,
+                &p,
+                r,
+                x0,
+                y0,
+                ImageMut::new(24, 24, 3, &mut got).unwrap(),
+                &mut scratch,
+            )
+            .unwrap();
+            assert_eq!(got, want, "seed {seed}");
+            // Starting one column right of the crop misses its first column.
+            let err = apply_region(
+                &cfg,
+                &p,
+                r,
+                c.x + 1,
+                y0,
+                ImageMut::new(24, 24, 3, &mut got).unwrap(),
+                &mut scratch,
+            );
+            assert_eq!(
+                err,
+                Err(AugError::Params("region does not contain the crop"))
+            );
         }
     }
 
