@@ -85,7 +85,7 @@ pub fn read_info(bytes: &[u8]) -> Result<Info, JpegError> {
 pub struct Decoder {
     frame: Box<Frame>,
     planes: [Vec<u8>; 3],
-    rows: [Vec<u8>; 2],
+    rows: [Vec<u8>; 3],
     avx2: bool,
 }
 
@@ -288,11 +288,21 @@ impl Decoder {
         }
         let cstride = (p.c1 - p.c0 + 1) * 8;
         let (cx0, cy0) = (p.c0 * 8, p.r0 * 8);
-        let [rcb, rcr] = &mut self.rows;
+        // Chroma columns the row's pixels read (with the upsampler's context).
+        let (lo, hi) = if p.hs == 2 {
+            (
+                (x / 2).saturating_sub(1),
+                ((x + w - 1) / 2 + 1).min(p.cw - 1),
+            )
+        } else {
+            (x, x + w - 1)
+        };
+        let [rcb, rcr, vext] = &mut self.rows;
         for (r, o) in out.chunks_exact_mut(3 * w).enumerate() {
             let py = y + r;
             let yrow = &self.planes[0][(py - yy0) * ystride + x - yx0..][..w];
-            // Chroma row `cr` of the padded plane and the row it blends with vertically.
+            // Chroma row `cy` of the padded plane and the row it blends with vertically
+            // (zune's `upsample_vertical`; the plane's first and last rows blend with themselves).
             let (cy, other) = if p.vs == 2 {
                 let cy = py / 2;
                 let other = if py % 2 == 0 {
@@ -304,69 +314,49 @@ impl Decoder {
             } else {
                 (py, py)
             };
-            for (k, dst) in [(1usize, &mut *rcb), (2, &mut *rcr)] {
-                let plane = &self.planes[k];
-                let row = &plane[(cy - cy0) * cstride..][..cstride];
-                let orow = &plane[(other - cy0) * cstride..][..cstride];
-                chroma_row(row, orow, p.vs == 2, p.hs == 2, cx0, p.cw, x, w, dst);
-            }
-            for (((o, &yy), &cb), &cr) in o
-                .chunks_exact_mut(3)
-                .zip(yrow)
-                .zip(&rcb[..w])
-                .zip(&rcr[..w])
-            {
+            let mut chroma = |plane: &[u8], dst: &mut Vec<u8>| -> usize {
+                let row = &plane[(cy - cy0) * cstride + lo - cx0..][..hi - lo + 1];
+                if p.hs == 1 {
+                    dst.clear();
+                    dst.extend_from_slice(row);
+                    return 0;
+                }
+                // vext[k] is the (vertically blended) chroma column lo - 1 + k; the two ends
+                // repeat their neighbour, which is exact at the plane's edges and never read
+                // for a region pixel elsewhere.
+                vext.clear();
+                vext.push(0);
+                if p.vs == 2 {
+                    let orow = &plane[(other - cy0) * cstride + lo - cx0..][..hi - lo + 1];
+                    vext.extend(
+                        row.iter()
+                            .zip(orow)
+                            .map(|(&a, &b)| ((3 * u16::from(a) + u16::from(b) + 2) >> 2) as u8),
+                    );
+                } else {
+                    vext.extend_from_slice(row);
+                }
+                vext.push(vext[vext.len() - 1]);
+                vext[0] = vext[1];
+                // zune's `upsample_horizontal`: each sample becomes two, each blended 3:1
+                // with the neighbour on its side.
+                dst.clear();
+                dst.resize(2 * (hi - lo + 1), 0);
+                for (d, win) in dst.chunks_exact_mut(2).zip(vext.windows(3)) {
+                    let c = 3 * u16::from(win[1]) + 2;
+                    d[0] = ((c + u16::from(win[0])) >> 2) as u8;
+                    d[1] = ((c + u16::from(win[2])) >> 2) as u8;
+                }
+                x - 2 * lo
+            };
+            let off = chroma(&self.planes[1], rcb);
+            chroma(&self.planes[2], rcr);
+            let (cb, cr) = (&rcb[off..off + w], &rcr[off..off + w]);
+            for (((o, &yy), &cb), &cr) in o.chunks_exact_mut(3).zip(yrow).zip(cb).zip(cr) {
                 o.copy_from_slice(&ycc_to_rgb(yy, cb, cr));
             }
         }
     }
-}
-
-/// The chroma values of output pixels `x..x + w` of one image row, into `dst[..w]`.
-///
-/// `row` is the chroma row (plane columns starting at global column `cx0`), `orow` the row it
-/// is blended with when `vert` (4:2:0); `cw` is the padded chroma width.
-fn chroma_row(
-    row: &[u8],
-    orow: &[u8],
-    vert: bool,
-    horiz: bool,
-    cx0: usize,
-    cw: usize,
-    x: usize,
-    w: usize,
-    dst: &mut Vec<u8>,
-) {
-    dst.clear();
-    if !horiz {
-        // 4:4:4 (no vertical subsampling is supported without horizontal).
-        dst.extend_from_slice(&row[x - cx0..x - cx0 + w]);
-        return;
-    }
-    // Vertical 3:1 blend, zune's `upsample_vertical`: (3 * near + far + 2) >> 2.
-    let v = |i: usize| -> i32 {
-        let (a, b) = (i32::from(row[i - cx0]), i32::from(orow[i - cx0]));
-        if vert {
-            (3 * a + b + 2) >> 2
-        } else {
-            a
-        }
-    };
-    dst.extend((x..x + w).map(|px| {
-        let i = px / 2;
-        let out = if px % 2 == 0 {
-            if i == 0 {
-                v(0)
-            } else {
-                (3 * v(i) + v(i - 1) + 2) >> 2
-            }
-        } else if i == cw - 1 {
-            v(i)
-        } else {
-            (3 * v(i) + v(i + 1) + 2) >> 2
-        };
-        out as u8
-    }));
 }
 
 /// zune's YCbCr to RGB: 14-bit fixed point, rounding constant 8191, clamp to 0..=255.
