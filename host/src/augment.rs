@@ -140,6 +140,186 @@ fn decode_jpeg_into(bytes: &[u8], img: &mut Image) -> Result<bool> {
     Ok(true)
 }
 
+/// Renders training views straight from encoded image files, decoding only what a view needs.
+///
+/// RandomResizedCrop draws its crop from the image size and the seed alone, so for a baseline
+/// JPEG the size comes from the header, the crop is drawn, and the region decoder
+/// (`tinyvit-jpeg`) decodes just the crop's pixels: it stops after the crop's last MCU row and
+/// transforms only the blocks the crop covers. Its pixels are zune-jpeg's (the decoder behind
+/// [`decode_image`]) and [`aug::apply_region`] gives [`aug::apply`]'s bytes, so the view is
+/// the one the full decode gives. Any other file (PNG, progressive JPEG, CMYK, damaged) is
+/// decoded whole. Holds its buffers between calls; one per thread ([`with_view_decoder`]).
+#[derive(Debug, Default)]
+pub struct ViewDecoder {
+    jpeg: tinyvit_jpeg::Decoder,
+    /// The decoded crop (or the whole image) before and after the channel conversion.
+    pixels: Vec<u8>,
+    converted: Vec<u8>,
+    full: Option<Image>,
+    scratch: Vec<u8>,
+    /// Views rendered from a decoded crop (the rest decoded the whole image).
+    region_views: u64,
+}
+
+impl ViewDecoder {
+    /// A decoder with empty buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many views so far were rendered from a decoded crop alone.
+    pub fn region_views(&self) -> u64 {
+        self.region_views
+    }
+
+    /// The training view of `seed` of the image in `bytes` (PNG or JPEG), converted to
+    /// `channels` first ([`crate::data::to_channels`]), into `out` (resized to `cfg.size`² x
+    /// `channels`). Returns the view's parameters.
+    pub fn render(
+        &mut self,
+        bytes: &[u8],
+        channels: u32,
+        cfg: &AugConfig,
+        seed: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<aug::AugParams> {
+        if let Some(p) = self.render_jpeg_region(bytes, channels, cfg, seed, out)? {
+            return Ok(p);
+        }
+        let mut full = self.full.take().unwrap_or(Image {
+            width: 0,
+            height: 0,
+            channels: 3,
+            data: Vec::new(),
+        });
+        let r = decode_image_into(bytes, &mut full).and_then(|()| {
+            let src = convert(full.as_ref(), channels, &mut self.converted)?;
+            let src = match src {
+                Some(c) => c,
+                None => full.as_ref(),
+            };
+            render_into(src, cfg, seed, out, &mut self.scratch)
+        });
+        self.full = Some(full);
+        r
+    }
+
+    /// [`render`](Self::render) of an already decoded image (its own channels).
+    pub fn render_decoded(
+        &mut self,
+        src: ImageRef<'_>,
+        cfg: &AugConfig,
+        seed: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<aug::AugParams> {
+        render_into(src, cfg, seed, out, &mut self.scratch)
+    }
+
+    /// The region path; `Ok(None)` when the file is not one the region decoder reads (or it
+    /// fails on it: the whole-image decoder then decides, and names any error).
+    fn render_jpeg_region(
+        &mut self,
+        bytes: &[u8],
+        channels: u32,
+        cfg: &AugConfig,
+        seed: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<aug::AugParams>> {
+        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            return Ok(None);
+        }
+        let Ok(info) = tinyvit_jpeg::read_info(bytes) else {
+            return Ok(None);
+        };
+        if info.unsupported.is_some() {
+            return Ok(None);
+        }
+        let p = aug::decode(cfg, seed, info.width, info.height)?;
+        let c = p.crop;
+        let got = self
+            .jpeg
+            .decode_region(bytes, c.x, c.y, c.width, c.height, &mut self.pixels);
+        let Ok(info) = got else {
+            return Ok(None);
+        };
+        let region = ImageRef::new(c.width, c.height, u32::from(info.channels), &self.pixels)?;
+        let src = match convert(region, channels, &mut self.converted)? {
+            Some(conv) => conv,
+            None => ImageRef::new(c.width, c.height, u32::from(info.channels), &self.pixels)?,
+        };
+        let ch = src.channels;
+        self.scratch
+            .resize(scratch_len(cfg, src.width, src.height, ch)?, 0);
+        out.resize((cfg.size * cfg.size * ch) as usize, 0);
+        aug::apply_region(
+            cfg,
+            &p,
+            src,
+            c.x,
+            c.y,
+            ImageMut::new(cfg.size, cfg.size, ch, out)?,
+            &mut self.scratch,
+        )?;
+        self.region_views += 1;
+        Ok(Some(p))
+    }
+}
+
+/// `src` converted to `channels` into `buf` (as [`crate::data::to_channels`]); `None` when it
+/// already has them.
+fn convert<'a>(
+    src: ImageRef<'_>,
+    channels: u32,
+    buf: &'a mut Vec<u8>,
+) -> Result<Option<ImageRef<'a>>> {
+    if src.channels == channels {
+        return Ok(None);
+    }
+    let img = crate::data::to_channels(
+        crate::data::Image {
+            width: src.width,
+            height: src.height,
+            channels: src.channels,
+            data: src.data.to_vec(),
+        },
+        channels,
+    );
+    *buf = img.data;
+    Ok(Some(ImageRef::new(src.width, src.height, channels, buf)?))
+}
+
+/// [`replay`] into `out` (resized to the view's size), with `scratch` grown as needed.
+fn render_into(
+    src: ImageRef<'_>,
+    cfg: &AugConfig,
+    seed: u32,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<aug::AugParams> {
+    scratch.resize(scratch_len(cfg, src.width, src.height, src.channels)?, 0);
+    out.resize((cfg.size * cfg.size * src.channels) as usize, 0);
+    Ok(replay(
+        cfg,
+        seed,
+        src,
+        ImageMut::new(cfg.size, cfg.size, src.channels, out)?,
+        scratch,
+    )?)
+}
+
+std::thread_local! {
+    static VIEW_DECODER: std::cell::RefCell<ViewDecoder> = std::cell::RefCell::new(ViewDecoder::new());
+}
+
+/// Runs `f` with this thread's [`ViewDecoder`] (its buffers live as long as the thread).
+pub fn with_view_decoder<R>(f: impl FnOnce(&mut ViewDecoder) -> R) -> R {
+    VIEW_DECODER.with(|v| match v.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        // Re-entered on this thread (not done today): a fresh decoder keeps it correct.
+        Err(_) => f(&mut ViewDecoder::new()),
+    })
+}
+
 fn decode_with_image(bytes: &[u8]) -> Result<Image> {
     let img = image::load_from_memory(bytes)?;
     let grey = !img.color().has_color();
@@ -392,6 +572,70 @@ mod tests {
         }
         assert_eq!(decode_image(&files[2]).unwrap().channels, 1);
         assert!(decode_image(&files[0][..100]).is_err());
+    }
+
+    /// The views [`ViewDecoder::render`] makes from encoded files (the crop decoded alone for
+    /// baseline JPEGs) are the views of the whole decoded image, as the folder dataset decodes
+    /// it (`image`, RGB) and converts it, for grey and RGB runs, every JPEG kind, a PNG, a
+    /// damaged file's error, and across reuse of one decoder.
+    #[test]
+    fn views_from_files_equal_views_of_whole_images() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
+        let mut files = Vec::new();
+        for name in [
+            "rgb420.jpg",
+            "rgb422_progressive.jpg",
+            "grey.jpg",
+            "cmyk.jpg",
+        ] {
+            files.push(std::fs::read(dir.join(name)).unwrap());
+        }
+        let mut data = vec![0u8; 161 * 97 * 3];
+        aug::test_pattern(161, 97, 3, &mut data).unwrap();
+        let rgb = image::RgbImage::from_raw(161, 97, data).unwrap();
+        let mut jpg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
+            .encode_image(&rgb)
+            .unwrap();
+        assert!(tinyvit_jpeg::read_info(&jpg).unwrap().unsupported.is_none());
+        files.push(jpg);
+        let mut png = std::io::Cursor::new(Vec::new());
+        rgb.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        files.push(png.into_inner());
+        let mut cfg = preset("in22k-distill").unwrap();
+        cfg.size = 40;
+        let mut v = ViewDecoder::new();
+        let mut got = Vec::new();
+        for (f, bytes) in files.iter().enumerate() {
+            let whole = image::load_from_memory(bytes).unwrap().to_rgb8();
+            let whole = crate::data::Image {
+                width: whole.width(),
+                height: whole.height(),
+                channels: 3,
+                data: whole.into_raw(),
+            };
+            for channels in [3, 1] {
+                let src = crate::data::to_channels(whole.clone(), channels);
+                let src = Image {
+                    width: src.width,
+                    height: src.height,
+                    channels,
+                    data: src.data,
+                };
+                for seed in 0..25 {
+                    let (want, wp) = render_seed(&cfg, &src, seed).unwrap();
+                    let p = v.render(bytes, channels, &cfg, seed, &mut got).unwrap();
+                    assert_eq!(p, wp, "file {f} channels {channels} seed {seed}");
+                    assert!(got == want.data, "file {f} channels {channels} seed {seed}");
+                }
+            }
+        }
+        // The 4:2:0, grey and q90 4:4:4 files went through the crop decoder every time.
+        assert_eq!(v.region_views(), 3 * 2 * 25);
+        let err = v
+            .render(&files[4][..300], 3, &cfg, 1, &mut got)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("JPEG"), "{err:#}");
     }
 
     #[test]

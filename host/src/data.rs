@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
+use tinyvit_core::aug::{self, AugConfig};
 
 /// Default folder of the Fashion-MNIST IDX files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -91,6 +92,28 @@ pub trait Dataset: Send + Sync {
     }
     /// Decodes sample `i`; errors name the sample ([`name`](Self::name)).
     fn get(&self, i: usize) -> Result<Sample>;
+    /// The training view of sample `i` for `seed`: the sample converted to `channels`
+    /// ([`to_channels`]) and augmented by `cfg` into `out` (resized to `cfg.size`² x
+    /// `channels` bytes). Returns the sample's label. The default decodes the whole sample
+    /// with [`get`](Self::get); folder datasets decode only the crop of the JPEGs the region
+    /// decoder reads, which gives the same bytes.
+    fn view(
+        &self,
+        i: usize,
+        cfg: &AugConfig,
+        seed: u32,
+        channels: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u32>> {
+        let s = self.get(i)?;
+        let img = to_channels(s.image, channels);
+        crate::augment::with_view_decoder(|v| {
+            let src = aug::ImageRef::new(img.width, img.height, img.channels, &img.data)?;
+            v.render_decoded(src, cfg, seed, out)
+        })
+        .with_context(|| format!("{}: augmentation, seed {seed}", self.name(i)))?;
+        Ok(s.label)
+    }
     /// Human-readable name of sample `i` (its path, or `FILE[i]`).
     fn name(&self, i: usize) -> String;
     /// Number of classes when labelled.
@@ -99,6 +122,30 @@ pub trait Dataset: Send + Sync {
     fn fingerprint(&self) -> Fingerprint;
     /// The spec the dataset was opened from.
     fn spec(&self) -> &str;
+}
+
+/// Converts an image to `channels` (grey -> RGB by replication, RGB -> grey by ITU-R 601 luma
+/// in integers).
+pub fn to_channels(img: Image, channels: u32) -> Image {
+    if img.channels == channels {
+        return img;
+    }
+    let data = if channels == 3 {
+        img.data.iter().flat_map(|&v| [v, v, v]).collect()
+    } else {
+        img.data
+            .chunks_exact(3)
+            .map(|p| {
+                ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500)
+                    / 1000) as u8
+            })
+            .collect()
+    };
+    Image {
+        channels,
+        data,
+        ..img
+    }
 }
 
 /// Opens a dataset from its SPEC (see the module doc).
@@ -414,6 +461,25 @@ impl Dataset for FolderDataset {
         self.samples.len()
     }
 
+    fn view(
+        &self,
+        i: usize,
+        cfg: &AugConfig,
+        seed: u32,
+        channels: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u32>> {
+        let (rel, label) = self
+            .samples
+            .get(i)
+            .with_context(|| format!("{}: sample {i} out of range", self.root.display()))?;
+        let path = self.root.join(rel);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        crate::augment::with_view_decoder(|v| v.render(&bytes, channels, cfg, seed, out))
+            .with_context(|| format!("{}: training view, seed {seed}", path.display()))?;
+        Ok(*label)
+    }
+
     fn get(&self, i: usize) -> Result<Sample> {
         let (rel, label) = self
             .samples
@@ -496,6 +562,19 @@ impl Dataset for Subset {
             .source_index(i)
             .with_context(|| format!("{}: sample {i} out of range", self.spec))?;
         self.inner.get(j)
+    }
+    fn view(
+        &self,
+        i: usize,
+        cfg: &AugConfig,
+        seed: u32,
+        channels: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u32>> {
+        let j = self
+            .source_index(i)
+            .with_context(|| format!("{}: sample {i} out of range", self.spec))?;
+        self.inner.view(j, cfg, seed, channels, out)
     }
     fn name(&self, i: usize) -> String {
         match self.source_index(i) {

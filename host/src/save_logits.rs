@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
-use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
+use tinyvit_core::aug::{self, AugConfig, ImageRef};
 use tinyvit_core::store::{ValueEncoding, DEFAULT_RECORDS_PER_BLOCK, FORMAT_VERSION};
 
 use crate::data::{self, Dataset, Image};
@@ -267,30 +267,6 @@ struct Prepared {
     pixels: Vec<f32>,
 }
 
-/// Converts an image to `channels` (grey -> RGB by replication, RGB -> grey by ITU-R 601 luma
-/// in integers).
-fn to_channels(img: Image, channels: u32) -> Image {
-    if img.channels == channels {
-        return img;
-    }
-    let data = if channels == 3 {
-        img.data.iter().flat_map(|&v| [v, v, v]).collect()
-    } else {
-        img.data
-            .chunks_exact(3)
-            .map(|p| {
-                ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500)
-                    / 1000) as u8
-            })
-            .collect()
-    };
-    Image {
-        channels,
-        data,
-        ..img
-    }
-}
-
 /// Sample `i` as the teacher saw it for `seed`: decoded, converted to `channels`, augmented
 /// (`cfg.size` square, u8 HWC). `tinyvit logits show --image-out` writes this view.
 pub fn replay_view(
@@ -301,8 +277,7 @@ pub fn replay_view(
     seed: u32,
 ) -> Result<Image> {
     let mut view = Vec::new();
-    let mut scratch = Vec::new();
-    replay_into(ds, cfg, channels, i, seed, &mut view, &mut scratch)?;
+    replay_into(ds, cfg, channels, i, seed, &mut view)?;
     Ok(Image {
         width: cfg.size,
         height: cfg.size,
@@ -318,21 +293,8 @@ fn replay_into(
     i: usize,
     seed: u32,
     view: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    let sample = ds.get(i)?;
-    let img = to_channels(sample.image, channels);
-    let name = || ds.name(i);
-    let src = ImageRef::new(img.width, img.height, img.channels, &img.data)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", name()))?;
-    let need = aug::scratch_len(cfg, img.width, img.height, channels)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", name()))?;
-    scratch.resize(need, 0);
-    view.resize((cfg.size * cfg.size * channels) as usize, 0);
-    let dst = ImageMut::new(cfg.size, cfg.size, channels, view)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", name()))?;
-    aug::replay(cfg, seed, src, dst, scratch)
-        .map_err(|e| anyhow::anyhow!("{}: augmentation: {e}", name()))?;
+    ds.view(i, cfg, seed, channels, view)?;
     Ok(())
 }
 
@@ -345,9 +307,8 @@ fn prepare_one(
     seed: u32,
     out: &mut [f32],
     view: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    replay_into(ds, cfg, channels, i, seed, view, scratch)?;
+    replay_into(ds, cfg, channels, i, seed, view)?;
     let v =
         ImageRef::new(cfg.size, cfg.size, channels, view).map_err(|e| anyhow::anyhow!("{e}"))?;
     aug::normalize(v, cfg.mean, cfg.std, out)
@@ -369,22 +330,13 @@ fn prepare(
         missing: vec![false; unit.len],
         pixels: vec![0.0; per * unit.len],
     };
-    let (mut view, mut scratch) = (Vec::new(), Vec::new());
+    let mut view = Vec::new();
     for j in 0..unit.len {
         let i = unit.start + j as u64;
         let seed = aug::sample_seed(run_seed, unit.epoch, i);
         p.seeds.push(seed);
         let out = &mut p.pixels[j * per..(j + 1) * per];
-        if let Err(e) = prepare_one(
-            ds,
-            cfg,
-            channels,
-            i as usize,
-            seed,
-            out,
-            &mut view,
-            &mut scratch,
-        ) {
+        if let Err(e) = prepare_one(ds, cfg, channels, i as usize, seed, out, &mut view) {
             match on_bad {
                 OnBadImage::Error => {
                     return Err(e.context(format!(
@@ -821,6 +773,7 @@ pub fn main(a: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::to_channels;
 
     #[test]
     fn shard_specs() {

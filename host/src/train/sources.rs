@@ -78,38 +78,13 @@ impl Source for AugSource {
     }
     fn sample(&self, epoch: u64, j: usize, out: &mut [f32]) -> Result<SampleMeta> {
         let i = self.indices[j];
-        let s = self
-            .ds
-            .get(i)
-            .with_context(|| format!("sample {}", self.ds.name(i)))?;
-        let im = &s.image;
-        ensure!(
-            im.channels as usize == self.channels,
-            "sample {} has {} channels, the run uses {}",
-            self.ds.name(i),
-            im.channels,
-            self.channels
-        );
         let (seed, topk) = self.seeds.seed(epoch, i)?;
-        let size = self.aug.size;
-        let mut view = vec![0u8; (size * size * im.channels) as usize];
-        let mut scratch =
-            vec![
-                0u8;
-                aug::scratch_len(&self.aug, im.width, im.height, im.channels)
-                    .map_err(|e| anyhow::anyhow!("augmentation of {}: {e}", self.ds.name(i)))?
-            ];
-        let src = ImageRef::new(im.width, im.height, im.channels, &im.data)
-            .map_err(|e| anyhow::anyhow!("sample {}: {e}", self.ds.name(i)))?;
-        let dst = ImageMut::new(size, size, im.channels, &mut view)
-            .map_err(|e| anyhow::anyhow!("augmentation output: {e}"))?;
-        aug::replay(&self.aug, seed, src, dst, &mut scratch)
-            .map_err(|e| anyhow::anyhow!("replay seed {seed} on {}: {e}", self.ds.name(i)))?;
+        let mut view = Vec::new();
+        let label = self
+            .ds
+            .view(i, &self.aug, seed, self.channels as u32, &mut view)?;
         normalize_into(&view, self.channels, &self.aug.mean, &self.aug.std, out)?;
-        Ok(SampleMeta {
-            label: s.label,
-            topk,
-        })
+        Ok(SampleMeta { label, topk })
     }
 }
 
