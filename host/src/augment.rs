@@ -529,11 +529,9 @@ mod tests {
         assert!(config("huge", None, &[]).is_err());
     }
 
-    /// The zune-jpeg fast path gives exactly what `image` decodes, for every JPEG kind it
-    /// takes (4:4:4 from `image`'s encoder; 4:2:0, progressive 4:2:2, grey and CMYK made by
-    /// Pillow), reusing one buffer across sizes and channel counts.
-    #[test]
-    fn jpeg_fast_path_equals_image_crate() {
+    /// The committed JPEG fixtures (4:2:0, progressive 4:2:2, grey, CMYK, made by Pillow) and
+    /// a `w x h` test pattern encoded by `image` at quality 90 (4:4:4), which is also returned.
+    fn jpeg_files(w: u32, h: u32) -> (Vec<Vec<u8>>, image::RgbImage) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
         let mut files = Vec::new();
         for name in [
@@ -544,14 +542,23 @@ mod tests {
         ] {
             files.push(std::fs::read(dir.join(name)).unwrap());
         }
-        let mut data = vec![0u8; 61 * 47 * 3];
-        aug::test_pattern(61, 47, 3, &mut data).unwrap();
-        let rgb = image::RgbImage::from_raw(61, 47, data).unwrap();
+        let mut data = vec![0u8; (w * h * 3) as usize];
+        aug::test_pattern(w, h, 3, &mut data).unwrap();
+        let rgb = image::RgbImage::from_raw(w, h, data).unwrap();
         let mut buf = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
             .encode_image(&rgb)
             .unwrap();
         files.push(buf);
+        (files, rgb)
+    }
+
+    /// The zune-jpeg fast path gives exactly what `image` decodes, for every JPEG kind it
+    /// takes (4:4:4 from `image`'s encoder; 4:2:0, progressive 4:2:2, grey and CMYK made by
+    /// Pillow), reusing one buffer across sizes and channel counts.
+    #[test]
+    fn jpeg_fast_path_equals_image_crate() {
+        let (files, _) = jpeg_files(61, 47);
         let mut reused = Image {
             width: 0,
             height: 0,
@@ -580,25 +587,11 @@ mod tests {
     /// damaged file's error, and across reuse of one decoder.
     #[test]
     fn views_from_files_equal_views_of_whole_images() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jpeg");
-        let mut files = Vec::new();
-        for name in [
-            "rgb420.jpg",
-            "rgb422_progressive.jpg",
-            "grey.jpg",
-            "cmyk.jpg",
-        ] {
-            files.push(std::fs::read(dir.join(name)).unwrap());
-        }
-        let mut data = vec![0u8; 161 * 97 * 3];
-        aug::test_pattern(161, 97, 3, &mut data).unwrap();
-        let rgb = image::RgbImage::from_raw(161, 97, data).unwrap();
-        let mut jpg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
-            .encode_image(&rgb)
-            .unwrap();
-        assert!(tinyvit_jpeg::read_info(&jpg).unwrap().unsupported.is_none());
-        files.push(jpg);
+        let (mut files, rgb) = jpeg_files(161, 97);
+        assert!(tinyvit_jpeg::read_info(&files[4])
+            .unwrap()
+            .unsupported
+            .is_none());
         let mut png = std::io::Cursor::new(Vec::new());
         rgb.write_to(&mut png, image::ImageFormat::Png).unwrap();
         files.push(png.into_inner());
