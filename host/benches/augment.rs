@@ -16,25 +16,16 @@
 //! machine the CPU-time figures are the fair comparison: wall time also measures how much of
 //! a core the scheduler happened to give each side.
 //!
-//! Decode included: we decode each JPEG into one reused buffer (`decode_image_into`, zune-jpeg
-//! with `image`'s options, the pixels `image` gives); timm opens each file with Pillow
-//! (libjpeg-turbo) and converts it to RGB. Both sides do the whole augmentation on every image.
+//! Decode included: we render each view straight from the JPEG bytes with
+//! [`ViewDecoder`]: the header gives the size, the seed gives the crop, and the region decoder
+//! (`tinyvit-jpeg`) decodes only the crop, with zune-jpeg's pixels; before timing, the bench
+//! checks that these views equal the views of the whole decoded photos. timm opens each file
+//! with Pillow (libjpeg-turbo), converts it to RGB and transforms the whole image, as its
+//! loaders do. Both sides do the whole augmentation on every image. A third line times our
+//! side decoding every whole image (zune-jpeg into one reused buffer), to show what the crop
+//! decoding is worth.
 //!
-//! Measured on a 2-core Xeon @ 2.5 GHz shared with another engineer's work (load 1-2.8), three
-//! runs of 3 rounds; medians, tinyvit / timm 1.0.31 images/s, ratio by CPU time (by wall time):
-//!
-//! | run | decode excluded | decode included |
-//! |---|---|---|
-//! | 1 | 276.9 / 154.3 = 1.79x (1.78x) | 139.1 / 77.1 = 1.81x (1.57x) |
-//! | 2 | 388.4 / 157.1 = 2.44x (2.40x) | 152.0 / 89.0 = 1.71x (1.61x) |
-//! | 3 | 351.2 / 160.9 = 2.18x (2.18x) | 137.4 / 79.6 = 1.73x (1.62x) |
-//!
-//! Single rounds ranged 1.55-2.47x (decode excluded) and 1.49-2.13x (included): our rate moved
-//! between 231 and 389 images/s from round to round on the same binary, timm's between 135 and
-//! 169. At its best our pipeline takes about 2.6 ms of CPU an image against timm's 6-7 ms. With
-//! decode included the decoders set the ceiling: zune-jpeg here and libjpeg-turbo in Pillow
-//! each take about 4 ms an image on these q90 4:4:4 files, so even a free augmentation would
-//! reach only about 2.4x.
+//! Figures: see `cargo xtask bench` and the README; each run prints its rounds and medians.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -56,7 +47,7 @@ fn thread_cpu() -> f64 {
 
 use anyhow::{bail, Context, Result};
 use tinyvit_core::aug::{normalize, preset, replay, scratch_len, ImageMut};
-use tinyvit_host::augment::{decode_image, Image, ViewDecoder};
+use tinyvit_host::augment::{decode_image, decode_image_into, Image, ViewDecoder};
 
 const PHOTOS: [&str; 6] = [
     "astronaut.png",
@@ -130,6 +121,13 @@ fn main() -> Result<()> {
     let mut views = ViewDecoder::new();
     let mut region_view = Vec::new();
     let mut tensor_inc = vec![0f32; (size * size * 3) as usize];
+    // For comparison, a loader that decodes every whole image into one buffer.
+    let mut whole = Image {
+        width: 0,
+        height: 0,
+        channels: 3,
+        data: Vec::new(),
+    };
     // Both sides render the same views: the crop-only decode changes no byte.
     for (i, img) in decoded.iter().enumerate() {
         for s in 0..8 {
@@ -212,7 +210,8 @@ fn main() -> Result<()> {
     // summary gives each figure's median over the rounds, rates and ratios (a ratio is taken
     // within its round).
     // Per round: (wall, CPU) rates of ours excluded, ours included, timm excluded, included.
-    type Round = [(f64, f64); 4];
+    // The fifth: ours with decode included but the whole image decoded (no crop decoding).
+    type Round = [(f64, f64); 5];
     let mut rows: Vec<Round> = Vec::new();
     let (mut tv, mut retries) = (String::from("?"), 0u64);
     for round in 1..=rounds {
@@ -226,6 +225,10 @@ fn main() -> Result<()> {
                 &mut tensor_inc,
             )?;
             Ok(())
+        })?;
+        let inc_whole = rate(&mut |i, s| {
+            decode_image_into(&jpegs[i], &mut whole)?;
+            one(&whole, s)
         })?;
         let v = timm_round()?;
         let num = |k: &str| {
@@ -245,7 +248,7 @@ fn main() -> Result<()> {
             t_in.1,
             inc.1 / t_in.1
         );
-        rows.push([ex, inc, t_ex, t_in]);
+        rows.push([ex, inc, t_ex, t_in, inc_whole]);
     }
     let median = |f: &dyn Fn(&Round) -> f64| {
         let mut v: Vec<f64> = rows.iter().map(f).collect();
@@ -265,7 +268,11 @@ fn main() -> Result<()> {
     if retries > 0 {
         println!("  (timm raised on Pillow 13's posterize(bits=0) {retries} times; those calls were retried)");
     }
-    for (what, o, t) in [("decode excluded", 0, 2), ("decode included", 1, 3)] {
+    for (what, o, t) in [
+        ("decode excluded", 0, 2),
+        ("decode included", 1, 3),
+        ("decode included, whole image decoded", 4, 3),
+    ] {
         println!(
             "  {what}: per CPU-second tinyvit {:7.1}  timm {tv} {:7.1}  ratio {:.2}x | per wall-second tinyvit {:7.1}  timm {:7.1}  ratio {:.2}x",
             median(&|r| r[o].1),
