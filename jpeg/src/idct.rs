@@ -245,13 +245,11 @@ pub(crate) fn idct_block(
     avx2: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        if !ac_zero {
-            // SAFETY: `avx2` is only true when the running CPU reported AVX2
-            // (`is_x86_feature_detected!` in `Decoder::new`).
-            unsafe { avx2::idct(coef, out, stride) };
-            return;
-        }
+    if avx2 && !ac_zero {
+        // SAFETY: `avx2` is only true when the running CPU reported AVX2
+        // (`is_x86_feature_detected!` in `Decoder::new`).
+        unsafe { avx2::idct(coef, out, stride) };
+        return;
     }
     let _ = avx2;
     idct_generic(coef, out, stride, ac_zero);

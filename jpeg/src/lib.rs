@@ -38,6 +38,7 @@
 //! zune-jpeg. Damaged files (truncated scans, bad codes, stray bytes) are errors, never panics,
 //! and also go to zune, which may salvage part of them.
 
+mod color;
 mod entropy;
 mod error;
 mod header;
@@ -275,7 +276,25 @@ impl Decoder {
     }
 
     /// Upsamples and colour-converts the region's pixels from the planes.
-    fn write_pixels(&mut self, p: &Plan, [x, y, w]: [usize; 3], out: &mut [u8]) {
+    fn write_pixels(&mut self, p: &Plan, xyw: [usize; 3], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is only true when the running CPU reported AVX2.
+            unsafe { self.write_pixels_avx2(p, xyw, out) };
+            return;
+        }
+        self.write_pixels_impl(p, xyw, out);
+    }
+
+    /// [`Self::write_pixels_impl`] compiled for AVX2, so that its row loops vectorise wider.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn write_pixels_avx2(&mut self, p: &Plan, xyw: [usize; 3], out: &mut [u8]) {
+        self.write_pixels_impl(p, xyw, out);
+    }
+
+    #[inline(always)]
+    fn write_pixels_impl(&mut self, p: &Plan, [x, y, w]: [usize; 3], out: &mut [u8]) {
         let f = &*self.frame;
         let ystride = (p.c1 - p.c0 + 1) * p.hs * 8;
         let (yx0, yy0) = (p.c0 * p.hs * 8, p.r0 * p.vs * 8);
@@ -352,20 +371,7 @@ impl Decoder {
             let off = chroma(&self.planes[1], rcb);
             chroma(&self.planes[2], rcr);
             let (cb, cr) = (&rcb[off..off + w], &rcr[off..off + w]);
-            for (((o, &yy), &cb), &cr) in o.chunks_exact_mut(3).zip(yrow).zip(cb).zip(cr) {
-                o.copy_from_slice(&ycc_to_rgb(yy, cb, cr));
-            }
+            color::ycc_row(yrow, cb, cr, o, self.avx2);
         }
     }
-}
-
-/// zune's YCbCr to RGB: 14-bit fixed point, rounding constant 8191, clamp to 0..=255.
-#[inline(always)]
-fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
-    let y0 = i32::from(y) * 16384 + 8191;
-    let (cb, cr) = (i32::from(cb) - 128, i32::from(cr) - 128);
-    let r = (y0 + cr * 22970) >> 14;
-    let g = (y0 - cr * 11700 - cb * 5638) >> 14;
-    let b = (y0 + cb * 29032) >> 14;
-    [r, g, b].map(|v| v.clamp(0, 255) as u8)
 }
