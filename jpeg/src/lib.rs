@@ -159,7 +159,7 @@ impl Decoder {
         let plan = self.plan(x as usize, y as usize, w as usize, h as usize);
         self.check_data_size(bytes.len(), &plan)?;
         self.decode_mcus(bytes, &plan)?;
-        out.clear();
+        // Every byte is written below; keep what is there and only fill growth.
         out.resize(w as usize * h as usize * usize::from(info.channels), 0);
         self.write_pixels(&plan, [x, y, w].map(|v| v as usize), out);
         Ok(info)
@@ -225,8 +225,10 @@ impl Decoder {
             let c = f.comps[k];
             strides[k] = ncols * usize::from(c.h) * 8;
             let len = strides[k] * nrows * usize::from(c.v) * 8;
-            self.planes[k].clear();
-            self.planes[k].resize(len, 0);
+            // Every byte of the used part is written by the IDCT; only growth is filled.
+            if self.planes[k].len() < len {
+                self.planes[k].resize(len, 0);
+            }
         }
         let ri = usize::from(f.restart_interval);
         let mut bits = Bits::new(bytes, f.data_start);

@@ -295,3 +295,29 @@ proptest! {
         let _ = Decoder::new().decode_region(&bytes, rect.0, rect.1, rect.2, rect.3, &mut Vec::new());
     }
 }
+
+/// The fixtures cover what they claim: SOF1 with 16-bit DQT, restart markers.
+#[test]
+fn fixtures_cover_sof1_dqt16_and_restarts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let b = std::fs::read(dir.join("422_dqt16_sof1.jpg")).unwrap();
+    assert!(b.windows(2).any(|w| w == [0xFF, 0xC1]));
+    let dqt = b.windows(2).position(|w| w == [0xFF, 0xDB]).unwrap();
+    assert_eq!(b[dqt + 4] >> 4, 1, "16-bit table");
+    for name in [
+        "420_rst3.jpg",
+        "444_rstrow.jpg",
+        "grey_rst1.jpg",
+        "422_rst5.jpg",
+    ] {
+        let b = std::fs::read(dir.join(name)).unwrap();
+        assert!(b.windows(2).any(|w| w == [0xFF, 0xDD]), "{name}: DRI");
+        assert!(
+            b.windows(2)
+                .filter(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+                .count()
+                > 2,
+            "{name}: RSTn"
+        );
+    }
+}
