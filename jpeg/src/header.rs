@@ -183,6 +183,15 @@ impl Frame {
         if self.ncomp == 3 && self.comps.iter().map(|c| c.id).eq(*b"RGB") {
             self.unsupported.get_or_insert("RGB component ids");
         }
+        for &k in &self.scan[..self.ncomp] {
+            let tq = usize::from(self.comps[k].tq);
+            if self.unsupported.is_none() && qt_set[tq] && self.qt[tq].contains(&0) {
+                // Invalid per the standard, accepted by zune. With a zero entry a coded AC
+                // coefficient can dequantise to 0, and zune's 4x4 IDCT variant then skips the
+                // DC-only shortcut; such files are left to zune rather than reasoned about.
+                self.unsupported = Some("DQT: zero quantiser entry");
+            }
+        }
         if self.unsupported.is_none() && tables {
             for &k in &self.scan[..self.ncomp] {
                 let c = self.comps[k];

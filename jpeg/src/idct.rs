@@ -8,11 +8,14 @@
 //! shift by 17, then a clamp to 0..=255. The 4x4 variant only folds known zeros, which does not
 //! change any wrapping sum; the AVX2 variant saturates to i16 before the same clamp, which gives
 //! the same byte. The DC-only shortcut, `(dc + 4 + 1024) >> 3` clamped, is taken whenever all 63
-//! AC coefficients are zero (and agrees with the full butterfly on every DC value a real file
-//! can produce); this module takes it under the same condition.
+//! AC coefficients are zero, by zune's 1x1 path and inside its full IDCTs alike, and here under
+//! the same condition. (zune's 4x4 path does not test for zeros, but it only runs when some AC
+//! coefficient was coded, and a coded coefficient dequantises to a non-zero value unless the
+//! quantisation table has a zero entry; files with such tables are left to zune.)
 //!
-//! The code works on eight lanes at a time (`[i32; 8]` rows), so the compiler vectorises both
-//! passes; [`idct_block`] compiles it once for AVX2 and picks that copy at run time.
+//! The portable code works on eight lanes at a time (`[i32; 8]` rows) so that the compiler can
+//! vectorise it; on x86-64 CPUs with AVX2 [`idct_block`] runs an intrinsics copy of the same
+//! butterfly instead (module `avx2`; the unit test checks both against a lane-by-lane form).
 
 type V = [i32; 8];
 

@@ -321,3 +321,21 @@ fn fixtures_cover_sof1_dqt16_and_restarts() {
         );
     }
 }
+
+/// A zero quantiser entry (invalid, but zune takes it) is left to zune.
+#[test]
+fn zero_quantiser_entries_are_unsupported() {
+    let mut b =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/444_17x9.jpg"))
+            .unwrap();
+    let dqt = b.windows(2).position(|w| w == [0xFF, 0xDB]).unwrap();
+    b[dqt + 5 + 20] = 0;
+    assert_eq!(
+        read_info(&b).unwrap().unsupported,
+        Some("DQT: zero quantiser entry")
+    );
+    let e = Decoder::new()
+        .decode_region(&b, 0, 0, 1, 1, &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(e, JpegError::Unsupported(_)), "{e}");
+}
