@@ -175,20 +175,22 @@ impl<'a> Bits<'a> {
     }
 
     /// Decodes one block into `blk` (dequantised, natural order; `blk` must be all zeros on
-    /// entry). Returns the OR of the AC values written, zero when all AC are zero.
+    /// entry); `qz` is the quantisation table in zig-zag order. Returns whether all AC
+    /// coefficients are zero (no AC value was coded: with no zero entry in the table, which
+    /// the header parser ensures, a coded value never dequantises to zero).
     #[inline(always)]
     pub(crate) fn decode_block(
         &mut self,
         dc: &Huffman,
         ac: &Huffman,
-        q: &[i32; 64],
+        qz: &[i32; 64],
         pred: &mut i32,
         blk: &mut [i32; 64],
-    ) -> Result<i32, JpegError> {
+    ) -> Result<bool, JpegError> {
         let mut s = *self;
         *pred = pred.wrapping_add(s.dc_diff(dc)?);
-        blk[0] = pred.wrapping_mul(q[0]);
-        let mut any = 0;
+        blk[0] = pred.wrapping_mul(qz[0]);
+        let mut last = 0;
         let mut k = 1usize;
         while k < 64 {
             if s.n < 32 {
@@ -198,10 +200,11 @@ impl<'a> Bits<'a> {
             if entry & FAST != 0 {
                 k += ((entry >> 8) & 15) as usize;
                 s.drop(entry & LEN_MASK);
-                let z = usize::from(*ZIGZAG.get(k).ok_or(JpegError::Format("AC run past 63"))?);
-                let v = ((entry as i32) >> 16).wrapping_mul(q[z]);
-                blk[z] = v;
-                any |= v;
+                if k > 63 {
+                    return Err(JpegError::Format("AC run past 63"));
+                }
+                blk[usize::from(ZIGZAG[k] & 63)] = ((entry as i32) >> 16).wrapping_mul(qz[k]);
+                last = k;
                 k += 1;
                 continue;
             }
@@ -215,14 +218,15 @@ impl<'a> Bits<'a> {
                 continue;
             }
             k += run;
-            let z = usize::from(*ZIGZAG.get(k).ok_or(JpegError::Format("AC run past 63"))?);
-            let v = extend(s.get(size), size).wrapping_mul(q[z]);
-            blk[z] = v;
-            any |= v;
+            if k > 63 {
+                return Err(JpegError::Format("AC run past 63"));
+            }
+            blk[usize::from(ZIGZAG[k] & 63)] = extend(s.get(size), size).wrapping_mul(qz[k]);
+            last = k;
             k += 1;
         }
         *self = s;
-        Ok(any)
+        Ok(last == 0)
     }
 
     /// Steps over one block, keeping only the DC prediction.

@@ -52,7 +52,7 @@ pub(crate) struct Frame {
     /// Frame indices of the scan's components, in bitstream order.
     pub(crate) scan: [usize; 3],
     pub(crate) restart_interval: u16,
-    /// Quantisation tables in natural order.
+    /// Quantisation tables in zig-zag (file) order.
     pub(crate) qt: [[i32; 64]; 4],
     pub(crate) dc: [Huffman; 4],
     pub(crate) ac: [Huffman; 4],
@@ -387,8 +387,8 @@ fn parse_dqt(
         if index > 3 {
             return Err(JpegError::Format("DQT: table index over 3"));
         }
-        for (k, &natural) in ZIGZAG.iter().enumerate() {
-            qt[index][usize::from(natural)] = if precision == 0 {
+        for (k, q) in qt[index].iter_mut().enumerate() {
+            *q = if precision == 0 {
                 i32::from(body[k])
             } else {
                 i32::from(u16::from_be_bytes([body[2 * k], body[2 * k + 1]]))

@@ -264,7 +264,7 @@ impl Decoder {
                                 continue;
                             }
                             let q = &f.qt[usize::from(c.tq)];
-                            let any = bits.decode_block(dc, ac, q, &mut preds[k], &mut blk)?;
+                            let ac_zero = bits.decode_block(dc, ac, q, &mut preds[k], &mut blk)?;
                             let px = ((mc - p.c0) * bh + bx) * 8;
                             let py = ((mr - p.r0) * bv + by) * 8;
                             let at = py * strides[k] + px;
@@ -272,7 +272,7 @@ impl Decoder {
                                 &blk,
                                 &mut self.planes[k][at..],
                                 strides[k],
-                                any == 0,
+                                ac_zero,
                                 self.avx2,
                             );
                             blk = [0; 64];
