@@ -48,6 +48,24 @@
 //! zune-jpeg. Damaged files (truncated scans, bad codes, stray bytes) are errors, never panics,
 //! and also go to zune, which may salvage part of them.
 
+//!
+//! # Example
+//! ```
+//! use tinyvit_jpeg::{read_info, Decoder, JpegError};
+//!
+//! let bytes = include_bytes!("../tests/fixtures/420_91x53.jpg");
+//! let info = read_info(bytes)?;
+//! assert_eq!((info.width, info.height, info.channels), (91, 53, 3));
+//! let mut decoder = Decoder::new(); // keep it: its buffers are reused
+//! let mut rgb = Vec::new();
+//! match decoder.decode_region(bytes, 10, 20, 30, 16, &mut rgb) {
+//!     Ok(_) => assert_eq!(rgb.len(), 30 * 16 * 3),
+//!     // Progressive, CMYK, damaged, ...: decode with zune-jpeg (or `image`) and crop.
+//!     Err(e) => panic!("fall back to the full decoder: {e}"),
+//! }
+//! # Ok::<(), JpegError>(())
+//! ```
+
 mod color;
 mod entropy;
 mod error;
@@ -138,6 +156,15 @@ impl Decoder {
             planes: Default::default(),
             rows: Default::default(),
             avx2: idct::has_avx2(),
+        }
+    }
+
+    /// A decoder that never uses the AVX2 code paths (for tests of the portable code).
+    #[doc(hidden)]
+    pub fn without_simd() -> Self {
+        Self {
+            avx2: false,
+            ..Self::new()
         }
     }
 

@@ -81,6 +81,10 @@ fn rects(w: usize, h: usize, seed: u64, random: usize) -> Vec<[usize; 4]> {
 }
 
 fn check(name: &str, bytes: &[u8], random: usize) -> usize {
+    check_with(Decoder::new(), name, bytes, random)
+}
+
+fn check_with(mut dec: Decoder, name: &str, bytes: &[u8], random: usize) -> usize {
     let (full, fw, fh, ch) = zune(bytes);
     let info = read_info(bytes).unwrap();
     assert_eq!(
@@ -93,7 +97,6 @@ fn check(name: &str, bytes: &[u8], random: usize) -> usize {
         "{name}"
     );
     assert_eq!(info.unsupported, None, "{name}");
-    let mut dec = Decoder::new();
     let mut out = Vec::new();
     let list = rects(fw, fh, bytes.len() as u64, random);
     for r in &list {
@@ -123,6 +126,14 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
         .collect()
+}
+
+/// The portable (non-AVX2) IDCT, upsampling and colour code give the same bytes.
+#[test]
+fn portable_code_equals_zune() {
+    for (name, bytes) in &fixtures() {
+        check_with(Decoder::without_simd(), name, bytes, 10);
+    }
 }
 
 #[test]
