@@ -372,3 +372,44 @@ fn zero_quantiser_entries_are_unsupported() {
         .unwrap_err();
     assert!(matches!(e, JpegError::Unsupported(_)), "{e}");
 }
+
+/// Adobe APP14 colour transforms other than YCbCr (1), and components named R, G, B (which
+/// zune decodes as RGB), are left to zune; transform 1 decodes as usual.
+#[test]
+fn adobe_transforms_and_rgb_ids() {
+    let clean =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/420_17x9.jpg"))
+            .unwrap();
+    let with_adobe = |transform: u8| {
+        let mut b = clean[..2].to_vec();
+        b.extend_from_slice(&[0xFF, 0xEE, 0, 14]);
+        b.extend_from_slice(b"Adobe");
+        b.extend_from_slice(&[0, 100, 0, 0, 0, 0, transform]);
+        b.extend_from_slice(&clean[2..]);
+        b
+    };
+    for t in [0u8, 2] {
+        let b = with_adobe(t);
+        assert!(
+            read_info(&b).unwrap().unsupported.is_some(),
+            "transform {t}"
+        );
+        let e = Decoder::new()
+            .decode_region(&b, 0, 0, 1, 1, &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(e, JpegError::Unsupported(_)), "{e}");
+    }
+    check("adobe transform 1", &with_adobe(1), 10);
+
+    let mut rgb = clean.clone();
+    let sof = rgb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    let sos = rgb.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    for (i, id) in b"RGB".iter().enumerate() {
+        rgb[sof + 10 + 3 * i] = *id;
+        rgb[sos + 5 + 2 * i] = *id;
+    }
+    assert_eq!(
+        read_info(&rgb).unwrap().unsupported,
+        Some("RGB component ids")
+    );
+}
