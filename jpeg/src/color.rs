@@ -6,6 +6,8 @@
 //! scalar versions agree (the AVX2 one saturates through i16 and u8 packs, which is the same
 //! clamp); so do the two here.
 
+use crate::simd::Simd;
+
 /// One pixel.
 #[inline(always)]
 pub(crate) fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
@@ -19,14 +21,14 @@ pub(crate) fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 
 /// A row: `out` holds `3 * y.len()` bytes of RGB; `cb` and `cr` are as long as `y`.
 #[inline(always)]
-pub(crate) fn ycc_row(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8], avx2: bool) {
+pub(crate) fn ycc_row(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8], simd: Simd) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is only true when the running CPU reported AVX2.
+    if simd.avx2() {
+        // SAFETY: `Simd::avx2` is only true when the running CPU reported AVX2.
         done = unsafe { avx2::ycc_row16(y, cb, cr, out) };
     }
-    let _ = avx2;
+    let _ = simd;
     for (((o, &y), &cb), &cr) in out[3 * done..]
         .chunks_exact_mut(3)
         .zip(&y[done..])
@@ -145,13 +147,7 @@ mod tests {
         let y: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
         for len in [n, n - 5, 15, 17] {
             let mut out = vec![0u8; 3 * len];
-            ycc_row(
-                &y[..len],
-                &cb[..len],
-                &cr[..len],
-                &mut out,
-                std::is_x86_feature_detected!("avx2"),
-            );
+            ycc_row(&y[..len], &cb[..len], &cr[..len], &mut out, Simd::detect());
             for i in 0..len {
                 assert_eq!(
                     out[3 * i..3 * i + 3],

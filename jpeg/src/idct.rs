@@ -17,6 +17,8 @@
 //! vectorise it; on x86-64 CPUs with AVX2 [`idct_block`] runs an intrinsics copy of the same
 //! butterfly instead (module `avx2`; the unit test checks both against a lane-by-lane form).
 
+use crate::simd::Simd;
+
 type V = [i32; 8];
 
 #[inline(always)]
@@ -245,29 +247,16 @@ pub(crate) fn idct_block(
     out: &mut [u8],
     stride: usize,
     ac_zero: bool,
-    avx2: bool,
+    simd: Simd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 && !ac_zero {
-        // SAFETY: `avx2` is only true when the running CPU reported AVX2
-        // (`is_x86_feature_detected!` in `Decoder::new`).
+    if simd.avx2() && !ac_zero {
+        // SAFETY: `Simd::avx2` is only true when the running CPU reported AVX2.
         unsafe { avx2::idct(coef, out, stride) };
         return;
     }
-    let _ = avx2;
+    let _ = simd;
     idct_generic(coef, out, stride, ac_zero);
-}
-
-/// Whether the AVX2 copy of the IDCT may run here.
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 #[cfg(test)]
@@ -318,9 +307,9 @@ mod tests {
             }
             let mut out = [0u8; 64];
             let ac_zero = c[1..].iter().all(|&v| v == 0);
-            idct_block(&c, &mut out, 8, ac_zero, has_avx2());
+            idct_block(&c, &mut out, 8, ac_zero, Simd::detect());
             assert_eq!(out, reference(&c));
-            idct_block(&c, &mut out, 8, ac_zero, false);
+            idct_block(&c, &mut out, 8, ac_zero, Simd::none());
             assert_eq!(out, reference(&c));
         }
     }

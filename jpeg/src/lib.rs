@@ -73,11 +73,13 @@ mod error;
 mod header;
 mod huffman;
 mod idct;
+mod simd;
 
 pub use error::JpegError;
 
 use entropy::Bits;
 use header::Frame;
+use simd::Simd;
 
 /// What the headers say about an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +118,7 @@ pub struct Decoder {
     frame: Box<Frame>,
     planes: [Vec<u8>; 3],
     rows: [Vec<u8>; 3],
-    avx2: bool,
+    simd: Simd,
 }
 
 impl Default for Decoder {
@@ -128,7 +130,7 @@ impl Default for Decoder {
 impl core::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Decoder")
-            .field("avx2", &self.avx2)
+            .field("simd", &self.simd)
             .finish_non_exhaustive()
     }
 }
@@ -156,7 +158,7 @@ impl Decoder {
             frame: Box::new(Frame::new()),
             planes: Default::default(),
             rows: Default::default(),
-            avx2: idct::has_avx2(),
+            simd: Simd::detect(),
         }
     }
 
@@ -164,7 +166,7 @@ impl Decoder {
     #[doc(hidden)]
     pub fn without_simd() -> Self {
         Self {
-            avx2: false,
+            simd: Simd::none(),
             ..Self::new()
         }
     }
@@ -301,7 +303,7 @@ impl Decoder {
                                 &mut self.planes[k][at..],
                                 strides[k],
                                 ac_zero,
-                                self.avx2,
+                                self.simd,
                             );
                             blk = [0; 64];
                         }
@@ -318,8 +320,8 @@ impl Decoder {
     /// Upsamples and colour-converts the region's pixels from the planes.
     fn write_pixels(&mut self, p: &Plan, xyw: [usize; 3], out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            // SAFETY: `avx2` is only true when the running CPU reported AVX2.
+        if self.simd.avx2() {
+            // SAFETY: `Simd::avx2` is only true when the running CPU reported AVX2.
             unsafe { self.write_pixels_avx2(p, xyw, out) };
             return;
         }
@@ -411,7 +413,7 @@ impl Decoder {
             let off = chroma(&self.planes[1], rcb);
             chroma(&self.planes[2], rcr);
             let (cb, cr) = (&rcb[off..off + w], &rcr[off..off + w]);
-            color::ycc_row(yrow, cb, cr, o, self.avx2);
+            color::ycc_row(yrow, cb, cr, o, self.simd);
         }
     }
 }
