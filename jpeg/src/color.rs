@@ -22,13 +22,18 @@ pub(crate) fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 /// A row: `out` holds `3 * y.len()` bytes of RGB; `cb` and `cr` are as long as `y`.
 #[inline(always)]
 pub(crate) fn ycc_row(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8], simd: Simd) {
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if simd.avx2() {
+    let done = if simd.avx2() {
         // SAFETY: `Simd::avx2` is only true when the running CPU reported AVX2.
-        done = unsafe { avx2::ycc_row16(y, cb, cr, out) };
-    }
-    let _ = simd;
+        unsafe { avx2::ycc_row16(y, cb, cr, out) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = simd;
+        0
+    };
     for (((o, &y), &cb), &cr) in out[3 * done..]
         .chunks_exact_mut(3)
         .zip(&y[done..])
