@@ -150,6 +150,31 @@ fn run_set(label: &str, jpegs: &[(String, Vec<u8>)], secs: f64) {
     );
 }
 
+fn profile(side: &str, jpegs: &[(String, Vec<u8>)], secs: f64) {
+    let mut dec = Decoder::new();
+    let mut out = Vec::new();
+    let mut rng = Rng(1);
+    let infos: Vec<_> = jpegs
+        .iter()
+        .map(|(_, b)| tinyvit_jpeg::read_info(b).unwrap())
+        .collect();
+    let t = time(secs, |n| {
+        let (b, info) = (&jpegs[n % jpegs.len()].1, infos[n % jpegs.len()]);
+        match side {
+            "zune" => zune_into(b, &mut out),
+            "full" => {
+                dec.decode_region(b, 0, 0, info.width, info.height, &mut out)
+                    .unwrap();
+            }
+            _ => {
+                let [x, y, w, h] = crop(&mut rng, info.width, info.height);
+                dec.decode_region(b, x, y, w, h, &mut out).unwrap();
+            }
+        }
+    });
+    println!("{side}: {:.3} ms/image", t * 1e3);
+}
+
 fn main() {
     let pyref = PathBuf::from(
         std::env::var("TINYVIT_PYREF").unwrap_or_else(|_| "/root/.cache/tinyvit/pyref".into()),
@@ -194,6 +219,11 @@ fn main() {
         q90.push((name.to_string(), buf));
     }
     let _ = std::fs::remove_dir_all(&dir);
+    // TINYVIT_BENCH_PROFILE=zune|full|crops: run only that side (for `perf record`).
+    if let Ok(side) = std::env::var("TINYVIT_BENCH_PROFILE") {
+        profile(&side, &q90, secs * 5.0);
+        return;
+    }
     run_set("image q90 (4:4:4)", &q90, secs);
     if q90_420.len() == PHOTOS.len() {
         run_set("Pillow q90 4:2:0", &q90_420, secs);

@@ -11,6 +11,7 @@ use crate::error::JpegError;
 use crate::header::ZIGZAG;
 use crate::huffman::{extend, Huffman, FAST, LEN_MASK, LUT_BITS};
 
+#[derive(Clone, Copy)]
 pub(crate) struct Bits<'a> {
     data: &'a [u8],
     /// Next byte to load.
@@ -55,12 +56,14 @@ impl<'a> Bits<'a> {
                 return;
             }
         }
-        self.refill_slow();
+        *self = self.refill_slow();
     }
 
+    /// Byte-at-a-time refill. Takes and returns the reader by value so that the hot loops
+    /// keep their copy in registers.
     #[cold]
     #[inline(never)]
-    fn refill_slow(&mut self) {
+    fn refill_slow(mut self) -> Self {
         while self.n <= 56 {
             let byte = if self.marker_at.is_some() || self.pos >= self.data.len() {
                 self.invented += 8;
@@ -86,6 +89,7 @@ impl<'a> Bits<'a> {
             self.acc |= u64::from(byte) << (56 - self.n);
             self.n += 8;
         }
+        self
     }
 
     #[inline(always)]
@@ -171,36 +175,40 @@ impl<'a> Bits<'a> {
     }
 
     /// Decodes one block into `blk` (dequantised, natural order; `blk` must be all zeros on
-    /// entry). Returns the OR of the AC values written, zero when all AC are zero.
+    /// entry); `qz` is the quantisation table in zig-zag order. Returns whether all AC
+    /// coefficients are zero (no AC value was coded: with no zero entry in the table, which
+    /// the header parser ensures, a coded value never dequantises to zero).
     #[inline(always)]
     pub(crate) fn decode_block(
         &mut self,
         dc: &Huffman,
         ac: &Huffman,
-        q: &[i32; 64],
+        qz: &[i32; 64],
         pred: &mut i32,
         blk: &mut [i32; 64],
-    ) -> Result<i32, JpegError> {
-        *pred = pred.wrapping_add(self.dc_diff(dc)?);
-        blk[0] = pred.wrapping_mul(q[0]);
-        let mut any = 0;
+    ) -> Result<bool, JpegError> {
+        let mut s = *self;
+        *pred = pred.wrapping_add(s.dc_diff(dc)?);
+        blk[0] = pred.wrapping_mul(qz[0]);
+        let mut last = 0;
         let mut k = 1usize;
         while k < 64 {
-            if self.n < 32 {
-                self.refill();
+            if s.n < 32 {
+                s.refill();
             }
-            let entry = ac.lut[self.peek(LUT_BITS) as usize];
+            let entry = ac.lut[s.peek(LUT_BITS) as usize];
             if entry & FAST != 0 {
                 k += ((entry >> 8) & 15) as usize;
-                self.drop(entry & LEN_MASK);
-                let z = usize::from(*ZIGZAG.get(k).ok_or(JpegError::Format("AC run past 63"))?);
-                let v = ((entry as i32) >> 16).wrapping_mul(q[z]);
-                blk[z] = v;
-                any |= v;
+                s.drop(entry & LEN_MASK);
+                if k > 63 {
+                    return Err(JpegError::Format("AC run past 63"));
+                }
+                blk[usize::from(ZIGZAG[k] & 63)] = ((entry as i32) >> 16).wrapping_mul(qz[k]);
+                last = k;
                 k += 1;
                 continue;
             }
-            let rs = self.symbol(ac, entry)?;
+            let rs = s.symbol(ac, entry)?;
             let (run, size) = ((rs >> 4) as usize, rs & 15);
             if size == 0 {
                 if run != 15 {
@@ -210,13 +218,15 @@ impl<'a> Bits<'a> {
                 continue;
             }
             k += run;
-            let z = usize::from(*ZIGZAG.get(k).ok_or(JpegError::Format("AC run past 63"))?);
-            let v = extend(self.get(size), size).wrapping_mul(q[z]);
-            blk[z] = v;
-            any |= v;
+            if k > 63 {
+                return Err(JpegError::Format("AC run past 63"));
+            }
+            blk[usize::from(ZIGZAG[k] & 63)] = extend(s.get(size), size).wrapping_mul(qz[k]);
+            last = k;
             k += 1;
         }
-        Ok(any)
+        *self = s;
+        Ok(last == 0)
     }
 
     /// Steps over one block, keeping only the DC prediction.
@@ -227,19 +237,20 @@ impl<'a> Bits<'a> {
         ac: &Huffman,
         pred: &mut i32,
     ) -> Result<(), JpegError> {
-        *pred = pred.wrapping_add(self.dc_diff(dc)?);
+        let mut s = *self;
+        *pred = pred.wrapping_add(s.dc_diff(dc)?);
         let mut k = 1usize;
         while k < 64 {
-            if self.n < 32 {
-                self.refill();
+            if s.n < 32 {
+                s.refill();
             }
-            let entry = ac.lut[self.peek(LUT_BITS) as usize];
+            let entry = ac.lut[s.peek(LUT_BITS) as usize];
             if entry & FAST != 0 {
                 k += ((entry >> 8) & 15) as usize + 1;
-                self.drop(entry & LEN_MASK);
+                s.drop(entry & LEN_MASK);
                 continue;
             }
-            let rs = self.symbol(ac, entry)?;
+            let rs = s.symbol(ac, entry)?;
             let (run, size) = ((rs >> 4) as usize, rs & 15);
             if size == 0 {
                 if run != 15 {
@@ -249,11 +260,12 @@ impl<'a> Bits<'a> {
                 continue;
             }
             k += run + 1;
-            self.drop(size);
+            s.drop(size);
         }
         if k > 64 {
             return Err(JpegError::Format("AC run past 63"));
         }
+        *self = s;
         Ok(())
     }
 }

@@ -52,7 +52,7 @@ pub(crate) struct Frame {
     /// Frame indices of the scan's components, in bitstream order.
     pub(crate) scan: [usize; 3],
     pub(crate) restart_interval: u16,
-    /// Quantisation tables in natural order.
+    /// Quantisation tables in zig-zag (file) order.
     pub(crate) qt: [[i32; 64]; 4],
     pub(crate) dc: [Huffman; 4],
     pub(crate) ac: [Huffman; 4],
@@ -182,6 +182,15 @@ impl Frame {
         }
         if self.ncomp == 3 && self.comps.iter().map(|c| c.id).eq(*b"RGB") {
             self.unsupported.get_or_insert("RGB component ids");
+        }
+        for &k in &self.scan[..self.ncomp] {
+            let tq = usize::from(self.comps[k].tq);
+            if self.unsupported.is_none() && qt_set[tq] && self.qt[tq].contains(&0) {
+                // Invalid per the standard, accepted by zune. With a zero entry a coded AC
+                // coefficient can dequantise to 0, and zune's 4x4 IDCT variant then skips the
+                // DC-only shortcut; such files are left to zune rather than reasoned about.
+                self.unsupported = Some("DQT: zero quantiser entry");
+            }
         }
         if self.unsupported.is_none() && tables {
             for &k in &self.scan[..self.ncomp] {
@@ -378,8 +387,8 @@ fn parse_dqt(
         if index > 3 {
             return Err(JpegError::Format("DQT: table index over 3"));
         }
-        for (k, &natural) in ZIGZAG.iter().enumerate() {
-            qt[index][usize::from(natural)] = if precision == 0 {
+        for (k, q) in qt[index].iter_mut().enumerate() {
+            *q = if precision == 0 {
                 i32::from(body[k])
             } else {
                 i32::from(u16::from_be_bytes([body[2 * k], body[2 * k + 1]]))

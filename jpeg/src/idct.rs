@@ -8,11 +8,16 @@
 //! shift by 17, then a clamp to 0..=255. The 4x4 variant only folds known zeros, which does not
 //! change any wrapping sum; the AVX2 variant saturates to i16 before the same clamp, which gives
 //! the same byte. The DC-only shortcut, `(dc + 4 + 1024) >> 3` clamped, is taken whenever all 63
-//! AC coefficients are zero (and agrees with the full butterfly on every DC value a real file
-//! can produce); this module takes it under the same condition.
+//! AC coefficients are zero, by zune's 1x1 path and inside its full IDCTs alike, and here under
+//! the same condition. (zune's 4x4 path does not test for zeros, but it only runs when some AC
+//! coefficient was coded, and a coded coefficient dequantises to a non-zero value unless the
+//! quantisation table has a zero entry; files with such tables are left to zune.)
 //!
-//! The code works on eight lanes at a time (`[i32; 8]` rows), so the compiler vectorises both
-//! passes; [`idct_block`] compiles it once for AVX2 and picks that copy at run time.
+//! The portable code works on eight lanes at a time (`[i32; 8]` rows) so that the compiler can
+//! vectorise it; on x86-64 CPUs with AVX2 [`idct_block`] runs an intrinsics copy of the same
+//! butterfly instead (module `avx2`; the unit test checks both against a lane-by-lane form).
+
+use crate::simd::Simd;
 
 type V = [i32; 8];
 
@@ -242,31 +247,16 @@ pub(crate) fn idct_block(
     out: &mut [u8],
     stride: usize,
     ac_zero: bool,
-    avx2: bool,
+    simd: Simd,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        if !ac_zero {
-            // SAFETY: `avx2` is only true when the running CPU reported AVX2
-            // (`is_x86_feature_detected!` in `Decoder::new`).
-            unsafe { avx2::idct(coef, out, stride) };
-            return;
-        }
+    if simd.avx2() && !ac_zero {
+        // SAFETY: `Simd::avx2` is only true when the running CPU reported AVX2.
+        unsafe { avx2::idct(coef, out, stride) };
+        return;
     }
-    let _ = avx2;
+    let _ = simd;
     idct_generic(coef, out, stride, ac_zero);
-}
-
-/// Whether the AVX2 copy of the IDCT may run here.
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 #[cfg(test)]
@@ -317,9 +307,9 @@ mod tests {
             }
             let mut out = [0u8; 64];
             let ac_zero = c[1..].iter().all(|&v| v == 0);
-            idct_block(&c, &mut out, 8, ac_zero, has_avx2());
+            idct_block(&c, &mut out, 8, ac_zero, Simd::detect());
             assert_eq!(out, reference(&c));
-            idct_block(&c, &mut out, 8, ac_zero, false);
+            idct_block(&c, &mut out, 8, ac_zero, Simd::none());
             assert_eq!(out, reference(&c));
         }
     }

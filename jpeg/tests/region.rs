@@ -81,6 +81,10 @@ fn rects(w: usize, h: usize, seed: u64, random: usize) -> Vec<[usize; 4]> {
 }
 
 fn check(name: &str, bytes: &[u8], random: usize) -> usize {
+    check_with(Decoder::new(), name, bytes, random)
+}
+
+fn check_with(mut dec: Decoder, name: &str, bytes: &[u8], random: usize) -> usize {
     let (full, fw, fh, ch) = zune(bytes);
     let info = read_info(bytes).unwrap();
     assert_eq!(
@@ -93,7 +97,6 @@ fn check(name: &str, bytes: &[u8], random: usize) -> usize {
         "{name}"
     );
     assert_eq!(info.unsupported, None, "{name}");
-    let mut dec = Decoder::new();
     let mut out = Vec::new();
     let list = rects(fw, fh, bytes.len() as u64, random);
     for r in &list {
@@ -123,6 +126,14 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
         .collect()
+}
+
+/// The portable (non-AVX2) IDCT, upsampling and colour code give the same bytes.
+#[test]
+fn portable_code_equals_zune() {
+    for (name, bytes) in &fixtures() {
+        check_with(Decoder::without_simd(), name, bytes, 10);
+    }
 }
 
 #[test]
@@ -186,18 +197,40 @@ fn image_crate_encodes_equal_zune() {
     }
 }
 
-/// The photos the benchmark uses, when the reference Python environment is there.
+/// The photos the benchmark uses, when the reference Python environment is there: as
+/// `image` encodes them (4:4:4) and as Pillow does with 4:2:0.
 #[test]
 fn photos_equal_zune() {
-    let dir = Path::new("/root/.cache/tinyvit/pyref/lib/python3.11/site-packages/skimage/data");
-    for name in ["astronaut.png", "coffee.png", "rocket.jpg"] {
+    let pyref = Path::new("/root/.cache/tinyvit/pyref");
+    let dir = pyref.join("lib/python3.11/site-packages/skimage/data");
+    let tmp = std::env::temp_dir().join(format!("tinyvit-jpeg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for name in ["astronaut.png", "coffee.png", "rocket.jpg", "chelsea.png"] {
         let Ok(bytes) = std::fs::read(dir.join(name)) else {
             eprintln!("skipping {name}: not found");
             continue;
         };
         let img = image::load_from_memory(&bytes).unwrap();
         check(name, &encode(&img, 90), 30);
+        let (png, jpg) = (
+            tmp.join(format!("{name}.png")),
+            tmp.join(format!("{name}.jpg")),
+        );
+        img.save(&png).unwrap();
+        let made = std::process::Command::new(pyref.join("bin/python"))
+            .args([
+                "-c",
+                "import sys; from PIL import Image; Image.open(sys.argv[1]).save(sys.argv[2], quality=85, subsampling=2)",
+            ])
+            .arg(&png)
+            .arg(&jpg)
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            check(&format!("{name} 4:2:0"), &std::fs::read(&jpg).unwrap(), 30);
+        }
     }
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 #[test]
@@ -294,4 +327,89 @@ proptest! {
         let _ = read_info(&bytes);
         let _ = Decoder::new().decode_region(&bytes, rect.0, rect.1, rect.2, rect.3, &mut Vec::new());
     }
+}
+
+/// The fixtures cover what they claim: SOF1 with 16-bit DQT, restart markers.
+#[test]
+fn fixtures_cover_sof1_dqt16_and_restarts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let b = std::fs::read(dir.join("422_dqt16_sof1.jpg")).unwrap();
+    assert!(b.windows(2).any(|w| w == [0xFF, 0xC1]));
+    let dqt = b.windows(2).position(|w| w == [0xFF, 0xDB]).unwrap();
+    assert_eq!(b[dqt + 4] >> 4, 1, "16-bit table");
+    for name in [
+        "420_rst3.jpg",
+        "444_rstrow.jpg",
+        "grey_rst1.jpg",
+        "422_rst5.jpg",
+    ] {
+        let b = std::fs::read(dir.join(name)).unwrap();
+        assert!(b.windows(2).any(|w| w == [0xFF, 0xDD]), "{name}: DRI");
+        assert!(
+            b.windows(2)
+                .filter(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+                .count()
+                > 2,
+            "{name}: RSTn"
+        );
+    }
+}
+
+/// A zero quantiser entry (invalid, but zune takes it) is left to zune.
+#[test]
+fn zero_quantiser_entries_are_unsupported() {
+    let mut b =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/444_17x9.jpg"))
+            .unwrap();
+    let dqt = b.windows(2).position(|w| w == [0xFF, 0xDB]).unwrap();
+    b[dqt + 5 + 20] = 0;
+    assert_eq!(
+        read_info(&b).unwrap().unsupported,
+        Some("DQT: zero quantiser entry")
+    );
+    let e = Decoder::new()
+        .decode_region(&b, 0, 0, 1, 1, &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(e, JpegError::Unsupported(_)), "{e}");
+}
+
+/// Adobe APP14 colour transforms other than YCbCr (1), and components named R, G, B (which
+/// zune decodes as RGB), are left to zune; transform 1 decodes as usual.
+#[test]
+fn adobe_transforms_and_rgb_ids() {
+    let clean =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/420_17x9.jpg"))
+            .unwrap();
+    let with_adobe = |transform: u8| {
+        let mut b = clean[..2].to_vec();
+        b.extend_from_slice(&[0xFF, 0xEE, 0, 14]);
+        b.extend_from_slice(b"Adobe");
+        b.extend_from_slice(&[0, 100, 0, 0, 0, 0, transform]);
+        b.extend_from_slice(&clean[2..]);
+        b
+    };
+    for t in [0u8, 2] {
+        let b = with_adobe(t);
+        assert!(
+            read_info(&b).unwrap().unsupported.is_some(),
+            "transform {t}"
+        );
+        let e = Decoder::new()
+            .decode_region(&b, 0, 0, 1, 1, &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(e, JpegError::Unsupported(_)), "{e}");
+    }
+    check("adobe transform 1", &with_adobe(1), 10);
+
+    let mut rgb = clean.clone();
+    let sof = rgb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    let sos = rgb.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    for (i, id) in b"RGB".iter().enumerate() {
+        rgb[sof + 10 + 3 * i] = *id;
+        rgb[sos + 5 + 2 * i] = *id;
+    }
+    assert_eq!(
+        read_info(&rgb).unwrap().unsupported,
+        Some("RGB component ids")
+    );
 }
