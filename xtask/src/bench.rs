@@ -12,6 +12,9 @@ pub fn run(_args: &[String]) -> Result<()> {
     setup::torch_env(&mut cmd)?;
     util::run(&mut cmd)?;
 
+    util::step("JPEG region decoder against zune-jpeg");
+    util::run(util::cargo().args(["bench", "-p", "tinyvit-jpeg", "--bench", "region"]))?;
+
     util::step("firmware: instructions per inference on QEMU Cortex-M4F / M7, per MAC, sizes");
     crate::replay::bench()
 }
