@@ -48,7 +48,7 @@ pub struct AugmentArgs {
 }
 
 /// An 8-bit HWC image held by the host.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Image {
     pub width: u32,
     pub height: u32,
@@ -155,7 +155,7 @@ pub struct ViewDecoder {
     /// The decoded crop (or the whole image) before and after the channel conversion.
     pixels: Vec<u8>,
     converted: Vec<u8>,
-    full: Option<Image>,
+    full: Image,
     scratch: Vec<u8>,
     /// Views rendered from a decoded crop (the rest decoded the whole image).
     region_views: u64,
@@ -186,22 +186,12 @@ impl ViewDecoder {
         if let Some(p) = self.render_jpeg_region(bytes, channels, cfg, seed, out)? {
             return Ok(p);
         }
-        let mut full = self.full.take().unwrap_or(Image {
-            width: 0,
-            height: 0,
-            channels: 3,
-            data: Vec::new(),
-        });
-        let r = decode_image_into(bytes, &mut full).and_then(|()| {
-            let src = convert(full.as_ref(), channels, &mut self.converted)?;
-            let src = match src {
-                Some(c) => c,
-                None => full.as_ref(),
-            };
-            render_into(src, cfg, seed, out, &mut self.scratch)
-        });
-        self.full = Some(full);
-        r
+        decode_image_into(bytes, &mut self.full)?;
+        let src = match convert(self.full.as_ref(), channels, &mut self.converted)? {
+            Some(c) => c,
+            None => self.full.as_ref(),
+        };
+        render_into(src, cfg, seed, out, &mut self.scratch)
     }
 
     /// [`render`](Self::render) of an already decoded image (its own channels).
@@ -275,16 +265,7 @@ fn convert<'a>(
     if src.channels == channels {
         return Ok(None);
     }
-    let img = crate::data::to_channels(
-        crate::data::Image {
-            width: src.width,
-            height: src.height,
-            channels: src.channels,
-            data: src.data.to_vec(),
-        },
-        channels,
-    );
-    *buf = img.data;
+    crate::data::convert_pixels(src.data, channels, buf);
     Ok(Some(ImageRef::new(src.width, src.height, channels, buf)?))
 }
 

@@ -130,21 +130,26 @@ pub fn to_channels(img: Image, channels: u32) -> Image {
     if img.channels == channels {
         return img;
     }
-    let data = if channels == 3 {
-        img.data.iter().flat_map(|&v| [v, v, v]).collect()
-    } else {
-        img.data
-            .chunks_exact(3)
-            .map(|p| {
-                ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500)
-                    / 1000) as u8
-            })
-            .collect()
-    };
+    let mut data = Vec::new();
+    convert_pixels(&img.data, channels, &mut data);
     Image {
         channels,
         data,
         ..img
+    }
+}
+
+/// [`to_channels`] on pixel bytes: `src` holds pixels of the other channel count (1 or 3)
+/// than `channels`; the converted pixels replace `out`'s content.
+pub(crate) fn convert_pixels(src: &[u8], channels: u32, out: &mut Vec<u8>) {
+    out.clear();
+    if channels == 3 {
+        out.extend(src.iter().flat_map(|&v| [v, v, v]));
+    } else {
+        out.extend(src.chunks_exact(3).map(|p| {
+            ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500) / 1000)
+                as u8
+        }));
     }
 }
 
