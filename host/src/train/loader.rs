@@ -22,6 +22,9 @@ pub struct SampleMeta {
     pub label: Option<u32>,
     /// Stored teacher top-K (class indices, probabilities), for `--logits` runs.
     pub topk: Option<(Vec<i64>, Vec<f32>)>,
+    /// With pair mixing: the partner's label and this sample's own weight `lam` (the
+    /// image is already mixed); an unpaired sample has its own label and `lam = 1`.
+    pub mix: Option<(Option<u32>, f32)>,
 }
 
 /// Produces training or evaluation samples.
@@ -49,6 +52,9 @@ pub struct Batch {
     pub labels: Option<Tensor>,
     /// `([B, K] int64, [B, K] f32)`, when every sample has stored top-K.
     pub topk: Option<(Tensor, Tensor)>,
+    /// `([B] int64 partner labels, [B] f32 own weights)`, when every sample was mixed with a
+    /// labelled partner ([`SampleMeta::mix`]).
+    pub mix: Option<(Tensor, Tensor)>,
 }
 
 struct Raw {
@@ -93,11 +99,22 @@ fn to_batch(index: u64, raw: Raw, shape: (usize, usize, usize)) -> Batch {
     } else {
         None
     };
+    let mix = raw
+        .metas
+        .iter()
+        .map(|m| m.mix.and_then(|(l, lam)| l.map(|l| (l as i64, lam))))
+        .collect::<Option<Vec<(i64, f32)>>>()
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let (l, lam): (Vec<i64>, Vec<f32>) = v.into_iter().unzip();
+            (Tensor::from_slice(&l), Tensor::from_slice(&lam))
+        });
     Batch {
         index,
         images,
         labels,
         topk,
+        mix,
     }
 }
 
@@ -305,6 +322,7 @@ impl Source for Synthetic {
             .collect();
         let probs: Vec<f32> = (0..k).map(|j| 0.5 / (1 << j) as f32).collect();
         Ok(SampleMeta {
+            mix: None,
             label: Some(label),
             topk: (k > 0).then_some((idx, probs)),
         })

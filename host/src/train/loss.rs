@@ -13,7 +13,6 @@
 //!
 //! which equals `sum_c -t_c ls_c` for the dense target `t` (tested below).
 
-use rand_core::RngCore;
 use tch::{Kind, Tensor};
 
 /// Mean over the batch of the cross-entropy between student logits and the eq. 2 target built
@@ -80,129 +79,27 @@ pub fn smooth_one_hot(labels: &Tensor, num_classes: i64, smoothing: f64) -> Tens
     t.scatter(1, &labels.view([b, 1]), &src)
 }
 
-/// Mixup / CutMix settings of the labels baseline (timm `Mixup`, batch mode).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct MixConfig {
-    /// Mixup Beta(alpha, alpha); 0 disables mixup.
-    pub mixup_alpha: f64,
-    /// CutMix Beta(alpha, alpha); 0 disables CutMix.
-    pub cutmix_alpha: f64,
-    /// Probability of mixing a batch at all.
-    pub prob: f64,
-    /// Probability of CutMix rather than mixup when both are enabled.
-    pub switch_prob: f64,
-}
-
-impl MixConfig {
-    /// No mixing.
-    pub const OFF: MixConfig = MixConfig {
-        mixup_alpha: 0.0,
-        cutmix_alpha: 0.0,
-        prob: 1.0,
-        switch_prob: 0.5,
-    };
-
-    /// Whether any mixing can happen.
-    pub fn active(&self) -> bool {
-        self.prob > 0.0 && (self.mixup_alpha > 0.0 || self.cutmix_alpha > 0.0)
-    }
-}
-
-fn uniform(rng: &mut impl RngCore) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn normal(rng: &mut impl RngCore) -> f64 {
-    // Box-Muller; 1 - u keeps the log argument in (0, 1].
-    let u1 = 1.0 - uniform(rng);
-    let u2 = uniform(rng);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
-/// Gamma(a, 1) by Marsaglia and Tsang (with the a < 1 boost).
-fn gamma(rng: &mut impl RngCore, a: f64) -> f64 {
-    if a < 1.0 {
-        let u = uniform(rng).max(f64::MIN_POSITIVE);
-        return gamma(rng, a + 1.0) * u.powf(1.0 / a);
-    }
-    let d = a - 1.0 / 3.0;
-    let c = 1.0 / (9.0 * d).sqrt();
-    loop {
-        let x = normal(rng);
-        let v = 1.0 + c * x;
-        if v <= 0.0 {
-            continue;
-        }
-        let v = v * v * v;
-        let u = uniform(rng);
-        if u < 1.0 - 0.0331 * x * x * x * x || u.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
-            return d * v;
-        }
-    }
-}
-
-/// Beta(a, a) sample.
-pub fn beta(rng: &mut impl RngCore, a: f64) -> f64 {
-    let x = gamma(rng, a);
-    let y = gamma(rng, a);
-    if x + y <= 0.0 {
-        0.5
-    } else {
-        x / (x + y)
-    }
-}
-
-/// Mixes a batch with its reverse (sample i with sample B-1-i), as timm's batch-mode `Mixup`,
-/// drawing every decision from `rng` (derived by the caller from run seed, epoch and batch, so
-/// a resumed run mixes identically). Returns the mixed images and targets.
+/// Targets of mixed pairs (timm's `mixup_target`): each row `lam * smooth(own) + (1 - lam) *
+/// smooth(partner)`, with [`smooth_one_hot`]'s smoothing.
 ///
 /// # Shapes
-/// `x [B, C, H, W]`, `target [B, N]` -> same shapes
-pub fn mix_batch(
-    x: &Tensor,
-    target: &Tensor,
-    cfg: &MixConfig,
-    rng: &mut impl RngCore,
-) -> (Tensor, Tensor) {
-    if !cfg.active() || uniform(rng) >= cfg.prob {
-        return (x.shallow_clone(), target.shallow_clone());
-    }
-    let use_cutmix = if cfg.mixup_alpha > 0.0 && cfg.cutmix_alpha > 0.0 {
-        uniform(rng) < cfg.switch_prob
-    } else {
-        cfg.cutmix_alpha > 0.0
-    };
-    let flipped = x.flip([0]);
-    let (xm, lam) = if use_cutmix {
-        let lam = beta(rng, cfg.cutmix_alpha);
-        let (_, _, h, w) = x.size4().expect("images are [B, C, H, W]");
-        let ratio = (1.0 - lam).sqrt();
-        let (ch, cw) = ((h as f64 * ratio) as i64, (w as f64 * ratio) as i64);
-        let cy = (uniform(rng) * h as f64) as i64;
-        let cx = (uniform(rng) * w as f64) as i64;
-        let (y0, y1) = ((cy - ch / 2).clamp(0, h), (cy + ch / 2).clamp(0, h));
-        let (x0, x1) = ((cx - cw / 2).clamp(0, w), (cx + cw / 2).clamp(0, w));
-        let out = x.copy();
-        if y1 > y0 && x1 > x0 {
-            let patch = flipped.narrow(2, y0, y1 - y0).narrow(3, x0, x1 - x0);
-            out.narrow(2, y0, y1 - y0)
-                .narrow(3, x0, x1 - x0)
-                .copy_(&patch);
-        }
-        let lam = 1.0 - ((y1 - y0) * (x1 - x0)) as f64 / (h * w) as f64;
-        (out, lam)
-    } else {
-        let lam = beta(rng, cfg.mixup_alpha);
-        (x * lam + flipped * (1.0 - lam), lam)
-    };
-    let t = target * lam + target.flip([0]) * (1.0 - lam);
-    (xm, t)
+/// `labels`, `partner`: `[B]` int64; `lam`: `[B]` f32 -> `[B, num_classes]`
+pub fn mixed_one_hot(
+    labels: &Tensor,
+    partner: &Tensor,
+    lam: &Tensor,
+    num_classes: i64,
+    smoothing: f64,
+) -> Tensor {
+    let own = smooth_one_hot(labels, num_classes, smoothing);
+    let other = smooth_one_hot(partner, num_classes, smoothing);
+    let lam = lam.to_kind(own.kind()).unsqueeze(1);
+    &own * &lam + other * (lam.ones_like() - &lam)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand_pcg::Pcg64;
     use tch::Device;
 
     #[test]
@@ -243,26 +140,31 @@ mod tests {
     }
 
     #[test]
-    fn mixing_keeps_target_mass_and_is_seeded() {
-        let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, Device::Cpu));
-        let t = smooth_one_hot(&Tensor::from_slice(&[0i64, 1, 2, 3]), 5, 0.1);
-        let cfg = MixConfig {
-            mixup_alpha: 0.8,
-            cutmix_alpha: 1.0,
-            prob: 1.0,
-            switch_prob: 0.5,
-        };
-        for seed in 0..8u64 {
-            let (xa, ta) = mix_batch(&x, &t, &cfg, &mut Pcg64::new(seed as u128, 7));
-            let (xb, tb) = mix_batch(&x, &t, &cfg, &mut Pcg64::new(seed as u128, 7));
-            assert!(xa.equal(&xb) && ta.equal(&tb));
-            let s: Vec<f32> = Vec::try_from(ta.sum_dim_intlist(1, false, Kind::Float)).unwrap();
-            assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
+    fn mixed_targets_weigh_both_labels() {
+        let labels = Tensor::from_slice(&[0i64, 1, 2]);
+        let partner = Tensor::from_slice(&[3i64, 1, 4]);
+        let lam = Tensor::from_slice(&[0.25f32, 0.5, 1.0]);
+        let t = mixed_one_hot(&labels, &partner, &lam, 5, 0.1);
+        let v: Vec<f32> = Vec::try_from(t.view([-1])).unwrap();
+        // Row 0: 0.25 of class 0 and 0.75 of class 3, each smoothed (0.92 on, 0.02 off).
+        let want0 = [
+            0.25 * 0.92 + 0.75 * 0.02,
+            0.02,
+            0.02,
+            0.25 * 0.02 + 0.75 * 0.92,
+            0.02,
+        ];
+        for (a, b) in v[..5].iter().zip(want0) {
+            assert!((a - b).abs() < 1e-6, "{v:?}");
         }
-        let mut rng = Pcg64::new(1, 1);
-        for _ in 0..1000 {
-            let b = beta(&mut rng, 0.8);
-            assert!((0.0..=1.0).contains(&b));
+        // Same class on both sides, or lam 1: the plain smoothed target.
+        let plain: Vec<f32> =
+            Vec::try_from(smooth_one_hot(&Tensor::from_slice(&[1i64, 2]), 5, 0.1).view([-1]))
+                .unwrap();
+        for (a, b) in v[5..].iter().zip(plain) {
+            assert!((a - b).abs() < 1e-6, "{v:?}");
         }
+        let s: Vec<f32> = Vec::try_from(t.sum_dim_intlist(1, false, Kind::Float)).unwrap();
+        assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-5));
     }
 }

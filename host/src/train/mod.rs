@@ -5,7 +5,8 @@
 //!   input is replayed from its stored seed with the core codec; the target is the eq. 2 soft
 //!   label over the stored top-K; no labels are read.
 //! - `--labels`: the baseline without distillation: label smoothing and mixup/CutMix as the
-//!   recipe says.
+//!   recipe says, on pairs of neighbours in the epoch permutation (the core's pair mixing,
+//!   done by the data source: a sample's input does not depend on the batch it lands in).
 //! - `--teacher FILE`: online distillation: a teacher forward every step (dense softmax target).
 //!
 //! # Run folder
@@ -24,8 +25,9 @@
 //!
 //! # Determinism
 //!
-//! Model init is seeded by the run seed; the epoch order, augmentation seeds of non-store runs,
-//! mixup draws and DropPath masks are derived from (seed, epoch, step). A checkpoint therefore
+//! Model init is seeded by the run seed; the epoch order and the augmentation seeds of
+//! non-store runs are derived from (seed, epoch), mixup pairs and draws from (seed, epoch) and
+//! the pair's sample seeds, DropPath masks from (seed, step). A checkpoint therefore
 //! holds all the state there is, and on the CPU with the same thread count a resumed run
 //! reproduces the uninterrupted one bit for bit (libtorch CPU kernels are deterministic for a
 //! fixed thread count). On CUDA, atomics in some kernels make the results equal only within
@@ -137,8 +139,10 @@ pub struct TrainArgs {
     pub drop_path: Option<f64>,
     #[arg(long)]
     pub label_smoothing: Option<f64>,
+    /// Mixup Beta alpha of `--labels` runs (0 = off), on pairs of samples.
     #[arg(long)]
     pub mixup: Option<f64>,
+    /// CutMix Beta alpha of `--labels` runs (0 = off), on pairs of samples.
     #[arg(long)]
     pub cutmix: Option<f64>,
     #[arg(long)]
@@ -386,7 +390,7 @@ pub fn evaluate(
     Ok(acc)
 }
 
-/// Seed of everything random at optimizer step `step` (DropPath masks, mixup draws).
+/// Seed of everything random at optimizer step `step` (DropPath masks).
 fn step_seed(seed: u64, step: u64) -> u64 {
     // splitmix64 of (seed, step)
     let mut z = seed
@@ -738,7 +742,6 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     };
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"))?;
     let nc = cfg.num_classes as i64;
-    let mix = recipe.mix();
     let pb = progress(args.quiet, total_steps, state.step);
     let mut last_val: Option<Accuracy> = None;
     let mut best: Option<f64> = None;
@@ -826,15 +829,19 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
                                 .as_ref()
                                 .context("--labels: the training data has no labels")?
                                 .to_device(device);
-                            let t = loss::smooth_one_hot(&labels, nc, recipe.label_smoothing);
-                            let (xm, tm) = if mix.active() {
-                                let mut rng = rand_pcg::Pcg64::new(seed as u128, 0x6d6978);
-                                loss::mix_batch(&x, &t, &mix, &mut rng)
-                            } else {
-                                (x.shallow_clone(), t)
+                            // Mixed pairs come mixed from the source (batch-independent).
+                            let t = match &batch.mix {
+                                Some((partner, lam)) => loss::mixed_one_hot(
+                                    &labels,
+                                    &partner.to_device(device),
+                                    &lam.to_device(device),
+                                    nc,
+                                    recipe.label_smoothing,
+                                ),
+                                None => loss::smooth_one_hot(&labels, nc, recipe.label_smoothing),
                             };
-                            let logits = model.forward(&xm, Mode::TRAIN);
-                            loss::soft_target_ce(&logits, &tm)
+                            let logits = model.forward(&x, Mode::TRAIN);
+                            loss::soft_target_ce(&logits, &t)
                         }
                         TargetKind::Teacher { .. } => {
                             let t = teacher.as_ref().expect("teacher loaded").logits(&x)?;

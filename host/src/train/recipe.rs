@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::loss::MixConfig;
+use tinyvit_core::aug::MixConfig;
 
 /// Names of the presets, for `--help` and errors.
 pub const RECIPES: &[&str] = &[
@@ -218,14 +218,15 @@ impl Recipe {
         lr_at_512 * self.total_batch() as f64 / 512.0
     }
 
-    /// The mixup / CutMix settings.
-    pub fn mix(&self) -> MixConfig {
-        MixConfig {
-            mixup_alpha: self.mixup,
-            cutmix_alpha: self.cutmix,
-            prob: self.mix_prob,
-            switch_prob: self.mix_switch_prob,
-        }
+    /// The mixup / CutMix settings of `--labels` runs; `None` when they mix nothing.
+    pub fn mix(&self) -> Option<MixConfig> {
+        let active = self.mix_prob > 0.0 && (self.mixup > 0.0 || self.cutmix > 0.0);
+        active.then_some(MixConfig {
+            mixup_alpha: self.mixup as f32,
+            cutmix_alpha: self.cutmix as f32,
+            prob: self.mix_prob as f32,
+            switch_prob: self.mix_switch_prob as f32,
+        })
     }
 
     /// Rejects values no run can use.
@@ -241,6 +242,19 @@ impl Recipe {
         }
         if !(0.0..=1.0).contains(&self.label_smoothing) {
             bail!("recipe: label_smoothing must be in [0, 1]");
+        }
+        for (name, v) in [("mixup", self.mixup), ("cutmix", self.cutmix)] {
+            if !(0.0..=100.0).contains(&v) {
+                bail!("recipe: {name} (a Beta alpha) must be in [0, 100], got {v}");
+            }
+        }
+        for (name, v) in [
+            ("mix_prob", self.mix_prob),
+            ("mix_switch_prob", self.mix_switch_prob),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("recipe: {name} must be in [0, 1], got {v}");
+            }
         }
         Ok(())
     }

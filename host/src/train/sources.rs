@@ -66,6 +66,66 @@ pub struct AugSource {
     pub aug: AugConfig,
     pub seeds: Arc<dyn SeedSource>,
     pub channels: usize,
+    /// Mixup / CutMix on pairs (`--labels` runs whose recipe mixes).
+    pub mix: Option<PairMix>,
+}
+
+/// Pair mixing of a source: each sample is mixed with its neighbour in the epoch permutation
+/// of (`run_seed`, epoch) over the source's samples ([`aug::pair_partner`]), with the pair's
+/// parameters drawn from both samples' seeds ([`aug::pair_seed`], [`aug::mix_params`]). A
+/// sample's input is thus a function of the data, the epoch, its index and the seeds only:
+/// batch size, workers and sample order change nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct PairMix {
+    pub cfg: aug::MixConfig,
+    pub run_seed: u64,
+}
+
+impl AugSource {
+    /// The normalised view of source sample `j` for `seed` into `out`; returns its label.
+    fn render(&self, j: usize, seed: u32, out: &mut [f32]) -> Result<Option<u32>> {
+        let mut view = Vec::new();
+        let label = self.ds.view(
+            self.indices[j],
+            &self.aug,
+            seed,
+            self.channels as u32,
+            &mut view,
+        )?;
+        normalize_into(&view, self.channels, &self.aug.mean, &self.aug.std, out)?;
+        Ok(label)
+    }
+
+    /// Mixes sample `j`'s normalised view `out` with its pair partner's; returns the
+    /// partner's label and `j`'s own weight.
+    fn mix_in(
+        &self,
+        m: &PairMix,
+        epoch: u64,
+        j: usize,
+        seed: u32,
+        label: Option<u32>,
+        out: &mut [f32],
+    ) -> Result<(Option<u32>, f32)> {
+        let n = self.indices.len() as u64;
+        let e = u32::try_from(epoch).context("epoch beyond the seed codec's range")?;
+        let partner = aug::pair_partner(m.run_seed, e, n, j as u64)
+            .map_err(|err| anyhow::anyhow!("pair of sample {j}: {err}"))?;
+        let Some(k) = partner else {
+            // The unpaired last sample of an odd epoch stays as it is.
+            return Ok((label, 1.0));
+        };
+        let k = k as usize;
+        let (other_seed, _) = self.seeds.seed(epoch, self.indices[k])?;
+        let mut other = vec![0f32; out.len()];
+        let other_label = self.render(k, other_seed, &mut other)?;
+        let size = self.aug.size;
+        let p = aug::mix_params(&m.cfg, aug::pair_seed(seed, other_seed), size, size)
+            .map_err(|err| anyhow::anyhow!("mix parameters: {err}"))?;
+        aug::apply_mix(&p, out, &other, self.channels as u32, size, size)
+            .map_err(|err| anyhow::anyhow!("mixing sample {j} with {k}: {err}"))?;
+        Ok((other_label, p.lam))
+    }
 }
 
 impl Source for AugSource {
@@ -79,12 +139,12 @@ impl Source for AugSource {
     fn sample(&self, epoch: u64, j: usize, out: &mut [f32]) -> Result<SampleMeta> {
         let i = self.indices[j];
         let (seed, topk) = self.seeds.seed(epoch, i)?;
-        let mut view = Vec::new();
-        let label = self
-            .ds
-            .view(i, &self.aug, seed, self.channels as u32, &mut view)?;
-        normalize_into(&view, self.channels, &self.aug.mean, &self.aug.std, out)?;
-        Ok(SampleMeta { label, topk })
+        let label = self.render(j, seed, out)?;
+        let mix = match &self.mix {
+            None => None,
+            Some(m) => Some(self.mix_in(m, epoch, j, seed, label, out)?),
+        };
+        Ok(SampleMeta { label, topk, mix })
     }
 }
 
@@ -149,7 +209,11 @@ impl Source for EvalSource {
     fn sample(&self, _epoch: u64, j: usize, out: &mut [f32]) -> Result<SampleMeta> {
         let (view, label) = self.view(self.indices[j])?;
         normalize_into(&view, self.channels, &self.mean, &self.std, out)?;
-        Ok(SampleMeta { label, topk: None })
+        Ok(SampleMeta {
+            label,
+            topk: None,
+            mix: None,
+        })
     }
 }
 
@@ -229,6 +293,10 @@ pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Data
         aug: aug_cfg,
         seeds,
         channels: channels as usize,
+        mix: recipe.mix().filter(|_| args.labels).map(|cfg| PairMix {
+            cfg,
+            run_seed: recipe.seed,
+        }),
     });
     // The evaluation view of `ds` (`flag` names it in errors): same channels as `--data`.
     let eval_source = |flag: &str, ds: Arc<dyn Dataset>, indices: Vec<usize>| {
@@ -272,4 +340,121 @@ pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Data
             std: aug_cfg.std,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Fingerprint, Image, Sample};
+
+    /// Seven labelled 20x16 RGB images held in memory.
+    struct Mem;
+
+    impl Dataset for Mem {
+        fn len(&self) -> usize {
+            7
+        }
+        fn get(&self, i: usize) -> Result<Sample> {
+            let data = (0..20 * 16 * 3).map(|p| (p * 7 + i * 53) as u8).collect();
+            Ok(Sample {
+                image: Image {
+                    width: 20,
+                    height: 16,
+                    channels: 3,
+                    data,
+                },
+                label: Some(i as u32 % 3),
+            })
+        }
+        fn name(&self, i: usize) -> String {
+            format!("mem[{i}]")
+        }
+        fn num_classes(&self) -> Option<u32> {
+            Some(3)
+        }
+        fn fingerprint(&self) -> Fingerprint {
+            Fingerprint {
+                len: 7,
+                sha256: String::new(),
+            }
+        }
+        fn spec(&self) -> &str {
+            "mem"
+        }
+    }
+
+    /// Each sample is mixed with its neighbour in the epoch permutation, both members with the
+    /// same weight and each other's label, whatever order the samples are asked in; the odd one
+    /// out stays unmixed; a mixup sample is exactly the blend of the two plain views.
+    #[test]
+    fn pair_mixing_is_per_sample_and_symmetric() {
+        let mut cfg = aug::preset("light").unwrap();
+        cfg.size = 8;
+        let mix = aug::MixConfig {
+            mixup_alpha: 0.8,
+            cutmix_alpha: 1.0,
+            switch_prob: 0.5,
+            prob: 1.0,
+        };
+        let source = |mix: Option<PairMix>| AugSource {
+            ds: Arc::new(Mem),
+            indices: (0..7).collect(),
+            aug: cfg,
+            seeds: Arc::new(DerivedSeeds(5)),
+            channels: 3,
+            mix,
+        };
+        let (mixed, plain) = (
+            source(Some(PairMix {
+                cfg: mix,
+                run_seed: 5,
+            })),
+            source(None),
+        );
+        let per = 3 * 8 * 8;
+        let (mut kinds, mut unpaired) = (std::collections::BTreeSet::new(), 0);
+        for epoch in 0..6u64 {
+            let run = |s: &AugSource, j: usize| {
+                let mut x = vec![0f32; per];
+                let m = s.sample(epoch, j, &mut x).unwrap();
+                (x, m.label, m.mix)
+            };
+            let fwd: Vec<_> = (0..7).map(|j| run(&mixed, j)).collect();
+            let mut rev: Vec<_> = (0..7).rev().map(|j| run(&mixed, j)).collect();
+            rev.reverse();
+            let base: Vec<_> = (0..7).map(|j| run(&plain, j)).collect();
+            for j in 0..7 {
+                let (x, label, m) = &fwd[j];
+                assert!(*x == rev[j].0 && m == &rev[j].2, "epoch {epoch} sample {j}");
+                match aug::pair_partner(5, epoch as u32, 7, j as u64).unwrap() {
+                    None => {
+                        unpaired += 1;
+                        assert_eq!(*m, Some((*label, 1.0)));
+                        assert!(*x == base[j].0);
+                    }
+                    Some(k) => {
+                        let k = k as usize;
+                        let (lam, other) = (m.unwrap().1, fwd[k].2.unwrap());
+                        assert_eq!(m.unwrap().0, fwd[k].1);
+                        assert_eq!(other, (*label, lam));
+                        let seed = |i| DerivedSeeds(5).seed(epoch, i).unwrap().0;
+                        let p =
+                            aug::mix_params(&mix, aug::pair_seed(seed(j), seed(k)), 8, 8).unwrap();
+                        assert_eq!(p.lam, lam);
+                        kinds.insert(format!("{:?}", p.kind).chars().take(5).collect::<String>());
+                        if p.kind == aug::MixKind::Mixup {
+                            for ((&o, &a), &b) in x.iter().zip(&base[j].0).zip(&base[k].0) {
+                                assert_eq!(o, a * lam + b * (1.0 - lam));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(unpaired, 6);
+        assert!(
+            kinds.contains("Mixup") && kinds.contains("Cutmi"),
+            "{kinds:?}"
+        );
+    }
 }
