@@ -4,7 +4,9 @@
 //! auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25, interpolation='bicubic')` on the same
 //! JPEG files in the same run (`augment_timm.py`, run with the reference Python).
 //!
-//! Photos: scikit-image's bundled samples, re-encoded as JPEG quality 90 (ImageNet is JPEG).
+//! Photos: scikit-image's bundled samples, re-encoded as JPEG quality 90 (ImageNet is JPEG), by
+//! default with the `image` crate's encoder (4:4:4 chroma), with `TINYVIT_BENCH_JPEG=pillow420`
+//! by Pillow's (4:2:0, as most photo JPEGs).
 //! `TINYVIT_PYREF` names the reference environment (default `/root/.cache/tinyvit/pyref`);
 //! `TINYVIT_BENCH_SECONDS` the time per measurement (default 4), `TINYVIT_BENCH_ROUNDS` the
 //! rounds (default 3): each round measures our side, then runs the timm peer, so the two sides
@@ -79,7 +81,13 @@ fn main() -> Result<()> {
             pyref.display()
         );
     }
-    // Re-encode every photo as JPEG q90 into a temp folder both sides read.
+    // Re-encode every photo as JPEG q90 into a temp folder both sides read: with `image`'s
+    // encoder (4:4:4), or with Pillow's (4:2:0) when TINYVIT_BENCH_JPEG=pillow420.
+    let pillow420 = match std::env::var("TINYVIT_BENCH_JPEG").as_deref() {
+        Ok("pillow420") => true,
+        Ok("image444") | Err(_) => false,
+        Ok(other) => bail!("TINYVIT_BENCH_JPEG={other}: expected image444 or pillow420"),
+    };
     let dir = std::env::temp_dir().join(format!("tinyvit-augbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut files = Vec::new();
@@ -89,12 +97,29 @@ fn main() -> Result<()> {
         let img = image::open(&p)
             .with_context(|| format!("decoding {}", p.display()))?
             .into_rgb8();
-        let mut buf = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
-            .encode_image(&img)
-            .with_context(|| format!("encoding {name}"))?;
         let out = dir.join(format!("{name}.jpg"));
-        std::fs::write(&out, &buf)?;
+        let buf = if pillow420 {
+            // Pillow's encoder at quality 90 subsamples chroma 4:2:0, as most photo JPEGs are.
+            let script = "import sys; from PIL import Image; \
+                          Image.open(sys.argv[1]).convert('RGB').save(sys.argv[2], quality=90)";
+            let st = Command::new(&python)
+                .args(["-c", script])
+                .arg(&p)
+                .arg(&out)
+                .status()
+                .with_context(|| format!("running {}", python.display()))?;
+            if !st.success() {
+                bail!("Pillow could not encode {name}");
+            }
+            std::fs::read(&out)?
+        } else {
+            let mut buf = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
+                .encode_image(&img)
+                .with_context(|| format!("encoding {name}"))?;
+            std::fs::write(&out, &buf)?;
+            buf
+        };
         println!("photo {name}: {}x{}", img.width(), img.height());
         files.push(out);
         jpegs.push(buf);
