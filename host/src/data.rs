@@ -24,8 +24,9 @@
 //! # API
 //!
 //! - [`open`]`(spec) -> Arc<dyn Dataset>`; [`Dataset::len`], [`Dataset::get`]`(i) -> Sample`
-//!   (image + optional label), [`Dataset::name`]`(i)` (the path, for error messages),
-//!   [`Dataset::num_classes`], [`Dataset::fingerprint`]. `Dataset: Send + Sync`, so one
+//!   (image + optional label), [`Dataset::view`]`(i, aug, seed, channels, out)` (the
+//!   training view; folders decode only its crop of baseline JPEGs), [`Dataset::name`]`(i)`
+//!   (the path, for error messages), [`Dataset::num_classes`], [`Dataset::fingerprint`]. `Dataset: Send + Sync`, so one
 //!   `Arc` serves every worker thread.
 //! - [`split`]`(len, val, seed)`: a deterministic train / validation split of indices;
 //!   [`Subset`] views a dataset through an index list.
