@@ -26,8 +26,8 @@
 //! - [`open`]`(spec) -> Arc<dyn Dataset>`; [`Dataset::len`], [`Dataset::get`]`(i) -> Sample`
 //!   (image + optional label), [`Dataset::view`]`(i, aug, seed, channels, out)` (the
 //!   training view; folders decode only its crop of baseline JPEGs), [`Dataset::name`]`(i)`
-//!   (the path, for error messages), [`Dataset::num_classes`], [`Dataset::fingerprint`]. `Dataset: Send + Sync`, so one
-//!   `Arc` serves every worker thread.
+//!   (the path, for error messages), [`Dataset::num_classes`], [`Dataset::fingerprint`].
+//!   `Dataset: Send + Sync`, so one `Arc` serves every worker thread.
 //! - [`split`]`(len, val, seed)`: a deterministic train / validation split of indices;
 //!   [`Subset`] views a dataset through an index list.
 //! - A sample that cannot be read or decoded is an error naming its path (or IDX file and
