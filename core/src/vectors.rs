@@ -3,7 +3,7 @@
 //! Inputs the host prepared for the device, and the hashes the host computed from them: the
 //! firmware replays each vector (augmentation, evaluation transform, inference) and compares its
 //! own hashes with the stored ones, bit for bit. The host writes the file
-//! (`tests/examples/make_replay.rs` through [`write`]); the firmware embeds it at build time
+//! (`tests/examples/make_replay.rs` through [`write()`]); the firmware embeds it at build time
 //! (`TINYVIT_VECTORS`) and parses it here in place, zero-copy ([`Vectors::parse`]).
 //!
 //! This module is the specification of the bytes and the only code that parses them. It does

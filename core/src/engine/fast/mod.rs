@@ -2,7 +2,7 @@
 //! same [`Weights`], built for speed on one core.
 //!
 //! Every Linear, 1x1 conv, both stem convs (via im2col) and both attention products run
-//! through [`gemm`]: weights packed once into column panels, register-tiled kernels for
+//! through `gemm`: weights packed once into column panels, register-tiled kernels for
 //! AVX-512, AVX2 + FMA or portable Rust (picked at run time, [`Kernel`]), bias, residual and
 //! GELU applied to each tile while it is in L1. Depthwise convs run channel-innermost over
 //! pre-transposed `[k*k, C]` kernels; GELU and the softmax exponential use vectorisable
