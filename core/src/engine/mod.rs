@@ -11,7 +11,7 @@
 //! - [`forward`] (= [`exact::forward`]) runs one image: input `[C, H, W]` already normalised,
 //!   logits `[num_classes]` out. No allocation, no panic on bad sizes: every size is checked and
 //!   reported as an [`EngineError`].
-//! - [`fast`] (feature `fast`, host only) runs batches with packed, register-tiled GEMMs
+//! - `fast` (feature `fast`, host only) runs batches with packed, register-tiled GEMMs
 //!   (AVX-512, AVX2 + FMA or portable kernels) over the same weights and agrees with `exact` to
 //!   about 1e-6 relative.
 //!
