@@ -604,10 +604,7 @@ fn vertical<'a>(
         };
         return;
     }
-    super::wide::run(
-        #[inline(always)]
-        || vertical_rows(row, vk, vb, kv, y_shift, oh, line, out),
-    );
+    vertical_rows(row, vk, vb, kv, y_shift, oh, line, out);
 }
 
 /// One output line from `k.len()` taps over lines `ymin ..`: blocks of four taps accumulate
