@@ -47,25 +47,7 @@ pub struct AugmentArgs {
     pub out: PathBuf,
 }
 
-/// An 8-bit HWC image held by the host.
-#[derive(Clone, Debug, Default)]
-pub struct Image {
-    pub width: u32,
-    pub height: u32,
-    pub channels: u32,
-    pub data: Vec<u8>,
-}
-
-impl Image {
-    pub fn as_ref(&self) -> ImageRef<'_> {
-        ImageRef {
-            width: self.width,
-            height: self.height,
-            channels: self.channels,
-            data: &self.data,
-        }
-    }
-}
+pub use crate::data::Image;
 
 /// Decodes an image file; grey stays 1 channel, everything else becomes RGB.
 pub fn load_image(path: &Path) -> Result<Image> {
@@ -187,10 +169,7 @@ impl ViewDecoder {
             return Ok(p);
         }
         decode_image_into(bytes, &mut self.full)?;
-        let src = match convert(self.full.as_ref(), channels, &mut self.converted)? {
-            Some(c) => c,
-            None => self.full.as_ref(),
-        };
+        let src = convert(self.full.as_ref(), channels, &mut self.converted)?;
         render_into(src, cfg, seed, out, &mut self.scratch)
     }
 
@@ -233,40 +212,34 @@ impl ViewDecoder {
             return Ok(None);
         };
         let region = ImageRef::new(c.width, c.height, u32::from(info.channels), &self.pixels)?;
-        let src = match convert(region, channels, &mut self.converted)? {
-            Some(conv) => conv,
-            None => ImageRef::new(c.width, c.height, u32::from(info.channels), &self.pixels)?,
-        };
-        let ch = src.channels;
-        self.scratch
-            .resize(scratch_len(cfg, src.width, src.height, ch)?, 0);
-        out.resize((cfg.size * cfg.size * ch) as usize, 0);
-        aug::apply_region(
-            cfg,
-            &p,
-            src,
-            c.x,
-            c.y,
-            ImageMut::new(cfg.size, cfg.size, ch, out)?,
-            &mut self.scratch,
-        )?;
+        let src = convert(region, channels, &mut self.converted)?;
+        let out = view_buffers(cfg, &src, out, &mut self.scratch)?;
+        aug::apply_region(cfg, &p, src, c.x, c.y, out, &mut self.scratch)?;
         self.region_views += 1;
         Ok(Some(p))
     }
 }
 
-/// `src` converted to `channels` into `buf` (as [`crate::data::to_channels`]); `None` when it
-/// already has them.
-fn convert<'a>(
-    src: ImageRef<'_>,
-    channels: u32,
-    buf: &'a mut Vec<u8>,
-) -> Result<Option<ImageRef<'a>>> {
+/// `src` converted to `channels` (as [`crate::data::to_channels`], into `buf`), or `src`
+/// itself when it already has them.
+fn convert<'a>(src: ImageRef<'a>, channels: u32, buf: &'a mut Vec<u8>) -> Result<ImageRef<'a>> {
     if src.channels == channels {
-        return Ok(None);
+        return Ok(src);
     }
     crate::data::convert_pixels(src.data, channels, buf);
-    Ok(Some(ImageRef::new(src.width, src.height, channels, buf)?))
+    Ok(ImageRef::new(src.width, src.height, channels, buf)?)
+}
+
+/// Sizes `scratch` for a view of `src` and `out` for the view; returns the view's image.
+fn view_buffers<'o>(
+    cfg: &AugConfig,
+    src: &ImageRef<'_>,
+    out: &'o mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<ImageMut<'o>> {
+    scratch.resize(scratch_len(cfg, src.width, src.height, src.channels)?, 0);
+    out.resize((cfg.size * cfg.size * src.channels) as usize, 0);
+    Ok(ImageMut::new(cfg.size, cfg.size, src.channels, out)?)
 }
 
 /// [`replay`] into `out` (resized to the view's size), with `scratch` grown as needed.
@@ -277,15 +250,8 @@ fn render_into(
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<aug::AugParams> {
-    scratch.resize(scratch_len(cfg, src.width, src.height, src.channels)?, 0);
-    out.resize((cfg.size * cfg.size * src.channels) as usize, 0);
-    Ok(replay(
-        cfg,
-        seed,
-        src,
-        ImageMut::new(cfg.size, cfg.size, src.channels, out)?,
-        scratch,
-    )?)
+    let out = view_buffers(cfg, &src, out, scratch)?;
+    Ok(replay(cfg, seed, src, out, scratch)?)
 }
 
 std::thread_local! {
@@ -582,7 +548,7 @@ mod tests {
         let mut got = Vec::new();
         for (f, bytes) in files.iter().enumerate() {
             let whole = image::load_from_memory(bytes).unwrap().to_rgb8();
-            let whole = crate::data::Image {
+            let whole = Image {
                 width: whole.width(),
                 height: whole.height(),
                 channels: 3,
@@ -590,12 +556,6 @@ mod tests {
             };
             for channels in [3, 1] {
                 let src = crate::data::to_channels(whole.clone(), channels);
-                let src = Image {
-                    width: src.width,
-                    height: src.height,
-                    channels,
-                    data: src.data,
-                };
                 for seed in 0..25 {
                     let (want, wp) = render_seed(&cfg, &src, seed).unwrap();
                     let p = v.render(bytes, channels, &cfg, seed, &mut got).unwrap();

@@ -51,13 +51,25 @@ pub const MNIST_DIR: &str = "/usr/share/datasets/mnist";
 ///
 /// # Shapes
 /// `data`: `[height, width, channels]` u8, row-major, channels interleaved.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub width: u32,
     pub height: u32,
     /// 1 (grey) or 3 (RGB).
     pub channels: u32,
     pub data: Vec<u8>,
+}
+
+impl Image {
+    /// The core's view of these pixels.
+    pub fn as_ref(&self) -> aug::ImageRef<'_> {
+        aug::ImageRef {
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            data: &self.data,
+        }
+    }
 }
 
 /// One decoded sample.
@@ -108,11 +120,8 @@ pub trait Dataset: Send + Sync {
     ) -> Result<Option<u32>> {
         let s = self.get(i)?;
         let img = to_channels(s.image, channels);
-        crate::augment::with_view_decoder(|v| {
-            let src = aug::ImageRef::new(img.width, img.height, img.channels, &img.data)?;
-            v.render_decoded(src, cfg, seed, out)
-        })
-        .with_context(|| format!("{}: augmentation, seed {seed}", self.name(i)))?;
+        crate::augment::with_view_decoder(|v| v.render_decoded(img.as_ref(), cfg, seed, out))
+            .with_context(|| format!("{}: augmentation, seed {seed}", self.name(i)))?;
         Ok(s.label)
     }
     /// Human-readable name of sample `i` (its path, or `FILE[i]`).
@@ -462,6 +471,19 @@ impl FolderDataset {
     }
 }
 
+impl FolderDataset {
+    /// Sample `i`'s path, file bytes and label.
+    fn read(&self, i: usize) -> Result<(PathBuf, Vec<u8>, Option<u32>)> {
+        let (rel, label) = self
+            .samples
+            .get(i)
+            .with_context(|| format!("{}: sample {i} out of range", self.root.display()))?;
+        let path = self.root.join(rel);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((path, bytes, *label))
+    }
+}
+
 impl Dataset for FolderDataset {
     fn len(&self) -> usize {
         self.samples.len()
@@ -475,36 +497,19 @@ impl Dataset for FolderDataset {
         channels: u32,
         out: &mut Vec<u8>,
     ) -> Result<Option<u32>> {
-        let (rel, label) = self
-            .samples
-            .get(i)
-            .with_context(|| format!("{}: sample {i} out of range", self.root.display()))?;
-        let path = self.root.join(rel);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (path, bytes, label) = self.read(i)?;
         crate::augment::with_view_decoder(|v| v.render(&bytes, channels, cfg, seed, out))
             .with_context(|| format!("{}: training view, seed {seed}", path.display()))?;
-        Ok(*label)
+        Ok(label)
     }
 
     fn get(&self, i: usize) -> Result<Sample> {
-        let (rel, label) = self
-            .samples
-            .get(i)
-            .with_context(|| format!("{}: sample {i} out of range", self.root.display()))?;
-        let path = self.root.join(rel);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let img = image::load_from_memory(&bytes)
-            .with_context(|| format!("{}: cannot decode image", path.display()))?
-            .to_rgb8();
-        let (width, height) = img.dimensions();
+        let (path, bytes, label) = self.read(i)?;
+        let img = crate::augment::decode_image(&bytes)
+            .with_context(|| format!("{}: cannot decode image", path.display()))?;
         Ok(Sample {
-            image: Image {
-                width,
-                height,
-                channels: 3,
-                data: img.into_raw(),
-            },
-            label: *label,
+            image: to_channels(img, 3),
+            label,
         })
     }
 
