@@ -277,25 +277,13 @@ pub fn replay_view(
     seed: u32,
 ) -> Result<Image> {
     let mut view = Vec::new();
-    replay_into(ds, cfg, channels, i, seed, &mut view)?;
+    ds.view(i, cfg, seed, channels, &mut view)?;
     Ok(Image {
         width: cfg.size,
         height: cfg.size,
         channels,
         data: view,
     })
-}
-
-fn replay_into(
-    ds: &dyn Dataset,
-    cfg: &AugConfig,
-    channels: u32,
-    i: usize,
-    seed: u32,
-    view: &mut Vec<u8>,
-) -> Result<()> {
-    ds.view(i, cfg, seed, channels, view)?;
-    Ok(())
 }
 
 /// Replays one sample and normalises it into `out` (`[C, S, S]` f32).
@@ -308,7 +296,7 @@ fn prepare_one(
     out: &mut [f32],
     view: &mut Vec<u8>,
 ) -> Result<()> {
-    replay_into(ds, cfg, channels, i, seed, view)?;
+    ds.view(i, cfg, seed, channels, view)?;
     let v =
         ImageRef::new(cfg.size, cfg.size, channels, view).map_err(|e| anyhow::anyhow!("{e}"))?;
     aug::normalize(v, cfg.mean, cfg.std, out)
