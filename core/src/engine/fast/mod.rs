@@ -489,50 +489,17 @@ impl<'a> FastModel<'a> {
         // im2col of the CHW input: rows = output pixels, cols = (i, ky, kx).
         let kk = cin * 9;
         let cols = grow(t0, w1 * w1 * kk);
-        cols.fill(0.0);
-        for oy in 0..w1 {
-            for ox in 0..w1 {
-                let row = &mut cols[(oy * w1 + ox) * kk..(oy * w1 + ox + 1) * kk];
-                for i in 0..cin {
-                    for ky in 0..3 {
-                        let Some(iy) = (2 * oy + ky).checked_sub(1).filter(|v| *v < img) else {
-                            continue;
-                        };
-                        for kx in 0..3 {
-                            let Some(ix) = (2 * ox + kx).checked_sub(1).filter(|v| *v < img) else {
-                                continue;
-                            };
-                            row[(i * 3 + ky) * 3 + kx] = input[(i * img + iy) * img + ix];
-                        }
-                    }
-                }
-            }
-        }
+        im2col_3x3_s2(cols, img, w1, cin, |i, iy, ix| {
+            input[(i * img + iy) * img + ix]
+        });
         let y1 = grow(t1, w1 * w1 * half);
         gemm(w1 * w1, cols, kk, &self.stem1, SET_GELU, y1, half);
         // im2col of the token-major map: cols = (i, ky, kx) to match [o, i, ky, kx].
         let kk2 = half * 9;
         let cols2 = grow(t0, r0 * r0 * kk2);
-        cols2.fill(0.0);
-        for oy in 0..r0 {
-            for ox in 0..r0 {
-                let row = &mut cols2[(oy * r0 + ox) * kk2..(oy * r0 + ox + 1) * kk2];
-                for ky in 0..3 {
-                    let Some(iy) = (2 * oy + ky).checked_sub(1).filter(|v| *v < w1) else {
-                        continue;
-                    };
-                    for kx in 0..3 {
-                        let Some(ix) = (2 * ox + kx).checked_sub(1).filter(|v| *v < w1) else {
-                            continue;
-                        };
-                        let px = &y1[(iy * w1 + ix) * half..(iy * w1 + ix + 1) * half];
-                        for i in 0..half {
-                            row[(i * 3 + ky) * 3 + kx] = px[i];
-                        }
-                    }
-                }
-            }
-        }
+        im2col_3x3_s2(cols2, w1, r0, half, |i, iy, ix| {
+            y1[(iy * w1 + ix) * half + i]
+        });
         let out = grow(&mut ws.x, r0 * r0 * e0);
         gemm(r0 * r0, cols2, kk2, &self.stem2, SET, out, e0);
     }
@@ -648,6 +615,39 @@ impl Work {
             t: Default::default(),
             keys: Packed::empty(kernel),
             values: Packed::empty(kernel),
+        }
+    }
+}
+
+/// im2col of a 3x3, stride-2, padding-1 convolution over a `side x side` map of `cin`
+/// channels read through `at(channel, y, x)`: row `oy * out + ox` of `cols` holds the
+/// `(i, ky, kx)` window of output pixel `(oy, ox)`, zeros where the window leaves the map.
+#[inline(always)]
+fn im2col_3x3_s2(
+    cols: &mut [f32],
+    side: usize,
+    out: usize,
+    cin: usize,
+    at: impl Fn(usize, usize, usize) -> f32,
+) {
+    let kk = cin * 9;
+    cols.fill(0.0);
+    for oy in 0..out {
+        for ox in 0..out {
+            let row = &mut cols[(oy * out + ox) * kk..(oy * out + ox + 1) * kk];
+            for ky in 0..3 {
+                let Some(iy) = (2 * oy + ky).checked_sub(1).filter(|v| *v < side) else {
+                    continue;
+                };
+                for kx in 0..3 {
+                    let Some(ix) = (2 * ox + kx).checked_sub(1).filter(|v| *v < side) else {
+                        continue;
+                    };
+                    for i in 0..cin {
+                        row[(i * 3 + ky) * 3 + kx] = at(i, iy, ix);
+                    }
+                }
+            }
         }
     }
 }
