@@ -142,7 +142,7 @@ fn main() {
     )
     .unwrap();
     fs::write(out.join("payload.rs"), src).expect("writing payload.rs");
-    memory_x(&out, &board, ram);
+    memory_x(&out, board, ram);
 }
 
 /// One board's memory map: `(name, origin, bytes)` for the flash and each RAM, in order of

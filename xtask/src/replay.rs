@@ -30,9 +30,11 @@ use anyhow::{bail, Context, Result};
 use crate::firmware::{self, Board, Payload, RunOutput};
 use crate::{setup, util};
 
-/// The (vector set, board) pairs whose model does not fit the board: `tiny_vit_mcu_h7`'s
-/// 1.3 MB of weights exceed the STM32F405's 1 MB of flash.
-pub const DOES_NOT_FIT: [(&str, Board); 2] = [
+/// The (vector set, board) pairs that do not fit the board: `tiny_vit_mcu_h7`'s 1.3 MB of
+/// weights exceed the STM32F405's 1 MB of flash, and the augmentation known answers (views up to
+/// 224x224 RGB) need 257 KB of view and scratch buffers, twice its 128 KB of SRAM.
+pub const DOES_NOT_FIT: [(&str, Board); 3] = [
+    ("aug-golden", Board::Netduinoplus2),
     ("tiny_vit_mcu_h7", Board::Netduinoplus2),
     ("tiny_vit_mcu_h7", Board::FeatherF405),
 ];
@@ -450,6 +452,38 @@ pub fn bench() -> Result<()> {
             c.macs,
             per_mac
         );
+    }
+    println!(
+        "\nestimated time per inference on the real boards (an estimate until measured on a \
+         board: the QEMU instruction count above at one instruction per cycle of the configured \
+         core clock; the firmware's `latency:` line gives the DWT-measured figure):\n"
+    );
+    let plans = [
+        (Board::NucleoH743, &firmware::clocks::H743_REV_V, 1),
+        (Board::NucleoH743, &firmware::clocks::H743_REV_Y, 1),
+        (Board::FeatherF405, &firmware::clocks::F405, 0),
+    ];
+    println!("| preset | board | core clock | instructions | estimated ms |");
+    println!("|---|---|---:|---:|---:|");
+    for c in &costs {
+        for (board, plan, k) in plans {
+            let mhz = plan.sys_hz / 1_000_000;
+            if DOES_NOT_FIT.contains(&(c.name.as_str(), board)) {
+                println!(
+                    "| {} | {} | {mhz} MHz | - | does not fit |",
+                    c.name,
+                    board.name()
+                );
+                continue;
+            }
+            let Some(i) = c.instr[k] else { continue };
+            println!(
+                "| {} | {} | {mhz} MHz | {i} | {:.1} |",
+                c.name,
+                board.name(),
+                plan.nanos(i) as f64 / 1e6
+            );
+        }
     }
     println!();
     for (k, board) in ["Cortex-M4F", "Cortex-M7"].into_iter().enumerate() {
