@@ -1,20 +1,21 @@
 //! Writes the device replay vectors: `cargo run --release -p tinyvit-tests --example make_replay
 //! -- --out DIR` (run by `cargo xtask replay`; nothing it writes is committed).
 //!
-//! Every expected value is computed here, on the host, with the same core code the firmware runs:
+//! Every expected value is computed here, on the host, by the very function the firmware runs,
+//! `tinyvit_core::vectors::replay` (through `replay_alloc`, which allocates its buffers):
 //! - `golden.vec`: every `view` line of the augmentation known-answer file
 //!   `tests/fixtures/aug/golden.txt` (three presets, test patterns rebuilt on the device and a
 //!   photo crop), with the hash committed there; the host first checks that it still renders
-//!   that hash.
+//!   that hash through `vectors::replay`.
 //! - `aug.vec`: more augmentation views. Deterministic synthetic source images (RGB and grey, odd
 //!   sizes) and seeds go through `aug::replay` under the `light` and `in22k-distill` presets;
 //!   the FNV-1a 64 of each u8 view is stored.
 //! - for each MCU preset `P`: `P.tvb`, the preset with seeded synthetic weights
 //!   (`params::synthetic_state_dict`, BN folded), and `P.vec`: grey sources and seeds ->
-//!   `aug::replay` (`light`, output at the model's input size) -> `aug::normalize` -> the core
-//!   `exact` engine -> logits hash and class; plus `eval` vectors (no augmentation).
-//!   `evalview` vectors (the evaluation transform of a 28x28 source) and `eval` vectors
-//!   (model-sized sources, no transform).
+//!   the augmentation (`light`, output at the model's input size) -> normalisation -> the core
+//!   `exact` engine -> logits hash and class (`infer` vectors); `evalview` vectors (the
+//!   evaluation transform of a 28x28 source) and `eval` vectors (model-sized sources, no
+//!   transform).
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
 //! - `matmul_probe.tvb` / `.vec`: the first preset of [`PROBE`] with [`PROBE_EXTRA_CLASSES`] more
