@@ -44,6 +44,9 @@
 
 use core::fmt;
 
+use crate::aug::{self, AugConfig, Fnv64, ImageMut, ImageRef};
+use crate::engine::{self, EngineError, Weights};
+
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"TVRV";
 /// The format version this code reads and writes.
@@ -338,6 +341,352 @@ fn record(b: &[u8], index: u32) -> Result<(Vector<'_>, &[u8]), VectorError> {
     Ok((vector, b.get(len..).ok_or(short("len"))?))
 }
 
+// ---------------------------------------------------------------------------------------------
+// What a vector means: the one definition of replay, run by the firmware on the device and by
+// the vector maker on the host (which stores what it computes as the expected values).
+// ---------------------------------------------------------------------------------------------
+
+/// The bit pattern every NaN is hashed as in [`logits_hash`]: NaN payloads differ between x86
+/// and Arm and mean nothing.
+pub const CANONICAL_NAN: u32 = 0x7fc0_0000;
+
+/// FNV-1a 64 over the little-endian bit patterns of `logits`, every NaN hashed as
+/// [`CANONICAL_NAN`]: two runs agree only when every other value is bit-identical.
+pub fn logits_hash(logits: &[f32]) -> u64 {
+    let mut h = Fnv64::new();
+    for &v in logits {
+        let bits = if v.is_nan() {
+            CANONICAL_NAN
+        } else {
+            v.to_bits()
+        };
+        h = h.bytes(&bits.to_le_bytes());
+    }
+    h.finish()
+}
+
+/// Index of the largest logit, the lowest index on ties. Plain `>` comparisons, which are false
+/// with a NaN on either side: a NaN later in the slice is skipped, one that leads stays (the
+/// device and the host agree either way). An empty slice gives 0.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in logits.iter().enumerate() {
+        if *x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A model a replay runs: the one place an engine is called. [`Exact`] is the bit-exact f32
+/// engine; another engine (int8) is another implementation.
+pub trait Classifier {
+    /// The input the model takes: `(img_size, in_chans)`.
+    fn input_shape(&self) -> (u32, u32);
+    /// Runs the model on a normalised `[C, H, W]` input and returns its logits.
+    fn classify(&mut self, input: &[f32]) -> Result<&[f32], EngineError>;
+}
+
+/// The `exact` engine over borrowed weights, arena and logits buffer.
+#[derive(Debug)]
+pub struct Exact<'w, 'b> {
+    weights: &'b Weights<'w>,
+    arena: &'b mut [f32],
+    logits: &'b mut [f32],
+}
+
+impl<'w, 'b> Exact<'w, 'b> {
+    /// Checks that the arena and the logits buffer fit the model.
+    pub fn new(
+        weights: &'b Weights<'w>,
+        arena: &'b mut [f32],
+        logits: &'b mut [f32],
+    ) -> Result<Self, EngineError> {
+        let cfg = weights.config();
+        let needed = engine::arena_len(cfg)?;
+        if arena.len() < needed {
+            return Err(EngineError::ArenaTooSmall {
+                needed,
+                got: arena.len(),
+            });
+        }
+        if logits.len() != cfg.num_classes as usize {
+            return Err(EngineError::LogitsLen {
+                expected: cfg.num_classes as usize,
+                got: logits.len(),
+            });
+        }
+        Ok(Exact {
+            weights,
+            arena,
+            logits,
+        })
+    }
+}
+
+impl Classifier for Exact<'_, '_> {
+    fn input_shape(&self) -> (u32, u32) {
+        let c = self.weights.config();
+        (c.img_size, c.in_chans)
+    }
+
+    fn classify(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
+        engine::forward(self.weights, input, self.arena, self.logits)?;
+        Ok(self.logits)
+    }
+}
+
+/// A stage of a replay, for a [`Meter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The augmentation or the evaluation transform.
+    Transform,
+    /// The model's forward pass.
+    Inference,
+}
+
+/// Measures the stages of a replay (the device counts instructions or cycles around them).
+pub trait Meter {
+    /// Runs `f`, the work of `stage`, and returns its result.
+    fn measure<R>(&mut self, stage: Stage, f: impl FnOnce() -> R) -> R;
+}
+
+/// A [`Meter`] that measures nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoMeter;
+
+impl Meter for NoMeter {
+    fn measure<R>(&mut self, _stage: Stage, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
+/// The inputs of one vector, with its config decoded: from a parsed [`Vector`] on the device,
+/// from a [`Record`] being written on the host.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    pub kind: Kind,
+    pub seed: u32,
+    pub width: u32,
+    pub height: u32,
+    pub channels: u32,
+    pub cfg: AugConfig,
+    /// Source pixels, HWC; ignored when `pattern`.
+    pub pixels: &'a [u8],
+    /// The source is `aug::test_pattern(width, height, channels)`, rebuilt into the source buffer.
+    pub pattern: bool,
+}
+
+impl<'a> Vector<'a> {
+    /// The vector's inputs; the config must decode.
+    pub fn input(&self) -> Result<Input<'a>, ReplayError> {
+        let cfg: AugConfig = postcard::from_bytes(self.cfg).map_err(|_| ReplayError::Cfg)?;
+        Ok(Input {
+            kind: self.kind,
+            seed: self.seed,
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            cfg,
+            pixels: self.pixels,
+            pattern: self.pattern,
+        })
+    }
+
+    /// Whether `o`, the device's replay of this vector, equals what the host stored: the image
+    /// hash always, the logits hash and the class for every kind but [`Kind::View`].
+    pub fn matches(&self, o: &Outcome) -> bool {
+        o.image_hash == Some(self.image_hash)
+            && (self.kind == Kind::View
+                || (o.logits_hash == Some(self.logits_hash) && o.class == Some(self.class)))
+    }
+}
+
+/// Bytes of the buffers a replay needs besides the model's: the largest view, augmentation
+/// scratch and rebuilt test-pattern source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufferSizes {
+    pub view: usize,
+    pub scratch: usize,
+    pub source: usize,
+}
+
+impl BufferSizes {
+    /// Each size the larger of the two.
+    pub fn max(self, o: BufferSizes) -> BufferSizes {
+        BufferSizes {
+            view: self.view.max(o.view),
+            scratch: self.scratch.max(o.scratch),
+            source: self.source.max(o.source),
+        }
+    }
+
+    /// The largest of every vector in `v`; the first bad record is an error.
+    pub fn of(v: &Vectors<'_>) -> Result<BufferSizes, ReplayError> {
+        let mut all = BufferSizes::default();
+        for r in v {
+            all = all.max(r.map_err(ReplayError::Vector)?.input()?.buffer_sizes()?);
+        }
+        Ok(all)
+    }
+}
+
+impl Input<'_> {
+    /// The buffers this vector's replay needs.
+    pub fn buffer_sizes(&self) -> Result<BufferSizes, ReplayError> {
+        let len = |w, h| aug::image_len(w, h, self.channels).map_err(ReplayError::Aug);
+        let mut s = BufferSizes::default();
+        if self.pattern {
+            s.source = len(self.width, self.height)?;
+        }
+        match self.kind {
+            Kind::View | Kind::Infer => {
+                s.view = len(self.cfg.size, self.cfg.size)?;
+                s.scratch = aug::scratch_len(&self.cfg, self.width, self.height, self.channels)
+                    .map_err(ReplayError::Aug)?;
+            }
+            // The source is normalised in place: no view, no scratch.
+            Kind::Eval => {}
+            Kind::EvalView => {
+                s.view = len(self.cfg.size, self.cfg.size)?;
+                s.scratch = aug::eval_scratch_len(
+                    self.width,
+                    self.height,
+                    self.cfg.size,
+                    EVAL_CROP_PCT,
+                    self.channels,
+                )
+                .map_err(ReplayError::Aug)?;
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// The caller's buffers for a replay (nothing is allocated): sized by [`BufferSizes`], and
+/// `input` by the model's input length.
+#[derive(Debug)]
+pub struct Buffers<'a> {
+    pub view: &'a mut [u8],
+    pub scratch: &'a mut [u8],
+    pub source: &'a mut [u8],
+    /// The normalised model input.
+    pub input: &'a mut [f32],
+}
+
+/// What one replay produced; a field stays `None` when the replay stopped before it (or, for
+/// the logits and class, when the kind runs no model).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The view's side (every kind but [`Kind::Eval`]).
+    pub size: Option<u32>,
+    /// FNV-1a 64 of the u8 image fed on: the view, or the source for [`Kind::Eval`].
+    pub image_hash: Option<u64>,
+    /// [`argmax`] of the logits.
+    pub class: Option<u32>,
+    /// [`logits_hash`] of the logits.
+    pub logits_hash: Option<u64>,
+}
+
+/// Why a vector could not be replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The record itself does not parse.
+    Vector(VectorError),
+    /// The augmentation config does not decode.
+    Cfg,
+    Aug(aug::AugError),
+    Engine(EngineError),
+    /// An inference vector and no model.
+    NoModel,
+    /// The image does not match the model's input.
+    Shape,
+    /// A buffer is smaller than [`BufferSizes`] asks for.
+    Buffer,
+}
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayError::Vector(e) => write!(f, "{e}"),
+            ReplayError::Cfg => write!(f, "augmentation config does not decode"),
+            ReplayError::Aug(e) => write!(f, "augmentation: {e}"),
+            ReplayError::Engine(e) => write!(f, "engine: {e}"),
+            ReplayError::NoModel => write!(f, "an inference vector needs a model"),
+            ReplayError::Shape => write!(f, "image does not match the model's input"),
+            ReplayError::Buffer => write!(f, "static buffers too small (rebuild)"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ReplayError {}
+
+/// Replays one vector: the source (stored, or the test pattern rebuilt), the augmentation from
+/// the seed ([`Kind::View`], [`Kind::Infer`]) or the evaluation transform ([`Kind::EvalView`])
+/// or nothing ([`Kind::Eval`]); the hash of the u8 image; then, but for views, the config's
+/// normalisation, the model, the logits hash and the class. `out` holds what was computed
+/// before any error.
+pub fn replay<M: Meter>(
+    v: &Input<'_>,
+    model: Option<&mut dyn Classifier>,
+    b: &mut Buffers<'_>,
+    meter: &mut M,
+    out: &mut Outcome,
+) -> Result<(), ReplayError> {
+    let cfg = v.cfg;
+    let aug_err = ReplayError::Aug;
+    if v.kind != Kind::Eval {
+        out.size = Some(cfg.size);
+    }
+    let pixels: &[u8] = if v.pattern {
+        let n = aug::image_len(v.width, v.height, v.channels).map_err(aug_err)?;
+        let buf = b.source.get_mut(..n).ok_or(ReplayError::Buffer)?;
+        aug::test_pattern(v.width, v.height, v.channels, buf).map_err(aug_err)?;
+        &b.source[..n]
+    } else {
+        v.pixels
+    };
+    let src = ImageRef::new(v.width, v.height, v.channels, pixels).map_err(aug_err)?;
+    // The u8 image the model sees: the replayed view, or the source itself.
+    let image = match v.kind {
+        Kind::Eval => src,
+        Kind::View | Kind::Infer | Kind::EvalView => {
+            let n = aug::image_len(cfg.size, cfg.size, v.channels).map_err(aug_err)?;
+            let view = b.view.get_mut(..n).ok_or(ReplayError::Buffer)?;
+            let scratch = &mut *b.scratch;
+            meter
+                .measure(Stage::Transform, || {
+                    let dst = ImageMut::new(cfg.size, cfg.size, v.channels, view)?;
+                    if v.kind == Kind::EvalView {
+                        aug::eval_transform(src, dst, EVAL_CROP_PCT, cfg.interpolation, scratch)
+                    } else {
+                        aug::replay(&cfg, v.seed, src, dst, scratch).map(|_| ())
+                    }
+                })
+                .map_err(aug_err)?;
+            ImageRef::new(cfg.size, cfg.size, v.channels, &b.view[..n]).map_err(aug_err)?
+        }
+    };
+    out.image_hash = Some(aug::fnv1a64(image.data));
+    if v.kind == Kind::View {
+        return Ok(());
+    }
+    let model = model.ok_or(ReplayError::NoModel)?;
+    if model.input_shape() != (image.width, image.channels) || image.height != image.width {
+        return Err(ReplayError::Shape);
+    }
+    let n = image.data.len();
+    let input = b.input.get_mut(..n).ok_or(ReplayError::Buffer)?;
+    aug::normalize(image, cfg.mean, cfg.std, input).map_err(aug_err)?;
+    let logits = meter
+        .measure(Stage::Inference, || model.classify(input))
+        .map_err(ReplayError::Engine)?;
+    out.logits_hash = Some(logits_hash(logits));
+    out.class = Some(argmax(logits));
+    Ok(())
+}
+
 /// One vector to write (the owned counterpart of [`Vector`]).
 #[cfg(feature = "std")]
 #[derive(Clone, Debug)]
@@ -359,6 +708,51 @@ pub struct Record {
     pub image_hash: u64,
     /// FNV-1a 64 of the expected logits' f32 bits, NaNs canonical (0 for [`Kind::View`]).
     pub logits_hash: u64,
+}
+
+#[cfg(feature = "std")]
+impl Record {
+    /// The record's inputs, for [`replay`].
+    pub fn input(&self) -> Input<'_> {
+        Input {
+            kind: self.kind,
+            seed: self.seed,
+            width: self.width,
+            height: self.height,
+            channels: self.channels,
+            cfg: self.cfg,
+            pixels: &self.pixels,
+            pattern: self.pattern,
+        }
+    }
+}
+
+/// [`replay`] with buffers allocated to fit: how the host computes the expected values it
+/// stores.
+#[cfg(feature = "std")]
+pub fn replay_alloc(
+    v: &Input<'_>,
+    model: Option<&mut dyn Classifier>,
+) -> Result<Outcome, ReplayError> {
+    use std::vec;
+    let s = v.buffer_sizes()?;
+    let (mut view, mut scratch, mut source) =
+        (vec![0; s.view], vec![0; s.scratch], vec![0; s.source]);
+    let side = if v.kind == Kind::Eval {
+        v.width.max(v.height)
+    } else {
+        v.cfg.size
+    };
+    let mut input = vec![0.0; aug::image_len(side, side, v.channels).map_err(ReplayError::Aug)?];
+    let mut b = Buffers {
+        view: &mut view,
+        scratch: &mut scratch,
+        source: &mut source,
+        input: &mut input,
+    };
+    let mut out = Outcome::default();
+    replay(v, model, &mut b, &mut NoMeter, &mut out)?;
+    Ok(out)
 }
 
 /// Serialises records into a vector file. Records the parser would refuse (channels other than
@@ -661,6 +1055,173 @@ mod tests {
         let mut r = records();
         r[1].pixels = vec![1; 5];
         assert_eq!(write(&r), write(&records()));
+    }
+
+    #[test]
+    fn logits_hash_and_argmax() {
+        let quiet = f32::from_bits(CANONICAL_NAN);
+        let other = f32::from_bits(0xffc0_1234);
+        assert_eq!(logits_hash(&[quiet, 1.0]), logits_hash(&[other, 1.0]));
+        assert_ne!(logits_hash(&[0.0]), logits_hash(&[-0.0]));
+        // The hash of the bit patterns, little-endian, with the image hash's FNV-1a.
+        let v = [1.5f32, -0.0, f32::INFINITY];
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
+        assert_eq!(logits_hash(&v), aug::fnv1a64(&bytes));
+        assert_eq!(logits_hash(&[]), aug::fnv1a64(&[]));
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmax(&[1.0, f32::NAN, 2.0]), 2);
+        assert_eq!(argmax(&[f32::NAN, 2.0, 1.0]), 0);
+        assert_eq!(argmax(&[]), 0);
+    }
+
+    /// A small network with seeded weights.
+    fn tiny_model() -> (crate::config::ModelConfig, Vec<f32>) {
+        let cfg = crate::config::ModelConfig {
+            in_chans: 1,
+            img_size: 16,
+            num_classes: 5,
+            embed_dims: [4, 8, 8, 8],
+            depths: [1; 4],
+            num_heads: [1, 2, 2, 2],
+            window_sizes: [2; 4],
+            mlp_ratio: 2,
+            mbconv_expand_ratio: 2,
+            local_conv_size: 3,
+            drop_path_rate: 0.0,
+        };
+        let sd = crate::params::synthetic_state_dict(&cfg, 3);
+        let blob = crate::engine::fold::fold_state_dict(&cfg, |n| {
+            sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
+        })
+        .unwrap();
+        (cfg, blob)
+    }
+
+    #[test]
+    fn replay_is_the_codec_then_the_engine() {
+        let (cfg, blob) = tiny_model();
+        let weights = Weights::new(&cfg, &blob).unwrap();
+        let mut arena = vec![0.0; engine::arena_len(&cfg).unwrap()];
+        let mut logits = vec![0.0; 5];
+        let mut acfg = aug::preset("light").unwrap();
+        acfg.size = 16;
+        let input = |kind, pattern| Input {
+            kind,
+            seed: 77,
+            width: 21,
+            height: 19,
+            channels: 1,
+            cfg: acfg,
+            pixels: &[],
+            pattern,
+        };
+        // By hand: the pattern, the augmentation, the normalisation, the engine.
+        let mut src = vec![0u8; 21 * 19];
+        aug::test_pattern(21, 19, 1, &mut src).unwrap();
+        let mut view = vec![0u8; 256];
+        let mut scratch = vec![0u8; aug::scratch_len(&acfg, 21, 19, 1).unwrap()];
+        aug::replay(
+            &acfg,
+            77,
+            ImageRef::new(21, 19, 1, &src).unwrap(),
+            ImageMut::new(16, 16, 1, &mut view).unwrap(),
+            &mut scratch,
+        )
+        .unwrap();
+        let mut x = vec![0.0; 256];
+        aug::normalize(
+            ImageRef::new(16, 16, 1, &view).unwrap(),
+            acfg.mean,
+            acfg.std,
+            &mut x,
+        )
+        .unwrap();
+        let mut want = vec![0.0; 5];
+        engine::forward(&weights, &x, &mut arena, &mut want).unwrap();
+
+        let mut exact = Exact::new(&weights, &mut arena, &mut logits).unwrap();
+        let got = replay_alloc(&input(Kind::Infer, true), Some(&mut exact)).unwrap();
+        assert_eq!(
+            got,
+            Outcome {
+                size: Some(16),
+                image_hash: Some(aug::fnv1a64(&view)),
+                class: Some(argmax(&want)),
+                logits_hash: Some(logits_hash(&want)),
+            }
+        );
+        // A view runs no model; an inference without one, or of the wrong size, is refused.
+        let v = replay_alloc(&input(Kind::View, true), None).unwrap();
+        assert_eq!((v.image_hash, v.class), (got.image_hash, None));
+        assert_eq!(
+            replay_alloc(&input(Kind::Infer, true), None),
+            Err(ReplayError::NoModel)
+        );
+        let mut eval = input(Kind::Eval, true);
+        assert_eq!(
+            replay_alloc(&eval, Some(&mut exact)),
+            Err(ReplayError::Shape)
+        );
+        eval.width = 16;
+        eval.height = 16;
+        assert!(replay_alloc(&eval, Some(&mut exact))
+            .unwrap()
+            .class
+            .is_some());
+        // Buffers too small: an error, and what was computed before it.
+        let mut out = Outcome::default();
+        let (mut a, mut b, mut c, mut d) = ([0u8; 4], [0u8; 4], vec![0u8; 21 * 19], [0.0; 4]);
+        let mut bufs = Buffers {
+            view: &mut a,
+            scratch: &mut b,
+            source: &mut c,
+            input: &mut d,
+        };
+        let r = replay(
+            &input(Kind::Infer, true),
+            None,
+            &mut bufs,
+            &mut NoMeter,
+            &mut out,
+        );
+        assert_eq!(r, Err(ReplayError::Buffer));
+        assert_eq!(out.size, Some(16));
+        assert_eq!(out.image_hash, None);
+    }
+
+    #[test]
+    fn exact_checks_its_buffers_and_a_vector_its_outcome() {
+        let (cfg, blob) = tiny_model();
+        let weights = Weights::new(&cfg, &blob).unwrap();
+        let mut small = vec![0.0; engine::arena_len(&cfg).unwrap() - 1];
+        let mut logits = vec![0.0; 5];
+        assert!(matches!(
+            Exact::new(&weights, &mut small, &mut logits),
+            Err(EngineError::ArenaTooSmall { .. })
+        ));
+        let bytes = write(&records()).unwrap();
+        let parsed = Vectors::parse(&bytes).unwrap();
+        let recs: Vec<_> = parsed.iter().map(|r| r.unwrap()).collect();
+        let view = Outcome {
+            size: Some(24),
+            image_hash: Some(0x0123_4567_89ab_cdef),
+            ..Outcome::default()
+        };
+        assert!(recs[0].matches(&view));
+        assert!(!recs[0].matches(&Outcome::default()));
+        let mut infer = Outcome {
+            image_hash: Some(2),
+            class: Some(4),
+            logits_hash: Some(3),
+            ..Outcome::default()
+        };
+        assert!(recs[2].matches(&infer));
+        infer.class = Some(5);
+        assert!(!recs[2].matches(&infer));
+        // Buffer sizes: the largest of every record.
+        let s = BufferSizes::of(&parsed).unwrap();
+        assert_eq!(s.source, 61 * 47 * 3);
+        assert!(s.view >= 224 * 224 * 3 && s.scratch > 0);
     }
 
     #[test]

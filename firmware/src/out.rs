@@ -1,9 +1,10 @@
 //! Where the firmware's lines go, and how it ends.
 //!
-//! Under QEMU (`qemu` feature) lines are written to the host's stdout through semihosting and the
-//! run ends with a semihosting exit whose status becomes QEMU's exit code. On the Nucleo board
-//! (`nucleo-h743`) lines go out as defmt over RTT and probe-rs turns the semihosting exit into its
-//! own exit code. Everything prints through [`line`], so both boards print the same text.
+//! Under QEMU (`qemu`, `netduinoplus2`) lines are written to the host's stdout through
+//! semihosting and the run ends with a semihosting exit whose status becomes QEMU's exit code. On
+//! a real board (`hardware`: `nucleo-h743`, `feather-f405`) lines go out as defmt over RTT and
+//! probe-rs turns the semihosting exit into its own exit code. Everything prints through
+//! [`line`], so every board prints the same text.
 
 use core::fmt::{self, Write};
 
@@ -53,7 +54,7 @@ impl<const N: usize> Write for Buf<N> {
     }
 }
 
-#[cfg(feature = "qemu")]
+#[cfg(not(feature = "hardware"))]
 mod imp {
     use core::fmt::{self, Write};
 
@@ -83,7 +84,7 @@ mod imp {
     }
 }
 
-#[cfg(feature = "nucleo-h743")]
+#[cfg(feature = "hardware")]
 mod imp {
     use core::fmt::{self, Write};
 

@@ -1,20 +1,21 @@
 //! Writes the device replay vectors: `cargo run --release -p tinyvit-tests --example make_replay
 //! -- --out DIR` (run by `cargo xtask replay`; nothing it writes is committed).
 //!
-//! Every expected value is computed here, on the host, with the same core code the firmware runs:
+//! Every expected value is computed here, on the host, by the very function the firmware runs,
+//! `tinyvit_core::vectors::replay` (through `replay_alloc`, which allocates its buffers):
 //! - `golden.vec`: every `view` line of the augmentation known-answer file
 //!   `tests/fixtures/aug/golden.txt` (three presets, test patterns rebuilt on the device and a
 //!   photo crop), with the hash committed there; the host first checks that it still renders
-//!   that hash.
+//!   that hash through `vectors::replay`.
 //! - `aug.vec`: more augmentation views. Deterministic synthetic source images (RGB and grey, odd
 //!   sizes) and seeds go through `aug::replay` under the `light` and `in22k-distill` presets;
 //!   the FNV-1a 64 of each u8 view is stored.
 //! - for each MCU preset `P`: `P.tvb`, the preset with seeded synthetic weights
 //!   (`params::synthetic_state_dict`, BN folded), and `P.vec`: grey sources and seeds ->
-//!   `aug::replay` (`light`, output at the model's input size) -> `aug::normalize` -> the core
-//!   `exact` engine -> logits hash and class; plus `eval` vectors (no augmentation).
-//!   `evalview` vectors (the evaluation transform of a 28x28 source) and `eval` vectors
-//!   (model-sized sources, no transform).
+//!   the augmentation (`light`, output at the model's input size) -> normalisation -> the core
+//!   `exact` engine -> logits hash and class (`infer` vectors); `evalview` vectors (the
+//!   evaluation transform of a 28x28 source) and `eval` vectors (model-sized sources, no
+//!   transform).
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
 //! - `matmul_probe.tvb` / `.vec`: the first preset of [`PROBE`] with [`PROBE_EXTRA_CLASSES`] more
@@ -33,11 +34,11 @@ use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef};
+use tinyvit_core::aug;
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
 use tinyvit_core::params::{splitmix64, synthetic_state_dict};
-use tinyvit_core::vectors::{self, Kind, Record};
+use tinyvit_core::vectors::{self, Classifier, Exact, Kind, Record};
 use tinyvit_tests::aug_golden;
 use tinyvit_tests::replay;
 
@@ -80,6 +81,18 @@ fn main() {
         eprintln!("make_replay: {e}");
         std::process::exit(1);
     }
+}
+
+/// `r` with the expected values filled in by the core's replay (`vectors::replay`, what the
+/// device runs): the image hash, and for inference kinds the class and the logits hash.
+fn expect(mut r: Record, model: Option<&mut dyn Classifier>) -> Result<Record, String> {
+    let o = vectors::replay_alloc(&r.input(), model).map_err(|e| e.to_string())?;
+    r.image_hash = o.image_hash.ok_or("replay computed no image")?;
+    if r.kind != Kind::View {
+        r.class = o.class.ok_or("replay computed no class")?;
+        r.logits_hash = o.logits_hash.ok_or("replay computed no logits")?;
+    }
+    Ok(r)
 }
 
 /// The vector file of `records`.
@@ -175,49 +188,6 @@ fn synthetic_image(width: u32, height: u32, channels: u32, seed: u64) -> Vec<u8>
     v
 }
 
-fn view(cfg: &AugConfig, seed: u32, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
-    let n = aug::image_len(cfg.size, cfg.size, src.channels).map_err(|e| e.to_string())?;
-    let mut out = vec![0u8; n];
-    let mut scratch = vec![
-        0u8;
-        aug::scratch_len(cfg, src.width, src.height, src.channels)
-            .map_err(|e| e.to_string())?
-    ];
-    aug::replay(
-        cfg,
-        seed,
-        *src,
-        ImageMut::new(cfg.size, cfg.size, src.channels, &mut out).map_err(|e| e.to_string())?,
-        &mut scratch,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
-/// The evaluation view of `src` at `cfg.size` ([`vectors::EVAL_CROP_PCT`], `cfg.interpolation`).
-fn eval_view(cfg: &AugConfig, src: &ImageRef<'_>) -> Result<Vec<u8>, String> {
-    let e = |e: aug::AugError| e.to_string();
-    let mut out = vec![0u8; aug::image_len(cfg.size, cfg.size, src.channels).map_err(e)?];
-    let need = aug::eval_scratch_len(
-        src.width,
-        src.height,
-        cfg.size,
-        vectors::EVAL_CROP_PCT,
-        src.channels,
-    )
-    .map_err(e)?;
-    let mut scratch = vec![0u8; need];
-    aug::eval_transform(
-        *src,
-        ImageMut::new(cfg.size, cfg.size, src.channels, &mut out).map_err(e)?,
-        vectors::EVAL_CROP_PCT,
-        cfg.interpolation,
-        &mut scratch,
-    )
-    .map_err(e)?;
-    Ok(out)
-}
-
 /// The `view` lines of the augmentation known-answer file (`view PRESET SIZE IMAGE SEED HASH
 /// PARAMS`), checked on the host before they are handed to the device.
 fn golden_view_vectors() -> Result<Vec<Record>, String> {
@@ -237,31 +207,34 @@ fn golden_view_vectors() -> Result<Vec<Record>, String> {
         let seed: u32 = seed.parse().map_err(|_| bad())?;
         let hash = u64::from_str_radix(hash, 16).map_err(|_| bad())?;
         let img = aug_golden::load_image(image);
-        let (view, _) = aug_golden::render_view(preset, size, &img, seed);
-        if aug::fnv1a64(&view) != hash {
+        let mut cfg = aug::preset(preset).map_err(|e| format!("{}: {e}", bad()))?;
+        cfg.size = size;
+        let r = expect(
+            Record {
+                kind: Kind::View,
+                seed,
+                width: img.width,
+                height: img.height,
+                channels: img.channels,
+                cfg,
+                pixels: img.data,
+                pattern: image.starts_with("pattern:"),
+                class: u32::MAX,
+                image_hash: 0,
+                logits_hash: 0,
+            },
+            None,
+        )?;
+        if r.image_hash != hash {
             return Err(format!(
                 "{}:{}: the host no longer renders this view (hash {:016x}); the \
                  augmentation changed without re-blessing its known answers",
                 path.display(),
                 n + 1,
-                aug::fnv1a64(&view)
+                r.image_hash
             ));
         }
-        let mut cfg = aug::preset(preset).map_err(|e| format!("{}: {e}", bad()))?;
-        cfg.size = size;
-        records.push(Record {
-            kind: Kind::View,
-            seed,
-            width: img.width,
-            height: img.height,
-            channels: img.channels,
-            cfg,
-            pixels: img.data,
-            pattern: image.starts_with("pattern:"),
-            class: u32::MAX,
-            image_hash: hash,
-            logits_hash: 0,
-        });
+        records.push(r);
     }
     if records.is_empty() {
         return Err(format!("{}: no view lines", path.display()));
@@ -279,24 +252,24 @@ fn view_vectors() -> Result<Vec<Record>, String> {
     let mut records = Vec::new();
     for (k, &(w, h, c)) in sources.iter().enumerate() {
         let pixels = synthetic_image(w, h, c, 1000 + k as u64);
-        let src = ImageRef::new(w, h, c, &pixels).map_err(|e| e.to_string())?;
-        for cfg in [&light, &big] {
+        for cfg in [light, big] {
             for j in 0..3u32 {
-                let seed = aug::sample_seed(7, j, k as u64);
-                let v = view(cfg, seed, &src)?;
-                records.push(Record {
-                    kind: Kind::View,
-                    seed,
-                    width: w,
-                    height: h,
-                    channels: c,
-                    cfg: *cfg,
-                    pixels: pixels.clone(),
-                    pattern: false,
-                    class: u32::MAX,
-                    image_hash: aug::fnv1a64(&v),
-                    logits_hash: 0,
-                });
+                records.push(expect(
+                    Record {
+                        kind: Kind::View,
+                        seed: aug::sample_seed(7, j, k as u64),
+                        width: w,
+                        height: h,
+                        channels: c,
+                        cfg,
+                        pixels: pixels.clone(),
+                        pattern: false,
+                        class: u32::MAX,
+                        image_hash: 0,
+                        logits_hash: 0,
+                    },
+                    None,
+                )?);
             }
         }
     }
@@ -307,78 +280,41 @@ fn view_vectors() -> Result<Vec<Record>, String> {
 fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, String> {
     let weights = Weights::new(cfg, blob).map_err(|e| e.to_string())?;
     let mut arena = vec![0.0f32; engine::arena_len(cfg).map_err(|e| e.to_string())?];
-    let mut input = vec![0.0f32; engine::input_len(cfg).map_err(|e| e.to_string())?];
     let mut logits = vec![0.0f32; cfg.num_classes as usize];
+    let mut model = Exact::new(&weights, &mut arena, &mut logits).map_err(|e| e.to_string())?;
     let mut acfg = aug::preset("light").map_err(|e| e.to_string())?;
     acfg.size = cfg.img_size;
     let c = cfg.in_chans;
-    let mut infer = |img: &ImageRef<'_>| -> Result<(u32, u64), String> {
-        aug::normalize(*img, acfg.mean, acfg.std, &mut input).map_err(|e| e.to_string())?;
-        engine::forward(&weights, &input, &mut arena, &mut logits).map_err(|e| e.to_string())?;
-        Ok((replay::argmax(&logits), replay::logits_hash(&logits)))
+    let record = |kind, seed, side, pixels| Record {
+        kind,
+        seed,
+        width: side,
+        height: side,
+        channels: c,
+        cfg: acfg,
+        pixels,
+        pattern: false,
+        class: 0,
+        image_hash: 0,
+        logits_hash: 0,
     };
     let mut records = Vec::new();
     for k in 0..4u64 {
         let pixels = synthetic_image(28, 28, c, 2000 + k);
-        let src = ImageRef::new(28, 28, c, &pixels).map_err(|e| e.to_string())?;
         for epoch in 0..2u32 {
             let seed = aug::sample_seed(11, epoch, k);
-            let v = view(&acfg, seed, &src)?;
-            let img = ImageRef::new(acfg.size, acfg.size, c, &v).map_err(|e| e.to_string())?;
-            let (class, logits_hash) = infer(&img)?;
-            records.push(Record {
-                kind: Kind::Infer,
-                seed,
-                width: 28,
-                height: 28,
-                channels: c,
-                cfg: acfg,
-                pixels: pixels.clone(),
-                pattern: false,
-                class,
-                image_hash: aug::fnv1a64(&v),
-                logits_hash,
-            });
+            let r = record(Kind::Infer, seed, 28, pixels.clone());
+            records.push(expect(r, Some(&mut model))?);
         }
     }
     for k in 0..2u64 {
-        let pixels = synthetic_image(28, 28, c, 4000 + k);
-        let src = ImageRef::new(28, 28, c, &pixels).map_err(|e| e.to_string())?;
-        let v = eval_view(&acfg, &src)?;
-        let img = ImageRef::new(acfg.size, acfg.size, c, &v).map_err(|e| e.to_string())?;
-        let (class, logits_hash) = infer(&img)?;
-        records.push(Record {
-            kind: Kind::EvalView,
-            seed: 0,
-            width: 28,
-            height: 28,
-            channels: c,
-            cfg: acfg,
-            pixels: pixels.clone(),
-            pattern: false,
-            class,
-            image_hash: aug::fnv1a64(&v),
-            logits_hash,
-        });
+        let r = record(Kind::EvalView, 0, 28, synthetic_image(28, 28, c, 4000 + k));
+        records.push(expect(r, Some(&mut model))?);
     }
     for k in 0..2u64 {
         let s = cfg.img_size;
-        let pixels = synthetic_image(s, s, c, 3000 + k);
-        let img = ImageRef::new(s, s, c, &pixels).map_err(|e| e.to_string())?;
-        let (class, logits_hash) = infer(&img)?;
-        records.push(Record {
-            kind: Kind::Eval,
-            seed: 0,
-            width: s,
-            height: s,
-            channels: c,
-            cfg: acfg,
-            pixels: pixels.clone(),
-            pattern: false,
-            class,
-            image_hash: aug::fnv1a64(&pixels),
-            logits_hash,
-        });
+        let r = record(Kind::Eval, 0, s, synthetic_image(s, s, c, 3000 + k));
+        records.push(expect(r, Some(&mut model))?);
     }
     Ok(records)
 }
@@ -454,35 +390,33 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
     let mut acfg = aug::preset(preset).map_err(|e| format!("--aug-preset {preset}: {e}"))?;
     acfg.size = cfg.img_size;
     let mut arena = vec![0.0f32; engine::arena_len(&cfg).map_err(|e| e.to_string())?];
-    let mut input = vec![0.0f32; engine::input_len(&cfg).map_err(|e| e.to_string())?];
     let mut logits = vec![0.0f32; cfg.num_classes as usize];
+    let mut model = Exact::new(&weights, &mut arena, &mut logits).map_err(|e| e.to_string())?;
     let mut records = Vec::new();
     let mut table = String::new();
     for i in 0..count.min(n) {
         let pixels = images[16 + i * plane..16 + (i + 1) * plane].to_vec();
-        let src = ImageRef::new(w, h, 1, &pixels).map_err(|e| e.to_string())?;
-        let v = eval_view(&acfg, &src)?;
-        let img = ImageRef::new(acfg.size, acfg.size, 1, &v).map_err(|e| e.to_string())?;
-        aug::normalize(img, acfg.mean, acfg.std, &mut input).map_err(|e| e.to_string())?;
-        engine::forward(&weights, &input, &mut arena, &mut logits).map_err(|e| e.to_string())?;
-        let class = replay::argmax(&logits);
+        let r = expect(
+            Record {
+                kind: Kind::EvalView,
+                seed: 0,
+                width: w,
+                height: h,
+                channels: 1,
+                cfg: acfg,
+                pixels,
+                pattern: false,
+                class: 0,
+                image_hash: 0,
+                logits_hash: 0,
+            },
+            Some(&mut model),
+        )?;
         let label = labels
             .as_ref()
             .map_or("-".to_string(), |l| l[i].to_string());
-        writeln!(table, "{i} {label} {class}").unwrap();
-        records.push(Record {
-            kind: Kind::EvalView,
-            seed: 0,
-            width: w,
-            height: h,
-            channels: 1,
-            cfg: acfg,
-            pixels,
-            pattern: false,
-            class,
-            image_hash: aug::fnv1a64(&v),
-            logits_hash: replay::logits_hash(&logits),
-        });
+        writeln!(table, "{i} {label} {}", r.class).unwrap();
+        records.push(r);
     }
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let write = |name: &str, bytes: &[u8]| {

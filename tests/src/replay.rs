@@ -1,37 +1,8 @@
-//! Host side of the device replay: the hash of the logits both sides compare, the class rule
-//! and the multiply-accumulate count. The vector file itself (format, writer and the parser the
-//! firmware uses) is the core's [`tinyvit_core::vectors`].
+//! Host side of the device replay: the multiply-accumulate count of an inference. What a vector
+//! means (replay, the logits hash, the class rule) and the file format are the core's
+//! [`tinyvit_core::vectors`], the code the firmware runs.
 
 use tinyvit_core::config::{ModelConfig, STAGES};
-
-/// The canonical quiet NaN every NaN is hashed as.
-pub const CANONICAL_NAN: u32 = 0x7fc0_0000;
-
-/// FNV-1a 64 over the little-endian bit patterns of `v`, every NaN hashed as
-/// [`CANONICAL_NAN`] (NaN payloads differ between x86 and Arm and mean nothing).
-pub fn logits_hash(v: &[f32]) -> u64 {
-    let mut bytes = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        let bits = if x.is_nan() {
-            CANONICAL_NAN
-        } else {
-            x.to_bits()
-        };
-        bytes.extend_from_slice(&bits.to_le_bytes());
-    }
-    tinyvit_core::aug::fnv1a64(&bytes)
-}
-
-/// Index of the largest logit, the lowest index on ties (the firmware uses the same rule).
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 /// Nominal multiply-accumulates of one forward pass of the `exact` engine: every conv tap
 /// (padding taps included), every Linear, and the two attention products over padded windows
@@ -97,25 +68,6 @@ mod tests {
         assert_eq!(
             macs(&cfg),
             stem + mbconv + merge0 + 2 * merge + 3 * block + 3 * 2
-        );
-    }
-
-    #[test]
-    fn argmax_takes_the_first_of_ties() {
-        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
-        assert_eq!(argmax(&[]), 0);
-    }
-
-    #[test]
-    fn hash_canonicalises_nan_and_pins_bits() {
-        let quiet = f32::from_bits(0x7fc0_0000);
-        let other = f32::from_bits(0xffc0_1234);
-        assert_eq!(logits_hash(&[quiet, 1.0]), logits_hash(&[other, 1.0]));
-        assert_ne!(logits_hash(&[0.0]), logits_hash(&[-0.0]));
-        // The firmware pins the same value (firmware/src/hash.rs, TINYVIT_FNV).
-        assert_eq!(
-            tinyvit_core::aug::fnv1a64(b"tinyvit"),
-            0x0a52_9f3e_e27c_ea9a
         );
     }
 }

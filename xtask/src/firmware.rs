@@ -1,18 +1,23 @@
-//! `cargo xtask firmware build|run|size|eval|bench`, `cargo xtask flash`: the Cortex-M firmware.
+//! `cargo xtask firmware build|run|size|eval`, `cargo xtask flash`: the Cortex-M firmware.
 //!
 //! The firmware (`firmware/`, its own workspace) embeds at build time a model `.tvb`
 //! (`TINYVIT_MODEL`) and a replay vector file (`TINYVIT_VECTORS`, see `core/src/vectors.rs`);
-//! both paths are handed to its build script as environment variables. Boards:
+//! both paths are handed to its build script as environment variables. Boards ([`Board::ALL`]):
 //!
-//! | board        | feature       | runs on                                          |
-//! |--------------|---------------|--------------------------------------------------|
-//! | `qemu-m4`    | `qemu`        | `qemu-system-arm -M mps2-an386 -cpu cortex-m4`   |
-//! | `qemu-m7`    | `qemu`        | `qemu-system-arm -M mps2-an500 -cpu cortex-m7`   |
-//! | `nucleo-h743`| `nucleo-h743` | an STM32H743ZI Nucleo board through `probe-rs`   |
+//! | board           | feature         | runs on                                                  |
+//! |-----------------|-----------------|----------------------------------------------------------|
+//! | `qemu-m4`       | `qemu`          | `qemu-system-arm -M mps2-an386 -cpu cortex-m4`           |
+//! | `qemu-m7`       | `qemu`          | `qemu-system-arm -M mps2-an500 -cpu cortex-m7`           |
+//! | `netduinoplus2` | `netduinoplus2` | `qemu-system-arm -M netduinoplus2` (STM32F405 memory map) |
+//! | `nucleo-h743`   | `nucleo-h743`   | an STM32H743ZI Nucleo board through `probe-rs`           |
+//! | `feather-f405`  | `feather-f405`  | an Adafruit Feather STM32F405 through `probe-rs`         |
 //!
-//! The two QEMU boards share one memory map and so one ELF: M4 and M7 run the very same code.
+//! The two MPS2 boards share one memory map and so one ELF: M4 and M7 run the very same code.
 //! QEMU runs with `-icount shift=0`, which makes the firmware's SysTick count instructions.
+//! This module builds, runs and measures firmware; `replay` (the host-vs-device check) uses it
+//! and it uses nothing of `replay`.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -21,36 +26,84 @@ use anyhow::{bail, Context, Result};
 
 use crate::util;
 
+/// The real boards' clock plans, the firmware's own file (plain Rust): `bench` turns instruction
+/// counts into time with them, and the tests below check their PLL arithmetic on the host.
+#[path = "../../firmware/src/clocks.rs"]
+pub mod clocks;
+
 /// The firmware's compilation target.
 pub const TARGET: &str = "thumbv7em-none-eabihf";
 /// Longest a QEMU run may take before it is killed (seconds).
 const QEMU_TIMEOUT_S: u64 = 900;
+/// Bytes of RAM the firmware's build script keeps for the stack when it picks the RAM
+/// (`firmware/build.rs`, `STACK_RESERVE`).
+pub const STACK_RESERVE: u64 = 16 * 1024;
 
 /// A board the firmware can be built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Board {
     QemuM4,
     QemuM7,
+    Netduinoplus2,
     NucleoH743,
+    FeatherF405,
 }
 
+/// One memory of a board: name, origin, bytes.
+pub type Region = (&'static str, u32, u64);
+
 impl Board {
-    pub const ALL: [Board; 3] = [Board::QemuM4, Board::QemuM7, Board::NucleoH743];
-    /// The boards CI runs on.
-    pub const QEMU: [Board; 2] = [Board::QemuM4, Board::QemuM7];
+    pub const ALL: [Board; 5] = [
+        Board::QemuM4,
+        Board::QemuM7,
+        Board::Netduinoplus2,
+        Board::NucleoH743,
+        Board::FeatherF405,
+    ];
+    /// The emulated boards, which CI runs.
+    pub const QEMU: [Board; 3] = [Board::QemuM4, Board::QemuM7, Board::Netduinoplus2];
+    /// The two MPS2 machines, which run one ELF.
+    pub const MPS2: [Board; 2] = [Board::QemuM4, Board::QemuM7];
+    /// The real boards, which `flash` runs.
+    pub const REAL: [Board; 2] = [Board::NucleoH743, Board::FeatherF405];
 
     pub fn name(self) -> &'static str {
         match self {
             Board::QemuM4 => "qemu-m4",
             Board::QemuM7 => "qemu-m7",
+            Board::Netduinoplus2 => "netduinoplus2",
             Board::NucleoH743 => "nucleo-h743",
+            Board::FeatherF405 => "feather-f405",
         }
     }
 
-    fn feature(self) -> &'static str {
+    /// The firmware's cargo feature (one ELF per feature).
+    pub fn feature(self) -> &'static str {
         match self {
             Board::QemuM4 | Board::QemuM7 => "qemu",
+            Board::Netduinoplus2 => "netduinoplus2",
             Board::NucleoH743 => "nucleo-h743",
+            Board::FeatherF405 => "feather-f405",
+        }
+    }
+
+    /// One line for `--board` listings.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Board::QemuM4 => "QEMU mps2-an386, Cortex-M4F, 25 MHz (emulated)",
+            Board::QemuM7 => "QEMU mps2-an500, Cortex-M7, 25 MHz (emulated)",
+            Board::Netduinoplus2 => {
+                "QEMU netduinoplus2, STM32F405 Cortex-M4F memory map, 1 MB flash, 128 KB SRAM \
+                 (emulated)"
+            }
+            Board::NucleoH743 => {
+                "Nucleo-H743ZI(2), STM32H743 Cortex-M7 at 480 MHz (rev V) or 400 MHz, 2 MB \
+                 flash, DTCM or AXI SRAM (probe-rs)"
+            }
+            Board::FeatherF405 => {
+                "Adafruit Feather STM32F405 Express, Cortex-M4F at 168 MHz, 1 MB flash, \
+                 128 KB SRAM (probe-rs)"
+            }
         }
     }
 
@@ -59,7 +112,52 @@ impl Board {
         match self {
             Board::QemuM4 => Some(("mps2-an386", "cortex-m4")),
             Board::QemuM7 => Some(("mps2-an500", "cortex-m7")),
-            Board::NucleoH743 => None,
+            Board::Netduinoplus2 => Some(("netduinoplus2", "cortex-m4")),
+            Board::NucleoH743 | Board::FeatherF405 => None,
+        }
+    }
+
+    /// The chip name probe-rs knows the real boards by.
+    pub fn probe_chip(self) -> Option<&'static str> {
+        match self {
+            Board::NucleoH743 => Some("STM32H743ZITx"),
+            Board::FeatherF405 => Some("STM32F405RGTx"),
+            _ => None,
+        }
+    }
+
+    /// How a probe reaches the board, for the no-probe sentence.
+    fn probe_hint(self) -> &'static str {
+        match self {
+            Board::NucleoH743 => "the Nucleo-H743ZI's on-board ST-LINK (its USB port)",
+            Board::FeatherF405 => {
+                "an SWD probe (ST-LINK, J-Link or a CMSIS-DAP adapter) to the Feather's SWD \
+                 pads, and the probe's USB to this machine"
+            }
+            _ => "a debug probe",
+        }
+    }
+
+    /// The flash: where the vector table must sit, and the budget.
+    pub fn flash(self) -> Region {
+        match self {
+            Board::QemuM4 | Board::QemuM7 => ("FLASH", 0x0000_0000, 4 << 20),
+            Board::NucleoH743 => ("FLASH", 0x0800_0000, 2 << 20),
+            Board::Netduinoplus2 | Board::FeatherF405 => ("FLASH", 0x0800_0000, 1 << 20),
+        }
+    }
+
+    /// The RAMs that may hold the statics and the stack, fastest first: the build takes the
+    /// first in which they fit (the same rule as `firmware/build.rs`, checked independently by
+    /// [`check_layout`]).
+    pub fn rams(self) -> &'static [Region] {
+        match self {
+            Board::QemuM4 | Board::QemuM7 => &[("RAM", 0x2000_0000, 4 << 20)],
+            Board::NucleoH743 => &[
+                ("DTCM", 0x2000_0000, 128 << 10),
+                ("AXISRAM", 0x2400_0000, 512 << 10),
+            ],
+            Board::Netduinoplus2 | Board::FeatherF405 => &[("SRAM", 0x2000_0000, 128 << 10)],
         }
     }
 
@@ -67,8 +165,17 @@ impl Board {
         Board::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .with_context(|| format!("unknown board `{s}` (boards: qemu-m4, qemu-m7, nucleo-h743)"))
+            .with_context(|| format!("unknown board `{s}`\n{}", board_list()))
     }
+}
+
+/// The boards, one a line.
+pub fn board_list() -> String {
+    let mut s = String::from("boards:\n");
+    for b in Board::ALL {
+        s.push_str(&format!("  {:<14} {}\n", b.name(), b.describe()));
+    }
+    s
 }
 
 /// What to embed in one firmware build.
@@ -91,35 +198,44 @@ pub struct RunOutput {
 }
 
 const USAGE: &str = "\
-usage: cargo xtask firmware build|run|size [--board qemu-m4|qemu-m7|nucleo-h743] [--model FILE.tvb]
-                                      [--vectors FILE.vec]
+usage: cargo xtask firmware build|run|size [--board BOARD] [--model FILE.tvb] [--vectors FILE.vec]
        cargo xtask firmware eval --model FILE.tvb --data idx:IMAGES[,LABELS] [--count N]
        cargo xtask firmware bench   (the device part of `cargo xtask bench`)
-       cargo xtask flash --board nucleo-h743 [--model FILE.tvb] [--vectors FILE.vec]";
+       cargo xtask flash --board nucleo-h743|feather-f405 [--model FILE.tvb] [--vectors FILE.vec]
+       --board with no name lists the boards";
 
 struct Args {
     board: Board,
     payload: Payload,
 }
 
-fn parse_args(args: &[String], default_board: Board) -> Result<Args> {
+/// Parsed arguments, or `None` when the user asked for the board list or the usage (printed).
+fn parse_args(args: &[String], default_board: Board) -> Result<Option<Args>> {
     let mut board = default_board;
     let mut payload = Payload::default();
-    let mut it = args.iter();
+    let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
         match a.as_str() {
-            "--board" => board = Board::parse(&value("--board")?)?,
-            "--model" => payload.model = Some(absolute(&value("--model")?)?),
-            "--vectors" => payload.vectors = Some(absolute(&value("--vectors")?)?),
+            "-h" | "--help" => {
+                println!("{USAGE}\n\n{}", board_list());
+                return Ok(None);
+            }
+            "--board" if it.peek().is_none_or(|v| v.starts_with('-')) => {
+                print!("{}", board_list());
+                return Ok(None);
+            }
+            "--board" | "--model" | "--vectors" => {
+                let v = it.next().expect("peeked or checked below");
+                match a.as_str() {
+                    "--board" => board = Board::parse(v)?,
+                    "--model" => payload.model = Some(absolute(v)?),
+                    _ => payload.vectors = Some(absolute(v)?),
+                }
+            }
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
-    Ok(Args { board, payload })
+    Ok(Some(Args { board, payload }))
 }
 
 fn absolute(p: &str) -> Result<PathBuf> {
@@ -135,21 +251,22 @@ fn absolute(p: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// `cargo xtask firmware ...`.
+/// `cargo xtask firmware ...` (`firmware bench` is dispatched to `replay::bench` by `main.rs`).
 pub fn run(args: &[String]) -> Result<()> {
-    let (cmd, rest) = args
-        .split_first()
-        .with_context(|| format!("firmware needs a command\n{USAGE}"))?;
+    let Some((cmd, rest)) = args.split_first() else {
+        bail!("firmware needs a command\n{USAGE}");
+    };
     match cmd.as_str() {
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", board_list());
             return Ok(());
         }
         "eval" => return eval_command(rest),
-        "bench" => return crate::replay::bench(),
         _ => {}
     }
-    let a = parse_args(rest, Board::QemuM4)?;
+    let Some(a) = parse_args(rest, Board::QemuM4)? else {
+        return Ok(());
+    };
     match cmd.as_str() {
         "build" => {
             let elf = build(a.board, &a.payload)?;
@@ -170,6 +287,8 @@ pub fn run(args: &[String]) -> Result<()> {
             let s = elf_size(&elf)?;
             println!("{}", s.table_row_header());
             println!("{}", s.table_row(a.board.name()));
+            let l = check_layout(a.board, &elf, a.payload.model.is_some())?;
+            println!("{}", l.summary());
             Ok(())
         }
         other => bail!("unknown firmware command `{other}`\n{USAGE}"),
@@ -213,32 +332,89 @@ fn eval_command(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask flash --board nucleo-h743`: builds for the real board and runs it with probe-rs.
+/// `cargo xtask flash --board B`: builds for a real board and runs it there with probe-rs,
+/// installing probe-rs first when it is missing.
 pub fn flash(args: &[String]) -> Result<()> {
-    let a = parse_args(args, Board::NucleoH743)?;
-    if a.board != Board::NucleoH743 {
+    let Some(a) = parse_args(args, Board::NucleoH743)? else {
+        return Ok(());
+    };
+    let Some(chip) = a.board.probe_chip() else {
         bail!(
-            "flash is for the real board (--board nucleo-h743); QEMU boards run with \
-             `cargo xtask firmware run --board {}`",
-            a.board.name()
+            "{} is emulated: run it with `cargo xtask firmware run --board {}` (flash takes a \
+             real board: {})",
+            a.board.name(),
+            a.board.name(),
+            Board::REAL.map(Board::name).join(", ")
+        );
+    };
+    let probe_rs = match probe_rs_plan(which("probe-rs"), cargo_bin_dir()) {
+        ProbeRs::Found(p) => p,
+        ProbeRs::Install { expected } => {
+            util::step("probe-rs is missing: cargo install probe-rs-tools --locked");
+            util::run(util::cargo().args(["install", "probe-rs-tools", "--locked"]))?;
+            if !expected.is_file() {
+                bail!(
+                    "cargo install probe-rs-tools finished but {} is not there",
+                    expected.display()
+                );
+            }
+            expected
+        }
+    };
+    let elf = build(a.board, &a.payload)?;
+    let list = Command::new(&probe_rs)
+        .arg("list")
+        .output()
+        .with_context(|| format!("running {} list", probe_rs.display()))?;
+    let text =
+        String::from_utf8_lossy(&list.stdout).into_owned() + &String::from_utf8_lossy(&list.stderr);
+    if !probes_attached(&text) {
+        bail!(
+            "no debug probe is attached: connect {} and run this command again",
+            a.board.probe_hint()
         );
     }
-    let elf = build(a.board, &a.payload)?;
-    let probe = which("probe-rs").with_context(|| {
-        format!(
-            "probe-rs is not installed, so {} cannot be flashed from here. Install it with \
-             `cargo install probe-rs-tools --locked`, plug the Nucleo-H743ZI in over its ST-LINK \
-             USB port and run this command again (it runs `probe-rs run --chip STM32H743ZITx \
-             {}`, which flashes, streams the defmt log and returns the firmware's exit status)",
-            elf.display(),
-            elf.display()
-        )
-    })?;
     util::run(
-        Command::new(probe)
-            .args(["run", "--chip", "STM32H743ZITx"])
+        Command::new(&probe_rs)
+            .args(["run", "--chip", chip])
             .arg(&elf),
     )
+}
+
+/// Where probe-rs comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProbeRs {
+    /// Already installed here.
+    Found(PathBuf),
+    /// Missing: `cargo install probe-rs-tools --locked` puts it at `expected`.
+    Install { expected: PathBuf },
+}
+
+/// Uses the `probe-rs` on the PATH, else the one in cargo's bin folder, else installs it there.
+pub fn probe_rs_plan(on_path: Option<PathBuf>, cargo_bin: PathBuf) -> ProbeRs {
+    let in_cargo = cargo_bin.join("probe-rs");
+    match on_path {
+        Some(p) => ProbeRs::Found(p),
+        None if in_cargo.is_file() => ProbeRs::Found(in_cargo),
+        None => ProbeRs::Install { expected: in_cargo },
+    }
+}
+
+/// Cargo's bin folder: `$CARGO_HOME/bin`, else `~/.cargo/bin`.
+fn cargo_bin_dir() -> PathBuf {
+    match std::env::var_os("CARGO_HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join("bin"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo/bin"),
+    }
+}
+
+/// Whether `probe-rs list` found a probe: it prints `The following debug probes were found:`
+/// and one `[n]: ...` line a probe, or `No debug probes were found.`
+pub fn probes_attached(list_output: &str) -> bool {
+    list_output.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with('[') && l.contains("]:")
+    })
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -282,7 +458,7 @@ pub fn build(board: Board, payload: &Payload) -> Result<PathBuf> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     set_or_remove(&mut cmd, "TINYVIT_MODEL", &payload.model);
     set_or_remove(&mut cmd, "TINYVIT_VECTORS", &payload.vectors);
-    util::run(&mut cmd)?;
+    run_cargo(&mut cmd)?;
     let built = target_dir()
         .join(TARGET)
         .join("release")
@@ -303,6 +479,33 @@ pub fn build(board: Board, payload: &Payload) -> Result<PathBuf> {
     std::fs::copy(&built, &copy)
         .with_context(|| format!("copying {} to {}", built.display(), copy.display()))?;
     Ok(copy)
+}
+
+/// The sentence the firmware's build script stops with when a payload does not fit a board.
+pub const DOES_NOT_FIT: &str = "does not fit the";
+
+/// Runs a firmware cargo build, passing its messages through; when the build script refused a
+/// payload that does not fit the board, the error is that sentence.
+fn run_cargo(cmd: &mut Command) -> Result<()> {
+    eprintln!("    $ {}", show(cmd));
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting cargo for the firmware")?;
+    let mut fit = None;
+    for line in BufReader::new(child.stderr.take().expect("stderr is piped")).lines() {
+        let line = line?;
+        eprintln!("{line}");
+        if fit.is_none() && line.contains(DOES_NOT_FIT) {
+            fit = Some(line.trim().to_string());
+        }
+    }
+    let status = child.wait()?;
+    match (status.success(), fit) {
+        (true, _) => Ok(()),
+        (false, Some(sentence)) => bail!("{sentence}"),
+        (false, None) => bail!("`{}` failed ({status})", show(cmd)),
+    }
 }
 
 fn show_opt(p: &Option<PathBuf>) -> String {
@@ -429,54 +632,260 @@ impl Size {
     }
 }
 
+/// One section of an ELF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    pub name: String,
+    pub kind: u32,
+    pub flags: u32,
+    pub addr: u32,
+    pub size: u32,
+}
+
+/// One symbol of an ELF's `.symtab`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Symbol {
+    pub name: String,
+    pub value: u32,
+    pub size: u32,
+}
+
+const SHT_SYMTAB: u32 = 2;
+const SHT_NOBITS: u32 = 8;
+const SHF_WRITE: u32 = 1;
+const SHF_ALLOC: u32 = 2;
+const SHF_EXECINSTR: u32 = 4;
+
+/// The section and symbol tables of a 32-bit little-endian ELF.
+#[derive(Clone, Debug, Default)]
+pub struct Elf {
+    pub sections: Vec<Section>,
+    pub symbols: Vec<Symbol>,
+}
+
+impl Elf {
+    pub fn read(path: &Path) -> Result<Elf> {
+        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Elf::parse(&b).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Parses the tables; anything out of bounds is an error, never a panic.
+    pub fn parse(b: &[u8]) -> Result<Elf> {
+        let bad = || anyhow::anyhow!("not a 32-bit little-endian ELF, or a damaged one");
+        if b.len() < 52 || &b[..4] != b"\x7fELF" || b[4] != 1 || b[5] != 1 {
+            return Err(bad());
+        }
+        let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+        let u32_at = |o: usize| {
+            b.get(o..o.checked_add(4)?)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        let shoff = u32_at(0x20).ok_or_else(bad)? as usize;
+        let shentsize = u16_at(0x2e).ok_or_else(bad)? as usize;
+        let shnum = u16_at(0x30).ok_or_else(bad)? as usize;
+        let shstrndx = u16_at(0x32).ok_or_else(bad)? as usize;
+        let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+        let cstr = |at: usize| -> String {
+            let s = b.get(at..).unwrap_or(&[]);
+            String::from_utf8_lossy(&s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())])
+                .into_owned()
+        };
+        let names = u32_at(header(shstrndx).ok_or_else(bad)? + 16).ok_or_else(bad)? as usize;
+        let mut elf = Elf::default();
+        let mut symtab = None;
+        for i in 0..shnum {
+            let h = header(i).ok_or_else(bad)?;
+            let f = |k: usize| u32_at(h + 4 * k).ok_or_else(bad);
+            let (name, kind, flags, addr, offset, size, link) =
+                (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?, f(5)?, f(6)?);
+            if kind == SHT_SYMTAB {
+                symtab = Some((offset as usize, size as usize, link as usize));
+            }
+            elf.sections.push(Section {
+                name: cstr(names + name as usize),
+                kind,
+                flags,
+                addr,
+                size,
+            });
+        }
+        if let Some((offset, size, link)) = symtab {
+            let strtab = u32_at(header(link).ok_or_else(bad)? + 16).ok_or_else(bad)? as usize;
+            for k in 0..size / 16 {
+                let e = offset + 16 * k;
+                let (name, value, size) = (
+                    u32_at(e).ok_or_else(bad)?,
+                    u32_at(e + 4).ok_or_else(bad)?,
+                    u32_at(e + 8).ok_or_else(bad)?,
+                );
+                elf.symbols.push(Symbol {
+                    name: cstr(strtab + name as usize),
+                    value,
+                    size,
+                });
+            }
+        }
+        Ok(elf)
+    }
+
+    /// Sums the allocated sections by kind.
+    pub fn size(&self) -> Size {
+        let mut size = Size::default();
+        for s in self.sections.iter().filter(|s| s.flags & SHF_ALLOC != 0) {
+            let len = u64::from(s.size);
+            if s.kind == SHT_NOBITS {
+                size.bss += len;
+            } else if s.flags & SHF_WRITE != 0 {
+                size.data += len;
+            } else if s.flags & SHF_EXECINSTR != 0 || s.name == ".vector_table" {
+                size.text += len;
+            } else {
+                size.rodata += len;
+            }
+        }
+        size
+    }
+
+    fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    fn symbol(&self, f: impl Fn(&str) -> bool) -> Option<&Symbol> {
+        self.symbols.iter().find(|s| f(&s.name))
+    }
+}
+
 /// Reads the section table of a 32-bit little-endian ELF and sums the allocated sections.
 pub fn elf_size(path: &Path) -> Result<Size> {
-    let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let bad = || anyhow::anyhow!("{} is not a 32-bit little-endian ELF", path.display());
-    if b.len() < 52 || &b[..4] != b"\x7fELF" || b[4] != 1 || b[5] != 1 {
-        return Err(bad());
+    Ok(Elf::read(path)?.size())
+}
+
+/// Where a board ELF put things, as [`check_layout`] found them.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub board: Board,
+    pub size: Size,
+    /// The RAM holding the statics and the stack.
+    pub ram: Region,
+    /// Address and bytes of the exact engine's arena, when the ELF has one.
+    pub arena: Option<(u32, u32)>,
+    /// The initial stack pointer (the top of the stack).
+    pub stack_top: u32,
+}
+
+impl Layout {
+    pub fn summary(&self) -> String {
+        let (f, r) = (self.board.flash(), self.ram);
+        let arena = self.arena.map_or("no arena".to_string(), |(a, n)| {
+            format!("arena {n} B at {a:#010x}")
+        });
+        format!(
+            "{}: vector table at {:#010x}; flash {} of {} B; statics {} B + {} B stack reserve \
+             in {} ({} B at {:#010x}); {arena}; stack top {:#010x}",
+            self.board.name(),
+            f.1,
+            self.size.flash(),
+            f.2,
+            self.size.ram(),
+            STACK_RESERVE,
+            r.0,
+            r.2,
+            r.1,
+            self.stack_top
+        )
     }
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let shoff = u32_at(0x20).ok_or_else(bad)? as usize;
-    let shentsize = u16_at(0x2e).ok_or_else(bad)? as usize;
-    let shnum = u16_at(0x30).ok_or_else(bad)? as usize;
-    let shstrndx = u16_at(0x32).ok_or_else(bad)? as usize;
-    let names = u32_at(shoff + shstrndx * shentsize + 16).ok_or_else(bad)? as usize;
-    let name_at = |o: usize| -> &[u8] {
-        let s = b.get(names + o..).unwrap_or(&[]);
-        &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
-    };
-    let mut size = Size::default();
-    const SHT_NOBITS: u32 = 8;
-    const SHF_WRITE: u32 = 1;
-    const SHF_ALLOC: u32 = 2;
-    const SHF_EXECINSTR: u32 = 4;
-    for i in 0..shnum {
-        let h = shoff + i * shentsize;
-        let (Some(name), Some(kind), Some(flags), Some(len)) =
-            (u32_at(h), u32_at(h + 4), u32_at(h + 8), u32_at(h + 20))
-        else {
-            return Err(bad());
-        };
-        if flags & SHF_ALLOC == 0 {
-            continue;
-        }
-        let len = u64::from(len);
-        if kind == SHT_NOBITS {
-            size.bss += len;
-        } else if flags & SHF_WRITE != 0 {
-            size.data += len;
-        } else if flags & SHF_EXECINSTR != 0 || name_at(name as usize) == b".vector_table" {
-            size.text += len;
-        } else {
-            size.rodata += len;
+}
+
+fn within(r: &Region, addr: u32, len: u64) -> bool {
+    u64::from(addr) >= u64::from(r.1) && u64::from(addr) + len <= u64::from(r.1) + r.2
+}
+
+/// Checks a board ELF against the board: the vector table at the flash origin, everything in
+/// flash within its budget, the statics and the stack in the RAM the build should have chosen
+/// (the first of [`Board::rams`] that holds the statics and [`STACK_RESERVE`]), the arena inside
+/// it (required when `arena_required`), and the stack at its top.
+pub fn check_layout(board: Board, elf_path: &Path, arena_required: bool) -> Result<Layout> {
+    let elf = Elf::read(elf_path)?;
+    layout_of(board, &elf, arena_required).with_context(|| format!("{}", elf_path.display()))
+}
+
+/// [`check_layout`] on a parsed ELF.
+pub fn layout_of(board: Board, elf: &Elf, arena_required: bool) -> Result<Layout> {
+    let name = board.name();
+    let flash = board.flash();
+    let size = elf.size();
+    let vt = elf
+        .section(".vector_table")
+        .context("no .vector_table section")?;
+    if vt.addr != flash.1 {
+        bail!(
+            "{name}: the vector table is at {:#010x}, not at the flash origin {:#010x}",
+            vt.addr,
+            flash.1
+        );
+    }
+    if size.flash() > flash.2 {
+        bail!(
+            "{name}: {} B of code, constants and model exceed the {} B of flash",
+            size.flash(),
+            flash.2
+        );
+    }
+    for s in elf.sections.iter().filter(|s| {
+        s.flags & SHF_ALLOC != 0 && s.flags & SHF_WRITE == 0 && s.kind != SHT_NOBITS && s.size > 0
+    }) {
+        if !within(&flash, s.addr, u64::from(s.size)) {
+            bail!("{name}: section {} lies outside the flash", s.name);
         }
     }
-    Ok(size)
+    let statics = size.ram();
+    let Some(want) = board.rams().iter().find(|r| statics + STACK_RESERVE <= r.2) else {
+        bail!("{name}: {statics} B of statics and a {STACK_RESERVE} B stack fit none of its RAMs");
+    };
+    for s in elf
+        .sections
+        .iter()
+        .filter(|s| s.flags & SHF_ALLOC != 0 && s.flags & SHF_WRITE != 0 && s.size > 0)
+    {
+        if !within(want, s.addr, u64::from(s.size)) {
+            bail!(
+                "{name}: section {} ({} B at {:#010x}) is not in {}, the RAM its statics fit",
+                s.name,
+                s.size,
+                s.addr,
+                want.0
+            );
+        }
+    }
+    let arena = elf
+        .symbol(|n| n.contains("ARENA"))
+        .filter(|s| s.size > 0)
+        .map(|s| (s.value, s.size));
+    match arena {
+        Some((a, n)) if !within(want, a, u64::from(n)) => {
+            bail!("{name}: the arena at {a:#010x} is not in {}", want.0)
+        }
+        None if arena_required => bail!("{name}: the ELF has no ARENA symbol"),
+        _ => {}
+    }
+    let stack_top = elf
+        .symbol(|n| n == "_stack_start")
+        .context("no _stack_start symbol")?
+        .value;
+    let top = u64::from(want.1) + want.2;
+    if u64::from(stack_top) != top {
+        bail!(
+            "{name}: the stack starts at {stack_top:#010x}, not at the top of {} ({top:#010x})",
+            want.0
+        );
+    }
+    Ok(Layout {
+        board,
+        size,
+        ram: *want,
+        arena,
+        stack_top,
+    })
 }
 
 /// What the firmware made of a model on real test images (`cargo xtask train`'s device stage).
@@ -570,7 +979,7 @@ pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) ->
     let elf = build(Board::QemuM4, &payload)?;
     let mut agree_all: Option<Vec<bool>> = None;
     let (mut instr, mut arena) = (Vec::new(), 0u64);
-    for board in Board::QEMU {
+    for board in Board::MPS2 {
         let out = run_qemu(board, &elf)?;
         std::fs::write(
             dir.join(format!("device-{}.txt", board.name())),
@@ -610,4 +1019,196 @@ pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) ->
     let json = serde_json::to_string_pretty(&run.to_json())?;
     std::fs::write(dir.join("device.json"), json)?;
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_plans_hold_their_arithmetic_and_limits() {
+        for plan in [clocks::H743_REV_V, clocks::H743_REV_Y, clocks::F405] {
+            assert_eq!(plan.check(), Ok(()), "{}", plan.name);
+            assert_eq!(plan.pll.p_hz(), plan.sys_hz);
+        }
+        assert_eq!(clocks::H743_REV_V.pll.vco_hz(), 960_000_000);
+        assert_eq!(clocks::H743_REV_V.sys_hz, 480_000_000);
+        assert_eq!(clocks::H743_REV_Y.sys_hz, 400_000_000);
+        // The F405's Q output feeds USB: exactly 48 MHz.
+        assert_eq!(clocks::F405.pll.q_hz(), 48_000_000);
+        // Each rule can fail.
+        let mut p = clocks::H743_REV_V;
+        p.pll.n += 1;
+        assert_eq!(p.check(), Err("the VCO is out of range"));
+        let mut p = clocks::H743_REV_Y;
+        p.pll.n = 60;
+        assert_eq!(p.check(), Err("the VCO is out of range"));
+        let mut p = clocks::F405;
+        p.pll.m = 4;
+        assert_eq!(p.check(), Err("the PLL input (source / M) is out of range"));
+        let mut p = clocks::F405;
+        p.pll.p = 3;
+        assert_eq!(p.check(), Err("P must be even"));
+        let mut p = clocks::F405;
+        p.pclk_hz = &[84_000_000, 84_000_000];
+        assert_eq!(
+            p.check(),
+            Err("an APB clock is above its maximum or not hclk / 2^k")
+        );
+        let mut p = clocks::H743_REV_V;
+        p.hclk_hz = 480_000_000;
+        assert_eq!(
+            p.check(),
+            Err("the AHB clock is above its maximum or not sys / 2^k")
+        );
+        assert_eq!(clocks::H743_REV_V.nanos(480), 1000);
+    }
+
+    #[test]
+    fn probe_rs_is_used_where_found_and_installed_where_not() {
+        let dir = std::env::temp_dir().join(format!("tinyvit-probe-rs-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let on_path = PathBuf::from("/usr/local/bin/probe-rs");
+        assert_eq!(
+            probe_rs_plan(Some(on_path.clone()), bin.clone()),
+            ProbeRs::Found(on_path)
+        );
+        assert_eq!(
+            probe_rs_plan(None, bin.clone()),
+            ProbeRs::Install {
+                expected: bin.join("probe-rs")
+            }
+        );
+        std::fs::write(bin.join("probe-rs"), b"").unwrap();
+        assert_eq!(
+            probe_rs_plan(None, bin.clone()),
+            ProbeRs::Found(bin.join("probe-rs"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn probe_listing() {
+        assert!(!probes_attached("No debug probes were found.\n"));
+        assert!(!probes_attached(""));
+        assert!(probes_attached(
+            "The following debug probes were found:\n[0]: STLink V3 (VID: 0483, PID: 374e, \
+             Serial: 0015, StLink)\n"
+        ));
+    }
+
+    #[test]
+    fn boards_parse_and_list() {
+        for b in Board::ALL {
+            assert_eq!(Board::parse(b.name()).unwrap(), b);
+            assert!(board_list().contains(b.name()));
+        }
+        let e = Board::parse("uno").unwrap_err().to_string();
+        assert!(e.contains("unknown board `uno`") && e.contains("feather-f405"));
+        for b in Board::REAL {
+            assert!(b.probe_chip().is_some() && b.qemu().is_none());
+        }
+        for b in Board::QEMU {
+            assert!(b.probe_chip().is_none() && b.qemu().is_some());
+        }
+    }
+
+    fn section(name: &str, kind: u32, flags: u32, addr: u32, size: u32) -> Section {
+        Section {
+            name: name.to_string(),
+            kind,
+            flags,
+            addr,
+            size,
+        }
+    }
+
+    /// An ELF as the firmware's build lays it out: `statics` bytes of `.bss` (the arena
+    /// included) at the start of `ram`, the stack at its top.
+    fn board_elf(flash: u32, code: u32, ram: Region, statics: u32) -> Elf {
+        const PROGBITS: u32 = 1;
+        Elf {
+            sections: vec![
+                section(".vector_table", PROGBITS, SHF_ALLOC, flash, 1024),
+                section(
+                    ".text",
+                    PROGBITS,
+                    SHF_ALLOC | SHF_EXECINSTR,
+                    flash + 1024,
+                    code,
+                ),
+                section(".rodata", PROGBITS, SHF_ALLOC, flash + 1024 + code, 4096),
+                section(".data", PROGBITS, SHF_ALLOC | SHF_WRITE, ram.1, 16),
+                section(
+                    ".bss",
+                    SHT_NOBITS,
+                    SHF_ALLOC | SHF_WRITE,
+                    ram.1 + 16,
+                    statics,
+                ),
+                section(".comment", PROGBITS, 0, 0, 64),
+            ],
+            symbols: vec![
+                Symbol {
+                    name: "_ZN16tinyvit_firmware18__cortex_m_rt_main5ARENA17h0E".into(),
+                    value: ram.1 + 32,
+                    size: statics / 2,
+                },
+                Symbol {
+                    name: "_stack_start".into(),
+                    value: ram.1 + ram.2 as u32,
+                    size: 0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn layout_checks_the_board_memory() {
+        let h7 = Board::NucleoH743;
+        let [dtcm, axi] = [h7.rams()[0], h7.rams()[1]];
+        // Small statics: DTCM.
+        let l = layout_of(h7, &board_elf(0x0800_0000, 100_000, dtcm, 70_000), true).unwrap();
+        assert_eq!(l.ram.0, "DTCM");
+        assert!(l.summary().contains("in DTCM"));
+        // Statics beyond DTCM with the stack reserve: AXI SRAM, and DTCM is then wrong.
+        let big = 128 * 1024 - 8 * 1024;
+        let l = layout_of(h7, &board_elf(0x0800_0000, 100_000, axi, big), true).unwrap();
+        assert_eq!(l.ram.0, "AXISRAM");
+        let e = layout_of(h7, &board_elf(0x0800_0000, 100_000, dtcm, big), true).unwrap_err();
+        assert!(e.to_string().contains("is not in AXISRAM"), "{e}");
+        // The vector table must sit at the flash origin.
+        let e = layout_of(h7, &board_elf(0x0800_4000, 100_000, dtcm, 1000), true).unwrap_err();
+        assert!(e.to_string().contains("not at the flash origin"), "{e}");
+        // A model too large for the flash, and statics too large for any RAM.
+        let f4 = Board::FeatherF405;
+        let sram = f4.rams()[0];
+        let e = layout_of(f4, &board_elf(0x0800_0000, 1 << 20, sram, 1000), true).unwrap_err();
+        assert!(
+            e.to_string().contains("exceed the 1048576 B of flash"),
+            "{e}"
+        );
+        let e = layout_of(f4, &board_elf(0x0800_0000, 1000, sram, 120_000), true).unwrap_err();
+        assert!(e.to_string().contains("fit none of its RAMs"), "{e}");
+        // No arena where one is required; a stack that is not at the top.
+        let mut elf = board_elf(0x0800_0000, 1000, sram, 1000);
+        elf.symbols.remove(0);
+        assert!(layout_of(f4, &elf, true).is_err());
+        assert!(layout_of(f4, &elf, false).is_ok());
+        elf.symbols[0].value -= 4;
+        assert!(layout_of(f4, &elf, false).is_err());
+    }
+
+    #[test]
+    fn damaged_elves_are_errors() {
+        assert!(Elf::parse(b"").is_err());
+        assert!(Elf::parse(&[0x7f, b'E', b'L', b'F', 1, 1]).is_err());
+        let mut b = vec![0u8; 64];
+        b[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 1, 1]);
+        b[0x20] = 0xff; // section headers beyond the file
+        b[0x30] = 3;
+        b[0x2e] = 40;
+        assert!(Elf::parse(&b).is_err());
+    }
 }

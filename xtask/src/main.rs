@@ -20,10 +20,12 @@ tasks:
   train     the main job: teacher, teacher pass, distilled student, baseline, report
   bench     run the benchmarks and print each figure with its ratio to the named peer
   install   build the release `tinyvit` command and install it into ~/.cargo/bin
-  firmware  build|run|size|eval|bench the Cortex-M firmware [--board qemu-m4|qemu-m7|nucleo-h743]
-            [--model F.tvb] (cargo xtask firmware --help for the options)
-  flash     flash and run the firmware on a Nucleo-H743ZI with probe-rs [--model F.tvb]
-  replay    host vs Cortex-M4F/M7 (QEMU) bit-exact replay, diffed with firmware/expected [--bless]
+  firmware  build|run|size|eval|bench the Cortex-M firmware [--board B] [--model F.tvb]
+            (cargo xtask firmware --help for the options and boards)
+  flash     flash and run the firmware on a real board with probe-rs, installing it when missing
+            [--board nucleo-h743|feather-f405] [--model F.tvb]; `--board` alone lists the boards
+  replay    host vs device bit-exact replay on QEMU mps2-an386 (M4F), mps2-an500 (M7) and
+            netduinoplus2 (STM32F405), diffed with firmware/expected [--bless]
 ";
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Some("train") => train::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("install") => install::run(&rest),
+        Some("firmware") if rest.first().is_some_and(|c| c == "bench") => replay::bench(),
         Some("firmware") => firmware::run(&rest),
         Some("flash") => firmware::flash(&rest),
         Some("replay") => replay::run(&rest),

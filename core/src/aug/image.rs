@@ -117,14 +117,46 @@ impl<'a> ImageMut<'a> {
     }
 }
 
+/// FNV-1a 64, fed in pieces: the one hash that host and device compare (images by their bytes,
+/// logits by their bit patterns through [`crate::vectors::logits_hash`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv64(u64);
+
+impl Fnv64 {
+    /// FNV-1a 64 offset basis.
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    /// FNV-1a 64 prime.
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// The hash of nothing.
+    pub const fn new() -> Self {
+        Fnv64(Self::OFFSET)
+    }
+
+    /// Feeds bytes in order.
+    pub fn bytes(mut self, data: &[u8]) -> Self {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+        self
+    }
+
+    /// The hash of everything fed so far.
+    pub const fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// FNV-1a over bytes, 64-bit: the hash the known-answer vectors use for output images.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    Fnv64::new().bytes(bytes).finish()
 }
 
 /// The synthetic test image of the known-answer vectors, so that a device can rebuild its
@@ -188,6 +220,12 @@ mod tests {
         // FNV-1a 64 of "a" from the reference tables.
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        // Fed in pieces, the same hash; pinned on a known string (the firmware checks it at boot).
+        assert_eq!(
+            Fnv64::new().bytes(b"tiny").bytes(b"vit").finish(),
+            fnv1a64(b"tinyvit")
+        );
+        assert_eq!(fnv1a64(b"tinyvit"), 0x0a52_9f3e_e27c_ea9a);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub use config::{
     AugConfig, CropConfig, EraseConfig, Interpolation, JitterConfig, MixConfig, RandAugConfig,
 };
 pub use eval::{eval_dims, eval_scratch_len, eval_transform, EvalDims};
-pub use image::{fnv1a64, image_len, test_pattern, ImageMut, ImageRef};
+pub use image::{fnv1a64, image_len, test_pattern, Fnv64, ImageMut, ImageRef};
 pub use mix::{apply_mix, mix_params, MixKind, MixParams};
 pub use normalize::{normalize, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD};
 pub use preset::{preset, PRESETS};
