@@ -26,6 +26,7 @@
 pub mod aug;
 pub mod config;
 pub mod engine;
+pub mod int8;
 pub mod params;
 pub mod softlabel;
 pub mod store;
