@@ -20,8 +20,10 @@ use crate::config::{ModelConfig, STAGES};
 use crate::engine::layers::{bias_index, gelu, layer_norm, linear, softmax, stem_dims};
 use crate::engine::{EngineError, Weights};
 
-/// `f(key, values)` at each quantisation point.
-pub type Observer<'o> = dyn FnMut(&str, &[f32]) + 'o;
+/// `f(key, channels, values)` at each quantisation point; values are token-major, channel
+/// `i % channels` for value `i`. They are the very buffer the forward continues with, so an
+/// observer may also round them (fake quantisation, for diagnosis).
+pub type Observer<'o> = dyn FnMut(&str, usize, &mut [f32]) + 'o;
 
 /// A `k x k` conv (padding `k/2`) over a square token map `src: [h*h, cin]`, full or
 /// depthwise; weights `[out, cin or 1, k, k]`. Returns `[ho*ho, out]` and `ho`.
@@ -94,7 +96,6 @@ pub fn forward(
     let r = cfg.stage_resolutions().map(|v| v as usize);
     let e = cfg.embed_dims.map(|v| v as usize);
     let (cin, img, e0, half, _, _) = stem_dims(cfg);
-    obs("input", input);
     // Token-major input.
     let mut tokens = vec![0.0; n_in];
     for i in 0..cin {
@@ -102,13 +103,14 @@ pub fn forward(
             tokens[p * cin + i] = input[i * img * img + p];
         }
     }
+    obs("input", cin, &mut tokens);
     let (k1, b1) = (rd.take(half * cin * 9)?, rd.take(half)?);
     let (k2, b2) = (rd.take(e0 * half * 9)?, rd.take(e0)?);
     let (mut h1, w1) = conv(&tokens, img, cin, k1, b1, 3, 2, false);
     gelu_all(&mut h1);
-    obs("patch_embed.seq.1.act", &h1);
+    obs("patch_embed.seq.1.act", half, &mut h1);
     let (mut x, _) = conv(&h1, w1, half, k2, b2, 3, 2, false);
-    obs("stream.0", &x);
+    obs("stream.0", e0, &mut x);
 
     let hid0 = e0 * cfg.mbconv_expand_ratio as usize;
     for j in 0..cfg.depths[0] {
@@ -116,18 +118,19 @@ pub fn forward(
         let (w1, b1) = (rd.take(hid0 * e0)?, rd.take(hid0)?);
         let (w2, b2) = (rd.take(hid0 * 9)?, rd.take(hid0)?);
         let (w3, b3) = (rd.take(e0 * hid0)?, rd.take(e0)?);
-        obs(&p("in"), &x);
-        let (mut a, _) = conv(&x, r[0], e0, w1, b1, 1, 1, false);
+        let mut xin = x.clone();
+        obs(&p("in"), e0, &mut xin);
+        let (mut a, _) = conv(&xin, r[0], e0, w1, b1, 1, 1, false);
         gelu_all(&mut a);
-        obs(&p("act1"), &a);
+        obs(&p("act1"), hid0, &mut a);
         let (mut m, _) = conv(&a, r[0], hid0, w2, b2, 3, 1, true);
         gelu_all(&mut m);
-        obs(&p("act2"), &m);
+        obs(&p("act2"), hid0, &mut m);
         let (y, _) = conv(&m, r[0], hid0, w3, b3, 1, 1, false);
         for (v, y) in x.iter_mut().zip(&y) {
             *v = gelu(*v + *y);
         }
-        obs("stream.0", &x);
+        obs("stream.0", e0, &mut x);
     }
     for s in 0..STAGES {
         if s > 0 {
@@ -141,15 +144,16 @@ pub fn forward(
             let (w1, b1) = (rd.take(co * ci)?, rd.take(co)?);
             let (w2, b2) = (rd.take(co * 9)?, rd.take(co)?);
             let (w3, b3) = (rd.take(co * co)?, rd.take(co)?);
-            obs(&p("in"), &x);
-            let (mut a, _) = conv(&x, r[s], ci, w1, b1, 1, 1, false);
+            let mut xin = x.clone();
+            obs(&p("in"), ci, &mut xin);
+            let (mut a, _) = conv(&xin, r[s], ci, w1, b1, 1, 1, false);
             gelu_all(&mut a);
-            obs(&p("act1"), &a);
+            obs(&p("act1"), co, &mut a);
             let (mut m, r2) = conv(&a, r[s], co, w2, b2, 3, 2, true);
             gelu_all(&mut m);
-            obs(&p("act2"), &m);
+            obs(&p("act2"), co, &mut m);
             x = conv(&m, r2, co, w3, b3, 1, 1, false).0;
-            obs(&std::format!("stream.{}", s + 1), &x);
+            obs(&std::format!("stream.{}", s + 1), co, &mut x);
         }
     }
     let c = e[3];
@@ -167,10 +171,10 @@ pub fn forward(
         *p /= n;
     }
     layer_norm(&mut pooled, nw, nb);
-    obs("norm_head", &pooled);
+    obs("norm_head", c, &mut pooled);
     let mut logits = vec![0.0; nc];
     linear(&pooled, hw, hb, &mut logits);
-    obs("logits", &logits);
+    obs("logits", nc, &mut logits);
     Ok(logits)
 }
 
@@ -221,7 +225,7 @@ fn block(
                 }
                 layer_norm(dst, an_w, an_b);
             }
-            obs(&key("attn.norm"), &win);
+            obs(&key("attn.norm"), c, &mut win);
             for i in 0..t {
                 linear(
                     &win[i * c..(i + 1) * c],
@@ -241,9 +245,18 @@ fn block(
                     vs.extend_from_slice(&qkv[base + 2 * hd..base + 3 * hd]);
                 }
             }
-            obs(&key("attn.q"), &qs);
-            obs(&key("attn.k"), &ks);
-            obs(&key("attn.v"), &vs);
+            obs(&key("attn.q"), hd, &mut qs);
+            obs(&key("attn.k"), hd, &mut ks);
+            obs(&key("attn.v"), hd, &mut vs);
+            for i in 0..t {
+                for h in 0..heads {
+                    let base = i * 3 * c + h * 3 * hd;
+                    let at = (i * heads + h) * hd;
+                    qkv[base..base + hd].copy_from_slice(&qs[at..at + hd]);
+                    qkv[base + hd..base + 2 * hd].copy_from_slice(&ks[at..at + hd]);
+                    qkv[base + 2 * hd..base + 3 * hd].copy_from_slice(&vs[at..at + hd]);
+                }
+            }
             let mut scores = vec![0.0f32; t];
             for h in 0..heads {
                 for i in 0..t {
@@ -267,7 +280,7 @@ fn block(
                     }
                 }
             }
-            obs(&key("attn.out"), &out);
+            obs(&key("attn.out"), c, &mut out);
             for i in 0..t {
                 let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
                 if y < r && xx < r {
@@ -282,28 +295,29 @@ fn block(
             }
         }
     }
-    obs(&stream, x);
+    obs(&stream, c, x);
     let (y, _) = conv(x, r, c, lc_w, lc_b, k, 1, true);
     x.copy_from_slice(&y);
-    obs(&stream, x);
-    let mut norm = vec![0.0f32; c];
-    let mut hidden = vec![0.0f32; hid];
-    let mut norms = Vec::with_capacity(x.len());
-    let mut acts = Vec::with_capacity(x.len() * cfg.mlp_ratio as usize);
-    for tok in x.chunks_exact_mut(c) {
-        norm.copy_from_slice(tok);
-        layer_norm(&mut norm, mn_w, mn_b);
-        norms.extend_from_slice(&norm);
-        linear(&norm, fc1_w, fc1_b, &mut hidden);
-        gelu_all(&mut hidden);
-        acts.extend_from_slice(&hidden);
-        linear(&hidden, fc2_w, fc2_b, &mut norm);
-        for (v, y) in tok.iter_mut().zip(&norm) {
-            *v += *y;
+    obs(&stream, c, x);
+    let n = x.len() / c;
+    let mut norms = x.to_vec();
+    for tok in norms.chunks_exact_mut(c) {
+        layer_norm(tok, mn_w, mn_b);
+    }
+    obs(&key("mlp.norm"), c, &mut norms);
+    let mut acts = vec![0.0f32; n * hid];
+    for (tok, h) in norms.chunks_exact(c).zip(acts.chunks_exact_mut(hid)) {
+        linear(tok, fc1_w, fc1_b, h);
+        gelu_all(h);
+    }
+    obs(&key("mlp.act"), hid, &mut acts);
+    let mut y = vec![0.0f32; c];
+    for (tok, h) in x.chunks_exact_mut(c).zip(acts.chunks_exact(hid)) {
+        linear(h, fc2_w, fc2_b, &mut y);
+        for (v, d) in tok.iter_mut().zip(&y) {
+            *v += *d;
         }
     }
-    obs(&key("mlp.norm"), &norms);
-    obs(&key("mlp.act"), &acts);
-    obs(&stream, x);
+    obs(&stream, c, x);
     Ok(())
 }
