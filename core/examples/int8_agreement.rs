@@ -22,9 +22,11 @@ use tinyvit_core::engine::{self, Weights};
 use tinyvit_core::int8::{self, quantize};
 use tinyvit_core::tvb;
 
+type Res<T> = Result<T, Box<dyn Error>>;
+
 /// The images of an idx3 file: (count, rows, cols, pixels).
-fn idx3(bytes: &[u8]) -> Result<(usize, usize, usize, &[u8]), Box<dyn Error>> {
-    let be = |i: usize| -> Result<usize, Box<dyn Error>> {
+fn idx3(bytes: &[u8]) -> Res<(usize, usize, usize, &[u8])> {
+    let be = |i: usize| -> Res<usize> {
         let b = bytes.get(i..i + 4).ok_or("idx: truncated header")?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
