@@ -4,6 +4,7 @@
 //! allocator and no I/O:
 //!
 //! - the TinyViT model definition ([`config`], [`params`]) and its inference engines ([`engine`]),
+//! - the integer-only int8 engine, its quantiser and its file ([`int8`]),
 //! - the deployable model file format ([`tvb`]),
 //! - replayable data augmentation driven by one seed per sample ([`aug`]),
 //! - sparse soft-label math for fast distillation ([`softlabel`]),
@@ -26,6 +27,7 @@
 pub mod aug;
 pub mod config;
 pub mod engine;
+pub mod int8;
 pub mod params;
 pub mod softlabel;
 pub mod store;

@@ -117,7 +117,9 @@ impl core::fmt::Display for TvbError {
             TvbError::BadMagic => write!(f, "tvb: bad magic (not a .tvb file)"),
             TvbError::Version { found } => write!(
                 f,
-                "tvb: format version {found} is not supported (this build reads {VERSION})"
+                "tvb: format version {found} is not an f32 model (version {VERSION}; version {} \
+                 is int8)",
+                crate::int8::file::VERSION
             ),
             TvbError::HeaderTooLarge { len } => {
                 write!(f, "tvb: header length {len} exceeds {MAX_HEADER}")
@@ -190,6 +192,34 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 fn align16(n: u64) -> u64 {
     n.div_ceil(16) * 16
+}
+
+/// What a `.tvb` file holds, by its format version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Version 1: an f32 model, read by [`parse`].
+    F32,
+    /// Version 2: an int8 model, read by [`crate::int8::parse`].
+    Int8,
+}
+
+/// The kind of a `.tvb` file from its first 12 bytes (magic and version), before parsing it.
+pub fn kind(bytes: &[u8]) -> Result<Kind, TvbError> {
+    if bytes.len() < 12 {
+        return Err(TvbError::Truncated {
+            field: "prefix",
+            needed: 12,
+            got: bytes.len() as u64,
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(TvbError::BadMagic);
+    }
+    match u32_at(bytes, 8) {
+        VERSION => Ok(Kind::F32),
+        crate::int8::file::VERSION => Ok(Kind::Int8),
+        found => Err(TvbError::Version { found }),
+    }
 }
 
 /// Parses and fully validates a `.tvb` file (see the module doc for every check).

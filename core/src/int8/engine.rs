@@ -1,0 +1,791 @@
+//! The int8 engine: the `exact` engine's graph, op by op, in integer arithmetic only.
+//!
+//! # Numerics
+//! - Weights `i8`, symmetric per output channel; biases `i32` in accumulator units;
+//!   accumulators `i32` ([`dot_i8`]).
+//! - The residual stream of each stage (the `A`/`B` arena regions) is `i16` with one scale per
+//!   stage, bounded by the file's `res_max` (32767; 127 makes it an int8 stream). Branches read
+//!   it through LayerNorm and the local conv (which take `i16`) or through a per-tensor
+//!   requantisation to `i8` (MBConv and PatchMerging inputs).
+//! - Everything a matrix product reads is `i8`: LayerNorm and GELU outputs, q/k/v, attention
+//!   outputs, MBConv and PatchMerging intermediates.
+//! - GELU runs on Q12 (`acc -> Q12 -> gelu_q12 -> i8`, two [`requant`]s); scores are Q10
+//!   (`q.k` requantised plus the Q10 bias table) and the softmax gives Q15 probabilities that
+//!   weight `v` in an `i32` sum (`sum p_j <= 2^15 + T/2`, so `|sum p_j v_j| < 2^23`).
+//! - Logits are `i32` in units of the file's logit scale.
+//!
+//! No float type appears in this module and it is compiled under
+//! `deny(clippy::float_arithmetic)`; a test also checks the source names no float type.
+//!
+//! # Arena
+//! `i32` words: regions `A` and `B` hold the `i16` stage activations (alternating as in
+//! `exact`), then one scratch region sized for the hungriest layer ([`arena_plan`]).
+#![deny(clippy::float_arithmetic)]
+
+use super::file::Model;
+use super::ops::{
+    dot_i8, gelu_q12, layer_norm, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
+    Multipliers,
+};
+use crate::config::{ModelConfig, STAGES};
+use crate::engine::layers::{bias_index, stem_dims};
+use crate::engine::{input_len, EngineError};
+
+/// Largest fan-in of any dot product: `2^16 * 2^14` plus a bias of at most `2^30` stays in
+/// `i32`.
+pub const MAX_FAN_IN: usize = 1 << 16;
+/// Largest attention window (tokens): bounds the softmax's sums.
+pub const MAX_WINDOW: usize = 1 << 14;
+/// Largest local conv kernel area: it reads the `i16` stream, `|x w| < 2^22`, so 256 taps plus
+/// the bias stay in `i32`.
+pub const MAX_I16_TAPS: usize = 256;
+
+/// Where the int8 engine keeps what, in `i32` words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaPlan {
+    /// Words of region A (stages 0 and 2, `i16`).
+    pub a: usize,
+    /// Words of region B (stages 1 and 3, `i16`).
+    pub b: usize,
+    /// Words of the scratch region.
+    pub scratch: usize,
+}
+
+impl ArenaPlan {
+    /// Total words.
+    pub fn total(&self) -> usize {
+        self.a + self.b + self.scratch
+    }
+}
+
+fn mul(a: usize, b: usize) -> Result<usize, EngineError> {
+    a.checked_mul(b).ok_or(EngineError::TooLarge)
+}
+
+fn add(a: usize, b: usize) -> Result<usize, EngineError> {
+    a.checked_add(b).ok_or(EngineError::TooLarge)
+}
+
+fn w8(n: usize) -> usize {
+    n.div_ceil(4)
+}
+
+fn w16(n: usize) -> usize {
+    n.div_ceil(2)
+}
+
+/// Scratch words of one attention block: the normalised window `i8 [T, C]`, one head's qkv
+/// `i8 [T, 3 hd]`, a score row `i32 [T]`, the head outputs `i8 [T, C]` and a zero token
+/// `i16 [C]`.
+fn attention_words(t: usize, c: usize, hd: usize) -> Result<usize, EngineError> {
+    let tc = mul(t, c)?;
+    let mut s = add(w8(tc), w8(mul(mul(t, 3)?, hd)?))?;
+    s = add(s, t)?;
+    s = add(s, w8(tc))?;
+    add(s, w16(c))
+}
+
+/// The arena layout for `cfg`, after checking the engine's limits ([`MAX_FAN_IN`],
+/// [`MAX_WINDOW`]).
+pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
+    cfg.validate()?;
+    let r = cfg.stage_resolutions().map(|v| v as usize);
+    let e = cfg.embed_dims.map(|v| v as usize);
+    let hid0 = mul(e[0], cfg.mbconv_expand_ratio as usize)?;
+    let k = cfg.local_conv_size as usize;
+    let mut fan_in = mul(e[0] / 2, 9)?.max(mul(cfg.in_chans as usize, 9)?);
+    fan_in = fan_in.max(hid0).max(mul(k, k)?);
+    let mut act = [0usize; STAGES];
+    for s in 0..STAGES {
+        act[s] = mul(mul(r[s], r[s])?, e[s])?;
+        fan_in = fan_in.max(mul(e[s], cfg.mlp_ratio as usize)?).max(e[s]);
+        if s > 0 {
+            let ws = cfg.window_sizes[s] as usize;
+            if mul(ws, ws)? > MAX_WINDOW {
+                return Err(EngineError::TooLarge);
+            }
+        }
+    }
+    if fan_in > MAX_FAN_IN || mul(k, k)? > MAX_I16_TAPS {
+        return Err(EngineError::TooLarge);
+    }
+    let a = w16(act[0].max(act[2]));
+    let b = w16(act[1].max(act[3]));
+    let (_, _, e0, half, w1, _) = stem_dims(cfg);
+    let mut scratch = w8(mul(mul(3, w1)?, half)?);
+    scratch = scratch.max(add(add(w8(e0), w8(mul(mul(3, r[0])?, hid0)?))?, w8(hid0))?);
+    for s in 0..STAGES {
+        if s > 0 {
+            let ws = cfg.window_sizes[s] as usize;
+            let hd = e[s] / cfg.num_heads[s] as usize;
+            scratch = scratch.max(attention_words(mul(ws, ws)?, e[s], hd)?);
+            scratch = scratch.max(w16(mul(mul(k, r[s])?, e[s])?));
+            let hid = mul(e[s], cfg.mlp_ratio as usize)?;
+            scratch = scratch.max(add(w8(e[s]), w8(hid))?);
+        }
+        if s + 1 < STAGES {
+            let pm = add(w8(e[s]), w8(mul(mul(3, r[s])?, e[s + 1])?))?;
+            scratch = scratch.max(add(pm, w8(e[s + 1]))?);
+        }
+    }
+    scratch = scratch.max(add(w16(e[3]), w8(e[3]))?);
+    let plan = ArenaPlan { a, b, scratch };
+    add(add(a, b)?, scratch)?;
+    Ok(plan)
+}
+
+/// `i32` words of arena the int8 engine needs for `cfg` (times 4 for bytes).
+pub fn arena_len(cfg: &ModelConfig) -> Result<usize, EngineError> {
+    Ok(arena_plan(cfg)?.total())
+}
+
+/// Hands out typed pieces of a word buffer, front to back.
+struct Carver<'a> {
+    rest: &'a mut [i32],
+}
+
+impl<'a> Carver<'a> {
+    fn words(&mut self, n: usize) -> Result<&'a mut [i32], EngineError> {
+        let rest = core::mem::take(&mut self.rest);
+        if n > rest.len() {
+            return Err(EngineError::ArenaTooSmall {
+                needed: n,
+                got: rest.len(),
+            });
+        }
+        let (a, b) = rest.split_at_mut(n);
+        self.rest = b;
+        Ok(a)
+    }
+
+    fn i8s(&mut self, n: usize) -> Result<&'a mut [i8], EngineError> {
+        Ok(&mut bytemuck::cast_slice_mut::<i32, i8>(self.words(w8(n))?)[..n])
+    }
+
+    fn i16s(&mut self, n: usize) -> Result<&'a mut [i16], EngineError> {
+        Ok(&mut bytemuck::cast_slice_mut::<i32, i16>(self.words(w16(n))?)[..n])
+    }
+}
+
+/// Sequential access to the items, in [`super::layout::for_each_item`] order.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], EngineError> {
+        let end = self.pos.checked_add(n).ok_or(EngineError::TooLarge)?;
+        let b = self
+            .data
+            .get(self.pos..end)
+            .ok_or(EngineError::WeightsLen {
+                expected: end,
+                got: self.data.len(),
+            })?;
+        self.pos = end.div_ceil(4) * 4;
+        Ok(b)
+    }
+
+    fn i8s(&mut self, n: usize) -> Result<&'a [i8], EngineError> {
+        Ok(bytemuck::cast_slice(self.bytes(n)?))
+    }
+
+    fn i32s(&mut self, n: usize) -> Result<I32s<'a>, EngineError> {
+        Ok(I32s(self.bytes(mul(n, 4)?)?))
+    }
+
+    fn muls(&mut self, n: usize) -> Result<Multipliers<'a>, EngineError> {
+        Ok(Multipliers(self.bytes(mul(n, 8)?)?))
+    }
+
+    fn mul1(&mut self) -> Result<Multiplier, EngineError> {
+        Ok(self.muls(1)?.get(0))
+    }
+}
+
+/// A conv or linear layer: weights, biases, and the multipliers from its accumulators.
+#[derive(Clone, Copy)]
+struct Layer<'a> {
+    w: &'a [i8],
+    b: I32s<'a>,
+    m: Multipliers<'a>,
+}
+
+impl<'a> Layer<'a> {
+    fn read(rd: &mut Reader<'a>, fan_in: usize, out: usize) -> Result<Self, EngineError> {
+        Ok(Layer {
+            w: rd.i8s(mul(fan_in, out)?)?,
+            b: rd.i32s(out)?,
+            m: rd.muls(out)?,
+        })
+    }
+
+    /// Accumulator of output `o` over a contiguous input `x` (`[out, in]` weights).
+    #[inline]
+    fn acc(&self, o: usize, x: &[i8]) -> i32 {
+        let n = x.len();
+        dot_i8(self.b.get(o), x, &self.w[o * n..(o + 1) * n])
+    }
+}
+
+/// `acc -> Q12 -> GELU -> i8`.
+#[inline]
+fn gelu_i8(acc: i32, to_q12: Multiplier, act: Multiplier) -> i8 {
+    sat_i8(requant(gelu_q12(requant(acc, to_q12)), act))
+}
+
+/// A LayerNorm's parameters.
+#[derive(Clone, Copy)]
+struct Norm<'a> {
+    gamma: Multipliers<'a>,
+    beta: I32s<'a>,
+    eps: i32,
+}
+
+impl<'a> Norm<'a> {
+    fn read(rd: &mut Reader<'a>, c: usize) -> Result<Self, EngineError> {
+        Ok(Norm {
+            gamma: rd.muls(c)?,
+            beta: rd.i32s(c)?,
+            eps: rd.i32s(1)?.get(0),
+        })
+    }
+
+    fn apply(&self, x: &[i16], out: &mut [i8]) {
+        layer_norm(x, self.gamma, self.beta, self.eps, out);
+    }
+}
+
+/// Runs one image through the int8 network.
+///
+/// # Shapes
+/// `input: [in_chans, img_size, img_size]` quantised with the model's input scale
+/// (see `quantize_input`), `arena: [>= arena_len(cfg)]` words, `logits: [num_classes]` in
+/// units of the model's logit scale.
+///
+/// # Errors
+/// Wrong input, arena or logits sizes ([`EngineError`]); `logits` is unspecified then.
+pub fn run(
+    model: &Model<'_>,
+    input: &[i8],
+    arena: &mut [i32],
+    logits: &mut [i32],
+) -> Result<(), EngineError> {
+    let cfg = model.config();
+    let plan = arena_plan(cfg)?;
+    let n_in = input_len(cfg)?;
+    if input.len() != n_in {
+        return Err(EngineError::InputLen {
+            expected: n_in,
+            got: input.len(),
+        });
+    }
+    if logits.len() != cfg.num_classes as usize {
+        return Err(EngineError::LogitsLen {
+            expected: cfg.num_classes as usize,
+            got: logits.len(),
+        });
+    }
+    if arena.len() < plan.total() {
+        return Err(EngineError::ArenaTooSmall {
+            needed: plan.total(),
+            got: arena.len(),
+        });
+    }
+    let mut carve = Carver { rest: arena };
+    let a = carve.i16s(plan.a * 2)?;
+    let b = carve.i16s(plan.b * 2)?;
+    let scratch = carve.words(plan.scratch)?;
+    let mut rd = Reader {
+        data: model.data(),
+        pos: 0,
+    };
+    let lim = model.res_max();
+    let r = cfg.stage_resolutions().map(|v| v as usize);
+    let e = cfg.embed_dims.map(|v| v as usize);
+    let act = |s: usize| r[s] * r[s] * e[s];
+
+    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch)?;
+    let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
+    for _ in 0..cfg.depths[0] {
+        mbconv(&mut rd, &mut a[..act(0)], r[0], e[0], hid0, lim, scratch)?;
+    }
+    for s in 0..STAGES {
+        if s > 0 {
+            let x = if s.is_multiple_of(2) {
+                &mut a[..act(s)]
+            } else {
+                &mut b[..act(s)]
+            };
+            for _ in 0..cfg.depths[s] {
+                tinyvit_block(cfg, s, &mut rd, x, lim, scratch)?;
+            }
+        }
+        if s + 1 < STAGES {
+            let (src, dst) = if s.is_multiple_of(2) {
+                (&a[..act(s)], &mut b[..act(s + 1)])
+            } else {
+                (&b[..act(s)], &mut a[..act(s + 1)])
+            };
+            patch_merging(&mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch)?;
+        }
+    }
+    let last = if (STAGES - 1).is_multiple_of(2) {
+        &a[..act(3)]
+    } else {
+        &b[..act(3)]
+    };
+    head(&mut rd, last, e[3], scratch, logits)?;
+    if rd.pos != rd.data.len() {
+        return Err(EngineError::WeightsLen {
+            expected: rd.pos,
+            got: rd.data.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Input index of a conv tap: `o * stride + k - pad`, if inside `0..n`.
+#[inline]
+fn tap(o: usize, stride: usize, k: usize, pad: usize, n: usize) -> Option<usize> {
+    let i = (o * stride + k).checked_sub(pad)?;
+    (i < n).then_some(i)
+}
+
+/// Requantises `i16` tokens to `i8`.
+fn narrow(src: &[i16], k: Multiplier, dst: &mut [i8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = sat_i8(requant(*s as i32, k));
+    }
+}
+
+/// PatchEmbed: 3x3 stride-2 conv -> GELU -> 3x3 stride-2 conv, from the `i8 [C, H, W]` input
+/// to `i16` tokens `[r0*r0, E0]`; the first conv's output streams through a ring of 3 rows.
+fn stem(
+    cfg: &ModelConfig,
+    rd: &mut Reader<'_>,
+    input: &[i8],
+    out: &mut [i16],
+    lim: i16,
+    scratch: &mut [i32],
+) -> Result<(), EngineError> {
+    let (cin, img, e0, half, w1, r0) = stem_dims(cfg);
+    let c1 = Layer::read(rd, cin * 9, half)?;
+    let act1 = rd.mul1()?;
+    let c2 = Layer::read(rd, half * 9, e0)?;
+    let ring = Carver { rest: scratch }.i8s(3 * w1 * half)?;
+    let mut filled = 0;
+    for oy in 0..r0 {
+        let last = (2 * oy + 1).min(w1 - 1);
+        while filled <= last {
+            let y1 = filled;
+            let row = &mut ring[(y1 % 3) * w1 * half..(y1 % 3 + 1) * w1 * half];
+            for x1 in 0..w1 {
+                for o in 0..half {
+                    let mut acc = c1.b.get(o);
+                    for ky in 0..3 {
+                        let Some(iy) = tap(y1, 2, ky, 1, img) else {
+                            continue;
+                        };
+                        for kx in 0..3 {
+                            let Some(ix) = tap(x1, 2, kx, 1, img) else {
+                                continue;
+                            };
+                            for i in 0..cin {
+                                let w = c1.w[((o * 3 + ky) * 3 + kx) * cin + i] as i32;
+                                acc = acc.wrapping_add(w * input[(i * img + iy) * img + ix] as i32);
+                            }
+                        }
+                    }
+                    row[x1 * half + o] = gelu_i8(acc, c1.m.get(o), act1);
+                }
+            }
+            filled += 1;
+        }
+        for ox in 0..r0 {
+            for o in 0..e0 {
+                let mut acc = c2.b.get(o);
+                for ky in 0..3 {
+                    let Some(iy) = tap(oy, 2, ky, 1, w1) else {
+                        continue;
+                    };
+                    for kx in 0..3 {
+                        let Some(ix) = tap(ox, 2, kx, 1, w1) else {
+                            continue;
+                        };
+                        let px = ((iy % 3) * w1 + ix) * half;
+                        let wk = ((o * 3 + ky) * 3 + kx) * half;
+                        acc = dot_i8(acc, &ring[px..px + half], &c2.w[wk..wk + half]);
+                    }
+                }
+                out[(oy * r0 + ox) * e0 + o] = sat_i16(requant(acc, c2.m.get(o)), lim);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 1x1 conv + GELU of token row `y` of the stream `src` (`[h*w, cin]`, narrowed to `i8`
+/// through `tok`) into slot `y % 3` of `ring` (`[3, w, cout]`).
+fn pointwise_row(
+    src: &[i16],
+    y: usize,
+    w: usize,
+    cin: usize,
+    narrow_in: Multiplier,
+    layer: &Layer<'_>,
+    act: Multiplier,
+    cout: usize,
+    tok: &mut [i8],
+    ring: &mut [i8],
+) {
+    let slot = y % 3;
+    for x in 0..w {
+        narrow(
+            &src[(y * w + x) * cin..(y * w + x + 1) * cin],
+            narrow_in,
+            tok,
+        );
+        let dst = &mut ring[(slot * w + x) * cout..(slot * w + x + 1) * cout];
+        for (o, d) in dst.iter_mut().enumerate() {
+            *d = gelu_i8(layer.acc(o, tok), layer.m.get(o), act);
+        }
+    }
+}
+
+/// Accumulator of channel `ch` of a depthwise `k x k` conv (padding `k/2`) at output pixel
+/// `(oy, ox)`, over a ring of `k` input rows (`[k, w_in, c]`, row `y` in slot `y % k`).
+fn depthwise_acc(
+    ring: &[i8],
+    h_in: usize,
+    w_in: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    oy: usize,
+    ox: usize,
+    layer: &Layer<'_>,
+    ch: usize,
+) -> i32 {
+    let pad = k / 2;
+    let mut acc = layer.b.get(ch);
+    for ky in 0..k {
+        let Some(iy) = tap(oy, stride, ky, pad, h_in) else {
+            continue;
+        };
+        for kx in 0..k {
+            let Some(ix) = tap(ox, stride, kx, pad, w_in) else {
+                continue;
+            };
+            let w = layer.w[(ch * k + ky) * k + kx] as i32;
+            acc = acc.wrapping_add(w * ring[((iy % k) * w_in + ix) * c + ch] as i32);
+        }
+    }
+    acc
+}
+
+/// MBConv in place on the stream `x: [r*r, c]`: 1x1 GELU, 3x3 depthwise GELU, 1x1, add the
+/// input, GELU (the sum and the GELU in Q12).
+fn mbconv(
+    rd: &mut Reader<'_>,
+    x: &mut [i16],
+    r: usize,
+    c: usize,
+    hid: usize,
+    lim: i16,
+    scratch: &mut [i32],
+) -> Result<(), EngineError> {
+    let narrow_in = rd.mul1()?;
+    let c1 = Layer::read(rd, c, hid)?;
+    let act1 = rd.mul1()?;
+    let c2 = Layer::read(rd, 9, hid)?;
+    let act2 = rd.mul1()?;
+    let c3 = Layer::read(rd, hid, c)?;
+    let res = rd.mul1()?;
+    let out = rd.mul1()?;
+    let mut carve = Carver { rest: scratch };
+    let tok = carve.i8s(c)?;
+    let ring = carve.i8s(3 * r * hid)?;
+    let mid = carve.i8s(hid)?;
+    let mut filled = 0;
+    for oy in 0..r {
+        let last = (oy + 1).min(r - 1);
+        while filled <= last {
+            pointwise_row(x, filled, r, c, narrow_in, &c1, act1, hid, tok, ring);
+            filled += 1;
+        }
+        for ox in 0..r {
+            for (ch, m) in mid.iter_mut().enumerate() {
+                let acc = depthwise_acc(ring, r, r, hid, 3, 1, oy, ox, &c2, ch);
+                *m = gelu_i8(acc, c2.m.get(ch), act2);
+            }
+            let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
+            for (o, v) in t.iter_mut().enumerate() {
+                let sum =
+                    requant(c3.acc(o, mid), c3.m.get(o)).saturating_add(requant(*v as i32, res));
+                *v = sat_i16(requant(gelu_q12(sum), out), lim);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PatchMerging: 1x1 GELU, 3x3 depthwise stride 2 GELU, 1x1, from the stream `src:
+/// [r*r, cin]` to the next stage's stream `dst: [r2*r2, cout]`, `r2 = ceil(r / 2)`.
+fn patch_merging(
+    rd: &mut Reader<'_>,
+    src: &[i16],
+    r: usize,
+    cin: usize,
+    dst: &mut [i16],
+    cout: usize,
+    lim: i16,
+    scratch: &mut [i32],
+) -> Result<(), EngineError> {
+    let narrow_in = rd.mul1()?;
+    let c1 = Layer::read(rd, cin, cout)?;
+    let act1 = rd.mul1()?;
+    let c2 = Layer::read(rd, 9, cout)?;
+    let act2 = rd.mul1()?;
+    let c3 = Layer::read(rd, cout, cout)?;
+    let r2 = r.div_ceil(2);
+    let mut carve = Carver { rest: scratch };
+    let tok = carve.i8s(cin)?;
+    let ring = carve.i8s(3 * r * cout)?;
+    let mid = carve.i8s(cout)?;
+    let mut filled = 0;
+    for oy in 0..r2 {
+        let last = (2 * oy + 1).min(r - 1);
+        while filled <= last {
+            pointwise_row(src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring);
+            filled += 1;
+        }
+        for ox in 0..r2 {
+            for (ch, m) in mid.iter_mut().enumerate() {
+                let acc = depthwise_acc(ring, r, r, cout, 3, 2, oy, ox, &c2, ch);
+                *m = gelu_i8(acc, c2.m.get(ch), act2);
+            }
+            let t = &mut dst[(oy * r2 + ox) * cout..(oy * r2 + ox + 1) * cout];
+            for (o, v) in t.iter_mut().enumerate() {
+                *v = sat_i16(requant(c3.acc(o, mid), c3.m.get(o)), lim);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The attention items of one block.
+struct Attn<'a> {
+    /// Q10 `[heads, ws*ws]`.
+    biases: I32s<'a>,
+    norm: Norm<'a>,
+    /// `[3c, c]`, output channels interleaved per head `[q_h k_h v_h]`; the multipliers go to
+    /// the q, k and v scales.
+    qkv: Layer<'a>,
+    /// `q.k` accumulator to Q10 (with `1/sqrt(hd)`).
+    score: Multiplier,
+    /// `sum p_j v_j` (Q15 times v's scale) to `i8`.
+    out: Multiplier,
+    proj: Layer<'a>,
+}
+
+/// One TinyViT block in place on the stream `x: [r*r, c]` of stage `s`: windowed attention
+/// with residual, depthwise local conv (no residual, no activation), MLP with residual.
+fn tinyvit_block(
+    cfg: &ModelConfig,
+    s: usize,
+    rd: &mut Reader<'_>,
+    x: &mut [i16],
+    lim: i16,
+    scratch: &mut [i32],
+) -> Result<(), EngineError> {
+    let r = cfg.stage_resolutions()[s] as usize;
+    let c = cfg.embed_dims[s] as usize;
+    let heads = cfg.num_heads[s] as usize;
+    let ws = cfg.window_sizes[s] as usize;
+    let hid = c * cfg.mlp_ratio as usize;
+    let k = cfg.local_conv_size as usize;
+
+    let attn = Attn {
+        biases: rd.i32s(heads * ws * ws)?,
+        norm: Norm::read(rd, c)?,
+        qkv: Layer::read(rd, c, 3 * c)?,
+        score: rd.mul1()?,
+        out: rd.mul1()?,
+        proj: Layer::read(rd, c, c)?,
+    };
+    let mlp_norm = Norm::read(rd, c)?;
+    let fc1 = Layer::read(rd, c, hid)?;
+    let mlp_act = rd.mul1()?;
+    let fc2 = Layer::read(rd, hid, c)?;
+    let lc = Layer::read(rd, k * k, c)?;
+
+    attention(&attn, x, r, c, heads, ws, lim, scratch)?;
+    local_conv(x, r, c, k, &lc, lim, scratch)?;
+
+    let mut carve = Carver { rest: scratch };
+    let norm = carve.i8s(c)?;
+    let hidden = carve.i8s(hid)?;
+    for tok in x.chunks_exact_mut(c) {
+        mlp_norm.apply(tok, norm);
+        for (o, h) in hidden.iter_mut().enumerate() {
+            *h = gelu_i8(fc1.acc(o, norm), fc1.m.get(o), mlp_act);
+        }
+        for (o, v) in tok.iter_mut().enumerate() {
+            let y = requant(fc2.acc(o, hidden), fc2.m.get(o));
+            *v = sat_i16((*v as i32).saturating_add(y), lim);
+        }
+    }
+    Ok(())
+}
+
+/// `x += proj(attention(norm(window)))` for every `ws x ws` window of `x: [r*r, c]`, windows
+/// zero-padded right and bottom, padded tokens attended to unmasked (as in `exact`).
+fn attention(
+    wt: &Attn<'_>,
+    x: &mut [i16],
+    r: usize,
+    c: usize,
+    heads: usize,
+    ws: usize,
+    lim: i16,
+    scratch: &mut [i32],
+) -> Result<(), EngineError> {
+    let t = ws * ws;
+    let hd = c / heads;
+    let mut carve = Carver { rest: scratch };
+    let win = carve.i8s(t * c)?;
+    let qkv = carve.i8s(t * 3 * hd)?;
+    let scores = carve.words(t)?;
+    let out = carve.i8s(t * c)?;
+    let zero = carve.i16s(c)?;
+    zero.fill(0);
+    let nwin = r.div_ceil(ws);
+    for wy in 0..nwin {
+        for wx in 0..nwin {
+            for i in 0..t {
+                let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
+                let src = if y < r && xx < r {
+                    &x[(y * r + xx) * c..(y * r + xx + 1) * c]
+                } else {
+                    &zero[..]
+                };
+                wt.norm.apply(src, &mut win[i * c..(i + 1) * c]);
+            }
+            for h in 0..heads {
+                for i in 0..t {
+                    let tok = &win[i * c..(i + 1) * c];
+                    for o in 0..3 * hd {
+                        let ch = h * 3 * hd + o;
+                        qkv[i * 3 * hd + o] =
+                            sat_i8(requant(wt.qkv.acc(ch, tok), wt.qkv.m.get(ch)));
+                    }
+                }
+                for i in 0..t {
+                    let q = &qkv[i * 3 * hd..i * 3 * hd + hd];
+                    for j in 0..t {
+                        let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
+                        let b = wt.biases.get(h * t + bias_index(i, j, ws));
+                        scores[j] = requant(dot_i8(0, q, kj), wt.score).saturating_add(b);
+                    }
+                    softmax_q15(scores);
+                    for d in 0..hd {
+                        let mut acc = 0i32;
+                        for j in 0..t {
+                            let v = qkv[j * 3 * hd + 2 * hd + d] as i32;
+                            acc = acc.wrapping_add(scores[j] * v);
+                        }
+                        out[i * c + h * hd + d] = sat_i8(requant(acc, wt.out));
+                    }
+                }
+            }
+            for i in 0..t {
+                let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
+                if y < r && xx < r {
+                    let o_tok = &out[i * c..(i + 1) * c];
+                    let dst = &mut x[(y * r + xx) * c..(y * r + xx + 1) * c];
+                    for (o, v) in dst.iter_mut().enumerate() {
+                        let p = requant(wt.proj.acc(o, o_tok), wt.proj.m.get(o));
+                        *v = sat_i16((*v as i32).saturating_add(p), lim);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Depthwise `k x k` conv (padding `k/2`) in place on the stream `x: [r*r, c]`, reading the
+/// `i16` values themselves (the conv has no residual: an `i8` input would cap the stream's
+/// precision at 8 bits every block); the last `k` input rows wait in a ring.
+fn local_conv(
+    x: &mut [i16],
+    r: usize,
+    c: usize,
+    k: usize,
+    layer: &Layer<'_>,
+    lim: i16,
+    scratch: &mut [i32],
+) -> Result<(), EngineError> {
+    let ring = Carver { rest: scratch }.i16s(k * r * c)?;
+    let pad = k / 2;
+    let mut filled = 0;
+    for oy in 0..r {
+        let last = (oy + pad).min(r - 1);
+        while filled <= last {
+            let slot = filled % k;
+            ring[slot * r * c..(slot + 1) * r * c]
+                .copy_from_slice(&x[filled * r * c..(filled + 1) * r * c]);
+            filled += 1;
+        }
+        for ox in 0..r {
+            let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
+            for (ch, v) in t.iter_mut().enumerate() {
+                let mut acc = layer.b.get(ch);
+                for ky in 0..k {
+                    let Some(iy) = tap(oy, 1, ky, pad, r) else {
+                        continue;
+                    };
+                    for kx in 0..k {
+                        let Some(ix) = tap(ox, 1, kx, pad, r) else {
+                            continue;
+                        };
+                        let w = layer.w[(ch * k + ky) * k + kx] as i32;
+                        acc = acc.wrapping_add(w * ring[((iy % k) * r + ix) * c + ch] as i32);
+                    }
+                }
+                *v = sat_i16(requant(acc, layer.m.get(ch)), lim);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Head: token mean (rounded, in the stream's `i16`) -> LayerNorm -> Linear to `i32` logits.
+fn head(
+    rd: &mut Reader<'_>,
+    x: &[i16],
+    c: usize,
+    scratch: &mut [i32],
+    logits: &mut [i32],
+) -> Result<(), EngineError> {
+    let norm = Norm::read(rd, c)?;
+    let fc = Layer::read(rd, c, logits.len())?;
+    let mut carve = Carver { rest: scratch };
+    let pooled = carve.i16s(c)?;
+    let normed = carve.i8s(c)?;
+    let n = (x.len() / c) as i64;
+    for (ch, p) in pooled.iter_mut().enumerate() {
+        let mut sum = 0i64;
+        for tok in x.chunks_exact(c) {
+            sum += tok[ch] as i64;
+        }
+        *p = (2 * sum + n).div_euclid(2 * n.max(1)) as i16;
+    }
+    norm.apply(pooled, normed);
+    for (o, l) in logits.iter_mut().enumerate() {
+        *l = requant(fc.acc(o, normed), fc.m.get(o));
+    }
+    Ok(())
+}

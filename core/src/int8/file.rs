@@ -1,0 +1,517 @@
+//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (2), parsed in place with
+//! no allocator. Version-1 files are f32 models ([`crate::tvb`]); [`crate::tvb::kind`] tells
+//! the two apart from the first 12 bytes.
+//!
+//! # Layout (all integers little-endian)
+//!
+//! ```text
+//! +----------------------------+ 0
+//! | magic  "TINYVITB"  8 bytes |
+//! | version          u32       |   = 2 (int8)
+//! | header length H  u32       |   <= 64 KiB
+//! | header crc32     u32       |   crc32 (IEEE) of the H header bytes
+//! +----------------------------+ 20
+//! | header, postcard, H bytes: |
+//! |   config      ModelConfig  |
+//! |   input_scale f32          |   real = i8 input * input_scale (host helpers only)
+//! |   logit_scale f32          |   real = i32 logit * logit_scale (host helpers only)
+//! |   res_max     u16          |   residual stream bound, 127 or 32767 (1..=32767)
+//! |   items       u32          |   = layout::item_count(config)
+//! |   data_len    u64 (bytes)  |   = layout::data_len(config)
+//! |   data_crc32  u32          |
+//! +----------------------------+ 20 + H (nothing else in the header)
+//! | zero padding to 16 bytes   |
+//! +----------------------------+ D = align16(20 + H)
+//! | data: the items of         |   each padded to 4 bytes, see `layout`
+//! | layout::for_each_item      |
+//! +----------------------------+ D + data_len = end of file (nothing may follow)
+//! ```
+//!
+//! There is no tensor table: the layout is a function of the config, so a file cannot name a
+//! tensor the engine does not expect.
+//!
+//! # Safety limits
+//! Checked before use, in this order: the prefix, the header length (64 KiB cap) against the
+//! file, the header crc, the header decode with nothing trailing, the config
+//! ([`ModelConfig::validate`]) and the engine's own size limits ([`super::engine::arena_plan`]),
+//! `res_max`, the scales, the item count, the data length (overflow-checked) against the file
+//! length, zero padding, the data crc, and every multiplier's shift (`1..=62`). Any failure is a
+//! [`FileError`]; parsing never panics and never reads out of bounds. No alignment is needed:
+//! `i32` values are read with `from_le_bytes`.
+
+use serde::{Deserialize, Serialize};
+
+use super::layout::{self, Kind};
+use super::ops::{Multipliers, MAX_SHIFT, MIN_SHIFT};
+use crate::config::{ConfigError, ModelConfig};
+use crate::engine::EngineError;
+use crate::params::Name;
+use crate::tvb::{MAGIC, PREFIX_LEN};
+
+/// The format version of int8 files.
+pub const VERSION: u32 = 2;
+/// Largest header accepted, in bytes.
+pub const MAX_HEADER: u32 = 1 << 16;
+
+/// Why bytes are not a usable int8 model file.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum FileError {
+    /// The file ends before a field it must hold.
+    Truncated {
+        field: &'static str,
+        needed: u64,
+        got: u64,
+    },
+    /// The first 8 bytes are not `TINYVITB`.
+    BadMagic,
+    /// Not version 2 (version 1 is an f32 file: [`crate::tvb::parse`]).
+    Version { found: u32 },
+    /// The header length exceeds [`MAX_HEADER`].
+    HeaderTooLarge { len: u32 },
+    /// The header bytes do not match their crc32.
+    HeaderCrc,
+    /// The header does not decode.
+    Decode,
+    /// Bytes follow the header's last field.
+    TrailingHeader,
+    /// The config in the header is invalid.
+    Config(ConfigError),
+    /// The engine cannot run this config (sizes beyond its limits).
+    Engine(EngineError),
+    /// `res_max` is outside `1..=32767`.
+    ResMax { found: u16 },
+    /// A scale (named) is not a positive finite number.
+    Scale { field: &'static str },
+    /// The header's item count disagrees with the config.
+    ItemCount { expected: u32, got: u32 },
+    /// The data length disagrees with the config or the file length.
+    DataLen { expected: u64, got: u64 },
+    /// Padding bytes that must be zero are not.
+    Padding,
+    /// The data does not match its crc32.
+    DataCrc,
+    /// Multiplier `index` of item `item` has a shift outside `1..=62`.
+    Shift { item: Name, index: u32 },
+}
+
+impl core::fmt::Display for FileError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FileError::Truncated { field, needed, got } => write!(
+                f,
+                "int8 tvb: file too short for `{field}`: needs {needed} bytes, has {got}"
+            ),
+            FileError::BadMagic => write!(f, "int8 tvb: bad magic (not a .tvb file)"),
+            FileError::Version { found } => write!(
+                f,
+                "int8 tvb: format version {found} is not an int8 model (version {VERSION}); \
+                 version 1 files are f32 models"
+            ),
+            FileError::HeaderTooLarge { len } => {
+                write!(f, "int8 tvb: header length {len} exceeds {MAX_HEADER}")
+            }
+            FileError::HeaderCrc => write!(f, "int8 tvb: header crc32 mismatch"),
+            FileError::Decode => write!(f, "int8 tvb: header does not decode"),
+            FileError::TrailingHeader => write!(f, "int8 tvb: bytes after the header fields"),
+            FileError::Config(e) => write!(f, "int8 tvb: {e}"),
+            FileError::Engine(e) => write!(f, "int8 tvb: {e}"),
+            FileError::ResMax { found } => {
+                write!(f, "int8 tvb: header field `res_max` is {found}, not 1..=32767")
+            }
+            FileError::Scale { field } => {
+                write!(f, "int8 tvb: header field `{field}` is not a positive number")
+            }
+            FileError::ItemCount { expected, got } => write!(
+                f,
+                "int8 tvb: header field `items` is {got}, the config needs {expected}"
+            ),
+            FileError::DataLen { expected, got } => {
+                write!(f, "int8 tvb: data length {got} bytes, expected {expected}")
+            }
+            FileError::Padding => write!(f, "int8 tvb: non-zero padding"),
+            FileError::DataCrc => write!(f, "int8 tvb: data crc32 mismatch (corrupted weights)"),
+            FileError::Shift { item, index } => write!(
+                f,
+                "int8 tvb: item `{item}` multiplier {index} has a shift outside {MIN_SHIFT}..={MAX_SHIFT}"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for FileError {}
+
+/// The postcard header.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    config: ModelConfig,
+    input_scale: f32,
+    logit_scale: f32,
+    res_max: u16,
+    items: u32,
+    data_len: u64,
+    data_crc32: u32,
+}
+
+/// A parsed int8 model, borrowing its bytes (RAM or flash).
+#[derive(Clone, Copy, Debug)]
+pub struct Model<'a> {
+    config: ModelConfig,
+    input_scale: f32,
+    logit_scale: f32,
+    res_max: i16,
+    data: &'a [u8],
+}
+
+impl<'a> Model<'a> {
+    /// The network.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Real value of one unit of the `i8` input.
+    pub fn input_scale(&self) -> f32 {
+        self.input_scale
+    }
+
+    /// Real value of one unit of the `i32` logits.
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// Bound of the `i16` residual stream (127 emulates an int8 stream).
+    pub fn res_max(&self) -> i16 {
+        self.res_max
+    }
+
+    /// The data region (the items of [`layout::for_each_item`]).
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn align16(n: u64) -> u64 {
+    n.div_ceil(16) * 16
+}
+
+/// Parses and fully validates an int8 model file (see the module doc for every check).
+pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
+    let got = bytes.len() as u64;
+    if bytes.len() < PREFIX_LEN {
+        return Err(FileError::Truncated {
+            field: "prefix",
+            needed: PREFIX_LEN as u64,
+            got,
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(FileError::BadMagic);
+    }
+    let version = u32_at(bytes, 8);
+    if version != VERSION {
+        return Err(FileError::Version { found: version });
+    }
+    let hlen = u32_at(bytes, 12);
+    if hlen > MAX_HEADER {
+        return Err(FileError::HeaderTooLarge { len: hlen });
+    }
+    let hend = PREFIX_LEN + hlen as usize;
+    let header = bytes.get(PREFIX_LEN..hend).ok_or(FileError::Truncated {
+        field: "header",
+        needed: hend as u64,
+        got,
+    })?;
+    if crc32fast::hash(header) != u32_at(bytes, 16) {
+        return Err(FileError::HeaderCrc);
+    }
+    let (h, rest): (Header, &[u8]) =
+        postcard::take_from_bytes(header).map_err(|_| FileError::Decode)?;
+    if !rest.is_empty() {
+        return Err(FileError::TrailingHeader);
+    }
+    let cfg = h.config;
+    cfg.validate().map_err(FileError::Config)?;
+    super::engine::arena_plan(&cfg).map_err(FileError::Engine)?;
+    if h.res_max == 0 || h.res_max > i16::MAX as u16 {
+        return Err(FileError::ResMax { found: h.res_max });
+    }
+    for (field, v) in [
+        ("input_scale", h.input_scale),
+        ("logit_scale", h.logit_scale),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(FileError::Scale { field });
+        }
+    }
+    let items = layout::item_count(&cfg) as u32;
+    if h.items != items {
+        return Err(FileError::ItemCount {
+            expected: items,
+            got: h.items,
+        });
+    }
+    let expected = layout::data_len(&cfg) as u64;
+    if h.data_len != expected {
+        return Err(FileError::DataLen {
+            expected,
+            got: h.data_len,
+        });
+    }
+    let dstart = align16(hend as u64);
+    let end = dstart.saturating_add(h.data_len);
+    if got != end {
+        return Err(if got < end {
+            FileError::Truncated {
+                field: "data",
+                needed: end,
+                got,
+            }
+        } else {
+            FileError::DataLen {
+                expected: end - dstart,
+                got: got - dstart,
+            }
+        });
+    }
+    if bytes[hend..dstart as usize].iter().any(|b| *b != 0) {
+        return Err(FileError::Padding);
+    }
+    let data = &bytes[dstart as usize..];
+    if crc32fast::hash(data) != h.data_crc32 {
+        return Err(FileError::DataCrc);
+    }
+    check_items(&cfg, data)?;
+    Ok(Model {
+        config: cfg,
+        input_scale: h.input_scale,
+        logit_scale: h.logit_scale,
+        res_max: h.res_max as i16,
+        data,
+    })
+}
+
+/// Checks every multiplier's shift and every item's padding (the data length is already
+/// known to be exactly the layout's).
+fn check_items(cfg: &ModelConfig, data: &[u8]) -> Result<(), FileError> {
+    let mut pos = 0usize;
+    let mut err = None;
+    layout::for_each_item(cfg, |name, kind, len| {
+        if err.is_some() {
+            return;
+        }
+        let n = kind.bytes(len);
+        let item = &data[pos..pos + n];
+        let raw = match kind {
+            Kind::I8 => len,
+            Kind::I32 => 4 * len,
+            Kind::Mul => 8 * len,
+        };
+        if item[raw..].iter().any(|b| *b != 0) {
+            err = Some(FileError::Padding);
+        } else if kind == Kind::Mul {
+            let m = Multipliers(item);
+            for i in 0..len {
+                let s = m.get(i).shift;
+                if !(MIN_SHIFT..=MAX_SHIFT).contains(&s) {
+                    err = Some(FileError::Shift {
+                        item: Name::try_from(name).unwrap_or_default(),
+                        index: i as u32,
+                    });
+                    break;
+                }
+            }
+        }
+        pos += n;
+    });
+    err.map_or(Ok(()), Err)
+}
+
+/// Writes an int8 model file. `data` must be the items of [`layout::for_each_item`] for
+/// `cfg`, as [`super::quantize`] produces them.
+#[cfg(feature = "std")]
+pub fn write(
+    cfg: &ModelConfig,
+    input_scale: f32,
+    logit_scale: f32,
+    res_max: u16,
+    data: &[u8],
+) -> Result<std::vec::Vec<u8>, FileError> {
+    let h = Header {
+        config: *cfg,
+        input_scale,
+        logit_scale,
+        res_max,
+        items: layout::item_count(cfg) as u32,
+        data_len: data.len() as u64,
+        data_crc32: crc32fast::hash(data),
+    };
+    let header = postcard::to_allocvec(&h).map_err(|_| FileError::Decode)?;
+    let mut out = std::vec::Vec::with_capacity(PREFIX_LEN + header.len() + 16 + data.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.resize(align16(out.len() as u64) as usize, 0);
+    out.extend_from_slice(data);
+    // What is written must parse: the caller's data is checked like any file's.
+    parse(&out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::int8::tests::small_file;
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    /// Rewrites the header of `bytes` (crc recomputed, data kept).
+    fn with_header(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let hlen = u32_at(bytes, 12) as usize;
+        let mut header = bytes[PREFIX_LEN..PREFIX_LEN + hlen].to_vec();
+        edit(&mut header);
+        let dstart = align16((PREFIX_LEN + hlen) as u64) as usize;
+        let mut b = Vec::new();
+        b.extend_from_slice(&bytes[..12]);
+        b.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        b.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+        b.extend_from_slice(&header);
+        b.resize(align16(b.len() as u64) as usize, 0);
+        b.extend_from_slice(&bytes[dstart..]);
+        b
+    }
+
+    #[test]
+    fn kinds_are_told_apart_and_the_f32_parser_refuses_int8() {
+        let b = small_file();
+        assert_eq!(crate::tvb::kind(&b), Ok(crate::tvb::Kind::Int8));
+        assert_eq!(
+            crate::tvb::parse(&b).unwrap_err(),
+            crate::tvb::TvbError::Version { found: 2 }
+        );
+        let mut f = b.clone();
+        f[8] = 1;
+        assert_eq!(crate::tvb::kind(&f), Ok(crate::tvb::Kind::F32));
+        assert_eq!(parse(&f).unwrap_err(), FileError::Version { found: 1 });
+    }
+
+    #[test]
+    fn header_errors_are_specific() {
+        let b = small_file();
+        let m = parse(&b).unwrap();
+        assert_eq!(m.data().len(), layout::data_len(m.config()));
+        let mut x = b.clone();
+        x[0] = b'X';
+        assert_eq!(parse(&x).unwrap_err(), FileError::BadMagic);
+        let mut x = b.clone();
+        x[16] ^= 1;
+        assert_eq!(parse(&x).unwrap_err(), FileError::HeaderCrc);
+        let mut x = b.clone();
+        x.push(0);
+        assert!(matches!(parse(&x).unwrap_err(), FileError::DataLen { .. }));
+        let x = with_header(&b, |h| h.push(0));
+        assert_eq!(parse(&x).unwrap_err(), FileError::TrailingHeader);
+        let mut x = b.clone();
+        let last = x.len() - 1;
+        x[last] ^= 1;
+        assert_eq!(parse(&x).unwrap_err(), FileError::DataCrc);
+    }
+
+    #[test]
+    fn a_bad_shift_is_named() {
+        let b = small_file();
+        let m = parse(&b).unwrap();
+        // The first multiplier item is `patch_embed.seq.0.mult`, after the conv's weight and
+        // bias; give its channel 2 the shift 63 and fix the data crc.
+        let cfg = *m.config();
+        let mut pos = 0;
+        let mut at = None;
+        layout::for_each_item(&cfg, |name, kind, len| {
+            if at.is_none() && kind == Kind::Mul {
+                at = Some((Name::try_from(name).unwrap(), pos));
+            }
+            pos += kind.bytes(len);
+        });
+        let (name, off) = at.unwrap();
+        assert_eq!(name.as_str(), "patch_embed.seq.0.mult");
+        let dstart = b.len() - m.data().len();
+        let mut x = b.clone();
+        let s = dstart + off + 2 * 8 + 4;
+        x[s..s + 4].copy_from_slice(&63i32.to_le_bytes());
+        let crc = crc32fast::hash(&x[dstart..]);
+        let x = with_header(&x, |h| {
+            let n = h.len();
+            // data_crc32 is the header's last field, a postcard varint: re-encode the header.
+            let (mut hd, _): (Header, _) = postcard::take_from_bytes(&h[..n]).unwrap();
+            hd.data_crc32 = crc;
+            *h = postcard::to_allocvec(&hd).unwrap();
+        });
+        assert_eq!(
+            parse(&x).unwrap_err(),
+            FileError::Shift {
+                item: name,
+                index: 2
+            }
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_every_byte_flip_is_an_error() {
+        let b = small_file();
+        for cut in 0..b.len() {
+            assert!(parse(&b[..cut]).is_err(), "cut {cut}");
+        }
+        let mut x = b.clone();
+        for i in 0..b.len() {
+            for bit in [0u8, 3, 7] {
+                x[i] ^= 1 << bit;
+                assert!(parse(&x).is_err(), "flip {i}.{bit}");
+                x[i] ^= 1 << bit;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = parse(&bytes);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&VERSION.to_le_bytes());
+            with_magic.extend_from_slice(&bytes);
+            prop_assert!(parse(&with_magic).is_err());
+        }
+
+        /// Mutated headers with a valid crc reach the decoder and every later check: never a
+        /// panic, and whatever parses runs or is refused by the engine without panicking.
+        #[test]
+        fn mutated_headers_with_valid_crc_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let b = small_file();
+            let x = with_header(&b, |h| {
+                for (pos, val) in &edits {
+                    let i = pos % h.len();
+                    h[i] = *val;
+                }
+            });
+            if let Ok(m) = parse(&x) {
+                let cfg = m.config();
+                let n = crate::engine::input_len(cfg).unwrap_or(0).min(1 << 16);
+                let words = super::super::arena_len(cfg).unwrap_or(0).min(1 << 20);
+                let mut arena = std::vec![0i32; words];
+                let mut l = std::vec![0i32; (cfg.num_classes as usize).min(1 << 16)];
+                let _ = super::super::run(&m, &std::vec![1i8; n], &mut arena, &mut l);
+            }
+        }
+    }
+}

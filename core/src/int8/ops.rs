@@ -1,0 +1,476 @@
+//! Integer primitives of the int8 engine: requantisation, exp and softmax, GELU, integer square
+//! root and LayerNorm. Integer arithmetic only (this module is compiled under
+//! `deny(clippy::float_arithmetic)` and names no float type), so every target computes the same
+//! bits.
+//!
+//! # Fixed-point formats
+//!
+//! - A [`Multiplier`] `(m, s)` stands for the real `m / 2^s`; [`requant`] is the one rounding
+//!   rule of the engine.
+//! - `Q12`: GELU works on `i32` values with 12 fraction bits (real = v / 4096).
+//! - `Q10`: attention scores (real = v / 1024) enter the softmax; probabilities leave it in
+//!   `Q15` (1.0 = 32768).
+//!
+//! # Error bounds (tests below check each against an f64 reference over its input range)
+//!
+//! | op               | input range                  | bound (worst seen)            |
+//! |------------------|------------------------------|-------------------------------|
+//! | [`requant`]      | every `i32`, every multiplier| exact (0 LSB)                 |
+//! | [`isqrt_u64`]    | every `u64`                  | exact floor                   |
+//! | [`exp_q10`]      | `[-2^31, 0]` (Q10)           | 2 LSB of Q16 (1.57)           |
+//! | [`softmax_q15`]  | rows of Q10 scores           | 2 LSB of Q15 per prob. (0.71) |
+//! | [`gelu_q12`]     | `[-2^20, 2^20]` (Q12)        | 1.5 LSB of Q12 (1.08)         |
+//! | [`layer_norm`]   | `i16` tokens, `C <= 2^16`    | 1 LSB of the `i8` output (0.99)|
+//!
+//! The worst-seen figures are printed by
+//! `cargo test -p tinyvit-core --all-features --lib int8::ops -- --nocapture`.
+#![deny(clippy::float_arithmetic)]
+
+/// A real multiplier `m / 2^shift`, `shift` in `1..=62`, `m` any `i32` (negative for a
+/// negative LayerNorm weight). Files are checked for the shift range when parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Multiplier {
+    /// Numerator.
+    pub m: i32,
+    /// Power-of-two denominator, `1..=62`.
+    pub shift: u32,
+}
+
+/// Smallest valid shift.
+pub const MIN_SHIFT: u32 = 1;
+/// Largest valid shift.
+pub const MAX_SHIFT: u32 = 62;
+
+/// `round(x * m / 2^shift)`, ties toward +infinity, saturated to `i32`: computed exactly as
+/// `floor((x * m + 2^(shift-1)) / 2^shift)` in `i64`. This is the engine's only rounding rule.
+///
+/// Overflow: `|x * m| <= 2^62`, plus `2^61`, stays below `2^63`.
+#[inline]
+pub fn requant(x: i32, k: Multiplier) -> i32 {
+    let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
+    let v = ((x as i64 * k.m as i64) + (1i64 << (s - 1))) >> s;
+    v.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+/// Saturates to `i8`.
+#[inline]
+pub fn sat_i8(v: i32) -> i8 {
+    v.clamp(-127, 127) as i8
+}
+
+/// Saturates to `[-max, max]` as `i16` (`max` = the residual stream's bound, at most 32767).
+#[inline]
+pub fn sat_i16(v: i32, max: i16) -> i16 {
+    let m = max as i32;
+    v.clamp(-m, m) as i16
+}
+
+/// The int8 dot product, `init + sum a[i] * b[i]` in index order with wrapping `i32`
+/// additions. Every matrix product of the engine goes through here, so a DSP version
+/// (`SXTB16` + `SMLAD`) replaces this one function. Valid files never wrap: biases are clamped
+/// to `2^30` and fan-ins are at most `2^16` (`|a*b| <= 2^14`).
+#[inline]
+pub fn dot_i8(init: i32, a: &[i8], b: &[i8]) -> i32 {
+    let mut acc = init;
+    for (x, y) in a.iter().zip(b) {
+        acc = acc.wrapping_add(*x as i32 * *y as i32);
+    }
+    acc
+}
+
+/// `2^(-k/64)` in Q30 for `k = 0..=64`.
+const EXP2_Q30: [i32; 65] = [
+    1073741824, 1062175491, 1050733751, 1039415261, 1028218693, 1017142735, 1006186087, 995347464,
+    984625594, 974019220, 963527098, 953147997, 942880699, 932724001, 922676710, 912737649,
+    902905651, 893179563, 883558244, 874040567, 864625413, 855311680, 846098274, 836984114,
+    827968132, 819049271, 810226483, 801498734, 792865000, 784324269, 775875538, 767517817,
+    759250125, 751071493, 742980960, 734977579, 727060411, 719228525, 711481005, 703816941,
+    696235434, 688735596, 681316545, 673977412, 666717336, 659535466, 652430958, 645402981,
+    638450708, 631573326, 624770026, 618040012, 611382493, 604796689, 598281827, 591837143,
+    585461881, 579155293, 572916640, 566745190, 560640218, 554601009, 548626854, 542717053,
+    536870912,
+];
+
+/// `log2(e)` in Q16.
+const LOG2E_Q16: i64 = 94548;
+
+/// `exp(x / 1024)` in Q16 for `x <= 0` (positive inputs count as 0): range reduction to
+/// `2^-(q + f)` with integer `q` and `f` in `[0, 1)` (as I-BERT reduces by `ln 2`), `2^-f`
+/// from a 65-entry Q30 table with linear interpolation, then a rounding right shift by `q`.
+/// `exp_q10(0) == 65536` exactly.
+///
+/// Error: table rounding 2^-31, interpolation `(ln 2)^2 / 8 / 64^2 < 1.5e-5` relative, the
+/// Q16 exponent's rounding `2^-17` absolute in the exponent: at most 2 LSB of Q16.
+pub fn exp_q10(x: i32) -> i32 {
+    let neg = -(x.min(0) as i64);
+    // -x * log2(e) in Q16, rounded.
+    let n = (neg * LOG2E_Q16 + 512) >> 10;
+    let q = n >> 16;
+    if q > 20 {
+        return 0;
+    }
+    let f = n & 0xFFFF;
+    let k = (f >> 10) as usize;
+    let w = f & 1023;
+    let (t0, t1) = (EXP2_Q30[k] as i64, EXP2_Q30[k + 1] as i64);
+    let m = t0 - (((t0 - t1) * w + 512) >> 10);
+    ((m + (1i64 << (13 + q))) >> (14 + q)) as i32
+}
+
+/// Softmax of Q10 scores in place, probabilities out in Q15 (each in `[0, 32768]`).
+///
+/// `e_j = exp_q10(x_j - max)` (so the largest is exactly 65536), `sum = sum e_j` (`u64`),
+/// `p_j = round(e_j * floor(2^47 / sum) / 2^32)` (I-BERT's normalisation by one integer
+/// division per row). Overflow: `e_j <= 2^16` and `floor(2^47 / sum) <= 2^31`, so the products
+/// stay below `2^47`; rows of up to `2^32` entries cannot overflow the sum.
+pub fn softmax_q15(x: &mut [i32]) {
+    let mut max = i32::MIN;
+    for v in x.iter() {
+        if *v > max {
+            max = *v;
+        }
+    }
+    let mut sum = 0u64;
+    for v in x.iter_mut() {
+        *v = exp_q10(v.saturating_sub(max));
+        sum += *v as u64;
+    }
+    let factor = (1u64 << 47) / sum.max(1);
+    for v in x.iter_mut() {
+        *v = ((*v as u64 * factor + (1u64 << 31)) >> 32) as i32;
+    }
+}
+
+/// The standard normal CDF `Phi(k / 16)` in Q20 for `k = 0..=96`.
+const PHI_Q20: [i32; 97] = [
+    524288, 550416, 576442, 602266, 627789, 652917, 677558, 701629, 725051, 747752, 769670, 790748,
+    810940, 830208, 848521, 865861, 882214, 897576, 911952, 925352, 937794, 949301, 959902, 969631,
+    978524, 986621, 993965, 1000600, 1006571, 1011924, 1016703, 1020954, 1024721, 1028045, 1030967,
+    1033526, 1035758, 1037697, 1039375, 1040822, 1042065, 1043128, 1044033, 1044802, 1045451,
+    1045999, 1046458, 1046841, 1047161, 1047425, 1047644, 1047824, 1047971, 1048091, 1048189,
+    1048268, 1048332, 1048383, 1048425, 1048457, 1048483, 1048504, 1048520, 1048533, 1048543,
+    1048551, 1048557, 1048561, 1048565, 1048568, 1048570, 1048571, 1048572, 1048573, 1048574,
+    1048575, 1048575, 1048575, 1048575, 1048576, 1048576, 1048576, 1048576, 1048576, 1048576,
+    1048576, 1048576, 1048576, 1048576, 1048576, 1048576, 1048576, 1048576, 1048576, 1048576,
+    1048576, 1048576,
+];
+
+/// Exact (erf) GELU `x * Phi(x)` on Q12 values: `Phi(|x|)` from a Q20 table over `[0, 6)` in
+/// steps of 1/16 with linear interpolation (`Phi = 1` beyond 6, `Phi(-x) = 1 - Phi(x)`), then
+/// `round(x * Phi / 2^20)`. I-BERT writes GELU in the same `x * gate(x)` form with a quadratic
+/// erf; the interpolated table is as cheap and about a hundred times more accurate.
+///
+/// Error: interpolation `|x Phi''(x)| / 8 / 16^2 <= 1.1e-4`, table rounding `|x| 2^-21`,
+/// output rounding 1/2 LSB: at most 1.5 LSB of Q12 for `|x| <= 2^20` (256.0; the test sees
+/// 1.08). Overflow:
+/// `|x| * 2^20 < 2^52`.
+pub fn gelu_q12(x: i32) -> i32 {
+    let a = (x as i64).abs();
+    let mut phi = if a >= 96 << 8 {
+        1i64 << 20
+    } else {
+        let k = (a >> 8) as usize;
+        let w = a & 255;
+        let (t0, t1) = (PHI_Q20[k] as i64, PHI_Q20[k + 1] as i64);
+        t0 + (((t1 - t0) * w + 128) >> 8)
+    };
+    if x < 0 {
+        phi = (1i64 << 20) - phi;
+    }
+    ((x as i64 * phi + (1i64 << 19)) >> 20) as i32
+}
+
+/// `floor(sqrt(n))` by the bit-by-bit method: exactly 32 iterations whatever `n`.
+pub fn isqrt_u64(n: u64) -> u32 {
+    let mut rem = n;
+    let mut root = 0u64;
+    let mut bit = 1u64 << 62;
+    for _ in 0..32 {
+        if rem >= root + bit {
+            rem -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    root as u32
+}
+
+/// Little-endian `i32` values viewed in place (a file's bias and parameter vectors).
+#[derive(Clone, Copy, Debug)]
+pub struct I32s<'a>(pub(crate) &'a [u8]);
+
+impl I32s<'_> {
+    /// Value `i` (the caller stays below the length it asked the file for).
+    #[inline]
+    pub fn get(&self, i: usize) -> i32 {
+        let b = &self.0[4 * i..4 * i + 4];
+        i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+/// Little-endian [`Multiplier`]s viewed in place: `(m: i32, shift: i32)` pairs.
+#[derive(Clone, Copy, Debug)]
+pub struct Multipliers<'a>(pub(crate) &'a [u8]);
+
+impl Multipliers<'_> {
+    /// Multiplier `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Multiplier {
+        let v = I32s(self.0);
+        Multiplier {
+            m: v.get(2 * i),
+            shift: v.get(2 * i + 1) as u32,
+        }
+    }
+}
+
+/// LayerNorm of one `i16` token to `i8`.
+///
+/// With `d_i = x_i - mean` and `V = sum d_i^2 + eps` (`eps` = the real epsilon times
+/// `C / s_in^2`, computed by the quantiser), the normalised value is `d_i / sqrt(V / C)`. The
+/// mean is kept exactly as a rounded integer `m` plus a remainder `t / C`, and
+/// `sum d_i^2 = sum (x_i - m)^2 - t^2 / C`. `z_i = d_i * 2^30 / sqrt(V)` is computed by scaling
+/// `V` by `4^p` into `[2^60, 2^62)`, `r = isqrt(V 4^p)` in `[2^30, 2^31)`, one division
+/// `inv = 2^60 / r` and then `z_i = round(d_i 2^p * inv / 2^30)`; `|d_i 2^p| <= r + 1`, so
+/// `|z_i| <= 2^30 + 2^29`. The output is
+/// `sat_i8(requant(z_i, gamma_i) + beta_i)`, where `gamma_i` holds
+/// `weight_i sqrt(C) / (2^30 s_out)` and `beta_i = round(bias_i / s_out)`.
+///
+/// Overflow: `|x_i - m| < 2^16`, `C <= 2^16`, so `V < 2^49`; `|d_i 2^p| * inv < 2^32 * 2^30`.
+///
+/// # Shapes
+/// `x: [C]`, `out: [C]`, `gamma`, `beta`: `C` entries.
+pub fn layer_norm(x: &[i16], gamma: Multipliers<'_>, beta: I32s<'_>, eps: i32, out: &mut [i8]) {
+    let n = x.len() as i64;
+    if n == 0 {
+        return;
+    }
+    let mut sum = 0i64;
+    for v in x {
+        sum += *v as i64;
+    }
+    // The rounded mean m, its remainder t = sum - n m (|t| <= n / 2), and the exactly centred
+    // sum of squares sum (x - mean)^2 = sum (x - m)^2 - t^2 / n.
+    let m = (2 * sum + n).div_euclid(2 * n);
+    let t = sum - n * m;
+    let mut sq = 0i64;
+    for v in x {
+        let d = *v as i64 - m;
+        sq += d * d;
+    }
+    let var = sq - (2 * t * t + n).div_euclid(2 * n);
+    let v = (var.max(0) + eps.max(0) as i64).max(1) as u64;
+    let bits = 64 - v.leading_zeros();
+    let p = (62 - bits) / 2;
+    let r = isqrt_u64(v << (2 * p)) as i64;
+    let inv = (1i64 << 60) / r;
+    // (mean - m) 2^p, rounded.
+    let c = (2 * (t << p) + n).div_euclid(2 * n);
+    for (i, (o, xv)) in out.iter_mut().zip(x).enumerate() {
+        let u = ((*xv as i64 - m) << p) - c;
+        let z = ((u * inv + (1i64 << 29)) >> 30).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+        *o = sat_i8(requant(z, gamma.get(i)).saturating_add(beta.get(i)));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::float_arithmetic)]
+mod tests {
+    use super::*;
+    use crate::params::splitmix64;
+    use std::vec::Vec;
+
+    /// Multiplier nearest a positive or negative real (test helper, same rule as the quantiser).
+    fn mult(x: f64) -> Multiplier {
+        crate::int8::quantize::multiplier(x).unwrap()
+    }
+
+    #[test]
+    fn requant_is_exact_rounding_half_up() {
+        let mut s = 1u64;
+        for i in 0..200_000 {
+            let x = splitmix64(&mut s) as i32;
+            let m = splitmix64(&mut s) as i32;
+            let shift = 1 + (splitmix64(&mut s) % 62) as u32;
+            let k = Multiplier { m, shift };
+            let exact = (x as i128 * m as i128 + (1i128 << (shift - 1))) >> shift;
+            let want = exact.clamp(i32::MIN as i128, i32::MAX as i128) as i32;
+            assert_eq!(requant(x, k), want, "{i}: {x} {k:?}");
+        }
+        let half = Multiplier { m: 1, shift: 1 };
+        assert_eq!(requant(1, half), 1);
+        assert_eq!(requant(-1, half), 0);
+        assert_eq!(requant(3, half), 2);
+        assert_eq!(
+            requant(
+                i32::MAX,
+                Multiplier {
+                    m: i32::MAX,
+                    shift: 1
+                }
+            ),
+            i32::MAX
+        );
+        assert_eq!(
+            requant(
+                i32::MIN,
+                Multiplier {
+                    m: i32::MAX,
+                    shift: 1
+                }
+            ),
+            i32::MIN
+        );
+    }
+
+    #[test]
+    fn isqrt_is_the_exact_floor() {
+        let check = |n: u64| {
+            let r = isqrt_u64(n) as u128;
+            assert!(r * r <= n as u128 && (r + 1) * (r + 1) > n as u128, "{n}");
+        };
+        for n in 0..100_000u64 {
+            check(n);
+        }
+        for k in 0..64 {
+            let p = 1u64 << k;
+            for n in [p - 1, p, p + 1] {
+                check(n);
+            }
+        }
+        check(u64::MAX);
+        let mut s = 2u64;
+        for _ in 0..100_000 {
+            check(splitmix64(&mut s) >> (splitmix64(&mut s) % 64));
+        }
+    }
+
+    #[test]
+    fn exp_within_2_lsb_of_q16_over_its_whole_range() {
+        assert_eq!(exp_q10(0), 65536);
+        assert_eq!(exp_q10(5), 65536);
+        let mut worst = 0.0f64;
+        let mut x = 0i64;
+        while x >= i32::MIN as i64 {
+            let got = exp_q10(x as i32) as f64;
+            let want = (x as f64 / 1024.0).exp() * 65536.0;
+            worst = worst.max((got - want).abs());
+            // Every input near zero, then sparser.
+            x -= if x > -40_000 { 1 } else { 1 + (-x) / 1000 };
+        }
+        std::println!("exp worst error {worst} LSB");
+        assert!(worst <= 2.0, "exp worst error {worst} LSB");
+    }
+
+    #[test]
+    fn softmax_within_2_lsb_of_q15() {
+        let mut s = 3u64;
+        let mut worst = 0.0f64;
+        for row in 0..3000 {
+            let n = 1 + (splitmix64(&mut s) % 300) as usize;
+            let spread = 1 + (splitmix64(&mut s) % (1 << (4 + row % 14))) as i64;
+            let base = (splitmix64(&mut s) % 2_000_000) as i64 - 1_000_000;
+            let x: Vec<i32> = (0..n)
+                .map(|_| (base + (splitmix64(&mut s) % spread as u64) as i64) as i32)
+                .collect();
+            let m = *x.iter().max().unwrap() as f64;
+            let e: Vec<f64> = x.iter().map(|v| ((*v as f64 - m) / 1024.0).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut p = x.clone();
+            softmax_q15(&mut p);
+            let mut total = 0i64;
+            for (got, e) in p.iter().zip(&e) {
+                worst = worst.max((*got as f64 - e / sum * 32768.0).abs());
+                total += *got as i64;
+            }
+            assert!((total - 32768).abs() <= n as i64, "row sums to {total}");
+        }
+        std::println!("softmax worst error {worst} LSB");
+        assert!(worst <= 2.0, "softmax worst error {worst} LSB");
+    }
+
+    #[test]
+    fn gelu_within_1_5_lsb_of_q12() {
+        let gelu = |x: f64| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        let mut worst = 0.0f64;
+        for x in -(1i32 << 20)..=(1 << 20) {
+            let want = gelu(x as f64 / 4096.0) * 4096.0;
+            worst = worst.max((gelu_q12(x) as f64 - want).abs());
+        }
+        std::println!("gelu worst error {worst} LSB");
+        assert!(worst <= 1.5, "gelu worst error {worst} LSB");
+        for x in [i32::MIN, i32::MAX, -(1 << 30), 1 << 30] {
+            // Far out GELU is the identity or zero, and never overflows.
+            let g = gelu_q12(x);
+            assert!(if x > 0 { g == x } else { g == 0 }, "{x} -> {g}");
+        }
+    }
+
+    fn le(v: &[i32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn layer_norm_within_1_lsb_of_int8_output() {
+        let mut s = 4u64;
+        let mut worst = 0.0f64;
+        for case in 0..3000 {
+            let c = 1 + (splitmix64(&mut s) % 200) as usize;
+            let amp = 1 + (splitmix64(&mut s) % (1 << (3 + case % 12))) as i64;
+            let off = (splitmix64(&mut s) % 2000) as i64 - 1000;
+            let x: Vec<i16> = (0..c)
+                .map(|_| {
+                    let v = off + (splitmix64(&mut s) % (2 * amp as u64 + 1)) as i64 - amp;
+                    v.clamp(-32767, 32767) as i16
+                })
+                .collect();
+            let s_in = 1e-3;
+            let s_out = 4.0 / 127.0;
+            let w: Vec<f64> = (0..c)
+                .map(|_| (splitmix64(&mut s) % 2000) as f64 / 1000.0 - 1.0)
+                .collect();
+            let b: Vec<f64> = (0..c)
+                .map(|_| (splitmix64(&mut s) % 2000) as f64 / 1000.0 - 1.0)
+                .collect();
+            let eps_real = 1e-5;
+            let mut gm = Vec::new();
+            for wi in &w {
+                let k = mult(wi * (c as f64).sqrt() / (s_out * (1u64 << 30) as f64));
+                gm.extend([k.m, k.shift as i32]);
+            }
+            let beta: Vec<i32> = b.iter().map(|v| (v / s_out).round() as i32).collect();
+            let eps = (eps_real * c as f64 / (s_in * s_in)).round().max(1.0) as i32;
+            let (gm, bb) = (le(&gm), le(&beta));
+            let mut out = std::vec![0i8; c];
+            layer_norm(&x, Multipliers(&gm), I32s(&bb), eps, &mut out);
+            // f64 LayerNorm of the real inputs.
+            let xr: Vec<f64> = x.iter().map(|v| *v as f64 * s_in).collect();
+            let mean = xr.iter().sum::<f64>() / c as f64;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
+            for i in 0..c {
+                let y = (xr[i] - mean) / (var + eps_real).sqrt() * w[i] + b[i];
+                let want = (y / s_out).clamp(-127.0, 127.0);
+                worst = worst.max((out[i] as f64 - want).abs());
+            }
+        }
+        std::println!("layer norm worst error {worst} LSB");
+        assert!(worst <= 1.0, "layer norm worst error {worst} LSB");
+    }
+
+    #[test]
+    fn layer_norm_of_a_zero_token_is_the_bias() {
+        let g = le(&[1 << 30, 40, 1 << 30, 40]);
+        let b = le(&[5, -7]);
+        let mut out = [0i8; 2];
+        layer_norm(&[0, 0], Multipliers(&g), I32s(&b), 3, &mut out);
+        assert_eq!(out, [5, -7]);
+    }
+
+    #[test]
+    fn dot_wraps_instead_of_panicking() {
+        assert_eq!(dot_i8(7, &[1, -2, 3], &[4, 5, -6]), 7 + 4 - 10 - 18);
+        assert_eq!(dot_i8(i32::MAX, &[1], &[1]), i32::MIN);
+    }
+}
