@@ -253,6 +253,9 @@ pub fn smooth_target(idx: &[u32], val: &[f32], out: &mut [f32]) -> Result<(), So
     Ok(())
 }
 
+/// A sparse target: class indices and their stored values, `[K]` each.
+pub type Sparse<'a> = (&'a [u32], &'a [f32]);
+
 /// The eq. 2 target of one sample, single (`b = None`) or a mixed pair, as a fill over every
 /// class plus corrections: `t_c = fill + sum_{j: idx_out_j = c} delta_out_j`. This is what
 /// the trainer's loss takes (`loss = -(fill * sum_c ls_c + sum_j delta_j ls_{idx_j})`, `ls`
@@ -266,8 +269,8 @@ pub fn smooth_target(idx: &[u32], val: &[f32], out: &mut [f32]) -> Result<(), So
 /// # Shapes
 /// `a`, `b`: `[K]` each; `idx_out`, `delta_out`: `[W]`, `W >= K_a (+ K_b when mixed)`.
 pub fn target_terms(
-    a: (&[u32], &[f32]),
-    b: Option<((&[u32], &[f32]), f32)>,
+    a: Sparse<'_>,
+    b: Option<(Sparse<'_>, f32)>,
     num_classes: usize,
     idx_out: &mut [u32],
     delta_out: &mut [f32],

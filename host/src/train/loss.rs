@@ -22,8 +22,8 @@ use tinyvit_core::softlabel;
 /// pair, the partner's with the sample's own weight `lam`.
 #[derive(Clone, Copy, Debug)]
 pub struct TargetRow<'a> {
-    pub own: (&'a [u32], &'a [f32]),
-    pub partner: Option<((&'a [u32], &'a [f32]), f32)>,
+    pub own: softlabel::Sparse<'a>,
+    pub partner: Option<(softlabel::Sparse<'a>, f32)>,
 }
 
 /// A batch of sparse targets in the loss's form.
@@ -188,7 +188,8 @@ mod tests {
         }
         let mut p: Vec<f32> = (0..k).map(|_| unit(s) as f32).collect();
         let total: f32 = p.iter().sum::<f32>() / (0.5 + unit(s) as f32 * 0.55);
-        p.iter_mut().for_each(|v| *v = (*v / total.max(1e-6)).min(1.0));
+        p.iter_mut()
+            .for_each(|v| *v = (*v / total.max(1e-6)).min(1.0));
         let layout = RecordLayout::new(k as u16, c, values).unwrap();
         let mut bytes = vec![0u8; layout.record_len()];
         layout.encode(7, &idx, &p, &mut bytes).unwrap();

@@ -991,7 +991,7 @@ mod tests {
         tch::no_grad(|| {
             for (n, t) in vs.variables() {
                 if n.ends_with("attention_biases") {
-                    let _ = t.shallow_clone().copy_(&Tensor::randn_like(&t));
+                    t.shallow_clone().copy_(&Tensor::randn_like(&t));
                 }
             }
         });

@@ -60,7 +60,7 @@ pub fn save(
 pub fn state_of(l: &Loaded, what: &str) -> Result<Option<TrainState>> {
     l.state
         .as_deref()
-        .map(|js| serde_json::from_str(js))
+        .map(serde_json::from_str)
         .transpose()
         .with_context(|| format!("{what}: metadata `tinyvit.state`"))
 }
