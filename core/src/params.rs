@@ -322,7 +322,10 @@ pub fn folded_blob_len(cfg: &ModelConfig) -> usize {
     n
 }
 
-/// splitmix64: a tiny, well-known 64-bit generator, trivial to reimplement anywhere.
+/// SplitMix64 (Steele, Lea and Flood 2014): adds the golden gamma to `state` and returns
+/// the mix of the new state. The project's one definition: the augmentation's seed hash
+/// (`aug::rng::mix64`, the output for state `z` before the step), synthetic weights, the
+/// host's validation split and DropPath seeds all call it.
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;

@@ -1,28 +1,36 @@
-//! Sparse soft labels for fast distillation (TinyViT section 3.2, eq. 2).
+//! Sparse soft labels for fast distillation (TinyViT section 3.2, eq. 2): the one definition
+//! of the sparse target, of the stored value codes and of the index width. The logit store's
+//! record codec (`crate::store`) and the trainer's batch targets (`tinyvit_host::train::loss`)
+//! call this module; nothing else defines them.
 //!
-//! The teacher's softmax is kept as its top-K classes: indices (u16, or u32 when there are more
-//! than 65536 classes) and probabilities (f16, round to nearest even). The student's target is
-//! rebuilt as eq. 2: the K stored probabilities at their classes and
-//! `max(0, (1 - sum topK) / (C - K))` at every other class.
+//! The teacher's softmax is kept as its top-K classes: indices ([`index_width`]: u16 up to
+//! 65,535 classes, u32 above; the width's largest value is never a class, so the store can use
+//! it to mark a missing record) and probabilities in one of two codes, both rounding to
+//! nearest with ties to even:
 //!
-//! The clamp at 0 is this crate's: the reference (`TinyViT/utils.py`) does not clamp, so when
+//! - f16 ([`encode_f16`] / [`decode_f16`]): IEEE binary16 of `clamp(p, 0, 1)`;
+//! - 8-bit ([`encode_u8`] / [`decode_u8`]): square-root companding, `q = round(255 * sqrt(p))`,
+//!   `p = q^2 / 65025`, which keeps relative precision for the small probabilities that
+//!   dominate a top-K tail (smallest non-zero value 1.5e-5; worst relative error at p = 0.01
+//!   about 4%).
+//!
+//! The student's target is eq. 2: the K stored probabilities at their classes and
+//! `max(0, (1 - sum topK) / (C - K))` ([`smooth_fill`]) at every other class. The clamp at 0 is
+//! this crate's: the reference (`TinyViT/utils.py` of the paper's code) does not clamp, so when
 //! f16 rounding makes the stored values sum above 1 its "other" classes get a tiny negative
 //! target. Clamping keeps the target a non-negative measure; the difference is at most a few
 //! f16 ulps per class.
 //!
-//! The loss is the cross-entropy of the student's logits against that target, computed with
-//! its gradient without building the dense target: one online log-sum-exp pass over the logits
-//! (which also sums them), then the K sparse terms, then one pass writing the gradient
-//! `softmax(s) * sum(t) - t`. Tested against the dense formula.
+//! For mixup/cutmix pairs the target is `lam * t_own + (1 - lam) * t_partner`. The trainer
+//! takes any target, single or mixed, as a fill plus corrections ([`target_terms`]):
+//! `t_c = fill + sum_{j: idx_j = c} delta_j`, at most 2K numbers and one fill per sample,
+//! from which the loss is a gather and two sums.
 //!
-//! For mixup/cutmix pairs the target is `lam * t_own + (1 - lam) * t_partner`; cross-entropy is
-//! linear in the target, so [`sparse_ce_and_grad_mixed`] combines the two sparse targets
-//! without densifying either.
-//!
-//! [`encode_u8`] / [`decode_u8`] are the 8-bit probability code of the store's compact mode:
-//! square-root companding, `q = round(255 * sqrt(p))`, `p = q^2 / 65025`, which keeps relative
-//! precision for the small probabilities that dominate a top-K tail (smallest non-zero value
-//! 1.5e-5; worst relative error at p = 0.01 about 4%).
+//! The loss is the cross-entropy of the student's logits against that target. The f64
+//! reference [`sparse_ce_and_grad_mixed`] computes it with its gradient without building the
+//! dense target: one online log-sum-exp pass over the logits (which also sums them), then the
+//! sparse terms, then one pass writing the gradient `softmax(s) * sum(t) - t`. It is tested
+//! against the dense formula here, and the trainer's tch loss is tested against it.
 
 use half::f16;
 
@@ -66,9 +74,28 @@ pub enum IndexWidth {
     U32,
 }
 
-/// u16 indices up to 65536 classes, u32 above.
-pub fn index_width(num_classes: u64) -> IndexWidth {
-    if num_classes <= 65536 {
+impl IndexWidth {
+    /// Bytes an index.
+    pub const fn bytes(self) -> usize {
+        match self {
+            IndexWidth::U16 => 2,
+            IndexWidth::U32 => 4,
+        }
+    }
+
+    /// The width's largest value, which is never a class (it marks "no class").
+    pub const fn sentinel(self) -> u32 {
+        match self {
+            IndexWidth::U16 => 0xFFFF,
+            IndexWidth::U32 => 0xFFFF_FFFF,
+        }
+    }
+}
+
+/// u16 indices up to 65,535 classes (indices `0..=65534`, so `0xFFFF` stays free as the
+/// sentinel), u32 above.
+pub const fn index_width(num_classes: u32) -> IndexWidth {
+    if num_classes <= 0xFFFF {
         IndexWidth::U16
     } else {
         IndexWidth::U32
@@ -118,6 +145,16 @@ pub fn topk(
     Ok(n)
 }
 
+/// `p` clamped to `[0, 1]`; NaN becomes 0.
+fn clamp_unit(p: f32) -> f32 {
+    let p = if p > 0.0 { p } else { 0.0 };
+    if p < 1.0 {
+        p
+    } else {
+        1.0
+    }
+}
+
 /// f32 -> f16 bits, round to nearest even (IEEE 754 binary16; overflow to infinity).
 pub fn f16_bits(v: f32) -> u16 {
     f16::from_f32(v).to_bits()
@@ -128,17 +165,39 @@ pub fn f16_value(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
 }
 
+/// The f16 code of a probability: binary16 of `clamp(p, 0, 1)`, ties to even. NaN encodes
+/// as 0.
+pub fn encode_f16(p: f32) -> u16 {
+    f16_bits(clamp_unit(p))
+}
+
+/// The probability of an f16 code (exact).
+pub fn decode_f16(bits: u16) -> f32 {
+    f16_value(bits)
+}
+
 /// The 8-bit code of a probability: `round(255 * sqrt(clamp(p, 0, 1)))`, ties to even.
 /// NaN encodes as 0.
 pub fn encode_u8(p: f32) -> u8 {
-    let p = if p > 0.0 { p } else { 0.0 };
-    let p = if p < 1.0 { p } else { 1.0 };
-    libm::rintf(libm::sqrtf(p) * 255.0) as u8
+    libm::rintf(libm::sqrtf(clamp_unit(p)) * 255.0) as u8
 }
 
-/// The probability of an 8-bit code: `q^2 / 65025`.
+/// Decoding table of the 8-bit code: entry `q` is `q^2 / 65025`.
+const U8_TABLE: [f32; 256] = u8_table();
+
+const fn u8_table() -> [f32; 256] {
+    let mut t = [0.0f32; 256];
+    let mut q = 0;
+    while q < 256 {
+        t[q] = (q * q) as f32 / 65025.0;
+        q += 1;
+    }
+    t
+}
+
+/// The probability of an 8-bit code: `q^2 / 65025` (a table, bit-exact everywhere).
 pub fn decode_u8(q: u8) -> f32 {
-    (u32::from(q) * u32::from(q)) as f32 / 65025.0
+    U8_TABLE[usize::from(q)]
 }
 
 /// Eq. 2's value for every class outside the stored top-K: `max(0, (1 - sum val) / (C - K))`,
@@ -192,6 +251,70 @@ pub fn smooth_target(idx: &[u32], val: &[f32], out: &mut [f32]) -> Result<(), So
         out[i as usize] = v;
     }
     Ok(())
+}
+
+/// A sparse target: class indices and their stored values, `[K]` each.
+pub type Sparse<'a> = (&'a [u32], &'a [f32]);
+
+/// The eq. 2 target of one sample, single (`b = None`) or a mixed pair, as a fill over every
+/// class plus corrections: `t_c = fill + sum_{j: idx_out_j = c} delta_out_j`. This is what
+/// the trainer's loss takes (`loss = -(fill * sum_c ls_c + sum_j delta_j ls_{idx_j})`, `ls`
+/// the log-softmax), so the trainer never densifies a target and never redefines eq. 2.
+///
+/// `a = (idx, val)` is the sample's own stored top-K; `b = Some(((idx, val), lam))` mixes in a
+/// partner's with the sample's own weight `lam` (`lam = 1` ignores `b`). Entries are written
+/// own first, then the partner's; the rest of the outputs is padded with class 0 and delta 0.
+/// Returns `(fill, entries written)`. Sums run in f64; fill and deltas are rounded to f32 once.
+///
+/// # Shapes
+/// `a`, `b`: `[K]` each; `idx_out`, `delta_out`: `[W]`, `W >= K_a (+ K_b when mixed)`.
+pub fn target_terms(
+    a: Sparse<'_>,
+    b: Option<(Sparse<'_>, f32)>,
+    num_classes: usize,
+    idx_out: &mut [u32],
+    delta_out: &mut [f32],
+) -> Result<(f32, usize), SoftLabelError> {
+    if idx_out.len() != delta_out.len() {
+        return Err(SoftLabelError::Length("target_terms outputs"));
+    }
+    check_target(a.0, a.1, num_classes)?;
+    let (lam, b) = match b {
+        Some((b, lam)) => {
+            if !(lam.is_finite() && (0.0..=1.0).contains(&lam)) {
+                return Err(SoftLabelError::BadValue("lam"));
+            }
+            if lam < 1.0 {
+                check_target(b.0, b.1, num_classes)?;
+                (f64::from(lam), Some(b))
+            } else {
+                (1.0, None)
+            }
+        }
+        None => (1.0, None),
+    };
+    let need = a.0.len() + b.map_or(0, |b| b.0.len());
+    if idx_out.len() < need {
+        return Err(SoftLabelError::Length("target_terms outputs"));
+    }
+    let fa = f64::from(smooth_fill(a.1, num_classes));
+    let fb = b.map_or(0.0, |b| f64::from(smooth_fill(b.1, num_classes)));
+    let mut n = 0;
+    for (&i, &v) in a.0.iter().zip(a.1) {
+        idx_out[n] = i;
+        delta_out[n] = (lam * (f64::from(v) - fa)) as f32;
+        n += 1;
+    }
+    if let Some(b) = b {
+        for (&i, &v) in b.0.iter().zip(b.1) {
+            idx_out[n] = i;
+            delta_out[n] = ((1.0 - lam) * (f64::from(v) - fb)) as f32;
+            n += 1;
+        }
+    }
+    idx_out[n..].fill(0);
+    delta_out[n..].fill(0.0);
+    Ok(((lam * fa + (1.0 - lam) * fb) as f32, n))
 }
 
 /// Online log-sum-exp and plain sum of `logits` in one pass (f64 accumulators).
@@ -376,6 +499,48 @@ mod tests {
     }
 
     #[test]
+    fn index_width_keeps_the_sentinel_free() {
+        // 65,535 classes use indices 0..=65534: 0xFFFF is free for the sentinel.
+        assert_eq!(index_width(0xFFFF), IndexWidth::U16);
+        // 65,536 classes need index 65535, which is the u16 sentinel: u32.
+        assert_eq!(index_width(0x1_0000), IndexWidth::U32);
+        assert_eq!(IndexWidth::U16.sentinel(), 0xFFFF);
+        assert_eq!(IndexWidth::U32.bytes(), 4);
+    }
+
+    #[test]
+    fn u8_code_rounds_ties_to_even() {
+        // sqrt(p) * 255 exactly 2.5 and 3.5 (p = (k / 255)^2 with k / 255 exact enough):
+        // find f32 values whose product lands on a tie and check the rule directly.
+        let mut ties = 0;
+        for k2 in 1..510u32 {
+            if k2 % 2 == 0 {
+                continue;
+            }
+            let s = k2 as f32 / 510.0;
+            let p = s * s;
+            let x = libm::sqrtf(p) * 255.0;
+            if x == k2 as f32 / 2.0 {
+                ties += 1;
+                let want = libm::rintf(x) as u8;
+                assert_eq!(encode_u8(p), want, "p {p}");
+                assert_eq!(want % 2, 0, "ties go to the even code");
+            }
+        }
+        assert!(ties > 10, "only {ties} exact ties found");
+        // Half-up rounding would give 3 here; ties to even gives 2.
+        assert_eq!(libm::rintf(2.5f32), 2.0);
+    }
+
+    #[test]
+    fn f16_code_clamps_like_the_u8_code() {
+        assert_eq!(encode_f16(1.0005), 0x3c00);
+        assert_eq!(encode_f16(-0.1), 0);
+        assert_eq!(encode_f16(f32::NAN), 0);
+        assert_eq!(decode_f16(encode_f16(0.25)), 0.25);
+    }
+
+    #[test]
     fn fill_is_clamped_at_zero() {
         assert_eq!(smooth_fill(&[0.6, 0.5], 10), 0.0);
         assert!((smooth_fill(&[0.5, 0.3], 12) - 0.02).abs() < 1e-7);
@@ -442,6 +607,33 @@ mod tests {
             prop_assert!((ld - ls).abs() <= 1e-4 * (1.0 + ld.abs()), "{} vs {}", ld, ls);
             for (a, b) in gd.iter().zip(&gs) {
                 prop_assert!((a - b).abs() <= 1e-5, "{} vs {}", a, b);
+            }
+        }
+
+        /// The trainer's form of the target (fill + corrections) is the dense eq. 2 target,
+        /// single and mixed, overlapping classes included.
+        #[test]
+        fn target_terms_equal_the_dense_target((logits, idx, val) in case(), lam in 0.0f32..=1.0, rot in 0usize..60, mixed in any::<bool>()) {
+            let c = logits.len();
+            let idx_b: Vec<u32> = idx.iter().map(|&i| (i as usize + rot) as u32 % c as u32).collect();
+            let mut ta = vec![0.0f32; c];
+            let mut tb = vec![0.0f32; c];
+            smooth_target(&idx, &val, &mut ta).unwrap();
+            smooth_target(&idx_b, &val, &mut tb).unwrap();
+            let w = 2 * idx.len() + 1;
+            let (mut ti, mut td) = (vec![7u32; w], vec![7.0f32; w]);
+            let b = mixed.then_some(((&idx_b[..], &val[..]), lam));
+            let (fill, n) = target_terms((&idx, &val), b, c, &mut ti, &mut td).unwrap();
+            let lam = if mixed { lam } else { 1.0 };
+            prop_assert_eq!(n, if lam < 1.0 { 2 * idx.len() } else { idx.len() });
+            prop_assert!(ti[n..].iter().all(|&i| i == 0) && td[n..].iter().all(|&d| d == 0.0));
+            let mut t = vec![f64::from(fill); c];
+            for (&i, &d) in ti.iter().zip(&td) {
+                t[i as usize] += f64::from(d);
+            }
+            for (j, &x) in t.iter().enumerate() {
+                let want = f64::from(lam) * f64::from(ta[j]) + (1.0 - f64::from(lam)) * f64::from(tb[j]);
+                prop_assert!((x - want).abs() <= 1e-6, "class {}: {} vs {}", j, x, want);
             }
         }
 

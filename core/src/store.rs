@@ -54,10 +54,11 @@
 //!
 //! ```text
 //!  0  [u8; 8]  magic "TVLSHARD"
-//!  8  u16      format version (FORMAT_VERSION = 1)
+//!  8  u16      format version (FORMAT_VERSION = 2)
 //! 10  u16      header length (80)
 //! 12  u8       value encoding: 0 = f16, 1 = sqrt8 (see ValueEncoding)
 //! 13  u8       index width in bytes: 2 when classes <= 65535, else 4
+//!              (crate::softlabel::index_width)
 //! 14  u16      K (top-K kept per record), 1 <= K <= classes
 //! 16  u32      number of classes C >= 1
 //! 20  u32      records per block R, 1 ..= 1 << 20
@@ -106,19 +107,31 @@
 //!
 //! ## Value encodings
 //!
-//! - [`ValueEncoding::F16`]: IEEE binary16, round to nearest even (the reference's choice).
-//! - [`ValueEncoding::Sqrt8`]: one byte, square-root companded: `q = round(255 * sqrt(p))`,
-//!   `p = (q / 255)^2`. The smallest non-zero value is 1.5e-5 and the absolute error is below
-//!   `sqrt(p) / 255 + 4e-6`, so small probabilities keep a few percent of relative precision where a
-//!   linear byte would round them to zero. Decoding is a 256-entry table, bit-exact everywhere.
+//! The codes are [`crate::softlabel`]'s; this module only picks one per store and places the
+//! bytes. Both round to nearest, ties to even.
+//!
+//! - [`ValueEncoding::F16`]: IEEE binary16 ([`softlabel::encode_f16`], the reference's choice).
+//! - [`ValueEncoding::Sqrt8`]: one byte, square-root companded ([`softlabel::encode_u8`]):
+//!   `q = round(255 * sqrt(p))`, `p = (q / 255)^2`. The smallest non-zero value is 1.5e-5 and
+//!   the absolute error is below `sqrt(p) / 255 + 4e-6`, so small probabilities keep a few
+//!   percent of relative precision where a linear byte would round them to zero. Decoding is a
+//!   256-entry table, bit-exact everywhere.
+//!
+//! ## Versions
+//!
+//! - 2: 8-bit values round ties to even (the core's one rounding rule).
+//! - 1: 8-bit values rounded ties up. Only a value whose `255 * sqrt(p)` is exactly `n + 0.5`
+//!   differs, but this build refuses version 1 files ([`StoreError::UnsupportedVersion`]) rather
+//!   than mix two rules in one store: write the store again.
 
 use core::fmt;
 
-use half::f16;
 use serde::{Deserialize, Serialize};
 
+use crate::softlabel::{self, IndexWidth};
+
 /// Version of the shard file layout described in this module.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// First 8 bytes of every shard file.
 pub const HEADER_MAGIC: [u8; 8] = *b"TVLSHARD";
 /// First 8 bytes of every shard footer.
@@ -185,7 +198,8 @@ impl fmt::Display for StoreError {
             StoreError::BadMagic { what } => write!(f, "{what}: bad magic bytes"),
             StoreError::UnsupportedVersion { found } => write!(
                 f,
-                "shard format version {found}, this build reads version {FORMAT_VERSION}"
+                "shard format version {found}, this build reads version {FORMAT_VERSION} only \
+                 (version 2 rounds 8-bit values ties to even); write the store again with this build"
             ),
             StoreError::Checksum { what } => write!(f, "{what}: checksum mismatch"),
             StoreError::Invalid { field } => write!(f, "invalid value in field `{field}`"),
@@ -279,48 +293,6 @@ impl ValueEncoding {
     }
 }
 
-/// Decoding table of [`ValueEncoding::Sqrt8`]: entry `q` is `(q / 255)^2`.
-pub const SQRT8_TABLE: [f32; 256] = sqrt8_table();
-
-const fn sqrt8_table() -> [f32; 256] {
-    let mut t = [0.0f32; 256];
-    let mut q = 0;
-    while q < 256 {
-        t[q] = (q * q) as f32 / 65025.0;
-        q += 1;
-    }
-    t
-}
-
-/// Encodes a probability in [0, 1] as a [`ValueEncoding::Sqrt8`] byte (round to nearest).
-pub fn sqrt8_encode(p: f32) -> u8 {
-    let p = if p > 1.0 {
-        1.0
-    } else if p > 0.0 {
-        p
-    } else {
-        0.0
-    };
-    let x = 255.0 * libm::sqrtf(p) + 0.5;
-    // x is in [0.5, 255.5]; truncation of a non-negative float rounds down.
-    let q = x as u32;
-    if q > 255 {
-        255
-    } else {
-        q as u8
-    }
-}
-
-/// The number of index bytes for a class count: 2 up to 65535 classes, else 4. The width's
-/// maximum value (`0xFFFF` / `0xFFFF_FFFF`) is never a class, so it marks missing records.
-pub const fn index_width(num_classes: u32) -> usize {
-    if num_classes <= 0xFFFF {
-        2
-    } else {
-        4
-    }
-}
-
 /// What one record holds and how wide it is: the part of a header that fixes the record bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RecordLayout {
@@ -362,9 +334,13 @@ impl RecordLayout {
         self.values
     }
 
-    /// Bytes a class index.
+    /// Bytes a class index ([`softlabel::index_width`]).
     pub fn index_width(&self) -> usize {
-        index_width(self.num_classes)
+        self.width().bytes()
+    }
+
+    fn width(&self) -> IndexWidth {
+        softlabel::index_width(self.num_classes)
     }
 
     /// Bytes a record: `4 + K * (index width + value width)`.
@@ -373,11 +349,7 @@ impl RecordLayout {
     }
 
     fn sentinel(&self) -> u32 {
-        if self.index_width() == 2 {
-            0xFFFF
-        } else {
-            0xFFFF_FFFF
-        }
+        self.width().sentinel()
     }
 
     /// Writes one record. `indices` and `probs` hold K entries each (top-K order); `out` is
@@ -431,12 +403,10 @@ impl RecordLayout {
             }
         }
         for (j, &p) in probs.iter().enumerate() {
-            let p = if p > 1.0 { 1.0 } else { p };
             match self.values {
-                ValueEncoding::F16 => {
-                    val_bytes[2 * j..2 * j + 2].copy_from_slice(&f16::from_f32(p).to_le_bytes())
-                }
-                ValueEncoding::Sqrt8 => val_bytes[j] = sqrt8_encode(p),
+                ValueEncoding::F16 => val_bytes[2 * j..2 * j + 2]
+                    .copy_from_slice(&softlabel::encode_f16(p).to_le_bytes()),
+                ValueEncoding::Sqrt8 => val_bytes[j] = softlabel::encode_u8(p),
             }
         }
         Ok(())
@@ -549,9 +519,9 @@ impl<'a> RecordView<'a> {
         match self.layout.values {
             ValueEncoding::F16 => {
                 let o = o + 2 * k;
-                f16::from_le_bytes([self.bytes[o], self.bytes[o + 1]]).to_f32()
+                softlabel::decode_f16(u16::from_le_bytes([self.bytes[o], self.bytes[o + 1]]))
             }
-            ValueEncoding::Sqrt8 => SQRT8_TABLE[usize::from(self.bytes[o + k])],
+            ValueEncoding::Sqrt8 => softlabel::decode_u8(self.bytes[o + k]),
         }
     }
 
@@ -1187,23 +1157,49 @@ mod tests {
         assert!(RecordLayout::new(1, 0, ValueEncoding::F16).is_err());
     }
 
+    /// The store's 8-bit values are the core's code (ties to even), read back through the
+    /// record view; the accuracy bound of the module doc holds.
     #[test]
-    fn sqrt8_is_monotone_and_accurate() {
-        assert_eq!(sqrt8_encode(0.0), 0);
-        assert_eq!(sqrt8_encode(1.0), 255);
-        assert_eq!(SQRT8_TABLE[255], 1.0);
-        for q in 0..=255u8 {
-            assert_eq!(sqrt8_encode(SQRT8_TABLE[usize::from(q)]), q);
-        }
+    fn sqrt8_values_are_the_softlabel_code() {
+        let l = RecordLayout::new(1, 10, ValueEncoding::Sqrt8).unwrap();
+        let mut out = [0u8; 7];
         let mut p = 1e-6f32;
         while p < 1.0 {
-            let d = SQRT8_TABLE[usize::from(sqrt8_encode(p))];
+            l.encode(0, &[3], &[p], &mut out).unwrap();
+            assert_eq!(out[6], softlabel::encode_u8(p), "p={p}");
+            let d = l.view(&out).unwrap().prob(0);
+            assert_eq!(d, softlabel::decode_u8(out[6]));
             assert!(
                 (d - p).abs() <= libm::sqrtf(p) / 255.0 + 4e-6,
                 "p={p} d={d}"
             );
             p *= 1.1;
         }
+        // A tie: 255 * sqrt(p) == 2.5 exactly rounds to the even code 2 (version 2).
+        let p = (2.5f32 / 255.0) * (2.5f32 / 255.0);
+        if libm::sqrtf(p) * 255.0 == 2.5 {
+            l.encode(0, &[3], &[p], &mut out).unwrap();
+            assert_eq!(out[6], 2);
+        }
+        l.encode(0, &[3], &[1.0005], &mut out).unwrap();
+        assert_eq!(out[6], 255);
+    }
+
+    /// The index width switches where the u16 sentinel would become a class.
+    #[test]
+    fn index_width_boundary() {
+        let narrow = RecordLayout::new(1, 65_535, ValueEncoding::F16).unwrap();
+        assert_eq!(narrow.index_width(), 2);
+        let mut out = [0u8; 8];
+        narrow.encode(1, &[65_534], &[0.5], &mut out).unwrap();
+        assert_eq!(narrow.view(&out).unwrap().index(0), 65_534);
+        let wide = RecordLayout::new(1, 65_536, ValueEncoding::F16).unwrap();
+        assert_eq!(wide.index_width(), 4);
+        let mut out = [0u8; 10];
+        wide.encode(1, &[65_535], &[0.5], &mut out).unwrap();
+        let v = wide.view(&out).unwrap();
+        assert_eq!(v.index(0), 65_535);
+        assert!(!v.is_missing());
     }
 
     #[test]
@@ -1351,14 +1347,89 @@ mod tests {
         assert!(ShardHeader::new(layout(), 0, 0, 0, 1, 10, 1).is_err());
         assert!(ShardHeader::new(layout(), 4, 0, 1, 1, 10, 1).is_err());
         assert!(ShardHeader::new(layout(), 4, 0, 0, 1, u64::MAX, 1).is_err());
-        let mut b = h.encode();
-        b[8] = 2;
-        let crc = crc32fast::hash(&b[..76]);
-        b[76..80].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(
-            ShardHeader::decode(&b).unwrap_err(),
-            StoreError::UnsupportedVersion { found: 2 }
-        );
+        for old in [1u8, 3] {
+            let mut b = h.encode();
+            b[8] = old;
+            let crc = crc32fast::hash(&b[..76]);
+            b[76..80].copy_from_slice(&crc.to_le_bytes());
+            let err = ShardHeader::decode(&b).unwrap_err();
+            assert_eq!(
+                err,
+                StoreError::UnsupportedVersion {
+                    found: u16::from(old)
+                }
+            );
+            assert!(
+                std::format!("{err}").contains("write the store again"),
+                "{err}"
+            );
+        }
+    }
+
+    /// [`build_shard`] with bytes of the record area xor-ed (`(position, value)` pairs), then
+    /// every block checksum and the footer recomputed so only the record checks can object.
+    /// Also returns how many records the layout now refuses (counted independently of
+    /// [`RecordLayout::view`]: an index >= classes that is not the sentinel, or a partial
+    /// missing record).
+    fn mutate_records_fixing_checksums(muts: &[(usize, u8)]) -> (std::vec::Vec<u8>, usize) {
+        let mut file = build_shard(1, 0);
+        let h = ShardHeader::decode(&file).unwrap();
+        let l = h.layout;
+        let rl = l.record_len();
+        for &(pos, x) in muts {
+            // Skip the seeds: they are not checked.
+            let s = (pos / rl) as u64 % h.sample_count;
+            let b = 4 + pos % (rl - 4);
+            let o = h.record_offset(s).unwrap() as usize + b;
+            file[o] ^= x;
+        }
+        let mut acc = FooterCrc::new();
+        for b in 0..h.block_count() {
+            let span = h.block(b).unwrap();
+            let (start, end) = (span.offset as usize, (span.offset + span.len) as usize);
+            let crc = block_checksum(h.store_key, h.epoch, span.first_sample, &file[start..end]);
+            file[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+            acc.push(crc);
+        }
+        let n = file.len();
+        let old = ShardFooter::decode(&file[n - FOOTER_LEN..]).unwrap();
+        let f = ShardFooter {
+            blocks_crc: acc.value(),
+            ..old
+        };
+        file[n - FOOTER_LEN..].copy_from_slice(&f.encode());
+        let mut bad = 0;
+        for s in 0..h.sample_count {
+            let o = h.record_offset(s).unwrap() as usize;
+            let r = &file[o..o + rl];
+            let idx: std::vec::Vec<u32> = (0..l.topk())
+                .map(|j| u32::from(u16::from_le_bytes([r[4 + 2 * j], r[5 + 2 * j]])))
+                .collect();
+            let sentinels = idx.iter().filter(|&&i| i == 0xFFFF).count();
+            let out_of_range = idx.iter().any(|&i| i != 0xFFFF && i >= l.num_classes());
+            let values_zero = r[4 + 2 * l.topk()..].iter().all(|&v| v == 0);
+            let partial = sentinels > 0 && (sentinels < l.topk() || !values_zero);
+            if out_of_range || partial {
+                bad += 1;
+            }
+        }
+        (file, bad)
+    }
+
+    /// The mutation helper does reach both outcomes: a record refused by its indices and a
+    /// shard whose deeper checks pass.
+    #[test]
+    fn record_mutations_reach_the_record_checks() {
+        let (file, bad) = mutate_records_fixing_checksums(&[(0, 0xF0)]);
+        assert_eq!(bad, 1);
+        let v = ShardView::open(&file).unwrap();
+        assert!(matches!(
+            v.verify(),
+            Err(StoreError::IndexOutOfRange { k: 0, .. })
+        ));
+        let (file, bad) = mutate_records_fixing_checksums(&[(0, 0x01)]);
+        assert_eq!(bad, 0);
+        ShardView::open(&file).unwrap().verify().unwrap();
     }
 
     mod props {
@@ -1382,6 +1453,49 @@ mod tests {
                 let l = RecordLayout::new(3, 10, ValueEncoding::F16).unwrap();
                 if bytes.len() >= l.record_len() {
                     let _ = l.view(&bytes[..l.record_len()]);
+                }
+            }
+
+            /// Random record bytes in a valid shard whose checksums are fixed up after the
+            /// mutation: header, length, footer and block checks pass, so the record and verify
+            /// branches run. Each record either reads (and its indices are in range) or fails
+            /// with a record-level error; `verify` agrees with the records, and never panics.
+            #[test]
+            fn mutated_records_reach_record_and_verify_checks(
+                muts in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..12),
+            ) {
+                let (file, bad_records) = mutate_records_fixing_checksums(&muts);
+                let v = ShardView::open(&file).expect("checksums were fixed: the shard opens");
+                let h = *v.header();
+                let mut record_errors = 0;
+                let mut missing = 0;
+                for s in h.first_sample..h.end_sample() {
+                    match v.record(s) {
+                        Ok(r) => {
+                            if r.is_missing() {
+                                missing += 1;
+                            } else {
+                                for j in 0..r.topk() {
+                                    prop_assert!(r.index(j) < h.layout.num_classes());
+                                }
+                            }
+                        }
+                        Err(StoreError::IndexOutOfRange { .. }) | Err(StoreError::MixedMissing) => {
+                            record_errors += 1;
+                        }
+                        Err(e) => prop_assert!(false, "sample {}: unexpected {:?}", s, e),
+                    }
+                }
+                prop_assert_eq!(record_errors, bad_records);
+                match v.verify() {
+                    Ok(()) => prop_assert!(record_errors == 0 && missing == v.footer().missing_count),
+                    Err(StoreError::IndexOutOfRange { .. }) | Err(StoreError::MixedMissing) => {
+                        prop_assert!(record_errors > 0)
+                    }
+                    Err(StoreError::FooterMismatch { field: "missing_count" }) => {
+                        prop_assert!(record_errors == 0 && missing != v.footer().missing_count)
+                    }
+                    Err(e) => prop_assert!(false, "verify: unexpected {:?}", e),
                 }
             }
 

@@ -57,8 +57,8 @@ pub const HEADER_LEN: usize = 16;
 pub const RECORD_HEADER_LEN: usize = 48;
 /// Kind flag: the source is the core's test pattern, rebuilt on the device.
 pub const PATTERN: u32 = 0x100;
-/// The `crop_pct` of [`Kind::EvalView`] (timm's default eval crop).
-pub const EVAL_CROP_PCT: f32 = 0.875;
+/// The `crop_pct` of [`Kind::EvalView`]: the core's one evaluation crop fraction.
+pub use crate::aug::EVAL_CROP_PCT;
 
 /// What a vector asks the device to do (the low byte of the record's `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -49,7 +49,7 @@ fn thread_cpu() -> f64 {
 
 use anyhow::{bail, Context, Result};
 use tinyvit_core::aug::{normalize, preset, replay, scratch_len, ImageMut};
-use tinyvit_host::augment::{decode_image, decode_image_into, Image, ViewDecoder};
+use tinyvit_host::data::decode::{decode_image, decode_image_into, Image, ViewDecoder};
 
 const PHOTOS: [&str; 6] = [
     "astronaut.png",

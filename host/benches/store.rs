@@ -25,8 +25,9 @@ use tch::{Device, Kind, Tensor};
 use tinyvit_core::aug;
 use tinyvit_core::store::{ValueEncoding, FORMAT_VERSION};
 use tinyvit_host::data::{self, Fingerprint};
-use tinyvit_host::save_logits::{self, PassConfig, Teacher, TorchScriptTeacher};
+use tinyvit_host::save_logits::{self, PassConfig};
 use tinyvit_host::store::{self, LogitStore, Manifest, Opened, ShardWriter, TeacherInfo};
+use tinyvit_host::teacher::{Teacher, TorchScriptTeacher};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)

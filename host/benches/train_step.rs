@@ -17,8 +17,10 @@ use std::path::Path;
 use clap::Parser;
 use tch::{nn, Device};
 use tinyvit_core::config::ModelConfig;
+use tinyvit_host::checkpoint;
 use tinyvit_host::model::TinyVit;
-use tinyvit_host::train::{self, checkpoint, TrainArgs};
+use tinyvit_host::teacher::TinyVitTeacher;
+use tinyvit_host::train::{self, TrainArgs};
 
 #[derive(Parser)]
 struct W {
@@ -73,7 +75,7 @@ fn main() {
 
     // Store: one epoch, top-5, the light augmentation at 56 px.
     let store = dir.join("store");
-    let st = train::StoreTeacher::load(&teacher, Device::Cpu).unwrap();
+    let st = TinyVitTeacher::load(&teacher, Device::Cpu).unwrap();
     let pc = support::light_pass(&data, &store, 1, 5, 56);
     tinyvit_host::save_logits::run(&pc, &st).unwrap();
 

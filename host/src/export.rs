@@ -2,26 +2,27 @@
 //! against libtorch.
 //!
 //! The checkpoint's official-name tensors are folded by the core
-//! ([`tinyvit_core::engine::fold::fold_state_dict`]) and written with
+//! ([`tinyvit_core::engine::fold::fold_state_dict`], through the one host call of it,
+//! [`crate::import::fold`]) and written with
 //! [`tinyvit_core::tvb::write`]. With `--val SPEC` the written file is parsed back and run by a
 //! core engine over every validation image; its top-1 accuracy must match the tch model's
 //! (eval mode, unfolded BN) to `--tolerance` points (0.1 by default), else the export fails and
 //! no file is left under the output name.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::Device;
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, fast::FastModel, Weights};
 use tinyvit_core::tvb;
 
+use crate::checkpoint;
+use crate::import;
 use crate::model::Mode;
-use crate::train::checkpoint;
-use crate::train::loader::{Loader, Source};
+use crate::train::{self, Loader, Source};
 
 /// Command-line arguments of `tinyvit export`.
 #[derive(clap::Args, Clone, Debug)]
@@ -77,19 +78,6 @@ pub struct ExportReport {
     pub max_rel_logit_diff: Option<f64>,
 }
 
-/// Folds a checkpoint's tensors into the engine blob.
-pub fn fold(cfg: &ModelConfig, tensors: &HashMap<String, tch::Tensor>) -> Result<Vec<f32>> {
-    let mut flat: HashMap<String, Vec<f32>> = HashMap::new();
-    for (k, t) in tensors {
-        if t.kind() == Kind::Float {
-            let v: Vec<f32> = Vec::try_from(t.view([-1]))?;
-            flat.insert(k.clone(), v);
-        }
-    }
-    engine::fold::fold_state_dict(cfg, |name| flat.get(name).map(|v| v.as_slice()))
-        .map_err(|e| anyhow::anyhow!("fold BatchNorm: {e}"))
-}
-
 /// `tinyvit export`: runs and prints the report as one JSON line on stdout.
 pub fn main(args: ExportArgs) -> Result<()> {
     let r = run(&args)?;
@@ -105,7 +93,8 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     };
     let ck = checkpoint::load(&args.checkpoint, fallback.as_ref())?;
     let cfg = ck.config;
-    let blob = fold(&cfg, &ck.tensors)
+    let blob = import::state_dict_of(&ck.tensors)
+        .and_then(|sd| import::fold(&sd, &cfg))
         .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
     let bytes = tvb::write(&cfg, &blob).map_err(|e| anyhow::anyhow!("write .tvb: {e}"))?;
     let tmp = args.out.with_extension("tvb.tmp");
@@ -162,33 +151,14 @@ fn val_source(
     data: Option<&str>,
     limit: Option<usize>,
 ) -> Result<Arc<dyn Source>> {
-    use crate::train::sources::{channels_of, split_val, EvalSource};
-    let input = ck.input.unwrap_or_default();
-    let ds_spec = if val.starts_with("split:") {
-        data.context("--val split:N needs --data")?
-    } else {
-        val
-    };
-    let ds = crate::data::open(ds_spec).with_context(|| format!("open {ds_spec}"))?;
-    let (_, v) = split_val(&ds, Some(val))?;
-    let (vd, mut idx) = v.context("no validation data")?;
-    if let Some(l) = limit {
-        idx.truncate(l);
-    }
-    let channels = channels_of(vd.as_ref())?;
-    ensure!(
-        channels == ck.config.in_chans,
-        "validation data has {channels} channels, the model {}",
-        ck.config.in_chans
-    );
-    Ok(Arc::new(EvalSource {
-        ds: vd,
-        indices: idx,
-        size: ck.config.img_size,
-        channels: channels as usize,
-        mean: input.mean,
-        std: input.std,
-    }))
+    train::validation_source(
+        val,
+        data,
+        limit,
+        ck.config.in_chans,
+        ck.config.img_size,
+        ck.input.unwrap_or_default(),
+    )
 }
 
 /// Result of running tch and a core engine over the same images.
@@ -218,7 +188,7 @@ pub fn verify(
     src: Arc<dyn Source>,
     which: EngineArg,
 ) -> Result<Check> {
-    let (_vs, model) = crate::train::load_model(ckpt, None, Device::Cpu)?;
+    let (_vs, model) = checkpoint::load_model(ckpt, None, Device::Cpu)?;
     let parsed = tvb::parse(tvb_bytes).map_err(|e| anyhow::anyhow!("parse written .tvb: {e}"))?;
     let blob = parsed.to_blob();
     let cfg = *parsed.config();

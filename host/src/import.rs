@@ -17,6 +17,7 @@
 //! ([`config_from_shapes`]); the input size is the matching preset's or `--img-size`.
 
 pub mod pth;
+pub mod state_dict;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,22 +28,8 @@ use tinyvit_core::engine::fold::fold_state_dict;
 use tinyvit_core::params::{for_each_tensor, numel, TensorKind};
 use tinyvit_core::tvb;
 
-/// One f32 tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub values: Vec<f32>,
-}
-
-/// A state_dict with official names.
-pub type StateDict = HashMap<String, Tensor>;
-
-/// Which naming scheme a checkpoint uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Naming {
-    Official,
-    Timm,
-}
+use crate::checkpoint::{self, detect_naming, timm_to_official, Naming};
+pub use state_dict::{StateDict, Tensor};
 
 /// A model ready for the core engines.
 #[derive(Clone, Debug)]
@@ -54,109 +41,32 @@ pub struct Loaded {
     pub state_dict: Option<StateDict>,
 }
 
-/// Detects the naming scheme from the keys.
-pub fn detect_naming<'a>(mut keys: impl Iterator<Item = &'a str>) -> Result<Naming> {
-    let mut official = false;
-    let mut timm = false;
-    for k in keys.by_ref() {
-        if k.starts_with("layers.") || k.starts_with("patch_embed.seq.") || k == "norm_head.weight"
-        {
-            official = true;
-        }
-        if k.starts_with("stages.") || k.starts_with("patch_embed.conv1.") || k == "head.fc.weight"
-        {
-            timm = true;
-        }
-    }
-    match (official, timm) {
-        (true, false) => Ok(Naming::Official),
-        (false, true) => Ok(Naming::Timm),
-        (true, true) => bail!("keys mix official (`layers.*`) and timm (`stages.*`) names"),
-        (false, false) => bail!("no TinyViT keys found (expected `layers.*` or `stages.*`)"),
-    }
-}
-
-/// The official name of a timm key (REFERENCE.md section 3, inverted).
-pub fn timm_to_official(name: &str) -> String {
-    let mut n = name.to_string();
-    if let Some(rest) = n.strip_prefix("patch_embed.conv1.") {
-        n = format!("patch_embed.seq.0.{rest}");
-    } else if let Some(rest) = n.strip_prefix("patch_embed.conv2.") {
-        n = format!("patch_embed.seq.2.{rest}");
-    } else if let Some(rest) = n.strip_prefix("stages.") {
-        let (idx, tail) = rest.split_once('.').unwrap_or((rest, ""));
-        if let (Ok(i), Some(ds)) = (idx.parse::<usize>(), tail.strip_prefix("downsample.")) {
-            n = format!("layers.{}.downsample.{ds}", i.saturating_sub(1));
-        } else {
-            n = format!("layers.{idx}.{tail}");
-        }
-    } else if let Some(rest) = n.strip_prefix("head.norm.") {
-        n = format!("norm_head.{rest}");
-    } else if let Some(rest) = n.strip_prefix("head.fc.") {
-        n = format!("head.{rest}");
-    }
-    if let Some(stem) = n.strip_suffix(".conv.weight") {
-        n = format!("{stem}.c.weight");
-    }
-    n
-}
-
 /// Keys every importer ignores: the non-persistent bias index buffer and BN counters.
 fn ignored(name: &str) -> bool {
     name.ends_with("attention_bias_idxs") || name.ends_with("num_batches_tracked")
 }
 
-/// Reads a safetensors checkpoint (official or timm names) into official names.
+/// Reads a safetensors checkpoint (official or timm names) into official names, through the
+/// one checkpoint reader ([`checkpoint::read_tensors`]).
 pub fn read_safetensors(path: &Path) -> Result<StateDict> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{}: not a safetensors file: {e}", path.display()))?;
-    let names = st.names();
-    let naming = detect_naming(names.iter().map(|s| s.as_str()))
-        .with_context(|| format!("{}", path.display()))?;
-    let mut out = StateDict::new();
-    for (name, view) in st.tensors() {
-        if ignored(&name) || name == "input" {
-            continue;
-        }
-        let values = to_f32(view.dtype(), view.data())
-            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
-        let official = match naming {
-            Naming::Official => name.clone(),
-            Naming::Timm => timm_to_official(&name),
-        };
-        out.insert(
-            official,
-            Tensor {
-                shape: view.shape().to_vec(),
-                values,
-            },
-        );
-    }
-    Ok(out)
+    let (_, tensors) = checkpoint::read_tensors(path)?;
+    state_dict_of(&tensors).with_context(|| format!("{}", path.display()))
 }
 
-fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>> {
-    use safetensors::Dtype;
-    Ok(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-            .collect(),
-        other => bail!("dtype {other:?} is not a float type"),
-    })
+/// The f32 state_dict of checkpoint tensors: counters, bias indices, the trainer's
+/// `optimizer.*` tensors and a stray `input` are left out.
+pub fn state_dict_of(tensors: &HashMap<String, tch::Tensor>) -> Result<StateDict> {
+    let mut out = StateDict::new();
+    for (name, t) in tensors {
+        if ignored(name) || name == "input" || name.starts_with("optimizer.") {
+            continue;
+        }
+        let values: Vec<f32> = Vec::try_from(&t.to_kind(tch::Kind::Float).view([-1]))
+            .with_context(|| format!("tensor `{name}`"))?;
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        out.insert(name.clone(), Tensor { shape, values });
+    }
+    Ok(out)
 }
 
 /// Reads any supported state_dict file (`.safetensors`, `.pth`, `.pt`, `.bin`) into official
@@ -594,6 +504,38 @@ mod tests {
             let r = resize_attention_biases(&t, 2, 7, to);
             assert_eq!(r.len(), 2 * to * to);
             assert!(r.iter().all(|v| (v - 0.25).abs() < 1e-6), "{to}");
+        }
+    }
+
+    /// Non-constant tables, shrunk and grown, against libtorch's antialiased bicubic
+    /// interpolation (`F.interpolate(mode="bicubic", antialias=True)`, what timm's resize
+    /// calls): an independent computation of the same resize.
+    #[test]
+    fn resized_tables_equal_libtorch() {
+        let mut s = 0x7ab1e_u64;
+        for (heads, from, to) in [(2, 7, 12), (3, 7, 4), (1, 5, 5), (4, 14, 7), (2, 2, 9)] {
+            let t: Vec<f32> = (0..heads * from * from)
+                .map(|_| {
+                    (tinyvit_core::params::splitmix64(&mut s) >> 40) as f32 / (1 << 20) as f32 - 8.0
+                })
+                .collect();
+            let got = resize_attention_biases(&t, heads, from, to);
+            let (h, f, o) = (heads as i64, from as i64, to as i64);
+            let want: Vec<f32> = Vec::try_from(
+                tch::Tensor::from_slice(&t)
+                    .view([1, h, f, f])
+                    .internal_upsample_bicubic2d_aa([o, o], false, None, None)
+                    .view([-1]),
+            )
+            .unwrap();
+            assert_eq!(got.len(), want.len());
+            let spread = t.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (k, (a, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - w).abs() <= 1e-5 * spread,
+                    "{heads}x{from}->{to} entry {k}: {a} vs {w}"
+                );
+            }
         }
     }
 

@@ -15,17 +15,14 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use tinyvit_core::aug::{
-    eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef, Interpolation, IMAGENET_MEAN,
-    IMAGENET_STD,
+    eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef, Interpolation, EVAL_CROP_PCT,
+    IMAGENET_MEAN, IMAGENET_STD,
 };
 use tinyvit_core::config::{ModelConfig, PRESET_NAMES};
 use tinyvit_core::engine::{arena_len, exact, fast::FastModel, input_len, Weights};
 use tinyvit_core::params::{folded_blob_len, param_count};
 
 use crate::import;
-
-/// Crop fraction of the reference evaluation transform.
-pub const EVAL_CROP_PCT: f32 = 0.875;
 
 /// Which engine runs the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

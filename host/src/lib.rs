@@ -2,6 +2,7 @@
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
 pub mod augment;
+pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod export;
@@ -11,6 +12,7 @@ pub mod logits_cmd;
 pub mod model;
 pub mod save_logits;
 pub mod store;
+pub mod teacher;
 pub mod train;
 
 /// The libtorch version this crate is built and tested against.

@@ -8,7 +8,8 @@
 //! without renaming. BatchNorm buffers (`running_mean`, `running_var`, `num_batches_tracked`)
 //! are stored too, as in the official state_dict (296 entries for the official presets).
 //!
-//! Behaviour that matters for parity (see `/work/shared/REFERENCE.md` section 1):
+//! Behaviour that matters for parity with the official `TinyViT/models/tiny_vit.py`
+//! (microsoft/Cream) and timm's `timm/models/tiny_vit.py`, pinned by `tests/tests/parity.rs`:
 //! exact-erf GELU; LayerNorm and BatchNorm eps 1e-5, BN momentum 0.1; attention `qkv` laid out
 //! per head interleaved `[q_h0 k_h0 v_h0 q_h1 ...]`; relative bias index
 //! `|dy| * ws + |dx|`; windows zero-padded right and bottom with no mask; local conv with no

@@ -11,8 +11,8 @@
 //! `--resume`d run (which restarts at a block boundary) and a `--shard`ed run see exactly the
 //! batches an uninterrupted run sees: the stores are byte-identical.
 //!
-//! Teachers implement [`Teacher`]; [`TorchScriptTeacher`] loads any `.pt` exported with
-//! `torch.jit`. A TinyViT checkpoint teacher plugs in through the same trait.
+//! Teachers are [`crate::teacher`]'s: a TorchScript module or a TinyViT checkpoint, through one
+//! trait; the pass calls [`Teacher::probs`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,100 +27,7 @@ use tinyvit_core::store::{ValueEncoding, DEFAULT_RECORDS_PER_BLOCK, FORMAT_VERSI
 
 use crate::data::{self, Dataset, Image};
 use crate::store::{self, Manifest, Opened, ShardWriter, TeacherInfo};
-
-/// A model that turns a batch of normalised images into class probabilities.
-pub trait Teacher {
-    /// Class probabilities (softmax of the output), `[B, classes]`, f32, on [`device`](Self::device).
-    ///
-    /// # Shapes
-    /// `batch`: `[B, C, H, W]` f32 normalised, on any device.
-    fn probs(&self, batch: &Tensor) -> Result<Tensor>;
-    /// Where the teacher runs.
-    fn device(&self) -> Device;
-    /// Kind, file name and SHA-256 of the teacher (for the manifest).
-    fn identity(&self) -> (String, String, String);
-    /// The input side the teacher was built for, when the file says (a TinyViT checkpoint
-    /// does; a TorchScript module does not). `--input-size` defaults to it.
-    fn input_size(&self) -> Option<u32> {
-        None
-    }
-}
-
-/// A TorchScript module (`torch.jit.script` / `torch.jit.trace` output) used as a teacher.
-pub struct TorchScriptTeacher {
-    module: tch::CModule,
-    device: Device,
-    file: String,
-    sha256: String,
-}
-
-impl TorchScriptTeacher {
-    /// Loads `path` onto `device` in eval mode.
-    pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let sha256 = data::sha256_file(path)?;
-        let mut module = tch::CModule::load_on_device(path, device)
-            .with_context(|| format!("{}: cannot load as a TorchScript module", path.display()))?;
-        module.set_eval();
-        Ok(Self {
-            module,
-            device,
-            file: path
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            sha256,
-        })
-    }
-}
-
-impl Teacher for TorchScriptTeacher {
-    fn probs(&self, batch: &Tensor) -> Result<Tensor> {
-        let x = batch.to_device(self.device);
-        let cuda = self.device.is_cuda();
-        let out = tch::no_grad(|| tch::autocast(cuda, || self.module.forward_ts(&[&x])))
-            .with_context(|| format!("teacher {}: forward failed", self.file))?;
-        ensure!(
-            out.dim() == 2,
-            "teacher {}: output has shape {:?}, expected [batch, classes]",
-            self.file,
-            out.size()
-        );
-        Ok(tch::no_grad(|| {
-            out.to_kind(Kind::Float).softmax(-1, Kind::Float)
-        }))
-    }
-
-    fn device(&self) -> Device {
-        self.device
-    }
-
-    fn identity(&self) -> (String, String, String) {
-        ("torchscript".into(), self.file.clone(), self.sha256.clone())
-    }
-}
-
-/// Loads the teacher named on the command line: a TinyViT checkpoint (`.safetensors`, with its
-/// config in the metadata; [`crate::train::StoreTeacher`]) or a TorchScript module (`.pt`,
-/// `.pth`, `.jit`, `.torchscript`; [`TorchScriptTeacher`]). Another kind of teacher implements
-/// [`Teacher`] and is added here.
-pub fn load_teacher(path: &Path, device: Device) -> Result<Box<dyn Teacher>> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    match ext.as_str() {
-        "safetensors" => Ok(Box::new(crate::train::StoreTeacher::load(path, device)?)),
-        "pt" | "pth" | "jit" | "torchscript" => {
-            Ok(Box::new(TorchScriptTeacher::load(path, device)?))
-        }
-        _ => anyhow::bail!(
-            "{}: unknown teacher kind (expected a TinyViT checkpoint .safetensors or a \
-             TorchScript file .pt, .pth, .jit, .torchscript)",
-            path.display()
-        ),
-    }
-}
+use crate::teacher::{self, Teacher};
 
 /// What to do with an image that cannot be read or decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -358,9 +265,32 @@ pub fn batch_pixels(
     Ok(prepare(ds, cfg, channels, run_seed, OnBadImage::Error, unit)?.pixels)
 }
 
-/// Runs the teacher pass for one part of a store; returns its summary.
+/// Runs the teacher pass for one part of a store; returns its summary. The steps: open the
+/// data, probe the teacher and agree on the manifest, open every epoch's writer (resuming
+/// at a block boundary) and plan the batches still to compute, then run the pipeline.
 pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
     let t0 = Instant::now();
+    let (ds, channels) = open_data(cfg)?;
+    let manifest = agree_manifest(cfg, teacher, &*ds, channels)?;
+    let mut summary = Summary {
+        epochs: cfg.epochs,
+        bytes_per_sample: manifest.layout()?.record_len(),
+        ..Summary::default()
+    };
+    let (writers, units) = open_writers(cfg, &manifest, &mut summary)?;
+    let pipeline = Pipeline {
+        cfg,
+        teacher,
+        channels,
+    };
+    pipeline.run(ds, writers, units, &mut summary)?;
+    summary.wall_seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Checks the pass configuration, opens the data and settles the teacher's channels (the
+/// data's by default: those of the first readable sample).
+fn open_data(cfg: &PassConfig) -> Result<(Arc<dyn Dataset>, u32)> {
     ensure!(cfg.epochs > 0, "--epochs must be at least 1");
     ensure!(cfg.batch_size > 0, "--batch-size must be at least 1");
     ensure!(
@@ -374,7 +304,6 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
         .map_err(|e| anyhow::anyhow!("augmentation: {e}"))?;
     let ds = data::open(&cfg.data)?;
     ensure!(!ds.is_empty(), "{}: the dataset is empty", cfg.data);
-    // The teacher's channels default to the data's: those of the first readable sample.
     let channels = match cfg.channels {
         Some(c) => c,
         None => {
@@ -395,9 +324,18 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
         }
     };
     ensure!(channels == 1 || channels == 3, "--channels must be 1 or 3");
-    let size = cfg.aug.size;
+    Ok((ds, channels))
+}
 
-    // Probe the teacher for its class count.
+/// Probes the teacher for its class count with one blank image, builds the manifest and
+/// creates it, or checks it against the one on disk.
+fn agree_manifest(
+    cfg: &PassConfig,
+    teacher: &dyn Teacher,
+    ds: &dyn Dataset,
+    channels: u32,
+) -> Result<Manifest> {
+    let size = cfg.aug.size;
     let probe = Tensor::zeros(
         [1, channels as i64, size as i64, size as i64],
         (Kind::Float, Device::Cpu),
@@ -411,7 +349,7 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
         "--topk {} exceeds the teacher's {num_classes} classes",
         cfg.topk
     );
-    let (kind, file, sha256) = teacher.identity();
+    let id = teacher.identity();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         aug_version: aug::AUG_VERSION,
@@ -426,9 +364,9 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
         parts: cfg.parts,
         batch_size: cfg.batch_size as u32,
         teacher: TeacherInfo {
-            kind,
-            file,
-            sha256,
+            kind: id.kind,
+            file: id.file,
+            sha256: id.sha256,
             input_size: size,
             channels,
             mean: cfg.aug.mean,
@@ -439,18 +377,22 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
     };
     manifest.layout()?;
     store::create_or_check(&cfg.out, &manifest)?;
+    Ok(manifest)
+}
 
-    // Open every epoch's writer for this part; plan the batches still to compute.
-    let mut summary = Summary {
-        epochs: cfg.epochs,
-        bytes_per_sample: manifest.layout()?.record_len(),
-        ..Summary::default()
-    };
+/// Opens every epoch's writer for this part (closed parts are counted as reused) and cuts the
+/// samples still to compute into batches that never straddle a block.
+#[allow(clippy::type_complexity)]
+fn open_writers(
+    cfg: &PassConfig,
+    manifest: &Manifest,
+    summary: &mut Summary,
+) -> Result<(Vec<Option<ShardWriter>>, Vec<Unit>)> {
     let mut writers: Vec<Option<ShardWriter>> = Vec::new();
     let mut units = Vec::new();
     let rpb = u64::from(cfg.records_per_block);
     for e in 0..cfg.epochs {
-        match ShardWriter::open(&cfg.out, &manifest, e, cfg.part, cfg.resume)? {
+        match ShardWriter::open(&cfg.out, manifest, e, cfg.part, cfg.resume)? {
             Opened::Done(p) => {
                 summary.part_samples = p.records;
                 summary.reused += p.records;
@@ -479,50 +421,81 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
             }
         }
     }
+    Ok((writers, units))
+}
 
-    let todo: u64 = units.iter().map(|u| u.len as u64).sum();
-    let bar = if cfg.progress {
-        indicatif::ProgressBar::new(todo)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+/// The pass's pipeline: data workers prepare batches, the calling thread runs the teacher
+/// and writes.
+struct Pipeline<'a> {
+    cfg: &'a PassConfig,
+    teacher: &'a dyn Teacher,
+    channels: u32,
+}
 
-    // Workers claim units in order and send prepared batches through a bounded queue.
-    let units = Arc::new(units);
-    let next = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::sync_channel::<(usize, Result<Prepared>)>(cfg.prefetch.max(1));
-    let mut handles = Vec::new();
-    for _ in 0..cfg.workers.max(1) {
-        let (units, next, stop, tx, ds) = (
-            units.clone(),
-            next.clone(),
-            stop.clone(),
-            tx.clone(),
-            ds.clone(),
-        );
-        let (aug_cfg, run_seed, on_bad) = (cfg.aug, cfg.run_seed, cfg.on_bad_image);
-        handles.push(std::thread::spawn(move || loop {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let u = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&unit) = units.get(u) else { break };
-            let r = prepare(&*ds, &aug_cfg, channels, run_seed, on_bad, unit);
-            if tx.send((u, r)).is_err() {
-                break;
-            }
-        }));
+impl Pipeline<'_> {
+    /// Workers claim units in order and send prepared batches through a bounded queue; this
+    /// thread takes them back in order, runs the teacher and writes.
+    fn run(
+        &self,
+        ds: Arc<dyn Dataset>,
+        mut writers: Vec<Option<ShardWriter>>,
+        units: Vec<Unit>,
+        summary: &mut Summary,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let todo: u64 = units.iter().map(|u| u.len as u64).sum();
+        let bar = progress_bar(cfg.progress, todo);
+        let units = Arc::new(units);
+        let next = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Prepared>)>(cfg.prefetch.max(1));
+        let mut handles = Vec::new();
+        for _ in 0..cfg.workers.max(1) {
+            let (units, next, stop, tx, ds) = (
+                units.clone(),
+                next.clone(),
+                stop.clone(),
+                tx.clone(),
+                ds.clone(),
+            );
+            let (aug_cfg, run_seed, on_bad) = (cfg.aug, cfg.run_seed, cfg.on_bad_image);
+            let channels = self.channels;
+            handles.push(std::thread::spawn(move || loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let u = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&unit) = units.get(u) else { break };
+                let r = prepare(&*ds, &aug_cfg, channels, run_seed, on_bad, unit);
+                if tx.send((u, r)).is_err() {
+                    break;
+                }
+            }));
+        }
+        drop(tx);
+        let result = self.consume(&units, &rx, &mut writers, &bar, summary);
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        for h in handles {
+            let _ = h.join();
+        }
+        bar.finish_and_clear();
+        result
     }
-    drop(tx);
 
-    let result = (|| -> Result<()> {
+    /// Takes the prepared batches in unit order, runs the teacher (softmax, top-K on its
+    /// device) and appends the records; closes each part when its last sample is written.
+    fn consume(
+        &self,
+        units: &[Unit],
+        rx: &mpsc::Receiver<(usize, Result<Prepared>)>,
+        writers: &mut [Option<ShardWriter>],
+        bar: &indicatif::ProgressBar,
+        summary: &mut Summary,
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let size = i64::from(cfg.aug.size);
+        let k = usize::from(cfg.topk);
         let mut pending: BTreeMap<usize, Result<Prepared>> = BTreeMap::new();
         let mut teacher_time = Duration::ZERO;
         let (mut idx, mut prob, mut idx_u32) = (Vec::new(), Vec::new(), Vec::new());
@@ -537,11 +510,11 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
             let t = Instant::now();
             let batch = Tensor::from_slice(&prepared.pixels).view([
                 unit.len as i64,
-                channels as i64,
-                size as i64,
-                size as i64,
+                i64::from(self.channels),
+                size,
+                size,
             ]);
-            let probs = teacher.probs(&batch)?;
+            let probs = self.teacher.probs(&batch)?;
             let (values, indices) =
                 tch::no_grad(|| probs.topk(i64::from(cfg.topk), -1, true, true));
             let values = values.to_device(Device::Cpu).contiguous();
@@ -549,7 +522,6 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
                 .to_kind(Kind::Int)
                 .to_device(Device::Cpu)
                 .contiguous();
-            let k = usize::from(cfg.topk);
             prob.resize(unit.len * k, 0.0);
             idx.resize(unit.len * k, 0);
             values.f_copy_data(&mut prob, unit.len * k)?;
@@ -594,16 +566,22 @@ pub fn run(cfg: &PassConfig, teacher: &dyn Teacher) -> Result<Summary> {
         }
         summary.teacher_seconds = teacher_time.as_secs_f64();
         Ok(())
-    })();
-    stop.store(true, Ordering::Relaxed);
-    drop(rx);
-    for h in handles {
-        let _ = h.join();
     }
-    bar.finish_and_clear();
-    result?;
-    summary.wall_seconds = t0.elapsed().as_secs_f64();
-    Ok(summary)
+}
+
+fn progress_bar(show: bool, todo: u64) -> indicatif::ProgressBar {
+    let bar = if show {
+        indicatif::ProgressBar::new(todo)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// `tinyvit save-logits` arguments.
@@ -723,7 +701,7 @@ pub fn main(a: Args) -> Result<()> {
         b => anyhow::bail!("--value-bits {b}: expected 16 or 8"),
     };
     let device = crate::device::resolve(a.device)?;
-    let teacher = load_teacher(&a.teacher, device)?;
+    let teacher = teacher::load(&a.teacher, device)?;
     let mut cfg = PassConfig::new(&a.data, &a.out, a.epochs, a.topk);
     cfg.part = part;
     cfg.parts = parts;
@@ -732,8 +710,8 @@ pub fn main(a: Args) -> Result<()> {
     cfg.aug_preset = a.preset.clone();
     cfg.aug = aug_config(&a)?;
     if a.input_size.is_none() {
-        if let Some(n) = teacher.input_size() {
-            cfg.aug.size = n;
+        if let Some(c) = teacher.config() {
+            cfg.aug.size = c.img_size;
         }
     }
     cfg.channels = a.channels;
@@ -761,7 +739,6 @@ pub fn main(a: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::to_channels;
 
     #[test]
     fn shard_specs() {
@@ -770,26 +747,5 @@ mod tests {
         for bad in ["1/1", "0/0", "x/2", "2", "1/-2"] {
             assert!(parse_shard(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn channel_conversion() {
-        let grey = Image {
-            width: 2,
-            height: 1,
-            channels: 1,
-            data: vec![10, 200],
-        };
-        let rgb = to_channels(grey.clone(), 3);
-        assert_eq!(rgb.data, vec![10, 10, 10, 200, 200, 200]);
-        assert_eq!(to_channels(rgb, 1).data, grey.data);
-        let c = Image {
-            width: 1,
-            height: 1,
-            channels: 3,
-            data: vec![255, 0, 0],
-        };
-        // ITU-R 601 luma of pure red: 0.299 * 255 = 76.2.
-        assert_eq!(to_channels(c, 1).data, vec![76]);
     }
 }

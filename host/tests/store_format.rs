@@ -305,6 +305,18 @@ fn mismatched_settings_are_refused() {
     std::fs::write(&mpath, bumped).unwrap();
     let err = format!("{:#}", LogitStore::open(&dir).err().unwrap());
     assert!(err.contains("AUG_VERSION"), "{err}");
+    // A store of format version 1 (8-bit values rounded ties up) is refused, saying why.
+    let old = text.replace(
+        &format!("\"format_version\": {FORMAT_VERSION}"),
+        "\"format_version\": 1",
+    );
+    assert_ne!(text, old);
+    std::fs::write(&mpath, old).unwrap();
+    let err = format!("{:#}", LogitStore::open(&dir).err().unwrap());
+    assert!(
+        err.contains("format version 1") && err.contains("write the store again"),
+        "{err}"
+    );
     // A shard copied from another store fails on its store key.
     std::fs::write(&mpath, &text).unwrap();
     let dir2 = tmpdir("mismatch2");

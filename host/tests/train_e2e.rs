@@ -104,7 +104,7 @@ fn store() -> &'static PathBuf {
         let (ckpt, _) = teacher();
         let out = data().dir.join("store");
         let _ = std::fs::remove_dir_all(&out);
-        let t = tinyvit_host::train::StoreTeacher::load(ckpt, tch::Device::Cpu).unwrap();
+        let t = tinyvit_host::teacher::TinyVitTeacher::load(ckpt, tch::Device::Cpu).unwrap();
         let mut cfg = support::light_pass(&data().train, &out, 3, 3, 32);
         cfg.batch_size = 64;
         cfg.workers = 1;

@@ -143,7 +143,8 @@ fn exact_and_fast_agree_on_tiny_vit_5m_224() {
 
 /// The exact engine's logits, bit for bit, for the small cases: any change of summation order
 /// or of a transcendental shows up here, and the firmware can compare its own bits with these.
-/// Re-bless explicitly with `TINYVIT_BLESS=1 cargo test -p tinyvit-tests --test parity`.
+/// Re-bless explicitly with `TINYVIT_BLESS=1 cargo test -p tinyvit-tests --test parity`, which
+/// writes the file and fails; the next run without the variable checks it.
 #[test]
 fn exact_logit_bits_are_pinned() {
     let path = format!(
@@ -160,7 +161,12 @@ fn exact_logit_bits_are_pinned() {
     }
     let got = serde_json::Value::Object(got);
     if std::env::var_os("TINYVIT_BLESS").is_some() {
+        // A bless writes the file and fails: comparing it with itself would prove nothing.
         std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+        panic!(
+            "TINYVIT_BLESS: wrote {path}; review the diff, then rerun without TINYVIT_BLESS \
+             to check it"
+        );
     }
     let want: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

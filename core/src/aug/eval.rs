@@ -2,10 +2,16 @@
 //! `floor(size / crop_pct)` (the longer to `int(short * long / short_side)`, as torchvision),
 //! then take the centred `size x size` crop (offsets `round((side - size) / 2)`, ties to even).
 //! Only the cropped region of the resized image is computed.
+//!
+//! [`EVAL_CROP_PCT`] is the one crop fraction of the project: the trainer's validation views,
+//! `tinyvit infer`, `tinyvit augment --eval` and the replay vectors all use it.
 
 use super::resize::{region_scratch_len, resample};
 use super::rng::round_half_even;
 use super::{AugError, CropBox, ImageMut, ImageRef, Interpolation};
+
+/// The centre-crop fraction of every evaluation view (timm's default `crop_pct`).
+pub const EVAL_CROP_PCT: f32 = 0.875;
 
 /// Geometry of one evaluation view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +147,7 @@ mod tests {
 
     #[test]
     fn dims_follow_timm() {
-        let d = eval_dims(500, 375, 224, 0.875).unwrap();
+        let d = eval_dims(500, 375, 224, EVAL_CROP_PCT).unwrap();
         assert_eq!((d.resized_width, d.resized_height), (341, 256));
         assert_eq!((d.crop_x, d.crop_y), (58, 16));
         let d = eval_dims(28, 28, 28, 1.0).unwrap();

@@ -66,7 +66,7 @@ mod wide;
 pub use config::{
     AugConfig, CropConfig, EraseConfig, Interpolation, JitterConfig, MixConfig, RandAugConfig,
 };
-pub use eval::{eval_dims, eval_scratch_len, eval_transform, EvalDims};
+pub use eval::{eval_dims, eval_scratch_len, eval_transform, EvalDims, EVAL_CROP_PCT};
 pub use image::{fnv1a64, image_len, test_pattern, Fnv64, ImageMut, ImageRef};
 pub use mix::{apply_mix, mix_params, MixKind, MixParams};
 pub use normalize::{normalize, CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD};
@@ -797,11 +797,11 @@ mod tests {
                 let mut src = std::vec![0u8; (w * h * ch) as usize];
                 test_pattern(w, h, ch, &mut src).unwrap();
                 let mut out = std::vec![0u8; (size * size * ch) as usize];
-                let mut scratch = std::vec![0u8; eval_scratch_len(w, h, size, 0.875, ch).unwrap()];
+                let mut scratch = std::vec![0u8; eval_scratch_len(w, h, size, EVAL_CROP_PCT, ch).unwrap()];
                 eval_transform(
                     ImageRef::new(w, h, ch, &src).unwrap(),
                     ImageMut::new(size, size, ch, &mut out).unwrap(),
-                    0.875,
+                    EVAL_CROP_PCT,
                     Interpolation::Bicubic,
                     &mut scratch,
                 ).unwrap();

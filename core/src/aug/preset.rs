@@ -9,7 +9,7 @@
 //! | `plain` | 32 | 0.8-1 | off | off | off | 0.5 / 0.5 |
 //!
 //! All use ratio 3/4-4/3, bicubic resampling and horizontal flip 0.5. `in22k-distill` and
-//! `in1k-scratch` are the reference recipes (REFERENCE.md section 5; the configured colour
+//! `in1k-scratch` are the reference recipes (the official `TinyViT/configs/` files; the configured colour
 //! jitter 0.4 is inactive under RandAugment there, so it is off here too). `light` is this
 //! project's recipe for 28-64 px datasets (Fashion-MNIST, CIFAR-like): a milder crop, since a
 //! 0.08 crop of a 28 px image is 8 px of content, milder ops, and a neutral fill. `plain` (crop

@@ -18,7 +18,8 @@
 //! The `exact` engine is scalar with a fixed summation order, `libm` for every transcendental and
 //! no fused multiply-add, so it gives bit-identical logits on x86_64 and thumbv7em.
 //!
-//! Semantics follow the reference (`../shared/REFERENCE.md` section 1): exact erf GELU, per-head
+//! Semantics follow the reference (`TinyViT/models/tiny_vit.py` of microsoft/Cream, pinned by
+//! `tests/tests/parity.rs`): exact erf GELU, per-head
 //! interleaved qkv, relative bias index `|dy| * ws + |dx|`, windows zero-padded right/bottom
 //! without a mask (padded tokens pass through the attention LayerNorm like real ones), local conv
 //! without residual, GELU after the MBConv add, stride-2 PatchMerging, head = token mean ->

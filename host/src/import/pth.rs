@@ -23,7 +23,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use super::Tensor;
+use super::state_dict::Tensor;
 
 /// Storage element types this reader converts to f32 (others are skipped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@
 //!
 //! ```json
 //! {
-//!   "format_version": 1,          shard layout version (tinyvit_core::store::FORMAT_VERSION)
+//!   "format_version": 2,          shard layout version (tinyvit_core::store::FORMAT_VERSION)
 //!   "aug_version": 1,             tinyvit_core::aug::AUG_VERSION the seeds replay with
 //!   "aug_preset": "light",        preset name the augmentation started from
 //!   "aug": { ... },               the full AugConfig after overrides (size, mean, std, ...)
@@ -46,7 +46,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// Who produced the probabilities and what input it expects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TeacherInfo {
-    /// `torchscript`, or another [`crate::save_logits::Teacher`] kind.
+    /// `torchscript`, or another [`crate::teacher::Teacher`] kind.
     pub kind: String,
     /// File name of the teacher (informational; identity is the hash).
     pub file: String,
@@ -123,7 +123,9 @@ impl Manifest {
             .with_context(|| format!("{}: not a valid store manifest", path.display()))?;
         if m.format_version != FORMAT_VERSION {
             bail!(
-                "{}: store format version {}, this build reads version {FORMAT_VERSION}",
+                "{}: store format version {}, this build reads version {FORMAT_VERSION} only \
+                 (version 2 rounds 8-bit values ties to even, as tinyvit_core::softlabel does); \
+                 write the store again with this build's `tinyvit save-logits`",
                 path.display(),
                 m.format_version
             );
@@ -156,7 +158,7 @@ impl Manifest {
             "{MANIFEST_FILE}.{}-{nanos}.tmp",
             std::process::id()
         ));
-        super::writer::write_atomic(&tmp, &dir.join(MANIFEST_FILE), &self.to_json())
+        super::write_atomic(&tmp, &dir.join(MANIFEST_FILE), &self.to_json())
     }
 
     /// Checks that the store on disk means the same as `self`; names every field that differs
@@ -218,5 +220,17 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
         }
         _ if a != b => out.push(format!("  {path}: store has {a}, now {b}")),
         _ => {}
+    }
+}
+
+/// Opens an existing store's manifest, or creates it, for a writer that builds `manifest` from
+/// its arguments. An existing manifest must be identical (every differing field is named).
+pub fn create_or_check(dir: &Path, manifest: &Manifest) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    if dir.join(MANIFEST_FILE).exists() {
+        let on_disk = Manifest::load(dir)?;
+        manifest.check_same(&on_disk, dir)
+    } else {
+        manifest.write(dir)
     }
 }

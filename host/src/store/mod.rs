@@ -33,9 +33,13 @@ pub mod manifest;
 pub mod reader;
 pub mod writer;
 
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use manifest::{Manifest, TeacherInfo, MANIFEST_FILE};
+use anyhow::{Context, Result};
+
+pub use manifest::{create_or_check, Manifest, TeacherInfo, MANIFEST_FILE};
 pub use reader::{LogitStore, Shard};
 pub use writer::{Opened, PartSummary, ShardWriter};
 
@@ -49,14 +53,21 @@ pub fn part_file_name(part: u32, parts: u32) -> String {
     format!("part-{part:04}-of-{parts:04}.tvl")
 }
 
-/// Opens an existing store's manifest, or creates it, for a writer that builds `manifest` from
-/// its arguments. An existing manifest must be identical (every differing field is named).
-pub fn create_or_check(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    if dir.join(MANIFEST_FILE).exists() {
-        let on_disk = Manifest::load(dir)?;
-        manifest.check_same(&on_disk, dir)
-    } else {
-        manifest.write(dir)
-    }
+/// Writes `bytes` to `tmp`, fsyncs it, renames it to `dest` and fsyncs the folder.
+pub fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(tmp, dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    sync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// fsyncs a folder so a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing folder {}", dir.display()))
 }

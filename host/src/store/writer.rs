@@ -20,26 +20,7 @@ use tinyvit_core::store::{
 };
 
 use super::manifest::Manifest;
-use super::{epoch_dir, part_file_name};
-
-/// Writes `bytes` to `tmp`, fsyncs it, renames it to `dest` and fsyncs the folder.
-pub fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(tmp, dest)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-    sync_dir(dest.parent().unwrap_or(Path::new(".")))
-}
-
-/// fsyncs a folder so a rename inside it is durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing folder {}", dir.display()))
-}
+use super::{epoch_dir, part_file_name, sync_dir};
 
 /// What [`ShardWriter::open`] found.
 pub enum Opened {

@@ -14,6 +14,7 @@ use std::thread;
 
 use anyhow::{anyhow, Result};
 use tch::Tensor;
+use tinyvit_core::aug;
 
 /// What one sample contributes besides its image.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -270,22 +271,21 @@ impl Drop for Loader {
     }
 }
 
-/// The epoch's sample order: a permutation of `0..n` from the run seed and the epoch
-/// (Fisher-Yates over PCG64), or the identity when `shuffle` is false.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize> {
-    use rand_core::RngCore;
-    let mut v: Vec<usize> = (0..n).collect();
-    if shuffle {
-        let mut rng = rand_pcg::Pcg64::new(
-            ((seed as u128) << 64) | epoch as u128,
-            0x0053_4855_4646_4c45u128,
-        );
-        for i in (1..n).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
+/// The epoch's sample order: position `p` holds `aug::epoch_permutation(seed, epoch, n, p)`
+/// (the core's permutation, which the pair mixing also uses: positions `2j` and `2j + 1` are
+/// partners), or the identity when `shuffle` is false.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Result<Vec<usize>> {
+    if !shuffle || n == 0 {
+        return Ok((0..n).collect());
     }
-    v
+    let e = u32::try_from(epoch).map_err(|_| anyhow!("epoch {epoch} beyond the seed codec"))?;
+    (0..n as u64)
+        .map(|p| {
+            aug::epoch_permutation(seed, e, n as u64, p)
+                .map(|i| i as usize)
+                .map_err(|err| anyhow!("epoch order, position {p}: {err}"))
+        })
+        .collect()
 }
 
 /// Deterministic synthetic data for throughput measurements (`--synthetic N`): pseudo-random
@@ -341,7 +341,7 @@ mod tests {
             classes: 10,
             k: 3,
         });
-        let order = Arc::new(epoch_order(50, 7, 2, true));
+        let order = Arc::new(epoch_order(50, 7, 2, true).unwrap());
         let collect = |workers| {
             Loader::new(src.clone(), 2, order.clone(), 8, true, 1, workers, 2)
                 .map(|b| b.unwrap())
@@ -360,7 +360,7 @@ mod tests {
         let all: Vec<_> = Loader::new(
             src.clone(),
             0,
-            Arc::new(epoch_order(50, 0, 0, false)),
+            Arc::new(epoch_order(50, 0, 0, false).unwrap()),
             8,
             false,
             0,
@@ -375,11 +375,28 @@ mod tests {
 
     #[test]
     fn order_is_a_seeded_permutation() {
-        let a = epoch_order(100, 1, 0, true);
+        let a = epoch_order(100, 1, 0, true).unwrap();
         let mut s = a.clone();
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
-        assert_eq!(a, epoch_order(100, 1, 0, true));
-        assert_ne!(a, epoch_order(100, 1, 1, true));
+        assert_eq!(a, epoch_order(100, 1, 0, true).unwrap());
+        assert_ne!(a, epoch_order(100, 1, 1, true).unwrap());
+        assert_eq!(epoch_order(5, 1, 0, false).unwrap(), vec![0, 1, 2, 3, 4]);
+        assert!(epoch_order(0, 1, 0, true).unwrap().is_empty());
+    }
+
+    /// The loader's order is the core's permutation (the one the pairs and the device use):
+    /// neighbours at positions 2j, 2j + 1 are each other's mixing partners.
+    #[test]
+    fn order_is_the_core_permutation() {
+        for (n, seed, epoch) in [(1usize, 0u64, 0u64), (7, 5, 3), (64, 11, 0), (1000, 2, 9)] {
+            let o = epoch_order(n, seed, epoch, true).unwrap();
+            for (p, &i) in o.iter().enumerate() {
+                let want = aug::epoch_permutation(seed, epoch as u32, n as u64, p as u64);
+                assert_eq!(i as u64, want.unwrap());
+                let partner = aug::pair_partner(seed, epoch as u32, n as u64, i as u64).unwrap();
+                assert_eq!(partner.map(|k| k as usize), o.get(p ^ 1).copied());
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Training recipes: every optimisation and augmentation knob in one serialisable struct, with
-//! presets from the reference (`/work/shared/REFERENCE.md` section 5) and a small-data preset
+//! presets from the reference (the official `TinyViT/configs/` YAML files of microsoft/Cream)
+//! and a small-data preset
 //! for 28-64 px CPU runs.
 //!
 //! Precedence: preset (`--recipe`), then a TOML file (`--config FILE.toml`, any subset of the

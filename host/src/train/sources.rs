@@ -5,7 +5,8 @@
 //!   codec with the seed stored in the logit store (`--logits`) or
 //!   `sample_seed(run_seed, e, i)` (`--labels`, `--teacher`), normalise with the augmentation
 //!   config's mean/std to CHW f32.
-//! - Evaluation view: resize to `size / 0.875` (PIL bicubic, core resampler) and centre crop,
+//! - Evaluation view: resize to `size / aug::EVAL_CROP_PCT` (PIL bicubic, core resampler) and
+//!   centre crop,
 //!   normalised the same way (`--val`).
 //!
 //! `--val split:N` holds `N` samples of `--data` out for validation (chosen by
@@ -15,13 +16,60 @@
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
-use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef, Interpolation};
+use tinyvit_core::aug::{self, AugConfig, ImageMut, ImageRef, Interpolation, EVAL_CROP_PCT};
 use tinyvit_core::config::ModelConfig;
 
-use super::loader::{SampleMeta, Source};
+use super::args::TrainArgs;
+use super::loader::{SampleMeta, Source, Synthetic};
 use super::recipe::Recipe;
-use super::{DataPlan, TrainArgs};
+use super::seeds::{DerivedSeeds, SeedSource};
+use super::store_seeds;
+use crate::checkpoint::InputSpec;
 use crate::data::{self, Dataset};
+
+/// The data side of a run, resolved from the arguments.
+pub struct DataPlan {
+    pub train: Arc<dyn Source>,
+    pub val: Option<Arc<dyn Source>>,
+    pub test: Option<Arc<dyn Source>>,
+    /// Classes the data or store defines, if it does.
+    pub num_classes: Option<u32>,
+    pub in_chans: Option<u32>,
+    pub img_size: Option<u32>,
+    /// Input normalisation of the training and evaluation views.
+    pub input: InputSpec,
+}
+
+/// Resolves `--data`, `--val`, `--test` and `--logits` (or `--synthetic N`) into sources.
+pub fn plan_data(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
+    let Some(n) = args.synthetic else {
+        return plan(args, cfg, recipe);
+    };
+    let (c, s) = (cfg.in_chans as usize, cfg.img_size as usize);
+    let k = if args.logits.is_some() {
+        args.synthetic_topk
+    } else {
+        0
+    };
+    let synthetic = |n: usize, k: usize| Synthetic {
+        n,
+        shape: (c, s, s),
+        classes: cfg.num_classes as usize,
+        k,
+    };
+    Ok(DataPlan {
+        train: Arc::new(synthetic(n, k)),
+        val: args
+            .val
+            .as_ref()
+            .map(|_| Arc::new(synthetic(n.min(256), 0)) as Arc<dyn Source>),
+        test: None,
+        num_classes: None,
+        in_chans: None,
+        img_size: None,
+        input: InputSpec::default(),
+    })
+}
 
 /// Normalises an 8-bit HWC image into CHW f32 with the core's [`aug::normalize`]:
 /// `(v / 255 - mean[c]) / std[c]`, the values the device computes from the same bytes.
@@ -36,26 +84,6 @@ pub fn normalize_into(
     let hw = (img.len() / channels.max(1)) as u32;
     let view = ImageRef::new(hw, 1, channels as u32, img).map_err(|e| anyhow::anyhow!("{e}"))?;
     aug::normalize(view, *mean, *std, out).map_err(|e| anyhow::anyhow!("normalise: {e}"))
-}
-
-/// Where the augmentation seed of each (epoch, sample) comes from.
-pub trait SeedSource: Send + Sync {
-    /// Seed and optional stored top-K of sample `index` (an index into the full dataset) in
-    /// `epoch`.
-    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<TopK>)>;
-}
-
-/// Stored top-K of one sample: class indices and probabilities.
-pub type TopK = (Vec<i64>, Vec<f32>);
-
-/// `sample_seed(run_seed, epoch, index)`: the seeds of runs without a store.
-#[derive(Debug)]
-pub struct DerivedSeeds(pub u64);
-
-impl SeedSource for DerivedSeeds {
-    fn seed(&self, epoch: u64, index: usize) -> Result<(u32, Option<TopK>)> {
-        Ok((aug::sample_seed(self.0, epoch as u32, index as u64), None))
-    }
 }
 
 /// Training views: dataset + augmentation replay + normalisation.
@@ -148,10 +176,8 @@ impl Source for AugSource {
     }
 }
 
-/// Centre-crop fraction of the evaluation view (timm's default `crop_pct`).
-pub const EVAL_CROP_PCT: f32 = 0.875;
-
-/// Evaluation views: resize to `size / 0.875` (bicubic) and centre crop `size`, normalised.
+/// Evaluation views: resize to `size / EVAL_CROP_PCT` (bicubic) and centre crop `size`,
+/// normalised.
 pub struct EvalSource {
     pub ds: Arc<dyn Dataset>,
     pub indices: Vec<usize>,
@@ -176,7 +202,7 @@ impl EvalSource {
             self.ds.name(i),
             self.channels
         );
-        // The core's evaluation transform (resize to size / 0.875 bicubic, centre crop): the
+        // The core's evaluation transform (resize to size / crop_pct bicubic, centre crop): the
         // same bytes the exported model sees in `tinyvit infer` and on the device.
         let src = ImageRef::new(im.width, im.height, c, &im.data)
             .map_err(|e| anyhow::anyhow!("sample {}: {e}", self.ds.name(i)))?;
@@ -259,7 +285,7 @@ pub fn split_val(
 }
 
 /// Builds the sources of a real-data run.
-pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
+fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
     let spec = args.data.as_deref().context("--data is required")?;
     let ds = data::open(spec).with_context(|| format!("--data {spec}"))?;
     let channels = channels_of(ds.as_ref())?;
@@ -267,12 +293,12 @@ pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Data
     let (aug_cfg, seeds, num_classes): (AugConfig, Arc<dyn SeedSource>, Option<u32>) =
         match &args.logits {
             Some(dir) => {
-                let given = super::store_seeds::Given {
+                let given = store_seeds::Given {
                     num_classes: args.num_classes.is_some(),
                     img_size: args.img_size.is_some(),
                     in_chans: args.in_chans.is_some(),
                 };
-                let st = super::store_seeds::open(dir, ds.as_ref(), cfg, given)?;
+                let st = store_seeds::open(dir, ds.as_ref(), cfg, given)?;
                 (st.aug, Arc::new(st.seeds), Some(st.num_classes))
             }
             None => {
@@ -335,11 +361,48 @@ pub fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<Data
         num_classes: num_classes.or(ds.num_classes()),
         in_chans: Some(channels),
         img_size: Some(aug_cfg.size),
-        input: super::checkpoint::InputSpec {
+        input: InputSpec {
             mean: aug_cfg.mean,
             std: aug_cfg.std,
         },
     })
+}
+
+/// Evaluation data outside a run (`tinyvit export --val`): `--val SPEC`, or `split:N` of
+/// `data`, at most `limit` samples, viewed as the run's evaluation was (`size`, `input`);
+/// the data must have `channels` channels.
+pub fn validation_source(
+    val: &str,
+    data: Option<&str>,
+    limit: Option<usize>,
+    channels: u32,
+    size: u32,
+    input: InputSpec,
+) -> Result<Arc<dyn Source>> {
+    let ds_spec = if val.starts_with("split:") {
+        data.context("--val split:N needs --data")?
+    } else {
+        val
+    };
+    let ds = data::open(ds_spec).with_context(|| format!("open {ds_spec}"))?;
+    let (_, v) = split_val(&ds, Some(val))?;
+    let (vd, mut idx) = v.context("no validation data")?;
+    if let Some(l) = limit {
+        idx.truncate(l);
+    }
+    let c = channels_of(vd.as_ref())?;
+    ensure!(
+        c == channels,
+        "validation data has {c} channels, the model {channels}"
+    );
+    Ok(Arc::new(EvalSource {
+        ds: vd,
+        indices: idx,
+        size,
+        channels: c as usize,
+        mean: input.mean,
+        std: input.std,
+    }))
 }
 
 #[cfg(test)]

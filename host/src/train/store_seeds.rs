@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tinyvit_core::aug::{AugConfig, AUG_VERSION};
 use tinyvit_core::config::ModelConfig;
 
-use super::sources::{SeedSource, TopK};
+use super::seeds::{SeedSource, TopK};
 use crate::data::Dataset;
 use crate::store::LogitStore;
 

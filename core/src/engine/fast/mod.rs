@@ -879,15 +879,33 @@ mod agreement {
 
     #[test]
     fn every_kernel_runs_or_is_refused_by_name() {
-        let cfg = ModelConfig::tiny_vit_mcu_m4();
-        let blob = vec![0.0; crate::params::folded_blob_len(&cfg)];
+        // A synthetic network at a small input: each kernel this CPU has runs a forward pass
+        // and matches the exact engine; the others are refused by name, and say so.
+        let cfg = ModelConfig::tiny_vit_mcu_m4().with_img_size(64);
+        let (blob, x) = super::testnet::network(&cfg, 3, 4, 1);
         let w = Weights::new(&cfg, &blob).unwrap();
+        let want = super::testnet::exact_logits(&w, &x);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
         for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Portable] {
             match FastModel::with_kernel(&w, kernel) {
-                Ok(m) => assert_eq!(m.kernel(), kernel),
+                Ok(m) => {
+                    assert_eq!(m.kernel(), kernel);
+                    let mut got = vec![0.0; want.len()];
+                    m.forward(&x, &mut got).unwrap();
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .fold(0.0f32, |d, (a, b)| d.max((a - b).abs()));
+                    assert!(diff <= 1e-4 * scale, "{}: {diff} vs {scale}", kernel.name());
+                }
                 Err(e) => {
                     assert!(!kernel.supported());
                     assert_eq!(e, EngineError::KernelUnsupported(kernel.name()));
+                    std::eprintln!(
+                        "SKIPPED kernel {}: not supported by this CPU",
+                        kernel.name()
+                    );
                 }
             }
         }

@@ -40,37 +40,16 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
-use tinyvit_core::aug::{self, AugConfig};
+use tinyvit_core::aug::AugConfig;
+
+pub mod decode;
+
+pub use decode::Image;
 
 /// Default folder of the Fashion-MNIST IDX files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Default folder of the MNIST IDX files.
 pub const MNIST_DIR: &str = "/usr/share/datasets/mnist";
-
-/// An 8-bit image.
-///
-/// # Shapes
-/// `data`: `[height, width, channels]` u8, row-major, channels interleaved.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Image {
-    pub width: u32,
-    pub height: u32,
-    /// 1 (grey) or 3 (RGB).
-    pub channels: u32,
-    pub data: Vec<u8>,
-}
-
-impl Image {
-    /// The core's view of these pixels.
-    pub fn as_ref(&self) -> aug::ImageRef<'_> {
-        aug::ImageRef {
-            width: self.width,
-            height: self.height,
-            channels: self.channels,
-            data: &self.data,
-        }
-    }
-}
 
 /// One decoded sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +85,7 @@ pub trait Dataset: Send + Sync {
     /// Decodes sample `i`; errors name the sample ([`name`](Self::name)).
     fn get(&self, i: usize) -> Result<Sample>;
     /// The training view of sample `i` for `seed`: the sample converted to `channels`
-    /// ([`to_channels`]) and augmented by `cfg` into `out` (resized to `cfg.size`² x
+    /// ([`decode::to_channels`]) and augmented by `cfg` into `out` (resized to `cfg.size`² x
     /// `channels` bytes). Returns the sample's label. The default decodes the whole sample
     /// with [`get`](Self::get); folder datasets decode only the crop of the JPEGs the region
     /// decoder reads, which gives the same bytes.
@@ -119,8 +98,8 @@ pub trait Dataset: Send + Sync {
         out: &mut Vec<u8>,
     ) -> Result<Option<u32>> {
         let s = self.get(i)?;
-        let img = to_channels(s.image, channels);
-        crate::augment::with_view_decoder(|v| v.render_decoded(img.as_ref(), cfg, seed, out))
+        let img = decode::to_channels(s.image, channels);
+        decode::with_view_decoder(|v| v.render_decoded(img.as_ref(), cfg, seed, out))
             .with_context(|| format!("{}: augmentation, seed {seed}", self.name(i)))?;
         Ok(s.label)
     }
@@ -132,35 +111,6 @@ pub trait Dataset: Send + Sync {
     fn fingerprint(&self) -> Fingerprint;
     /// The spec the dataset was opened from.
     fn spec(&self) -> &str;
-}
-
-/// Converts an image to `channels` (grey -> RGB by replication, RGB -> grey by ITU-R 601 luma
-/// in integers).
-pub fn to_channels(img: Image, channels: u32) -> Image {
-    if img.channels == channels {
-        return img;
-    }
-    let mut data = Vec::new();
-    convert_pixels(&img.data, channels, &mut data);
-    Image {
-        channels,
-        data,
-        ..img
-    }
-}
-
-/// [`to_channels`] on pixel bytes: `src` holds pixels of the other channel count (1 or 3)
-/// than `channels`; the converted pixels replace `out`'s content.
-pub(crate) fn convert_pixels(src: &[u8], channels: u32, out: &mut Vec<u8>) {
-    out.clear();
-    if channels == 3 {
-        out.extend(src.iter().flat_map(|&v| [v, v, v]));
-    } else {
-        out.extend(src.chunks_exact(3).map(|p| {
-            ((299 * u32::from(p[0]) + 587 * u32::from(p[1]) + 114 * u32::from(p[2]) + 500) / 1000)
-                as u8
-        }));
-    }
 }
 
 /// Opens a dataset from its SPEC (see the module doc).
@@ -498,17 +448,17 @@ impl Dataset for FolderDataset {
         out: &mut Vec<u8>,
     ) -> Result<Option<u32>> {
         let (path, bytes, label) = self.read(i)?;
-        crate::augment::with_view_decoder(|v| v.render(&bytes, channels, cfg, seed, out))
+        decode::with_view_decoder(|v| v.render(&bytes, channels, cfg, seed, out))
             .with_context(|| format!("{}: training view, seed {seed}", path.display()))?;
         Ok(label)
     }
 
     fn get(&self, i: usize) -> Result<Sample> {
         let (path, bytes, label) = self.read(i)?;
-        let img = crate::augment::decode_image(&bytes)
+        let img = decode::decode_image(&bytes)
             .with_context(|| format!("{}: cannot decode image", path.display()))?;
         Ok(Sample {
-            image: to_channels(img, 3),
+            image: decode::to_channels(img, 3),
             label,
         })
     }
@@ -633,11 +583,10 @@ pub fn split(len: usize, val: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize
     Ok((train, valid))
 }
 
+/// The SplitMix64 output from state `x` (the core's one definition).
 fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    let mut state = x;
+    tinyvit_core::params::splitmix64(&mut state)
 }
 
 /// Lower-case hex of bytes.
@@ -761,6 +710,20 @@ mod tests {
         let ds = open(&format!("folder:{}", flat.display())).unwrap();
         assert_eq!((ds.len(), ds.num_classes()), (2, None));
         assert_eq!(ds.get(0).unwrap().label, None);
+    }
+
+    #[test]
+    /// The split keeps its indices through the move to the core's SplitMix64.
+    fn split_hash_is_pinned() {
+        fn reference(x: u64) -> u64 {
+            let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        for x in [0u64, 1, 7, 0xdead_beef, u64::MAX] {
+            assert_eq!(splitmix(x), reference(x));
+        }
     }
 
     #[test]
