@@ -1,10 +1,12 @@
 //! The host side of tinyvit: everything that needs std, files, threads or libtorch.
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
+pub mod analyze;
 pub mod augment;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod exclusions;
 pub mod export;
 pub mod import;
 pub mod infer;

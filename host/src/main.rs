@@ -34,6 +34,10 @@ enum Command {
     /// Render what the student sees: a replayed training view, named RandAugment ops, or the
     /// evaluation view.
     Augment(tinyvit_host::augment::AugmentArgs),
+    /// The paper's analyses: hard samples (labels outside the teacher's top-k) and class
+    /// correlations of model logits.
+    #[command(subcommand)]
+    Analyze(tinyvit_host::analyze::Args),
 }
 
 fn version() -> &'static str {
@@ -64,5 +68,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => tinyvit_host::train::main(*args),
         Command::Export(args) => tinyvit_host::export::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),
+        Command::Analyze(args) => tinyvit_host::analyze::main(args),
     }
 }

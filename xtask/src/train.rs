@@ -112,6 +112,10 @@ pub struct Opts {
     /// Test images run on the emulated board.
     #[arg(long)]
     pub device_images: Option<u32>,
+    /// Also train the labels baseline without the hard samples (labels outside the teacher's
+    /// top-5): the paper's "cleaned labels" row next to labels and distillation.
+    #[arg(long)]
+    pub clean_baseline: bool,
 }
 
 /// The sizes the defaults and `--quick` use.
@@ -301,6 +305,30 @@ impl Pipeline<'_> {
             ),
         });
 
+        // What distillation transfers: hard samples from the store, class correlations.
+        let analysis = self.analysis_stage(&store, &data, &teacher, &kd, &base)?;
+        if o.clean_baseline {
+            let excl = analysis.dir.join("hard").join("exclude.txt");
+            let excl = excl.display().to_string();
+            let clean = self.train_stage(
+                "student-labels-clean",
+                &o.arch,
+                &["--labels", "--aug", &o.aug, "--exclude", &excl],
+                plan.epochs,
+                &data,
+                Some(&analysis.key),
+            )?;
+            let s = summary(&clean.dir)?;
+            rows.push(Row {
+                what: format!("student `{}` on labels without the hard samples", o.arch),
+                val_top1: f(&s, "val_top1"),
+                test_top1: f(&s, "test_top1"),
+                seconds: clean.seconds,
+                cached: clean.cached,
+                note: format!("{} epochs, hard samples excluded", plan.epochs),
+            });
+        }
+
         // Optional studies.
         let mut k_table = Vec::new();
         if o.sweep_k {
@@ -340,7 +368,7 @@ impl Pipeline<'_> {
             Some(self.firmware_stage(&export, &tvb, &eval_split)?)
         };
 
-        let report = self.report(
+        let mut report = self.report(
             &rows,
             &stats,
             &store,
@@ -350,6 +378,7 @@ impl Pipeline<'_> {
             &notes,
             start,
         )?;
+        report.push_str(&analysis_section(&analysis.dir)?);
         let path = self.out.join("report.md");
         std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
         println!("\n{report}");
@@ -717,6 +746,76 @@ impl Pipeline<'_> {
         Ok(r)
     }
 
+    /// `tinyvit analyze hard` over the training split from the store (no teacher forward) and
+    /// `tinyvit analyze correlation` of teacher and both students on the validation split.
+    fn analysis_stage(
+        &self,
+        store: &Done,
+        data: &Data,
+        teacher: &Path,
+        kd: &Done,
+        base: &Done,
+    ) -> Result<Done> {
+        let dir = self.out.join("analysis");
+        let key = format!(
+            "{} | {} | {} | {}",
+            store.key,
+            kd.key,
+            base.key,
+            teacher.display()
+        );
+        let fashion = self.o.data.is_none();
+        let teacher_ckpt = teacher.extension().is_some_and(|e| e == "safetensors");
+        self.stage("analysis", &dir, &key, |d| {
+            // The splits are IDX files, which carry no class names: name the dataset's.
+            let names: Vec<String> = if fashion {
+                vec!["--class-names".into(), "fashion-mnist".into()]
+            } else {
+                Vec::new()
+            };
+            let mut hard: Vec<String> = vec![
+                "analyze".into(),
+                "hard".into(),
+                "--data".into(),
+                data.train.clone(),
+                "--logits".into(),
+                store.dir.display().to_string(),
+                "--topk".into(),
+                "5".into(),
+                "--out".into(),
+                d.join("hard").display().to_string(),
+            ];
+            hard.extend(names.iter().cloned());
+            let out = self.tinyvit_output(&hard)?;
+            std::fs::write(d.join("hard.txt"), out)?;
+            let mut corr: Vec<String> = vec!["analyze".into(), "correlation".into()];
+            // The teacher is the reference when it is a TinyViT checkpoint the core engines run.
+            if teacher_ckpt {
+                corr.extend(["--model".into(), teacher.display().to_string()]);
+            }
+            for s in [kd, base] {
+                corr.extend([
+                    "--model".into(),
+                    s.dir.join("model.safetensors").display().to_string(),
+                ]);
+            }
+            corr.extend([
+                "--data".into(),
+                data.val.clone(),
+                "--per-class".into(),
+                "8".into(),
+                "--out".into(),
+                d.join("correlation.png").display().to_string(),
+                "--json".into(),
+                d.join("correlation.json").display().to_string(),
+            ]);
+            corr.extend(names);
+            let out = self.tinyvit_output(&corr)?;
+            std::fs::write(d.join("correlation.txt"), out)?;
+            Ok(())
+        })
+    }
+
     fn tinyvit(&self, args: &[String]) -> Result<()> {
         util::run(Command::new(&self.tinyvit).args(args))
     }
@@ -743,10 +842,76 @@ struct StoreStats {
     mass_kept: Option<f64>,
 }
 
-fn summary(dir: &Path) -> Result<Value> {
-    let p = dir.join("summary.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+/// The report's section on what distillation transfers, from the analysis stage's files.
+fn analysis_section(dir: &Path) -> Result<String> {
+    let mut r = String::new();
+    writeln!(r, "\n## What distillation transfers\n")?;
+    let hard: Value = read_json(&dir.join("hard").join("summary.json"))?;
+    let (n, h) = (
+        f(&hard, "examined").unwrap_or(0.0),
+        f(&hard, "hard").unwrap_or(0.0),
+    );
+    writeln!(
+        r,
+        "Hard samples of the training split (label outside the teacher's top-{}, from the \
+         store's targets averaged over its epochs): {h:.0} of {n:.0} ({:.2} %). List \
+         `analysis/hard/hard.tsv`, contact sheet `analysis/hard/contact.png`, exclusion list \
+         `analysis/hard/exclude.txt` (`tinyvit train --exclude`; `--clean-baseline` trains on \
+         the rest).\n",
+        hard["topk"],
+        100.0 * h / n.max(1.0)
+    )?;
+    let tsv = std::fs::read_to_string(dir.join("hard").join("hard.tsv")).unwrap_or_default();
+    let rows: Vec<&str> = tsv.lines().skip(1).take(5).collect();
+    if !rows.is_empty() {
+        writeln!(
+            r,
+            "| rank | sample | given | p(given) | teacher top-1 | p |"
+        )?;
+        writeln!(r, "|---|---|---|---|---|---|")?;
+        for l in rows {
+            let c: Vec<&str> = l.split('\t').collect();
+            if c.len() >= 6 {
+                writeln!(
+                    r,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    c[0], c[1], c[2], c[3], c[4], c[5]
+                )?;
+            }
+        }
+        writeln!(r)?;
+    }
+    let corr: Value = read_json(&dir.join("correlation.json"))?;
+    writeln!(
+        r,
+        "Class correlation (Pearson correlation between class logits over {} validation images, \
+         8 per class; `analysis/correlation.png`), and each model's similarity to the first \
+         (Pearson correlation of the off-diagonal entries):\n",
+        corr["images"]
+    )?;
+    writeln!(
+        r,
+        "| model | similarity | top-1 on these images % |\n|---|---|---|"
+    )?;
+    for m in corr["models"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        writeln!(
+            r,
+            "| {} | {} | {:.1} |",
+            m["name"].as_str().unwrap_or("?"),
+            f(m, "score").map_or("-".to_string(), |s| format!("{s:.3}")),
+            f(m, "top1").unwrap_or(f64::NAN)
+        )?;
+    }
+    Ok(r)
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+fn summary(dir: &Path) -> Result<Value> {
+    read_json(&dir.join("summary.json"))
 }
 
 fn f(v: &Value, key: &str) -> Option<f64> {

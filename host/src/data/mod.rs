@@ -111,7 +111,25 @@ pub trait Dataset: Send + Sync {
     fn fingerprint(&self) -> Fingerprint;
     /// The spec the dataset was opened from.
     fn spec(&self) -> &str;
+    /// Class names by label, when the dataset knows them (folder names, Fashion-MNIST's).
+    fn class_names(&self) -> Option<Vec<String>> {
+        None
+    }
 }
+
+/// The ten Fashion-MNIST classes by label, as the dataset's README names them.
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
 
 /// Opens a dataset from its SPEC (see the module doc).
 pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
@@ -306,6 +324,15 @@ impl Dataset for IdxDataset {
     fn spec(&self) -> &str {
         &self.spec
     }
+
+    fn class_names(&self) -> Option<Vec<String>> {
+        (self.spec.starts_with("fashion-mnist") && self.labels.is_some()).then(|| {
+            FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        })
+    }
 }
 
 /// Image files in a folder, decoded on demand with the `image` crate (PNG, JPEG).
@@ -481,6 +508,10 @@ impl Dataset for FolderDataset {
     fn spec(&self) -> &str {
         &self.spec
     }
+
+    fn class_names(&self) -> Option<Vec<String>> {
+        (!self.classes.is_empty()).then(|| self.classes.clone())
+    }
 }
 
 /// A dataset seen through a list of indices (e.g. one side of [`split`]).
@@ -561,6 +592,9 @@ impl Dataset for Subset {
     }
     fn spec(&self) -> &str {
         &self.spec
+    }
+    fn class_names(&self) -> Option<Vec<String>> {
+        self.inner.class_names()
     }
 }
 

@@ -23,6 +23,10 @@ pub struct TrainArgs {
     /// Train on the dataset's labels (baseline without distillation).
     #[arg(long, conflicts_with_all = ["logits", "teacher"])]
     pub labels: bool,
+    /// Leave out the training samples listed in this exclusion list (`tinyvit analyze hard`
+    /// writes one: the "cleaned labels" baseline).
+    #[arg(long, value_name = "FILE")]
+    pub exclude: Option<PathBuf>,
     /// Online distillation from this teacher (TinyViT checkpoint `.safetensors`, or TorchScript
     /// `.pt` taking the student's input).
     #[arg(long, conflicts_with_all = ["logits", "labels"])]

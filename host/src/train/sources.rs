@@ -289,7 +289,22 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
     let spec = args.data.as_deref().context("--data is required")?;
     let ds = data::open(spec).with_context(|| format!("--data {spec}"))?;
     let channels = channels_of(ds.as_ref())?;
-    let (train_idx, val) = split_val(&ds, args.val.as_deref())?;
+    let (mut train_idx, val) = split_val(&ds, args.val.as_deref())?;
+    if let Some(f) = &args.exclude {
+        let excluded = crate::exclusions::read(f, ds.as_ref())?;
+        let before = train_idx.len();
+        train_idx = crate::exclusions::remove(&train_idx, &excluded);
+        eprintln!(
+            "--exclude {}: {} of {before} training samples left out",
+            f.display(),
+            before - train_idx.len()
+        );
+        ensure!(
+            !train_idx.is_empty(),
+            "--exclude {}: no training sample left",
+            f.display()
+        );
+    }
     let (aug_cfg, seeds, num_classes): (AugConfig, Arc<dyn SeedSource>, Option<u32>) =
         match &args.logits {
             Some(dir) => {

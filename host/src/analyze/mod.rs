@@ -1,0 +1,193 @@
+//! `tinyvit analyze`: the paper's two analyses of what distillation transfers, as tools for a
+//! user's own data.
+//!
+//! - [`hard`]: samples whose label lies outside the teacher's top-k (mostly label noise in the
+//!   paper's ImageNet-21k study), with counts per class, a contact sheet, and an exclusion list
+//!   that `tinyvit train --exclude` reads (the "cleaned labels" baseline).
+//! - [`correlation`]: the class-by-class Pearson correlation of each model's logits, drawn as
+//!   heatmaps, and how close each model's class structure is to the teacher's.
+//!
+//! Pictures are drawn by [`draw`] (8x8 bitmap text, PNG).
+
+pub mod correlation;
+pub mod draw;
+pub mod hard;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use tinyvit_core::aug::{AugConfig, IMAGENET_MEAN, IMAGENET_STD};
+use tinyvit_core::config::ModelConfig;
+
+use crate::data::Dataset;
+use crate::train::loader::Source;
+use crate::train::sources::EvalSource;
+
+/// `tinyvit analyze` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Args {
+    /// Samples whose label is outside the teacher's top-k: list, per-class counts, contact
+    /// sheet, exclusion list for `train --exclude`.
+    Hard(hard::Args),
+    /// Class-by-class correlation of model logits, heatmaps and similarity to the first model.
+    Correlation(correlation::Args),
+}
+
+/// Runs `tinyvit analyze`.
+pub fn main(a: Args) -> Result<()> {
+    match a {
+        Args::Hard(a) => hard::run(&a).map(|_| ()),
+        Args::Correlation(a) => correlation::run(&a).map(|_| ()),
+    }
+}
+
+/// Every sample's label; an error when the dataset is unlabelled.
+pub fn labels(ds: &dyn Dataset) -> Result<Vec<u32>> {
+    ensure!(
+        ds.num_classes().is_some(),
+        "{}: the analysis needs labelled data",
+        ds.spec()
+    );
+    (0..ds.len())
+        .map(|i| {
+            ds.get(i)?
+                .label
+                .with_context(|| format!("{}: has no label", ds.name(i)))
+        })
+        .collect()
+}
+
+/// Class names shown in lists and pictures: from `--class-names` (a file with one name per
+/// line, or `fashion-mnist` for that dataset's names), else the dataset's own, else the class
+/// indices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassNames(pub Vec<String>);
+
+impl ClassNames {
+    /// Resolves the names of `classes` classes (see the type doc).
+    pub fn resolve(file: Option<&Path>, ds: &dyn Dataset, classes: usize) -> Result<ClassNames> {
+        let names = match file {
+            Some(f) if f == Path::new("fashion-mnist") && !f.exists() => {
+                ensure!(
+                    classes == crate::data::FASHION_MNIST_CLASSES.len(),
+                    "--class-names fashion-mnist: the data has {classes} classes, not 10"
+                );
+                crate::data::FASHION_MNIST_CLASSES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading class names {}", f.display()))?;
+                let names: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect();
+                ensure!(
+                    names.len() == classes,
+                    "{}: {} class names, the data has {classes} classes",
+                    f.display(),
+                    names.len()
+                );
+                names
+            }
+            None => match ds.class_names() {
+                Some(n) if n.len() == classes => n,
+                _ => (0..classes).map(|c| c.to_string()).collect(),
+            },
+        };
+        Ok(ClassNames(names))
+    }
+
+    /// The name of class `c` (its index when out of range).
+    pub fn name(&self, c: usize) -> String {
+        self.0.get(c).cloned().unwrap_or_else(|| c.to_string())
+    }
+}
+
+/// A model file ready for the core's engine, with the input contract it was trained with.
+pub struct EvalModel {
+    pub config: ModelConfig,
+    /// Folded weights ([`tinyvit_core::engine::Weights::new`]).
+    pub blob: Vec<f32>,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl EvalModel {
+    /// Loads a tinyvit checkpoint (config and normalisation from its metadata) or any file
+    /// `tinyvit infer` reads; `mean`/`std` (`r,g,b` on the 0..1 scale) override the file's
+    /// normalisation, and files that record none use them or ImageNet's.
+    pub fn load(path: &Path, mean: Option<&str>, std: Option<&str>) -> Result<EvalModel> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let own = if ext.eq_ignore_ascii_case("safetensors") {
+            // Ours carry their config (the true input size) and normalisation; files without
+            // `tinyvit.config` go through `import::load` below.
+            let ck = crate::checkpoint::load(path, None).ok();
+            ck.map(|c| -> Result<_> {
+                let blob = crate::import::state_dict_of(&c.tensors)
+                    .and_then(|sd| crate::import::fold(&sd, &c.config))
+                    .with_context(|| format!("checkpoint {}", path.display()))?;
+                Ok((c.config, blob, c.input))
+            })
+            .transpose()?
+        } else {
+            None
+        };
+        let (config, blob, input) = match own {
+            Some(v) => v,
+            None => {
+                let l = crate::import::load(path, None, None, None)?;
+                (l.config, l.blob, None)
+            }
+        };
+        // The augmentation config parses `r,g,b` lists; only its mean and std are used here.
+        let mut norm: AugConfig =
+            tinyvit_core::aug::preset("light").map_err(|e| anyhow::anyhow!("{e}"))?;
+        norm.mean = input.map_or(IMAGENET_MEAN, |i| i.mean);
+        norm.std = input.map_or(IMAGENET_STD, |i| i.std);
+        if let Some(m) = mean {
+            norm.set("mean", m)
+                .map_err(|e| anyhow::anyhow!("--mean {m}: {e}"))?;
+        }
+        if let Some(s) = std {
+            norm.set("std", s)
+                .map_err(|e| anyhow::anyhow!("--std {s}: {e}"))?;
+        }
+        Ok(EvalModel {
+            config,
+            blob,
+            mean: norm.mean,
+            std: norm.std,
+        })
+    }
+
+    /// The evaluation views of samples `picked` of `ds`, normalised: `[n, C, S, S]` f32.
+    pub fn inputs(&self, ds: &Arc<dyn Dataset>, picked: &[usize]) -> Result<Vec<f32>> {
+        let src = EvalSource {
+            ds: Arc::clone(ds),
+            indices: picked.to_vec(),
+            size: self.config.img_size,
+            channels: self.config.in_chans as usize,
+            mean: self.mean,
+            std: self.std,
+        };
+        let (c, h, w) = src.shape();
+        let per = c * h * w;
+        let mut out = vec![0.0f32; per * picked.len()];
+        for (j, chunk) in out.chunks_exact_mut(per).enumerate() {
+            src.sample(0, j, chunk)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Where an analysis writes its files: `dir`, created when missing.
+pub fn out_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
