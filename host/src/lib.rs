@@ -6,6 +6,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod exclusions;
 pub mod export;
 pub mod import;

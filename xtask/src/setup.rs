@@ -1,4 +1,5 @@
-//! Finds or installs what the project needs outside Rust: libtorch 2.11 and qemu-system-arm.
+//! Finds or installs what the project needs outside Rust: libtorch 2.11, qemu-system-arm, and
+//! gloo's C++ headers for the host's `dist` feature.
 //!
 //! libtorch, in order of preference:
 //! 1. `$LIBTORCH`, when set (it must hold `lib/libtorch_cpu.so`);
@@ -29,6 +30,8 @@ pub fn run(_args: &[String]) -> Result<()> {
     eprintln!("libtorch: {}", lt.display());
     let q = qemu()?;
     eprintln!("qemu-system-arm: {}", q.display());
+    let g = gloo_headers()?;
+    eprintln!("gloo headers: {}", g.display());
     Ok(())
 }
 
@@ -139,19 +142,41 @@ pub fn qemu() -> Result<PathBuf> {
     if let Some(p) = which("qemu-system-arm") {
         return Ok(p);
     }
-    if util::is_root() && which("apt-get").is_some() {
-        util::step("installing qemu-system-arm with apt-get");
-        util::run(Command::new("apt-get").args(["update", "-qq"]))?;
-        util::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "qemu-system-arm"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        if let Some(p) = which("qemu-system-arm") {
-            return Ok(p);
-        }
+    apt_install("qemu-system-arm")?;
+    which("qemu-system-arm").with_context(|| {
+        "qemu-system-arm is not installed; run: sudo apt-get install qemu-system-arm"
+    })
+}
+
+/// The folder holding gloo's C++ headers, which the host's `dist` feature compiles against
+/// (`$GLOO_INCLUDE`, else the system's); Debian's `libgloo-dev` is installed when missing.
+pub fn gloo_headers() -> Result<PathBuf> {
+    let dir = std::env::var_os("GLOO_INCLUDE").map_or_else(|| "/usr/include".into(), PathBuf::from);
+    let has = |d: &Path| d.join("gloo").join("algorithm.h").is_file();
+    if !has(&dir) {
+        apt_install("libgloo-dev")?;
     }
-    bail!("qemu-system-arm is not installed; run: sudo apt-get install qemu-system-arm")
+    anyhow::ensure!(
+        has(&dir),
+        "gloo's headers are not in {}; run: sudo apt-get install libgloo-dev",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// `apt-get install PACKAGE` when running as root on a host with apt-get; otherwise nothing
+/// (the caller says what to install).
+fn apt_install(package: &str) -> Result<()> {
+    if !(util::is_root() && which("apt-get").is_some()) {
+        return Ok(());
+    }
+    util::step(&format!("installing {package} with apt-get"));
+    util::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -25,6 +25,9 @@ pub fn run(_args: &[String]) -> Result<()> {
     util::step("core: tests (no libtorch involved)");
     util::run(util::cargo().args(["test", "-p", "tinyvit-core", "--all-features"]))?;
 
+    // The host's `dist` feature (multi-process training) compiles against gloo's headers.
+    setup::gloo_headers()?;
+
     util::step("clippy -D warnings (whole workspace, all targets)");
     let mut clippy = util::cargo();
     clippy.args([
@@ -41,7 +44,7 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     util::step("workspace tests (host links libtorch)");
     let mut test = util::cargo();
-    test.args(["test", "--workspace"]);
+    test.args(["test", "--workspace", "--features", "tinyvit-host/dist"]);
     setup::torch_env(&mut test)?;
     util::run(&mut test)?;
 
