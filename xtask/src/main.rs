@@ -2,6 +2,7 @@
 
 mod bench;
 mod firmware;
+mod fuzz;
 mod install;
 mod replay;
 mod setup;
@@ -24,6 +25,7 @@ tasks:
             [--model F.tvb] (cargo xtask firmware --help for the options)
   flash     flash and run the firmware on a Nucleo-H743ZI with probe-rs [--model F.tvb]
   replay    host vs Cortex-M4F/M7 (QEMU) bit-exact replay, diffed with firmware/expected [--bless]
+  fuzz      the libFuzzer targets of fuzz/ [--seconds S] [--seeds] [TARGET...] (nightly, cargo-fuzz)
 ";
 
 fn main() {
@@ -39,6 +41,7 @@ fn main() {
         Some("firmware") => firmware::run(&rest),
         Some("flash") => firmware::flash(&rest),
         Some("replay") => replay::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

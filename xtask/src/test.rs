@@ -24,6 +24,7 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     util::step("core: tests (no libtorch involved)");
     util::run(util::cargo().args(["test", "-p", "tinyvit-core", "--all-features"]))?;
+    crate::fuzz::run(&["--seconds".to_string(), "5".to_string()])?;
 
     util::step("clippy -D warnings (whole workspace, all targets)");
     let mut clippy = util::cargo();
