@@ -46,3 +46,29 @@ fn out_of_range_spectral_selection_is_refused_like_zune() {
         .decode_region(&good, 0, 0, 17, 9, &mut out)
         .unwrap();
 }
+
+/// Open: a damaged scan (a stray `FF AA` marker and a second SOI inside the entropy data, no
+/// EOI) that both decoders answer `Ok`, with the last pixel of the 16x1 region at (0, 0)
+/// differing (ours `[14, 11, 30]`, zune `[0, 46, 0]`). Found by `jpeg_region` after 166 s;
+/// the input (8 rectangle bytes, then the JPEG) is `fuzz/regressions/jpeg_region/`.
+#[test]
+#[ignore = "open divergence from zune on a damaged scan; see fuzz/regressions/jpeg_region"]
+fn damaged_scan_with_stray_markers_agrees_with_zune() {
+    let input = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/regressions/jpeg_region/crash-f560ced3f27b7b24a12fa39d66d7a8450650a057"),
+    )
+    .unwrap();
+    let jpeg = &input[8..];
+    let mut out = Vec::new();
+    let Ok(_) = Decoder::new().decode_region(jpeg, 0, 0, 16, 1, &mut out) else {
+        return;
+    };
+    let opts = zune_core::options::DecoderOptions::default()
+        .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB)
+        .set_strict_mode(false);
+    let full = JpegDecoder::new_with_options(ZCursor::new(jpeg), opts)
+        .decode()
+        .unwrap();
+    assert_eq!(out, full[..16 * 3]);
+}
