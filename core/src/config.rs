@@ -46,6 +46,31 @@ pub struct ModelConfig {
 /// the microcontroller presets use 16-channel heads.
 pub const KEY_DIM: u32 = 32;
 
+/// Upper bounds [`ModelConfig::validate`] puts on every field.
+///
+/// They are far above any TinyViT (the largest official preset is 576 wide, 6 blocks deep,
+/// 512 px with 32-token windows) and chosen so that every size derived from a valid config
+/// fits in a `u64` with room to spare: parameter counts below 2^42, multiply-accumulates of one
+/// forward pass below 2^62, the fast engine's gathered attention biases below 2^53 bytes.
+/// Whether a config is affordable is a separate question, answered by
+/// [`crate::engine::Limits`] before an engine allocates or loops.
+pub mod bounds {
+    /// Largest input side in pixels.
+    pub const IMG_SIZE: u32 = 4096;
+    /// Largest class count (ImageNet-22k has 21,841).
+    pub const NUM_CLASSES: u32 = 1 << 24;
+    /// Largest stage width.
+    pub const EMBED_DIM: u32 = 8192;
+    /// Most blocks in one stage.
+    pub const DEPTH: u32 = 256;
+    /// Largest attention window side (tokens per window: its square).
+    pub const WINDOW: u32 = 128;
+    /// Largest MLP ratio and MBConv expansion ratio.
+    pub const RATIO: u32 = 16;
+    /// Largest local conv kernel side.
+    pub const LOCAL_CONV: u32 = 31;
+}
+
 /// Why a configuration cannot describe a network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -56,8 +81,14 @@ pub enum ConfigError {
     InChans,
     /// A stage width is not divisible by its head count.
     HeadsDoNotDivide { stage: usize },
-    /// A dimension is so large that sizes would overflow.
-    TooLarge(&'static str),
+    /// `local_conv_size` must be odd (the conv keeps the map size with padding `k / 2`).
+    EvenLocalConv,
+    /// A field exceeds its bound in [`bounds`].
+    TooLarge {
+        field: &'static str,
+        value: u32,
+        max: u32,
+    },
 }
 
 impl core::fmt::Display for ConfigError {
@@ -69,7 +100,13 @@ impl core::fmt::Display for ConfigError {
                 f,
                 "config field `embed_dims[{stage}]` is not divisible by `num_heads[{stage}]`"
             ),
-            ConfigError::TooLarge(field) => write!(f, "config field `{field}` is too large"),
+            ConfigError::EvenLocalConv => {
+                write!(f, "config field `local_conv_size` must be odd")
+            }
+            ConfigError::TooLarge { field, value, max } => write!(
+                f,
+                "config field `{field}` is {value}, above the largest supported value {max}"
+            ),
         }
     }
 }
@@ -209,53 +246,69 @@ impl ModelConfig {
         self
     }
 
-    /// Checks that the configuration describes a buildable network.
+    /// Checks that the configuration describes a buildable network whose sizes are all
+    /// representable: every field positive where it must be and within [`bounds`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        const EMBED: [&str; STAGES] = [
+            "embed_dims[0]",
+            "embed_dims[1]",
+            "embed_dims[2]",
+            "embed_dims[3]",
+        ];
+        const DEPTHS: [&str; STAGES] = ["depths[0]", "depths[1]", "depths[2]", "depths[3]"];
+        const HEADS: [&str; STAGES] = [
+            "num_heads[0]",
+            "num_heads[1]",
+            "num_heads[2]",
+            "num_heads[3]",
+        ];
+        const WINDOWS: [&str; STAGES] = [
+            "window_sizes[0]",
+            "window_sizes[1]",
+            "window_sizes[2]",
+            "window_sizes[3]",
+        ];
         if self.in_chans != 1 && self.in_chans != 3 {
             return Err(ConfigError::InChans);
         }
-        let positive: [(&'static str, u32); 5] = [
-            ("img_size", self.img_size),
-            ("num_classes", self.num_classes),
-            ("mlp_ratio", self.mlp_ratio),
-            ("mbconv_expand_ratio", self.mbconv_expand_ratio),
-            ("local_conv_size", self.local_conv_size),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
+        let mut fields: heapless::Vec<(&'static str, u32, u32), 24> = heapless::Vec::new();
+        let mut push = |field, value, max| {
+            // 5 scalar fields and 4 per stage: always within capacity.
+            let _ = fields.push((field, value, max));
+        };
+        push("img_size", self.img_size, bounds::IMG_SIZE);
+        push("num_classes", self.num_classes, bounds::NUM_CLASSES);
+        push("mlp_ratio", self.mlp_ratio, bounds::RATIO);
+        push(
+            "mbconv_expand_ratio",
+            self.mbconv_expand_ratio,
+            bounds::RATIO,
+        );
+        push("local_conv_size", self.local_conv_size, bounds::LOCAL_CONV);
+        for s in 0..STAGES {
+            push(EMBED[s], self.embed_dims[s], bounds::EMBED_DIM);
+            push(DEPTHS[s], self.depths[s], bounds::DEPTH);
+            // Stage 0 has no attention: its head count and window are ignored.
+            if s > 0 {
+                push(HEADS[s], self.num_heads[s], bounds::EMBED_DIM);
+                push(WINDOWS[s], self.window_sizes[s], bounds::WINDOW);
+            }
+        }
+        for &(field, value, max) in &fields {
+            if value == 0 {
                 return Err(ConfigError::Zero(field));
+            }
+            if value > max {
+                return Err(ConfigError::TooLarge { field, value, max });
             }
         }
         if self.local_conv_size.is_multiple_of(2) {
-            return Err(ConfigError::Zero("local_conv_size (must be odd)"));
+            return Err(ConfigError::EvenLocalConv);
         }
-        for s in 0..STAGES {
-            if self.embed_dims[s] == 0 {
-                return Err(ConfigError::Zero("embed_dims"));
+        for s in 1..STAGES {
+            if !self.embed_dims[s].is_multiple_of(self.num_heads[s]) {
+                return Err(ConfigError::HeadsDoNotDivide { stage: s });
             }
-            if self.depths[s] == 0 {
-                return Err(ConfigError::Zero("depths"));
-            }
-            if s > 0 {
-                if self.num_heads[s] == 0 {
-                    return Err(ConfigError::Zero("num_heads"));
-                }
-                if self.window_sizes[s] == 0 {
-                    return Err(ConfigError::Zero("window_sizes"));
-                }
-                if !self.embed_dims[s].is_multiple_of(self.num_heads[s]) {
-                    return Err(ConfigError::HeadsDoNotDivide { stage: s });
-                }
-            }
-            if self.embed_dims[s] > 1 << 16 || self.depths[s] > 1 << 10 {
-                return Err(ConfigError::TooLarge("embed_dims/depths"));
-            }
-        }
-        if self.img_size > 1 << 14 {
-            return Err(ConfigError::TooLarge("img_size"));
-        }
-        if self.num_classes > 1 << 24 {
-            return Err(ConfigError::TooLarge("num_classes"));
         }
         Ok(())
     }
@@ -317,5 +370,106 @@ mod tests {
             c.validate(),
             Err(ConfigError::HeadsDoNotDivide { stage: 2 })
         );
+        let mut c = ModelConfig::tiny_vit_5m_224();
+        c.local_conv_size = 4;
+        assert_eq!(c.validate(), Err(ConfigError::EvenLocalConv));
+        let mut c = ModelConfig::tiny_vit_5m_224();
+        c.depths[3] = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero("depths[3]")));
+    }
+
+    /// The largest value of every field validates; one more is refused, naming the field.
+    #[test]
+    fn every_bound_is_inclusive_and_named() {
+        let base = ModelConfig::tiny_vit_mcu_m4();
+        type Set = fn(&mut ModelConfig, u32);
+        let cases: [(&str, u32, Set); 11] = [
+            ("img_size", bounds::IMG_SIZE, |c, v| c.img_size = v),
+            ("num_classes", bounds::NUM_CLASSES, |c, v| c.num_classes = v),
+            ("mlp_ratio", bounds::RATIO, |c, v| c.mlp_ratio = v),
+            ("mbconv_expand_ratio", bounds::RATIO, |c, v| {
+                c.mbconv_expand_ratio = v
+            }),
+            ("embed_dims[0]", bounds::EMBED_DIM, |c, v| {
+                c.embed_dims[0] = v
+            }),
+            ("embed_dims[3]", bounds::EMBED_DIM, |c, v| {
+                c.embed_dims[3] = v
+            }),
+            ("depths[2]", bounds::DEPTH, |c, v| c.depths[2] = v),
+            ("window_sizes[1]", bounds::WINDOW, |c, v| {
+                c.window_sizes[1] = v
+            }),
+            ("window_sizes[3]", bounds::WINDOW, |c, v| {
+                c.window_sizes[3] = v
+            }),
+            ("num_heads[3]", bounds::EMBED_DIM, |c, v| {
+                c.num_heads[3] = v;
+                c.embed_dims[3] = v;
+            }),
+            ("local_conv_size", bounds::LOCAL_CONV, |c, v| {
+                c.local_conv_size = v
+            }),
+        ];
+        for (field, max, set) in cases {
+            let mut c = base;
+            set(&mut c, max);
+            assert_eq!(c.validate(), Ok(()), "{field} = {max}");
+            let mut c = base;
+            set(&mut c, max + 1 + (field == "local_conv_size") as u32);
+            let err = c.validate().unwrap_err();
+            match err {
+                ConfigError::TooLarge {
+                    field: f, max: m, ..
+                } => {
+                    // Setting the heads also sets the width, which is checked first.
+                    let expected = if field == "num_heads[3]" {
+                        "embed_dims[3]"
+                    } else {
+                        field
+                    };
+                    assert_eq!((f, m), (expected, max), "{field}");
+                }
+                e => panic!("{field}: {e:?}"),
+            }
+        }
+        // Stage 0 has no attention: its head count and window are not checked.
+        let mut c = base;
+        c.window_sizes[0] = u32::MAX;
+        c.num_heads[0] = 0;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    /// Defect 1 of issue 16: a window of 514 made the fast engine ask for 837 GB.
+    #[test]
+    fn a_window_of_514_is_refused_by_name() {
+        let mut c = ModelConfig::tiny_vit_mcu_m4();
+        c.window_sizes[2] = 514;
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::TooLarge {
+                field: "window_sizes[2]",
+                value: 514,
+                max: bounds::WINDOW
+            }
+        );
+        assert_eq!(
+            std::format!("{err}"),
+            "config field `window_sizes[2]` is 514, above the largest supported value 128"
+        );
+    }
+
+    /// Every preset stays inside the bounds, and so do the larger models users build from
+    /// them: 21m at 1024 px with ImageNet-22k's 21,841 classes.
+    #[test]
+    fn presets_and_large_user_models_are_within_bounds() {
+        let big = ModelConfig::tiny_vit_21m_512()
+            .with_img_size(1024)
+            .with_num_classes(21_841);
+        assert_eq!(big.validate(), Ok(()));
+        for name in PRESET_NAMES {
+            ModelConfig::preset(name).unwrap().validate().unwrap();
+        }
     }
 }

@@ -284,17 +284,27 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
 }
 
+/// Number of elements of a shape counted in `u64` (exact on every target, whatever its `usize`),
+/// saturating instead of overflowing.
+fn count(shape: &[usize]) -> u64 {
+    shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64))
+}
+
 /// Number of learnable parameters (what the paper's tables count).
+///
+/// Exact for every config [`ModelConfig::validate`] accepts (its bounds keep the sum below
+/// 2^42); for an unvalidated one the arithmetic saturates, it never wraps or panics.
 pub fn param_count(cfg: &ModelConfig) -> u64 {
     let mut n = 0u64;
-    for_each_param(cfg, |_, s| n += numel(s) as u64);
+    for_each_param(cfg, |_, s| n = n.saturating_add(count(s)));
     n
 }
 
-/// Number of f32 values of the folded deployment tensors, without alignment padding.
+/// Number of f32 values of the folded deployment tensors, without alignment padding (exact
+/// for valid configs, saturating otherwise, as [`param_count`]).
 pub fn folded_count(cfg: &ModelConfig) -> u64 {
     let mut n = 0u64;
-    for_each_folded(cfg, |_, s| n += numel(s) as u64);
+    for_each_folded(cfg, |_, s| n = n.saturating_add(count(s)));
     n
 }
 
@@ -309,13 +319,18 @@ pub fn folded_tensor_count(cfg: &ModelConfig) -> usize {
 /// a blob in flash can be read with aligned vector loads.
 pub const FOLDED_ALIGN: usize = 4;
 
-/// Rounds `n` up to a multiple of [`FOLDED_ALIGN`], saturating.
+/// Rounds `n` up to a multiple of [`FOLDED_ALIGN`]; `usize::MAX` when that does not fit (so a
+/// saturated size stays saturated).
 pub fn align_up(n: usize) -> usize {
-    n.saturating_add(FOLDED_ALIGN - 1) / FOLDED_ALIGN * FOLDED_ALIGN
+    match n.checked_add(FOLDED_ALIGN - 1) {
+        Some(v) => v / FOLDED_ALIGN * FOLDED_ALIGN,
+        None => usize::MAX,
+    }
 }
 
 /// Length in f32 values of the packed folded blob: every tensor in [`for_each_folded`] order,
-/// each padded with zeros to a multiple of [`FOLDED_ALIGN`] values.
+/// each padded with zeros to a multiple of [`FOLDED_ALIGN`] values. `usize::MAX` when the
+/// length does not fit this target's `usize`.
 pub fn folded_blob_len(cfg: &ModelConfig) -> usize {
     let mut n = 0usize;
     for_each_folded(cfg, |_, s| n = n.saturating_add(align_up(numel(s))));

@@ -51,6 +51,8 @@ pub struct ExportArgs {
     /// Check at most this many validation images.
     #[arg(long)]
     pub limit: Option<usize>,
+    #[command(flatten)]
+    pub limits: crate::infer::LimitArgs,
 }
 
 /// Which core engine runs the check.
@@ -111,7 +113,13 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     };
     if let Some(val) = &args.val {
         let src = val_source(&ck, val, args.data.as_deref(), args.limit)?;
-        let check = verify(&args.checkpoint, &bytes, src, args.engine);
+        let check = verify(
+            &args.checkpoint,
+            &bytes,
+            src,
+            args.engine,
+            args.limits.get(),
+        );
         let check = match check {
             Ok(c) => c,
             Err(e) => {
@@ -187,17 +195,29 @@ pub fn verify(
     tvb_bytes: &[u8],
     src: Arc<dyn Source>,
     which: EngineArg,
+    limits: engine::Limits,
 ) -> Result<Check> {
     let (_vs, model) = checkpoint::load_model(ckpt, None, Device::Cpu)?;
     let parsed = tvb::parse(tvb_bytes).map_err(|e| anyhow::anyhow!("parse written .tvb: {e}"))?;
     let blob = parsed.to_blob();
     let cfg = *parsed.config();
-    let weights = Weights::new(&cfg, &blob).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let fast = match which {
-        EngineArg::Fast => Some(FastModel::new(&weights).map_err(|e| anyhow::anyhow!("{e}"))?),
-        EngineArg::Exact => None,
+    let weights = Weights::new(&cfg, &blob)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_limits(limits);
+    let hint = crate::infer::LIMIT_HINT;
+    let (fast, arena_len) = match which {
+        EngineArg::Fast => (
+            Some(FastModel::new(&weights).map_err(|e| anyhow::anyhow!("{e}{hint}"))?),
+            0,
+        ),
+        EngineArg::Exact => {
+            let plan = limits
+                .check_exact(&cfg)
+                .map_err(|e| anyhow::anyhow!("{e}{hint}"))?;
+            (None, plan.total())
+        }
     };
-    let mut arena = vec![0f32; engine::arena_len(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?];
+    let mut arena = vec![0f32; arena_len];
     let nc = cfg.num_classes as usize;
     let order = Arc::new((0..src.len()).collect::<Vec<_>>());
     let (mut n, mut hit_t, mut hit_c, mut dis, mut max_rel) = (0u64, 0u64, 0u64, 0u64, 0f64);

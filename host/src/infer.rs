@@ -19,7 +19,7 @@ use tinyvit_core::aug::{
     IMAGENET_MEAN, IMAGENET_STD,
 };
 use tinyvit_core::config::{ModelConfig, PRESET_NAMES};
-use tinyvit_core::engine::{arena_len, exact, fast::FastModel, input_len, Weights};
+use tinyvit_core::engine::{arena_len, exact, fast::FastModel, input_len, Limits, Weights};
 use tinyvit_core::params::{folded_blob_len, param_count};
 
 use crate::import;
@@ -51,6 +51,31 @@ pub struct ModelArgs {
     /// Input size, for networks that are no preset (presets know theirs).
     #[arg(long)]
     pub img_size: Option<u32>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What a model may ask of the core engines, checked before they allocate or compute
+/// ([`Limits`]); raise them for models larger than the defaults allow.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct LimitArgs {
+    /// Most multiply-accumulates one image may take.
+    #[arg(long, default_value_t = Limits::DEFAULT.max_macs)]
+    pub max_macs: u64,
+    /// Most bytes of engine memory (the exact engine's arena; the fast engine's packed
+    /// weights, attention biases and workspace).
+    #[arg(long, default_value_t = Limits::DEFAULT.max_memory)]
+    pub max_memory: u64,
+}
+
+impl LimitArgs {
+    /// The core's limits.
+    pub fn get(&self) -> Limits {
+        Limits {
+            max_macs: self.max_macs,
+            max_memory: self.max_memory,
+        }
+    }
 }
 
 impl ModelArgs {
@@ -114,7 +139,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
             })?;
             tch_logits(sd, &cfg, &input, n)?
         }
-        e => run_engine(e, &cfg, &model.blob, &input, n)?,
+        e => run_engine_limited(e, &cfg, &model.blob, &input, n, args.source.limits.get())?,
     };
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let nc = cfg.num_classes as usize;
@@ -149,7 +174,21 @@ pub fn run_engine(
     input: &[f32],
     n: usize,
 ) -> Result<Vec<f32>> {
-    let w = Weights::new(cfg, blob).map_err(|e| anyhow!("{e}"))?;
+    run_engine_limited(engine, cfg, blob, input, n, Limits::DEFAULT)
+}
+
+/// [`run_engine`] under other [`Limits`].
+pub fn run_engine_limited(
+    engine: Engine,
+    cfg: &ModelConfig,
+    blob: &[f32],
+    input: &[f32],
+    n: usize,
+    limits: Limits,
+) -> Result<Vec<f32>> {
+    let w = Weights::new(cfg, blob)
+        .map_err(|e| anyhow!("{e}"))?
+        .with_limits(limits);
     let nc = cfg.num_classes as usize;
     let per = input_len(cfg).map_err(|e| anyhow!("{e}"))?;
     ensure!(
@@ -161,7 +200,10 @@ pub fn run_engine(
     let mut logits = vec![0.0f32; n * nc];
     match engine {
         Engine::Exact => {
-            let mut arena = vec![0.0f32; arena_len(cfg).map_err(|e| anyhow!("{e}"))?];
+            let plan = limits
+                .check_exact(cfg)
+                .map_err(|e| anyhow!("{e}{LIMIT_HINT}"))?;
+            let mut arena = vec![0.0f32; plan.total()];
             for i in 0..n {
                 exact::forward(
                     &w,
@@ -174,7 +216,7 @@ pub fn run_engine(
         }
         Engine::Fast => FastModel::new(&w)
             .and_then(|m| m.forward(input, &mut logits))
-            .map_err(|e| anyhow!("{e}"))?,
+            .map_err(|e| anyhow!("{e}{LIMIT_HINT}"))?,
         Engine::Tch => bail!("the tch engine runs from an unfolded state_dict (tch_logits)"),
     }
     Ok(logits)
@@ -379,9 +421,17 @@ fn npy_bytes(shape: &[usize], values: &[f32]) -> Vec<u8> {
     out
 }
 
-/// Runs `tinyvit convert`.
+/// Added to engine errors: how to allow a larger model.
+pub const LIMIT_HINT: &str = " (--max-macs / --max-memory raise the limits)";
+
+/// Runs `tinyvit convert`: refuses a model the engines would refuse under the same limits.
 pub fn convert(args: &ConvertArgs) -> Result<()> {
     let model = args.source.load()?;
+    args.source
+        .limits
+        .get()
+        .check_exact(&model.config)
+        .map_err(|e| anyhow!("{}: {e}{LIMIT_HINT}", args.source.model.display()))?;
     import::export_tvb(&model, &args.out)?;
     eprintln!(
         "{} -> {} ({} classes, {} folded values)",

@@ -340,6 +340,14 @@ impl Frame {
         if ns == 0 || ns > 4 {
             return Err(JpegError::Format("SOS: component count not in 1..=4"));
         }
+        // Spectral selection and successive approximation: a baseline decode ignores them, but
+        // zune refuses values out of their ranges, and so must we.
+        let (ss, se, a) = (seg[1 + 2 * ns], seg[2 + 2 * ns], seg[3 + 2 * ns]);
+        if ss > 63 || se > 63 || a >> 4 > 13 || a & 15 > 13 {
+            return Err(JpegError::Format(
+                "SOS: spectral selection or approximation out of range",
+            ));
+        }
         if self.unsupported.is_some() {
             return Ok(());
         }

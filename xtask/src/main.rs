@@ -2,6 +2,7 @@
 
 mod bench;
 mod firmware;
+mod fuzz;
 mod install;
 mod replay;
 mod setup;
@@ -26,6 +27,7 @@ tasks:
             [--board nucleo-h743|feather-f405] [--model F.tvb]; `--board` alone lists the boards
   replay    host vs device bit-exact replay on QEMU mps2-an386 (M4F), mps2-an500 (M7) and
             netduinoplus2 (STM32F405), diffed with firmware/expected [--bless]
+  fuzz      the libFuzzer targets of fuzz/ [--seconds S] [--seeds] [TARGET...] (nightly, cargo-fuzz)
 ";
 
 fn main() {
@@ -42,6 +44,7 @@ fn main() {
         Some("firmware") => firmware::run(&rest),
         Some("flash") => firmware::flash(&rest),
         Some("replay") => replay::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

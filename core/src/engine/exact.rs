@@ -12,7 +12,7 @@
 use super::layers::{
     bias_index, dot, gelu, gelu_inplace, layer_norm, layer_norm_into, linear, stem_dims,
 };
-use super::{arena_plan, input_len, EngineError, Reader, Weights};
+use super::{input_len, EngineError, Reader, Weights};
 use crate::config::{ModelConfig, STAGES};
 
 /// Runs one image through the network.
@@ -22,7 +22,9 @@ use crate::config::{ModelConfig, STAGES};
 /// `logits: [num_classes]`.
 ///
 /// # Errors
-/// Wrong input, arena or logits sizes ([`EngineError`]); nothing is written to `logits` then.
+/// Wrong input, arena or logits sizes, or a network whose work or arena exceeds the weights'
+/// [`Limits`](super::Limits) ([`EngineError`]); nothing is written to `logits` then, and
+/// nothing is computed.
 pub fn forward(
     weights: &Weights<'_>,
     input: &[f32],
@@ -30,7 +32,7 @@ pub fn forward(
     logits: &mut [f32],
 ) -> Result<(), EngineError> {
     let cfg = weights.config();
-    let plan = arena_plan(cfg)?;
+    let plan = weights.limits().check_exact(cfg)?;
     let n_in = input_len(cfg)?;
     if input.len() != n_in {
         return Err(EngineError::InputLen {

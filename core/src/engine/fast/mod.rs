@@ -11,7 +11,10 @@
 //! reference's eval cache. Results differ from `exact` only by summation order and those
 //! approximations: about 1e-6 relative on the logits (tests require 1e-5).
 //!
-//! Unlike `exact`, this engine allocates: it is for hosts.
+//! Unlike `exact`, this engine allocates: it is for hosts. Everything it allocates is declared
+//! up front ([`FastModel::memory`]: packed weights, gathered attention biases and a workspace
+//! sized for the hungriest layer) and checked against the weights' [`Limits`](super::Limits)
+//! before the first allocation; running a batch allocates nothing.
 
 mod gemm;
 
@@ -22,7 +25,7 @@ pub use gemm::Kernel;
 use gemm::{gemm, Packed, ADD, ADD_GELU, SET, SET_GELU};
 
 use super::layers::{bias_index, stem_dims, LN_EPS};
-use super::{input_len, EngineError, Reader, Weights};
+use super::{add, input_len, mul, EngineError, Reader, Weights};
 use crate::config::{ModelConfig, STAGES};
 
 /// erf as a rational polynomial on `[-4, 4]` (the form Eigen and XLA use for f32); a few ulp
@@ -285,13 +288,25 @@ impl<'a> FastModel<'a> {
         Self::with_kernel(weights, Kernel::detect())
     }
 
+    /// Bytes this engine allocates for `cfg` on `kernel`: packed weights, gathered attention
+    /// biases, transposed depthwise kernels and the workspace (all of it, once).
+    pub fn memory(cfg: &ModelConfig, kernel: Kernel) -> Result<u64, EngineError> {
+        Ok(Plan::new(cfg, kernel)?.bytes)
+    }
+
     /// Prepares `weights` for `kernel` (reads every tensor once, in
-    /// [`crate::params::for_each_folded`] order); an error if this CPU cannot run it.
+    /// [`crate::params::for_each_folded`] order); an error if this CPU cannot run it, or if the
+    /// network's work ([`super::macs`]) or this engine's memory ([`FastModel::memory`])
+    /// exceeds the weights' limits, checked before anything is allocated.
     pub fn with_kernel(weights: &Weights<'a>, kernel: Kernel) -> Result<Self, EngineError> {
         if !kernel.supported() {
             return Err(EngineError::KernelUnsupported(kernel.name()));
         }
         let cfg = *weights.config();
+        let limits = weights.limits();
+        limits.check_macs(&cfg)?;
+        let plan = Plan::new(&cfg, kernel)?;
+        limits.check_memory(plan.bytes)?;
         let mut rd = weights.reader();
         let e = cfg.embed_dims.map(|v| v as usize);
         let cin = cfg.in_chans as usize;
@@ -301,12 +316,14 @@ impl<'a> FastModel<'a> {
         let w = rd.take(e[0] * half * 9)?;
         let stem2 = Packed::linear(kernel, w, rd.take(e[0])?);
         let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
-        let mut mbconv = Vec::new();
+        let mut mbconv = Vec::with_capacity(cfg.depths[0] as usize);
         for _ in 0..cfg.depths[0] {
             mbconv.push(ConvTriple::read(&mut rd, kernel, e[0], hid0, e[0])?);
         }
-        let mut blocks: [Vec<Block<'a>>; STAGES] = Default::default();
-        let mut merges = Vec::new();
+        let mut blocks: [Vec<Block<'a>>; STAGES] = core::array::from_fn(|s| {
+            Vec::with_capacity(if s > 0 { cfg.depths[s] as usize } else { 0 })
+        });
+        let mut merges = Vec::with_capacity(STAGES - 1);
         for s in 0..STAGES {
             if s > 0 {
                 let c = e[s];
@@ -370,7 +387,7 @@ impl<'a> FastModel<'a> {
             merges,
             head_norm,
             head,
-            work: std::cell::RefCell::new(Work::new(kernel)),
+            work: std::cell::RefCell::new(Work::new(kernel, &plan.work)),
         })
     }
 
@@ -600,7 +617,8 @@ impl<'a> FastModel<'a> {
 }
 
 /// Reusable buffers of the fast engine: the activation `x`, temporaries, and the packed keys
-/// and values of one attention head.
+/// and values of one attention head. Allocated once at their [`WorkSizes`], so no layer grows
+/// them.
 struct Work {
     x: Vec<f32>,
     t: [Vec<f32>; 4],
@@ -609,13 +627,150 @@ struct Work {
 }
 
 impl Work {
-    fn new(kernel: Kernel) -> Self {
+    fn new(kernel: Kernel, sizes: &WorkSizes) -> Self {
+        let presized = |len: usize| {
+            let mut p = Packed::empty(kernel);
+            // One panel of `len / nr` rows, every row copied from the same `nr` zeros: sizes the
+            // panel storage once; later packings of at most `len` values reuse it.
+            let nr = kernel.nr();
+            if len > 0 {
+                p.set_kn(&[0.0; 32][..nr], 0, len.div_ceil(nr), nr);
+            }
+            p
+        };
         Work {
-            x: Vec::new(),
-            t: Default::default(),
-            keys: Packed::empty(kernel),
-            values: Packed::empty(kernel),
+            // `x` and `t[0]` trade places after each local conv: both get the larger size.
+            x: vec![0.0; sizes.x],
+            t: [
+                vec![0.0; sizes.x],
+                vec![0.0; sizes.t1],
+                vec![0.0; sizes.t2],
+                vec![0.0; sizes.t3],
+            ],
+            keys: presized(sizes.keys),
+            values: presized(sizes.values),
         }
+    }
+}
+
+/// f32 values each workspace buffer needs: the largest any layer asks of it.
+#[derive(Clone, Copy, Debug, Default)]
+struct WorkSizes {
+    /// `x` and `t[0]`.
+    x: usize,
+    t1: usize,
+    t2: usize,
+    t3: usize,
+    /// Packed keys `[hd, T]` and values `[T, hd]` of one head.
+    keys: usize,
+    values: usize,
+}
+
+/// What [`FastModel::with_kernel`] will allocate for a config, computed with checked
+/// arithmetic by walking the layers as `with_kernel` and `forward_one_body` do.
+struct Plan {
+    work: WorkSizes,
+    /// Every byte: the work buffers, the packed weights, gathered biases, depthwise kernels
+    /// and the per-layer structs.
+    bytes: u64,
+}
+
+impl Plan {
+    fn new(cfg: &ModelConfig, kernel: Kernel) -> Result<Plan, EngineError> {
+        cfg.validate()?;
+        let nr = kernel.nr();
+        // Panel storage of `B: [k, n]`: `ceil(n / nr)` panels of `k` rows of `nr`.
+        let panels = |n: usize, k: usize| mul(mul(n.div_ceil(nr), nr)?, k);
+        // A packed Linear `[n, k]` with its bias.
+        let linear = |n: usize, k: usize| add(panels(n, k)?, panels(n, 1)?);
+        // Pointwise -> 3x3 depthwise -> pointwise.
+        let triple = |cin: usize, mid: usize, cout: usize| {
+            add(add(linear(mid, cin)?, mul(mid, 10)?)?, linear(cout, mid)?)
+        };
+        let mut w = WorkSizes::default();
+        let grow = |v: &mut usize, n: usize| *v = (*v).max(n);
+        let (cin, _, e0, half, w1, r0) = stem_dims(cfg);
+        let e = cfg.embed_dims.map(|v| v as usize);
+        let r = cfg.stage_resolutions().map(|v| v as usize);
+        let mut values = 0usize;
+
+        grow(&mut w.x, mul(mul(w1, w1)?, mul(cin, 9)?)?);
+        grow(&mut w.t1, mul(mul(w1, w1)?, half)?);
+        grow(&mut w.x, mul(mul(r0, r0)?, mul(half, 9)?)?);
+        grow(&mut w.x, mul(mul(r0, r0)?, e0)?);
+        values = add(
+            values,
+            add(linear(half, mul(cin, 9)?)?, linear(e0, mul(half, 9)?)?)?,
+        )?;
+
+        let hid0 = mul(e0, cfg.mbconv_expand_ratio as usize)?;
+        let n0 = mul(r0, r0)?;
+        grow(&mut w.x, mul(n0, hid0)?);
+        grow(&mut w.t1, mul(n0, hid0)?);
+        values = add(values, mul(cfg.depths[0] as usize, triple(e0, hid0, e0)?)?)?;
+
+        let mut block_structs = 0usize;
+        for s in 0..STAGES {
+            if s > 0 {
+                let c = e[s];
+                let heads = cfg.num_heads[s] as usize;
+                let ws = cfg.window_sizes[s] as usize;
+                let hd = c / heads;
+                let t = mul(ws, ws)?;
+                let nw = r[s].div_ceil(ws);
+                let m = mul(mul(nw, nw)?, t)?;
+                let hid = mul(c, cfg.mlp_ratio as usize)?;
+                let k = cfg.local_conv_size as usize;
+                let n = mul(r[s], r[s])?;
+                grow(&mut w.x, mul(m, c)?);
+                grow(&mut w.t1, mul(m, mul(3, c)?)?);
+                grow(&mut w.t2, mul(t, t)?);
+                if !(nw == 1 && ws == r[s]) {
+                    grow(&mut w.t3, mul(m, c)?);
+                }
+                grow(&mut w.keys, panels(t, hd)?);
+                grow(&mut w.values, panels(hd, t)?);
+                grow(&mut w.x, mul(n, c)?);
+                grow(&mut w.t2, mul(n, c)?);
+                grow(&mut w.t1, mul(n, hid)?);
+                let block = [
+                    mul(heads, mul(t, t)?)?, // gathered bias
+                    linear(mul(3, c)?, c)?,
+                    linear(c, c)?,
+                    linear(hid, c)?,
+                    linear(c, hid)?,
+                    mul(c, mul(k, k)?)?, // transposed local conv
+                ]
+                .into_iter()
+                .try_fold(0usize, add)?;
+                let depth = cfg.depths[s] as usize;
+                values = add(values, mul(depth, block)?)?;
+                block_structs = add(block_structs, depth)?;
+            }
+            if s + 1 < STAGES {
+                let (cout, r2) = (e[s + 1], r[s].div_ceil(2));
+                grow(&mut w.x, mul(mul(r[s], r[s])?, cout)?);
+                grow(&mut w.t1, mul(mul(r2, r2)?, cout)?);
+                grow(&mut w.x, mul(mul(r2, r2)?, cout)?);
+                values = add(values, triple(e[s], cout, cout)?)?;
+            }
+        }
+        grow(&mut w.x, e[3]);
+        grow(&mut w.t1, e[3]);
+        values = add(values, linear(cfg.num_classes as usize, e[3])?)?;
+
+        let work = [w.x, w.x, w.t1, w.t2, w.t3, w.keys, w.values]
+            .into_iter()
+            .try_fold(0usize, add)?;
+        let structs = add(
+            mul(size_of::<ConvTriple>(), cfg.depths[0] as usize + STAGES - 1)?,
+            mul(size_of::<Block<'_>>(), block_structs)?,
+        )?;
+        let bytes = add(mul(add(values, work)?, size_of::<f32>())?, structs)?;
+        Ok(Plan {
+            work: w,
+            bytes: bytes as u64,
+        })
     }
 }
 
@@ -652,9 +807,16 @@ fn im2col_3x3_s2(
     }
 }
 
-/// The first `n` values of `v`, growing it if needed (contents are stale).
+/// The first `n` values of `v` (contents are stale). [`Plan`] sized every buffer for the
+/// largest layer, so this never grows one; if it had to (a planning bug), it grows rather than
+/// fail, and debug builds (tests, fuzzing) stop on it.
 #[inline(always)]
 fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    debug_assert!(
+        n <= v.len(),
+        "fast engine workspace under-planned: {n} > {}",
+        v.len()
+    );
     if v.len() < n {
         v.resize(n, 0.0);
     }
