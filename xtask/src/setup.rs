@@ -34,7 +34,7 @@ pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// The reference environment of the benches' peers (timm's augmentation, Pillow's JPEG encoder,
 /// scikit-image's sample photos), pinned. torch comes from PyPI, whose Linux wheels pull in the
-/// CUDA libraries that `import torch` loads (about 4 GB in all, once); nothing here uses a GPU.
+/// CUDA libraries that `import torch` loads (about 5 GB in all, once); nothing here uses a GPU.
 const PYREF_PACKAGES: &[&str] = &[
     "torch==2.11.0",
     "torchvision==0.26.0",
@@ -175,7 +175,7 @@ pub fn pyref() -> Result<PathBuf> {
         return Ok(venv);
     }
     util::step(&format!(
-        "creating the benches' reference environment in {} (once, about 4 GB): {}",
+        "creating the benches' reference environment in {} (once, about 5 GB): {}",
         venv.display(),
         PYREF_PACKAGES.join(" ")
     ));
