@@ -17,7 +17,8 @@
 //! Nothing in this crate panics on user data: every parser and every entry point that takes
 //! shapes, bytes or sizes from outside returns an error instead.
 #![cfg_attr(not(feature = "std"), no_std)]
-// The exceptions, with `fast` only: the `fast` engine's x86 GEMM kernels and its dispatch to
+// The exceptions, with `fast` only: the `fast` engine's x86 GEMM kernels, its call of
+// `matrixmultiply::sgemm` (raw pointers, bounds asserted before), its dispatch to
 // code compiled for AVX-512 / AVX2 (engine/fast/), behind bounds- and CPU-checked wrappers with
 // SAFETY arguments, and `aug::wide`'s call of integer kernels compiled for AVX2 after a CPU
 // check. Without `fast` unsafe is forbidden.

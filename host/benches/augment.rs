@@ -7,7 +7,8 @@
 //! Photos: scikit-image's bundled samples, re-encoded as JPEG quality 90 (ImageNet is JPEG), by
 //! default with the `image` crate's encoder (4:4:4 chroma), with `TINYVIT_BENCH_JPEG=pillow420`
 //! by Pillow's (4:2:0, as most photo JPEGs).
-//! `TINYVIT_PYREF` names the reference environment (default `/root/.cache/tinyvit/pyref`);
+//! `TINYVIT_PYREF` names the reference environment (`cargo xtask bench` creates it and sets
+//! this; default `/root/.cache/tinyvit/pyref`);
 //! `TINYVIT_BENCH_SECONDS` the time per measurement (default 4), `TINYVIT_BENCH_ROUNDS` the
 //! rounds (default 3): each round measures our side, then runs the timm peer, so the two sides
 //! alternate; the summary gives medians over the rounds, each ratio taken within its round
@@ -74,7 +75,14 @@ fn main() -> Result<()> {
         .filter(|&r| r > 0)
         .unwrap_or(3);
     let python = pyref.join("bin/python");
-    let data = pyref.join("lib/python3.11/site-packages/skimage/data");
+    // The venv's site-packages under lib/pythonX.Y/, whatever Python version created it.
+    let data = std::fs::read_dir(pyref.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages/skimage/data"))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| pyref.join("lib/python3/site-packages/skimage/data"));
     if !python.exists() || !data.exists() {
         bail!(
             "augment bench needs the reference environment at {} (set TINYVIT_PYREF)",

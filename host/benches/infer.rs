@@ -4,7 +4,10 @@
 //!
 //! `cargo xtask bench` runs it (or `cargo bench -p tinyvit-host --bench infer`).
 //! Each engine: one warm-up run, then the median of `RUNS` timed runs (fewer for `exact` and
-//! the portable kernel); libtorch and every vector kernel of `fast` alternate run by run.
+//! the scalar kernel); libtorch and every other kernel of `fast` alternate run by run.
+//! Kernels: `avx512` and `avx2` (ours), `portable` (`matrixmultiply`, what every CPU without
+//! AVX2 + FMA runs; on this CPU with its FMA kernel) and `scalar` (the plain-Rust tile that was
+//! the portable kernel before `matrixmultiply`).
 //!
 //! Recorded (2-vCPU Xeon @ 2.5 GHz VM with AVX-512, two other agents' builds running, load
 //! average 4-5; libtorch 2.11.0 uses MKL's AVX-512 SGEMM), three runs, fast / libtorch:
@@ -82,8 +85,8 @@ fn main() {
         exact::forward(&w, &x, &mut arena, &mut l_exact).expect("exact");
     });
 
-    // Every fast kernel this CPU runs; the vector kernels alternate with libtorch run by run,
-    // so load from other processes hits them alike. The portable kernel is timed like `exact`.
+    // Every fast kernel this CPU runs; they alternate with libtorch run by run, so load from
+    // other processes hits them alike. The scalar kernel is timed like `exact`.
     let kernels = Kernel::available();
     let models: Vec<FastModel> = kernels
         .iter()
@@ -104,7 +107,7 @@ fn main() {
             tch_t.push(t);
         }
         for (j, m) in models.iter().enumerate() {
-            if kernels[j] == Kernel::Portable && i > EXACT_RUNS {
+            if kernels[j] == Kernel::Scalar && i > EXACT_RUNS {
                 continue;
             }
             let s = Instant::now();
@@ -126,14 +129,16 @@ fn main() {
             .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
     };
     println!(
-        "tiny_vit_5m_224, batch 1, one thread (median of {RUNS}; exact, portable {EXACT_RUNS}):"
+        "tiny_vit_5m_224, batch 1, one thread (median of {RUNS}; exact, scalar {EXACT_RUNS}):"
     );
     println!(
         "  {:<22}: {tch_ms:8.2} ms",
         format!("libtorch {} CPU", tinyvit_host::LIBTORCH_VERSION)
     );
+    let mut ms_of = Vec::new();
     for (j, k) in kernels.iter().enumerate() {
         let ms = median(&mut fast_t[j]);
+        ms_of.push((*k, ms));
         println!(
             "  {:<22}: {ms:8.2} ms   {:.2}x libtorch time   |fast-exact| {:.2e}",
             format!("core fast, {}", k.name()),
@@ -146,6 +151,13 @@ fn main() {
         "core exact",
         exact_ms / tch_ms
     );
+    let ms = |k: Kernel| ms_of.iter().find(|m| m.0 == k).map(|m| m.1);
+    if let (Some(p), Some(sc)) = (ms(Kernel::Portable), ms(Kernel::Scalar)) {
+        println!(
+            "  portable kernel, matrixmultiply (now) / scalar tile (before): {:.2}x the time",
+            p / sc
+        );
+    }
     println!(
         "  agreement: |tch-exact| {:.2e} (max abs logit diff)",
         max_abs(&l_tch, &l_exact)

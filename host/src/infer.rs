@@ -7,13 +7,19 @@
 //! [`tinyvit_core::aug::eval_transform`] and [`tinyvit_core::aug::normalize`]; grey models
 //! (`in_chans = 1`) read images as luma and normalise with the first channel's mean/std.
 //!
-//! `.npy` files (read and written here): version 1.0-3.0 headers, dtype `<f4`, C order.
+//! `.npy` files: through `ndarray-npy` (float32, any header version, byte order and memory order
+//! in; version 1.0, `<f4`, C order out), shape products checked before any allocation.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::io::Write as _;
+
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
+use ndarray::{ArrayD, ArrayViewD};
+use ndarray_npy::npy::header::Header;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use tinyvit_core::aug::{
     eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef, Interpolation, EVAL_CROP_PCT,
     IMAGENET_MEAN, IMAGENET_STD,
@@ -315,110 +321,69 @@ pub fn load_images(paths: &[PathBuf], cfg: &ModelConfig) -> Result<Vec<f32>> {
 }
 
 fn read_input_npy(path: &Path, cfg: &ModelConfig) -> Result<(Vec<f32>, usize)> {
-    let (shape, data) = read_npy(path)?;
+    let a = read_npy(path)?;
     let s = cfg.img_size as usize;
     let c = cfg.in_chans as usize;
+    let shape = a.shape().to_vec();
     ensure!(
         shape.len() == 4 && shape[1] == c && shape[2] == s && shape[3] == s,
-        "{}: shape {shape:?}, the model takes [N, {c}, {s}, {s}]",
+        "{}: field `shape` {shape:?}, the model takes [N, {c}, {s}, {s}]",
         path.display()
     );
-    Ok((data, shape[0]))
+    Ok((a.into_raw_vec_and_offset().0, shape[0]))
 }
 
-/// Reads a float32 C-order `.npy` file: `(shape, values)`.
-pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+/// Reads a float32 `.npy` file (any header version, either byte order, C or Fortran order) into
+/// a C-order array. The shape's element count is computed with checked arithmetic and compared
+/// with the file's size before anything is allocated for the data.
+pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse_npy(&bytes).with_context(|| format!("{}", path.display()))
+    let header = Header::from_reader(&mut &bytes[..])
+        .with_context(|| format!("{}: .npy header", path.display()))?;
+    let data_bytes = header
+        .shape
+        .iter()
+        .try_fold(4usize, |n, &d| n.checked_mul(d))
+        .with_context(|| {
+            format!(
+                "{}: field `shape` {:?}: the float32 data size overflows",
+                path.display(),
+                header.shape
+            )
+        })?;
+    ensure!(
+        data_bytes <= bytes.len(),
+        "{}: field `shape` {:?} needs {data_bytes} data bytes, the file holds {} in all",
+        path.display(),
+        header.shape,
+        bytes.len()
+    );
+    let a = ArrayD::<f32>::read_npy(&bytes[..]).with_context(|| {
+        format!(
+            "{}: .npy float32 data (field `descr` {})",
+            path.display(),
+            header.type_descriptor
+        )
+    })?;
+    Ok(a.as_standard_layout().into_owned())
 }
 
-fn parse_npy(b: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
-    ensure!(
-        b.len() >= 10 && &b[..6] == b"\x93NUMPY",
-        "not a .npy file (bad magic)"
-    );
-    let (hlen, start) = match b[6] {
-        1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
-        2 | 3 => {
-            ensure!(b.len() >= 12, "truncated .npy header");
-            (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
-        }
-        v => bail!("unsupported .npy version {v}"),
-    };
-    let header = b
-        .get(start..start + hlen)
-        .ok_or_else(|| anyhow!("truncated .npy header"))?;
-    let header = std::str::from_utf8(header).context(".npy header is not text")?;
-    let field = |key: &str| -> Result<&str> {
-        let at = header
-            .find(&format!("'{key}'"))
-            .ok_or_else(|| anyhow!(".npy header lacks `{key}`"))?;
-        Ok(header[at + key.len() + 2..]
-            .trim_start()
-            .trim_start_matches(':')
-            .trim_start())
-    };
-    let descr = field("descr")?;
-    ensure!(
-        descr.starts_with("'<f4'") || descr.starts_with("'float32'"),
-        ".npy dtype must be '<f4' (float32 little-endian), header: {header}"
-    );
-    ensure!(
-        field("fortran_order")?.starts_with("False"),
-        ".npy must be C order"
-    );
-    let shape_s = field("shape")?;
-    let open = shape_s.find('(').ok_or_else(|| anyhow!("bad .npy shape"))?;
-    let close = shape_s.find(')').ok_or_else(|| anyhow!("bad .npy shape"))?;
-    let shape: Vec<usize> = shape_s[open + 1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|e| anyhow!("bad .npy shape `{s}`: {e}"))
-        })
-        .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
-    let data = &b[start + hlen..];
-    ensure!(
-        data.len() == n * 4,
-        ".npy holds {} data bytes, shape {shape:?} needs {}",
-        data.len(),
-        n * 4
-    );
-    let values = data
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((shape, values))
-}
-
-/// Writes a float32 C-order `.npy` (version 1.0).
+/// Writes a float32 C-order `.npy`.
 pub fn write_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
-    std::fs::write(path, npy_bytes(shape, values))
+    let a = ArrayViewD::from_shape(shape, values).with_context(|| {
+        format!(
+            "{}: {} values for shape {shape:?}",
+            path.display(),
+            values.len()
+        )
+    })?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    a.write_npy(&mut w)
+        .with_context(|| format!("writing {}", path.display()))?;
+    w.flush()
         .with_context(|| format!("writing {}", path.display()))
-}
-
-fn npy_bytes(shape: &[usize], values: &[f32]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_s = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
 }
 
 /// Added to engine errors: how to allow a larger model.
@@ -499,16 +464,95 @@ pub fn presets() -> Result<()> {
 mod tests {
     use super::*;
 
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tinyvit-infer-{}-{name}", std::process::id()))
+    }
+
+    /// A hand-made version 1.0 `.npy`: magic, header padded to 64 bytes, then `data`.
+    fn npy_with_header(dict: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = dict.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
     #[test]
     fn npy_round_trips() {
         let v: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let b = npy_bytes(&[2, 3, 4], &v);
+        let p = scratch("round.npy");
+        write_npy(&p, &[2, 3, 4], &v).unwrap();
+        let b = std::fs::read(&p).unwrap();
         assert_eq!(b.len() % 64, 24 * 4 % 64);
-        assert_eq!(parse_npy(&b).unwrap(), (vec![2, 3, 4], v.clone()));
-        let b1 = npy_bytes(&[24], &v);
-        assert_eq!(parse_npy(&b1).unwrap().0, vec![24]);
-        assert!(parse_npy(&b[..b.len() - 1]).is_err());
-        assert!(parse_npy(b"not numpy").is_err());
+        let a = read_npy(&p).unwrap();
+        assert_eq!(a.shape(), &[2, 3, 4]);
+        assert_eq!(a.into_raw_vec_and_offset().0, v);
+        write_npy(&p, &[24], &v).unwrap();
+        assert_eq!(read_npy(&p).unwrap().shape(), &[24]);
+        assert!(write_npy(&p, &[5, 5], &v).is_err());
+        std::fs::write(&p, &b[..b.len() - 1]).unwrap();
+        assert!(read_npy(&p).is_err());
+        std::fs::write(&p, b"not numpy").unwrap();
+        assert!(read_npy(&p).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// Fortran order and big-endian data come back as the same C-order values.
+    #[test]
+    fn npy_memory_and_byte_order_are_normalised() {
+        let p = scratch("orders.npy");
+        let f: Vec<u8> = [0.0f32, 3.0, 1.0, 4.0, 2.0, 5.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let dict = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }";
+        std::fs::write(&p, npy_with_header(dict, &f)).unwrap();
+        let a = read_npy(&p).unwrap();
+        assert_eq!(
+            a.into_raw_vec_and_offset().0,
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        let be: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let dict = "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }";
+        std::fs::write(&p, npy_with_header(dict, &be)).unwrap();
+        assert_eq!(
+            read_npy(&p).unwrap().into_raw_vec_and_offset().0,
+            [1.5, -2.0]
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    /// A shape whose product wraps (to 0 in 64 bits), one larger than the file, and another
+    /// dtype: named errors, nothing allocated for the data.
+    #[test]
+    fn npy_bad_shapes_and_dtypes_are_named_errors() {
+        let p = scratch("bad.npy");
+        let cases = [
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 3, 224, 224), }",
+                "overflows",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 3, 224, 224), }",
+                "the file holds",
+            ),
+            ("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", "descr"),
+        ];
+        for (dict, want) in cases {
+            std::fs::write(&p, npy_with_header(dict, &[0; 8])).unwrap();
+            let e = format!("{:#}", read_npy(&p).unwrap_err());
+            assert!(e.contains(&p.display().to_string()), "{e}");
+            assert!(e.contains(want), "{dict}: {e}");
+        }
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::{setup, util};
 pub const DEVICE_TARGET: &str = "thumbv7em-none-eabihf";
 
 pub fn run(_args: &[String]) -> Result<()> {
+    setup::rust_target(DEVICE_TARGET)?;
     util::step("rustfmt (host workspace and firmware)");
     util::run(util::cargo().args(["fmt", "--all", "--check"]))?;
     util::run(util::cargo().args(["fmt", "--check", "--manifest-path", "firmware/Cargo.toml"]))?;
@@ -40,6 +41,21 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     // The host's `dist` feature (multi-process training) compiles against gloo's headers.
     setup::gloo_headers()?;
+
+    util::step("core: tests with the fast engine on aarch64 under qemu-aarch64 (NEON kernel)");
+    let arm = setup::aarch64()?;
+    let mut test = util::cargo();
+    test.args([
+        "test",
+        "-p",
+        "tinyvit-core",
+        "--features",
+        "fast",
+        "--target",
+        setup::AARCH64_TARGET,
+    ]);
+    arm.env(&mut test);
+    util::run(&mut test)?;
 
     util::step("clippy -D warnings (whole workspace, all targets)");
     let mut clippy = util::cargo();

@@ -187,6 +187,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let _ = e.print();
         anyhow::anyhow!("bad arguments")
     })?;
+    setup::rust_target(crate::test::DEVICE_TARGET)?;
     let start = Instant::now();
     let plan = Plan::new(&o);
     let out = o.out.clone().unwrap_or_else(|| {

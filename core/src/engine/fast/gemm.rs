@@ -1,5 +1,7 @@
 //! The fast engine's matrix products: `C (+)= A B + bias` with `B` packed once into column
-//! panels, and register-tiled kernels for AVX-512, AVX2 + FMA and portable Rust.
+//! panels, and four kernels: our register tiles for AVX-512 and AVX2 + FMA, the
+//! `matrixmultiply` crate everywhere else (NEON on aarch64, its own AVX / FMA kernels on x86),
+//! and a plain-Rust scalar tile kept as the baseline the others are measured against.
 //!
 //! `B` is stored as `ceil(n / NR)` panels of `[k][NR]` values (columns past `n` are zero), so
 //! the inner loop reads `B` contiguously and never repacks it: weights are packed when the model
@@ -7,6 +9,9 @@
 //! copies against `t * t * hd` multiply-adds. `A` is read in place, row-strided. Each tile of
 //! `R <= MR` rows by `NR` columns is accumulated in registers over the whole `k` and written
 //! once, with the epilogue (accumulate into `C`, GELU) applied while the tile is in L1.
+//!
+//! For `matrixmultiply`, which packs its operands itself, the "panel" is the whole `B` (`NR =
+//! n`): `B` is then plain row-major `[k][n]`, and the epilogue runs over each call's block.
 
 use std::vec::Vec;
 
@@ -18,12 +23,25 @@ pub enum Kernel {
     Avx512,
     /// 6 x 16 tiles in 256-bit registers (x86_64 with AVX2 and FMA).
     Avx2,
-    /// 4 x 16 tiles in plain Rust, vectorised by the compiler for the target's baseline.
+    /// The `matrixmultiply` crate's SGEMM: NEON on aarch64, AVX / FMA on x86 (detected at run
+    /// time), its own scalar kernel elsewhere.
     Portable,
+    /// 4 x 16 tiles in plain Rust, vectorised by the compiler for the target's baseline: the
+    /// reference the other kernels are measured against, never picked by [`Kernel::detect`].
+    Scalar,
 }
 
 impl Kernel {
-    /// The widest kernel this CPU runs.
+    /// Every kernel, in the order [`Kernel::detect`] prefers them.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Avx512,
+        Kernel::Avx2,
+        Kernel::Portable,
+        Kernel::Scalar,
+    ];
+
+    /// The kernel this CPU runs fastest: ours where AVX2 + FMA exist (faster than
+    /// `matrixmultiply`'s on the infer bench), else `matrixmultiply`.
     pub fn detect() -> Kernel {
         [Kernel::Avx512, Kernel::Avx2]
             .into_iter()
@@ -44,18 +62,15 @@ impl Kernel {
             Kernel::Avx2 => {
                 std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
             }
-            Kernel::Portable => true,
+            Kernel::Portable | Kernel::Scalar => true,
             #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
-    /// Every kernel this CPU runs, widest first.
+    /// Every kernel this CPU runs, in the order [`Kernel::detect`] prefers them.
     pub fn available() -> Vec<Kernel> {
-        [Kernel::Avx512, Kernel::Avx2, Kernel::Portable]
-            .into_iter()
-            .filter(|k| k.supported())
-            .collect()
+        Kernel::ALL.into_iter().filter(|k| k.supported()).collect()
     }
 
     /// Lower-case name, as the CLI and benchmarks print it.
@@ -64,14 +79,23 @@ impl Kernel {
             Kernel::Avx512 => "avx512",
             Kernel::Avx2 => "avx2",
             Kernel::Portable => "portable",
+            Kernel::Scalar => "scalar",
         }
     }
 
-    /// Panel width (columns of a tile).
-    pub(super) const fn nr(self) -> usize {
+    /// Panel width (columns of a tile) for a `B` of `n` columns: the whole `B` for
+    /// `matrixmultiply` (at least 1, so that an empty `B` still has a width).
+    pub(super) const fn nr(self, n: usize) -> usize {
         match self {
             Kernel::Avx512 => 32,
-            Kernel::Avx2 | Kernel::Portable => 16,
+            Kernel::Avx2 | Kernel::Scalar => 16,
+            Kernel::Portable => {
+                if n == 0 {
+                    1
+                } else {
+                    n
+                }
+            }
         }
     }
 }
@@ -106,7 +130,7 @@ impl Packed {
         let k = w.len().checked_div(n).unwrap_or(0);
         let mut p = Packed::empty(kernel);
         p.set_nk(w, k, n, k, 1.0);
-        let nr = kernel.nr();
+        let nr = kernel.nr(n);
         p.bias = vec![0.0; n.div_ceil(nr) * nr];
         p.bias[..n].copy_from_slice(b);
         p.has_bias = true;
@@ -121,7 +145,7 @@ impl Packed {
     /// Sizes the panels for `B: [k, n]`. Contents are stale: the setters write every value,
     /// padding columns included (no zero-fill first; keys and values are repacked per head).
     fn reset(&mut self, k: usize, n: usize) {
-        let nr = self.kernel.nr();
+        let nr = self.kernel.nr(n);
         self.k = k;
         self.n = n;
         self.has_bias = false;
@@ -131,7 +155,7 @@ impl Packed {
     /// `B[p][j] = scale * w[j * ldw + p]` (`B = W^T` for `W` given as `n` rows of `k`).
     pub(super) fn set_nk(&mut self, w: &[f32], ldw: usize, n: usize, k: usize, scale: f32) {
         self.reset(k, n);
-        let nr = self.kernel.nr();
+        let nr = self.kernel.nr(n);
         for (jp, panel) in self.data.chunks_exact_mut(nr * k.max(1)).enumerate() {
             let cols = nr.min(n - jp * nr);
             for r in 0..cols {
@@ -149,7 +173,7 @@ impl Packed {
     /// `B[p][j] = v[p * ldv + j]` (`B` given as `k` rows of `n`).
     pub(super) fn set_kn(&mut self, v: &[f32], ldv: usize, k: usize, n: usize) {
         self.reset(k, n);
-        let nr = self.kernel.nr();
+        let nr = self.kernel.nr(n);
         for (jp, panel) in self.data.chunks_exact_mut(nr * k.max(1)).enumerate() {
             let cols = nr.min(n - jp * nr);
             for p in 0..k {
@@ -204,9 +228,10 @@ pub(super) fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    let nr = b.kernel.nr();
+    let nr = b.kernel.nr(n);
     assert!(k == 0 || a.len() >= (m - 1) * lda + k, "gemm: A too short");
     assert!(c.len() >= (m - 1) * ldc + n, "gemm: C too short");
+    assert!(m == 1 || ldc >= n, "gemm: rows of C overlap");
     assert!(b.data.len() == n.div_ceil(nr) * nr * k, "gemm: bad packing");
     assert!(!b.has_bias || b.bias.len() == n.div_ceil(nr) * nr);
     let bias = b.has_bias.then_some(&b.bias[..]);
@@ -226,7 +251,12 @@ pub(super) fn gemm(
             // SAFETY: as above.
             unsafe { x86::drive_avx2(m, k, n, a, lda, &b.data, bias, epi, c, ldc) }
         }
-        _ => portable::drive(m, k, n, a, lda, &b.data, bias, epi, c, ldc),
+        Kernel::Portable => {
+            // SAFETY: the asserts above bound every element sgemm reads or writes (B is
+            // row-major [k][n] when NR = n; see `portable::drive`).
+            unsafe { portable::drive(m, k, n, a, lda, &b.data, bias, epi, c, ldc) }
+        }
+        _ => scalar::drive(m, k, n, a, lda, &b.data, bias, epi, c, ldc),
     }
 }
 
@@ -447,7 +477,75 @@ mod x86 {
     }
 }
 
+#[allow(unsafe_code)]
 mod portable {
+    use super::{gelu_block, Epilogue};
+
+    /// See [`super::gemm`], with `B` row-major `[k][n]`: the bias (or nothing) goes into `C`
+    /// first, then `matrixmultiply` adds `A B` (`beta = 1`) or writes it (`beta = 0`, `C` not
+    /// read), then GELU runs over the block.
+    ///
+    /// # Safety
+    /// `a.len() >= (m - 1) * lda + k` when `k > 0`, `b.len() == k * n`, `c.len() >= (m - 1) *
+    /// ldc + n` with `ldc >= n`, `bias` (when given) holds `n` values, `m, n > 0`.
+    pub(super) unsafe fn drive(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        bias: Option<&[f32]>,
+        epi: Epilogue,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        for i in 0..m {
+            let row = &mut c[i * ldc..i * ldc + n];
+            match (bias, epi.accumulate) {
+                (Some(bias), false) => row.copy_from_slice(&bias[..n]),
+                (Some(bias), true) => row.iter_mut().zip(bias).for_each(|(o, b)| *o += b),
+                (None, false) if k == 0 => row.fill(0.0),
+                _ => {}
+            }
+        }
+        if k > 0 {
+            let beta = if bias.is_some() || epi.accumulate {
+                1.0
+            } else {
+                0.0
+            };
+            // Strides are element counts that index the slices (bounded by their lengths,
+            // which never exceed isize::MAX), so the casts are exact.
+            // SAFETY: A's rows i < m read columns p < k at i * lda + p < a.len(); B reads
+            // p * n + j < k * n = b.len(); C writes (and, with beta = 1, reads) i * ldc + j <
+            // c.len() for j < n; no element of C aliases another (ldc >= n, column stride 1).
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    lda as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    beta,
+                    c.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                );
+            }
+        }
+        if epi.gelu {
+            gelu_block(c, ldc, m, n);
+        }
+    }
+}
+
+mod scalar {
     use super::{gelu_block, Epilogue};
 
     const NR: usize = 16;

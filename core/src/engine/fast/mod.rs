@@ -3,7 +3,7 @@
 //!
 //! Every Linear, 1x1 conv, both stem convs (via im2col) and both attention products run
 //! through `gemm`: weights packed once into column panels, register-tiled kernels for
-//! AVX-512, AVX2 + FMA or portable Rust (picked at run time, [`Kernel`]), bias, residual and
+//! AVX-512, AVX2 + FMA or `matrixmultiply` (picked at run time, [`Kernel`]), bias, residual and
 //! GELU applied to each tile while it is in L1. Depthwise convs run channel-innermost over
 //! pre-transposed `[k*k, C]` kernels; GELU and the softmax exponential use vectorisable
 //! polynomial approximations (a few ulp from `libm`); the rest of the engine is compiled once
@@ -1049,7 +1049,7 @@ mod agreement {
         let want = super::testnet::exact_logits(&w, &x);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0);
-        for kernel in [Kernel::Avx512, Kernel::Avx2, Kernel::Portable] {
+        for kernel in Kernel::ALL {
             match FastModel::with_kernel(&w, kernel) {
                 Ok(m) => {
                     assert_eq!(m.kernel(), kernel);
