@@ -327,7 +327,8 @@ fn apt_tool(bin: &str, package: &str) -> Result<PathBuf> {
         return Ok(p);
     }
     apt_install(package)?;
-    which(bin).with_context(|| format!("{bin} is not installed; run: sudo apt-get install {package}"))
+    which(bin)
+        .with_context(|| format!("{bin} is not installed; run: sudo apt-get install {package}"))
 }
 
 /// The folder holding gloo's C++ headers, which the host's `dist` feature compiles against
