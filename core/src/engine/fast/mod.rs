@@ -14,7 +14,9 @@
 //! Unlike `exact`, this engine allocates: it is for hosts. Everything it allocates is declared
 //! up front ([`FastModel::memory`]: packed weights, gathered attention biases and a workspace
 //! sized for the hungriest layer) and checked against the weights' [`Limits`](super::Limits)
-//! before the first allocation; running a batch allocates nothing.
+//! before the first allocation; running a batch allocates nothing of ours. On the `portable`
+//! kernel `matrixmultiply` allocates and frees its own packing buffer in each GEMM call, at
+//! most about 1 MiB, set by its block sizes rather than by the network.
 
 mod gemm;
 
@@ -631,8 +633,10 @@ impl Work {
         let presized = |len: usize| {
             let mut p = Packed::empty(kernel);
             // One panel of `len / nr` rows, every row copied from the same `nr` zeros: sizes the
-            // panel storage once; later packings of at most `len` values reuse it.
-            let nr = kernel.nr();
+            // panel storage once; later packings of at most `len` values reuse it. `nr(1)` is
+            // the tile width, of which `len` is a multiple, or 1 for `matrixmultiply`, whose
+            // panels are unpadded: `len` values exactly, as the plan counts them.
+            let nr = kernel.nr(1);
             if len > 0 {
                 p.set_kn(&[0.0; 32][..nr], 0, len.div_ceil(nr), nr);
             }
@@ -678,9 +682,11 @@ struct Plan {
 impl Plan {
     fn new(cfg: &ModelConfig, kernel: Kernel) -> Result<Plan, EngineError> {
         cfg.validate()?;
-        let nr = kernel.nr();
         // Panel storage of `B: [k, n]`: `ceil(n / nr)` panels of `k` rows of `nr`.
-        let panels = |n: usize, k: usize| mul(mul(n.div_ceil(nr), nr)?, k);
+        let panels = |n: usize, k: usize| {
+            let nr = kernel.nr(n);
+            mul(mul(n.div_ceil(nr), nr)?, k)
+        };
         // A packed Linear `[n, k]` with its bias.
         let linear = |n: usize, k: usize| add(panels(n, k)?, panels(n, 1)?);
         // Pointwise -> 3x3 depthwise -> pointwise.
