@@ -183,7 +183,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
-    let data = pyref.join("lib/python3.11/site-packages/skimage/data");
+    // The venv's site-packages under lib/pythonX.Y/, whatever Python version created it.
+    let data = std::fs::read_dir(pyref.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages/skimage/data"))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| pyref.join("lib/python3/site-packages/skimage/data"));
     if !data.exists() {
         println!(
             "region bench: no photos at {} (set TINYVIT_PYREF); nothing to do",

@@ -42,7 +42,11 @@ pub fn run(_args: &[String]) -> Result<()> {
     util::run(&mut probe)?;
 
     util::step("JPEG region decoder against zune-jpeg");
-    util::run(util::cargo().args(["bench", "-p", "tinyvit-jpeg", "--bench", "region"]))?;
+    util::run(
+        util::cargo()
+            .args(["bench", "-p", "tinyvit-jpeg", "--bench", "region"])
+            .env("TINYVIT_PYREF", &pyref),
+    )?;
 
     util::step("firmware: instructions per inference on QEMU Cortex-M4F / M7, per MAC, sizes");
     crate::replay::bench()
