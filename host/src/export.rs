@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, fast::FastModel, Weights};
-use tinyvit_core::tvb;
+use tinyvit_core::{tvb, vectors};
 
 use crate::checkpoint;
 use crate::import;
@@ -179,16 +179,6 @@ pub struct Check {
     pub max_rel: f64,
 }
 
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 /// Runs the checkpoint in tch (eval) and the `.tvb` bytes in a core engine over `src`.
 pub fn verify(
     ckpt: &Path,
@@ -244,7 +234,7 @@ pub fn verify(
         for (k, &y) in labels.iter().enumerate() {
             let t = &t_logits[k * nc..(k + 1) * nc];
             let c = &c_logits[k * nc..(k + 1) * nc];
-            let (at, ac) = (argmax(t), argmax(c));
+            let (at, ac) = (vectors::argmax(t), vectors::argmax(c));
             hit_t += (at as i64 == y) as u64;
             hit_c += (ac as i64 == y) as u64;
             dis += (at != ac) as u64;

@@ -40,7 +40,6 @@ use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
 use tinyvit_core::params::{splitmix64, synthetic_state_dict};
 use tinyvit_core::vectors::{self, Classifier, Exact, Kind, Record};
 use tinyvit_tests::aug_golden;
-use tinyvit_tests::replay;
 
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
@@ -126,7 +125,7 @@ fn run(out: &Path) -> Result<(), String> {
             &encode(&inference_vectors(&cfg, &blob)?)?,
         )?;
         writeln!(cases, "{name} {name}.vec {name}.tvb").unwrap();
-        writeln!(macs, "{name} {}", replay::macs(&cfg)).unwrap();
+        writeln!(macs, "{name} {}", count_macs(&cfg)?).unwrap();
     }
     let (name, seed) = PROBE;
     let base = ModelConfig::preset(name).ok_or(format!("no preset {name}"))?;
@@ -140,7 +139,7 @@ fn run(out: &Path) -> Result<(), String> {
         "matmul_probe.vec",
         &encode(&inference_vectors(&probe, &blob)?)?,
     )?;
-    let extra = replay::macs(&probe) - replay::macs(&base);
+    let extra = count_macs(&probe)? - count_macs(&base)?;
     write(
         "probe.txt",
         format!("matmul_probe matmul_probe.vec matmul_probe.tvb {name} {extra}\n").as_bytes(),
@@ -425,4 +424,10 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
     };
     write("eval.vec", &encode(&records)?)?;
     write("eval.txt", table.as_bytes())
+}
+
+/// The core's multiply-accumulate count of one inference (`engine::macs`), the denominator of
+/// the bench's instructions per MAC.
+fn count_macs(cfg: &ModelConfig) -> Result<u64, String> {
+    tinyvit_core::engine::macs(cfg).map_err(|e| format!("MAC count: {e}"))
 }
