@@ -229,9 +229,10 @@ fn corrupt_cases(cases: &[Case]) -> Result<Vec<Case>> {
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x40;
     let truncated = bytes[..bytes.len() / 2].to_vec();
-    // The format version (u32 after the 8-byte magic) of a future file.
+    // The format version (u32 after the 8-byte magic) of a future file: past the newest the
+    // core knows (2, int8).
     let mut newer = bytes.clone();
-    newer[8] = newer[8].wrapping_add(1);
+    newer[8..12].copy_from_slice(&(tinyvit_core::int8::file::VERSION + 1).to_le_bytes());
     let mut out = Vec::new();
     for (name, data) in [
         ("flipped", flipped),
