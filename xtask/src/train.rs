@@ -116,6 +116,10 @@ pub struct Opts {
     /// top-5): the paper's "cleaned labels" row next to labels and distillation.
     #[arg(long)]
     pub clean_baseline: bool,
+    /// Train every model with N local processes (data-parallel; torchrun's variables, the
+    /// rendezvous on 127.0.0.1); the binary is built with the `dist` feature.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub nproc: u32,
 }
 
 /// The sizes the defaults and `--quick` use.
@@ -196,7 +200,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .join(if o.quick { "quick" } else { "fashion-mnist" })
     });
     std::fs::create_dir_all(&out)?;
-    let tinyvit = build_tinyvit()?;
+    let tinyvit = build_tinyvit(o.nproc > 1)?;
     let p = Pipeline {
         o: &o,
         plan: &plan,
@@ -490,11 +494,15 @@ impl Pipeline<'_> {
             args.extend(["--lr".into(), lr.to_string()]);
         }
         args.extend(self.common());
-        let key = format!("{} | {} | {:?}", data.key, args.join(" "), upstream);
+        let mut key = format!("{} | {} | {:?}", data.key, args.join(" "), upstream);
+        if self.o.nproc > 1 {
+            // Per-rank BatchNorm statistics make an N-rank run differ from a one-rank run.
+            key.push_str(&format!(" | nproc {}", self.o.nproc));
+        }
         self.stage(&format!("train {name}"), &dir, &key, |d| {
             let mut a = args.clone();
             a.extend(["--out".into(), d.display().to_string()]);
-            self.tinyvit(&a)
+            self.tinyvit_ranks(&a)
         })
     }
 
@@ -821,6 +829,48 @@ impl Pipeline<'_> {
         util::run(Command::new(&self.tinyvit).args(args))
     }
 
+    /// `tinyvit ARGS` as `--nproc` local ranks, with torchrun's variables and the rendezvous on
+    /// a free port of 127.0.0.1; fails when any rank fails (a lost rank makes the others exit
+    /// within their timeout).
+    fn tinyvit_ranks(&self, args: &[String]) -> Result<()> {
+        let n = self.o.nproc;
+        if n <= 1 {
+            return self.tinyvit(args);
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut ranks = Vec::new();
+        for r in 0..n {
+            let child = Command::new(&self.tinyvit)
+                .args(args)
+                .env("RANK", r.to_string())
+                .env("WORLD_SIZE", n.to_string())
+                .env("LOCAL_RANK", r.to_string())
+                .env("LOCAL_WORLD_SIZE", n.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .spawn()
+                .with_context(|| format!("starting rank {r}: {}", self.tinyvit.display()))?;
+            ranks.push(child);
+        }
+        let mut failed = Vec::new();
+        for (r, mut child) in ranks.into_iter().enumerate() {
+            let status = child.wait()?;
+            if !status.success() {
+                failed.push(format!("rank {r} ({status})"));
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "`tinyvit {}` failed on {}",
+                args.join(" "),
+                failed.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     fn tinyvit_output(&self, args: &[String]) -> Result<String> {
         let mut cmd = Command::new(&self.tinyvit);
         cmd.args(args).stderr(std::process::Stdio::inherit());
@@ -931,9 +981,10 @@ fn student_size(arch: &str) -> Result<u32> {
         })
 }
 
-/// Builds the release `tinyvit` and returns its path; `$TINYVIT_BIN` names a binary to use
-/// instead (`cargo xtask test` passes the one its tests just built).
-fn build_tinyvit() -> Result<PathBuf> {
+/// Builds the release `tinyvit` (with the `dist` feature for `--nproc`) and returns its path;
+/// `$TINYVIT_BIN` names a binary to use instead (`cargo xtask test` passes the one its tests
+/// just built).
+fn build_tinyvit(dist: bool) -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("TINYVIT_BIN") {
         let bin = PathBuf::from(bin);
         anyhow::ensure!(
@@ -954,6 +1005,10 @@ fn build_tinyvit() -> Result<PathBuf> {
         "--bin",
         "tinyvit",
     ]);
+    if dist {
+        setup::gloo_headers()?;
+        cmd.args(["--features", "dist"]);
+    }
     setup::torch_env(&mut cmd)?;
     util::run(&mut cmd)?;
     Ok(util::target_dir().join("release").join("tinyvit"))

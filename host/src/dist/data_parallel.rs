@@ -72,6 +72,14 @@ impl DataParallel {
         Ok(())
     }
 
+    /// Fails unless every rank passes the same `value` for `what` (e.g. the resumed step).
+    pub fn check_same(&self, what: &str, value: &str) -> Result<()> {
+        match &self.group {
+            Some(g) => g.check_same(what, value),
+            None => Ok(()),
+        }
+    }
+
     /// Averages the gradients over the ranks, in place.
     pub fn average_grads(&self, grads: &[Tensor]) -> Result<()> {
         match &self.group {

@@ -77,4 +77,7 @@ impl ProcessGroup {
     pub fn barrier(&self) -> anyhow::Result<()> {
         match self.0 {}
     }
+    pub fn check_same(&self, _: &str, _: &str) -> anyhow::Result<()> {
+        match self.0 {}
+    }
 }

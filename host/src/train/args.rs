@@ -134,6 +134,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Data-parallel runs (launched by torchrun, srun or `cargo xtask train --nproc`): seconds
+    /// a rank waits for a lost or hung peer before it exits with an error naming it.
+    #[arg(long, default_value_t = crate::dist::DEFAULT_TIMEOUT.as_secs_f64())]
+    pub dist_timeout: f64,
 }
 
 /// Which target the run trains on.

@@ -55,6 +55,7 @@ use tinyvit_core::config::ModelConfig;
 use tinyvit_core::params::splitmix64;
 
 use crate::checkpoint;
+use crate::dist::DataParallel;
 use crate::model::{self, Mode, TinyVit};
 use crate::teacher::{self, Teacher};
 use loss::SparseTargets;
@@ -95,6 +96,8 @@ pub struct RunInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub arch: String,
+    /// Processes of a data-parallel run (1: a single process).
+    pub world_size: usize,
     pub target: String,
     pub device: String,
     pub params: i64,
@@ -205,7 +208,10 @@ pub fn resolve_recipe(args: &TrainArgs, img_size: u32) -> Result<Recipe> {
 /// `tinyvit train`: runs and prints the summary as one JSON line on stdout.
 pub fn main(args: TrainArgs) -> Result<()> {
     let s = run(&args)?;
-    println!("{}", serde_json::to_string(&s)?);
+    // Data-parallel: rank 0 alone prints (and writes) the summary.
+    if crate::dist::Launch::from_env()?.is_none_or(|l| l.rank == 0) {
+        println!("{}", serde_json::to_string(&s)?);
+    }
     Ok(())
 }
 
@@ -223,6 +229,8 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
 /// Everything the arguments, the data and the recipe fix before training starts.
 struct Plan {
     device: Device,
+    /// Data-parallel: this process's rank among the others (the identity for one process).
+    dp: DataParallel,
     target: TargetKind,
     cfg: ModelConfig,
     recipe: Recipe,
@@ -232,7 +240,10 @@ struct Plan {
 /// Resolves the arguments into a plan: device and threads, target, model config (flags, then
 /// what the data or store fixes), recipe, data sources; checks they agree.
 fn resolve(args: &TrainArgs) -> Result<Plan> {
-    let device = crate::device::resolve(args.device)?;
+    // Data-parallel hook: join the other ranks (a single process when no launcher says so);
+    // on CUDA each rank takes GPU LOCAL_RANK.
+    let dp = DataParallel::from_env(std::time::Duration::from_secs_f64(args.dist_timeout))?;
+    let device = dp.device(crate::device::resolve(args.device)?);
     match args.threads {
         Some(t) => tch::set_num_threads(t),
         // On the CPU the data workers need cores too, and libtorch's spinning OpenMP threads
@@ -313,6 +324,7 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
     }
     Ok(Plan {
         device,
+        dp,
         target,
         cfg,
         recipe,
@@ -341,6 +353,10 @@ fn prepare_run_dir(args: &TrainArgs, plan: &Plan) -> Result<bool> {
             "{} already holds a run (last.safetensors); pass --resume to continue it or choose another --out",
             out.display()
         );
+    }
+    // Data-parallel hook: rank 0 alone writes the run folder's files.
+    if !resuming && !plan.dp.is_main() {
+        return Ok(false);
     }
     if !resuming {
         std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
@@ -387,6 +403,35 @@ fn prepare_run_dir(args: &TrainArgs, plan: &Plan) -> Result<bool> {
     Ok(true)
 }
 
+/// Data-parallel hook at the start: every rank resumes the same state (a run folder that one
+/// rank cannot read would split them) and starts from rank 0's weights and buffers (checked by
+/// hash). Returns the trained parameters in one order (by name) on every rank, whose gradients
+/// [`Run::update`] averages. For one process: no collective, the parameters only.
+fn sync_ranks(
+    dp: &DataParallel,
+    vs: &nn::VarStore,
+    resuming: bool,
+    state: &TrainState,
+) -> Result<Vec<Tensor>> {
+    dp.check_same(
+        "resume state (epoch, batch, step)",
+        &format!("{resuming} {} {} {}", state.epoch, state.batch, state.step),
+    )?;
+    let mut named = vs.variables().into_iter().collect::<Vec<_>>();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    dp.sync_start(
+        &named
+            .iter()
+            .map(|(_, t)| t.shallow_clone())
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(named
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(_, t)| t)
+        .collect())
+}
+
 /// Loads the online teacher of a `--teacher` run and checks it fits the student.
 fn load_teacher(plan: &Plan) -> Result<Option<Box<dyn Teacher>>> {
     let TargetKind::Teacher { file } = &plan.target else {
@@ -421,8 +466,14 @@ struct Run {
     sched: Schedule,
     state: TrainState,
     teacher: Option<Box<dyn Teacher>>,
-    log: MetricsLog,
+    /// Data-parallel: the log is rank 0's alone (`None` on the other ranks).
+    log: Option<MetricsLog>,
     pb: indicatif::ProgressBar,
+    /// No progress bar and no epoch lines (`--quiet`, or a rank other than 0).
+    quiet: bool,
+    /// Data-parallel: the trained parameters, in one order on every rank, whose gradients are
+    /// averaged.
+    params: Vec<Tensor>,
     /// Micro-batches per epoch actually used (whole optimizer steps).
     micro_used: u64,
     last_val: Option<Accuracy>,
@@ -496,6 +547,7 @@ impl Run {
                 .with_context(|| format!("{what} has no training state"))?;
             opt.t = state.step;
         }
+        let params = sync_ranks(&plan.dp, &vs, resuming, &state)?;
         let teacher = load_teacher(plan)?;
         let n = plan.data.train.len();
         let bs = recipe.batch_size as usize;
@@ -503,6 +555,8 @@ impl Run {
             n >= bs,
             "training data has {n} samples, fewer than one batch of {bs}"
         );
+        // Data-parallel hook: `--batch-size` is the global batch, split evenly over the ranks.
+        plan.dp.local_batch(bs)?;
         let micro_per_epoch = (n / bs).max(1) as u64;
         let steps_per_epoch = (micro_per_epoch / recipe.accum).max(1);
         let total_steps = steps_per_epoch * recipe.epochs;
@@ -513,9 +567,17 @@ impl Run {
             warmup_steps: (recipe.warmup_epochs * steps_per_epoch as f64).round() as u64,
             total_steps,
         };
+        // Data-parallel hook: rank 0 alone logs and shows progress.
+        let main = plan.dp.is_main();
+        let quiet = args.quiet || !main;
         Ok(Run {
-            log: MetricsLog::open(&args.out.join("metrics.jsonl"))?,
-            pb: progress(args.quiet, total_steps, state.step),
+            log: match main {
+                true => Some(MetricsLog::open(&args.out.join("metrics.jsonl"))?),
+                false => None,
+            },
+            pb: progress(quiet, total_steps, state.step),
+            quiet,
+            params,
             micro_used: steps_per_epoch * recipe.accum,
             seconds_before: state.train_seconds,
             vs,
@@ -587,17 +649,15 @@ impl Run {
         let (recipe, device) = (&plan.recipe, plan.device);
         let epoch = self.state.epoch;
         let bs = recipe.batch_size as usize;
-        let order = Arc::new(epoch_order(
-            plan.data.train.len(),
-            recipe.seed,
-            epoch,
-            true,
-        )?);
+        let dp = &plan.dp;
+        // Data-parallel hook: this rank's share of each global batch of the one epoch order.
+        let order = epoch_order(plan.data.train.len(), recipe.seed, epoch, true)?;
+        let order = Arc::new(dp.shard(order, bs)?);
         let mut ld = Loader::new_pinned(
             Arc::clone(&plan.data.train),
             epoch,
             order,
-            bs,
+            dp.local_batch(bs)?,
             true,
             self.state.batch,
             recipe.workers,
@@ -626,12 +686,14 @@ impl Run {
                 (&loss * (self.state.scaler.factor() / recipe.accum as f64)).backward();
                 pending_loss += loss.detach() / recipe.accum as f64;
                 self.state.batch += 1;
-                self.state.images += bsz;
-                window.images += bsz;
+                // Data-parallel: images of the global batch (this rank's share times the ranks).
+                let images = bsz * dp.world() as u64;
+                self.state.images += images;
+                window.images += images;
                 if micro + 1 < recipe.accum {
                     continue;
                 }
-                let (l, lr) = self.update(recipe.clip_grad, &mut pending_loss, device);
+                let (l, lr) = self.update(plan, &mut pending_loss)?;
                 figures.loss_sum += l;
                 figures.loss_n += 1;
                 window.add(l);
@@ -691,9 +753,18 @@ impl Run {
         self.agree_seen += logits.size()[0] as u64;
     }
 
-    /// One optimizer update (unscale, clip, step unless the scaler skips it); returns the
-    /// step's loss and learning rate.
-    fn update(&mut self, clip: f64, pending_loss: &mut Tensor, device: Device) -> (f64, f64) {
+    /// One optimizer update (gradients averaged over the ranks, unscale, clip, step unless the
+    /// scaler skips it); returns the step's loss (the mean over the ranks) and learning rate.
+    fn update(&mut self, plan: &Plan, pending_loss: &mut Tensor) -> Result<(f64, f64)> {
+        let (clip, device) = (plan.recipe.clip_grad, plan.device);
+        // Data-parallel hook: the mean gradient of the global batch.
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        plan.dp.average_grads(&grads)?;
         if self.state.scaler.enabled {
             self.opt.scale_grads(1.0 / self.state.scaler.scale);
         }
@@ -704,13 +775,16 @@ impl Run {
         }
         self.opt.zero_grad();
         self.state.step += 1;
-        let l = pending_loss.double_value(&[]);
+        // Data-parallel hook: the logged loss is the mean over the ranks.
+        let mut l = [pending_loss.double_value(&[])];
+        plan.dp.mean(&mut l)?;
+        let l = l[0];
         *pending_loss = Tensor::zeros([], (Kind::Float, device));
         if self.first_loss.is_none() {
             self.first_loss = Some(l);
         }
         self.final_loss = Some(l);
-        (l, lr)
+        Ok((l, lr))
     }
 
     /// After an update: the log record and progress message every `log_every` steps, and a
@@ -727,13 +801,15 @@ impl Run {
         if step.is_multiple_of(recipe.log_every.max(1)) {
             let ips = window.images as f64 / window.start.elapsed().as_secs_f64().max(1e-9);
             let loss = window.loss / window.n as f64;
-            self.log.write(&Record::Train {
-                epoch: self.state.epoch,
-                step,
-                loss,
-                lr,
-                images_per_s: ips,
-            })?;
+            if let Some(log) = &mut self.log {
+                log.write(&Record::Train {
+                    epoch: self.state.epoch,
+                    step,
+                    loss,
+                    lr,
+                    images_per_s: ips,
+                })?;
+            }
             self.pb.set_message(format!(
                 "epoch {}/{} loss {loss:.4} lr {lr:.2e} {ips:.0} img/s",
                 self.state.epoch + 1,
@@ -742,7 +818,8 @@ impl Run {
             *window = Window::new();
         }
         self.pb.set_position(step);
-        if recipe.ckpt_every > 0 && step.is_multiple_of(recipe.ckpt_every) {
+        // Data-parallel hook: rank 0 alone writes checkpoints.
+        if plan.dp.is_main() && recipe.ckpt_every > 0 && step.is_multiple_of(recipe.ckpt_every) {
             self.state.train_seconds = self.seconds_now();
             self.save_last(args, plan)?;
         }
@@ -773,7 +850,13 @@ impl Run {
         } else {
             f64::NAN
         };
-        self.log.write(&Record::Epoch {
+        // Data-parallel hook: rank 0 alone logs and writes checkpoints (`log` is `None` on
+        // the other ranks).
+        let Some(log) = &mut self.log else {
+            self.last_val = val;
+            return Ok(());
+        };
+        log.write(&Record::Epoch {
             epoch,
             step: self.state.step,
             train_loss,
@@ -792,7 +875,7 @@ impl Run {
                 checkpoint::save(&best, &self.vs, &plan.cfg, Some(&plan.data.input), None)?;
             }
         }
-        if let (false, Some(v)) = (args.quiet, &val) {
+        if let (false, Some(v)) = (self.quiet, &val) {
             self.pb.println(format!(
                 "epoch {}: train loss {:.4}, val top-1 {:.2}%, top-5 {:.2}%",
                 epoch + 1,
@@ -810,16 +893,32 @@ impl Run {
         let out = &args.out;
         self.state.train_seconds = self.seconds_now();
         let model_path = out.join("model.safetensors");
-        checkpoint::save(
-            &model_path,
-            &self.vs,
-            &plan.cfg,
-            Some(&plan.data.input),
-            None,
-        )?;
+        // Data-parallel hook: rank 0 alone writes the model, the curves and the summary; the
+        // other ranks' summary (not written) has no figures from the log.
+        let main = plan.dp.is_main();
+        if main {
+            checkpoint::save(
+                &model_path,
+                &self.vs,
+                &plan.cfg,
+                Some(&plan.data.input),
+                None,
+            )?;
+        }
         let test = self.evaluate_on(plan, &plan.data.test)?;
-        let records = MetricsLog::read(&out.join("metrics.jsonl"))?;
-        metrics::plot_curves(&records, &out.join("curves.png"))?;
+        let records = match main {
+            true => MetricsLog::read(&out.join("metrics.jsonl"))?,
+            false => Vec::new(),
+        };
+        if main {
+            metrics::plot_curves(&records, &out.join("curves.png"))?;
+        }
+        // Data-parallel hook: train agreement counted over every rank's share.
+        let mut agree = [
+            self.agree_hits.int64_value(&[]) as f64,
+            self.agree_seen as f64,
+        ];
+        plan.dp.sum(&mut agree)?;
         // Figures over the whole run (resumed segments included) come from the log.
         let epoch_best = records
             .iter()
@@ -835,6 +934,7 @@ impl Run {
         let (state, last_val) = (&self.state, &self.last_val);
         let summary = Summary {
             arch: args.arch.clone(),
+            world_size: plan.dp.world(),
             target: match &plan.target {
                 TargetKind::Logits { .. } => "logits",
                 TargetKind::Labels => "labels",
@@ -854,18 +954,19 @@ impl Run {
             val_top5: last_val.as_ref().and_then(|a| a.top5()),
             val_agreement: last_val.as_ref().and_then(|a| a.agreement()),
             best_val_top1: epoch_best,
-            train_agreement: (self.agree_seen > 0)
-                .then(|| 100.0 * self.agree_hits.int64_value(&[]) as f64 / self.agree_seen as f64),
+            train_agreement: (agree[1] > 0.0).then(|| 100.0 * agree[0] / agree[1]),
             test_top1: test.as_ref().and_then(|a| a.top1()),
             test_top5: test.as_ref().and_then(|a| a.top5()),
             test_agreement: test.as_ref().and_then(|a| a.agreement()),
             model: model_path,
             run_dir: out.clone(),
         };
-        std::fs::write(
-            out.join("summary.json"),
-            serde_json::to_string_pretty(&summary)?,
-        )?;
+        if main {
+            std::fs::write(
+                out.join("summary.json"),
+                serde_json::to_string_pretty(&summary)?,
+            )?;
+        }
         Ok(summary)
     }
 }
