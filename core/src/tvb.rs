@@ -184,7 +184,53 @@ pub struct Tvb<'a> {
     data: &'a [u8],
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+/// What can be wrong with the prefix both formats share (magic, version, header length and
+/// crc32, then the header itself): each parser turns it into its own error.
+pub(crate) enum Prefix {
+    Truncated { field: &'static str, needed: u64 },
+    BadMagic,
+    Version { found: u32 },
+    HeaderTooLarge { len: u32 },
+    HeaderCrc,
+}
+
+/// Checks the shared prefix of a file of format `version` whose header may hold up to
+/// `max_header` bytes; returns the header bytes and the offset where they end.
+pub(crate) fn read_prefix(
+    bytes: &[u8],
+    version: u32,
+    max_header: u32,
+) -> Result<(&[u8], usize), Prefix> {
+    if bytes.len() < PREFIX_LEN {
+        return Err(Prefix::Truncated {
+            field: "prefix",
+            needed: PREFIX_LEN as u64,
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(Prefix::BadMagic);
+    }
+    let found = u32_at(bytes, 8);
+    if found != version {
+        return Err(Prefix::Version { found });
+    }
+    let hlen = u32_at(bytes, 12);
+    if hlen > max_header {
+        return Err(Prefix::HeaderTooLarge { len: hlen });
+    }
+    let hend = PREFIX_LEN + hlen as usize;
+    let header = bytes.get(PREFIX_LEN..hend).ok_or(Prefix::Truncated {
+        field: "header",
+        needed: hend as u64,
+    })?;
+    if crc32fast::hash(header) != u32_at(bytes, 16) {
+        return Err(Prefix::HeaderCrc);
+    }
+    Ok((header, hend))
+}
+
+/// The little-endian u32 at `at` (the caller has checked the length).
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut w = [0u8; 4];
     w.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(w)
@@ -225,33 +271,13 @@ pub fn kind(bytes: &[u8]) -> Result<Kind, TvbError> {
 /// Parses and fully validates a `.tvb` file (see the module doc for every check).
 pub fn parse(bytes: &[u8]) -> Result<Tvb<'_>, TvbError> {
     let got = bytes.len() as u64;
-    if bytes.len() < PREFIX_LEN {
-        return Err(TvbError::Truncated {
-            field: "prefix",
-            needed: PREFIX_LEN as u64,
-            got,
-        });
-    }
-    if bytes[..8] != MAGIC {
-        return Err(TvbError::BadMagic);
-    }
-    let version = u32_at(bytes, 8);
-    if version != VERSION {
-        return Err(TvbError::Version { found: version });
-    }
-    let hlen = u32_at(bytes, 12);
-    if hlen > MAX_HEADER {
-        return Err(TvbError::HeaderTooLarge { len: hlen });
-    }
-    let hend = PREFIX_LEN + hlen as usize;
-    let header = bytes.get(PREFIX_LEN..hend).ok_or(TvbError::Truncated {
-        field: "header",
-        needed: hend as u64,
-        got,
+    let (header, hend) = read_prefix(bytes, VERSION, MAX_HEADER).map_err(|e| match e {
+        Prefix::Truncated { field, needed } => TvbError::Truncated { field, needed, got },
+        Prefix::BadMagic => TvbError::BadMagic,
+        Prefix::Version { found } => TvbError::Version { found },
+        Prefix::HeaderTooLarge { len } => TvbError::HeaderTooLarge { len },
+        Prefix::HeaderCrc => TvbError::HeaderCrc,
     })?;
-    if crc32fast::hash(header) != u32_at(bytes, 16) {
-        return Err(TvbError::HeaderCrc);
-    }
     let (h, mut rest): (Header, &[u8]) =
         postcard::take_from_bytes(header).map_err(|_| TvbError::Decode { field: "header" })?;
     h.config.validate().map_err(TvbError::Config)?;

@@ -46,6 +46,8 @@ use super::ops::{Multipliers, MAX_SHIFT, MIN_SHIFT};
 use crate::config::{ConfigError, ModelConfig};
 use crate::engine::EngineError;
 use crate::params::Name;
+use crate::tvb::{read_prefix, Prefix};
+#[cfg(feature = "std")]
 use crate::tvb::{MAGIC, PREFIX_LEN};
 
 /// The format version of int8 files.
@@ -191,12 +193,6 @@ impl<'a> Model<'a> {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
 fn align16(n: u64) -> u64 {
     n.div_ceil(16) * 16
 }
@@ -204,33 +200,13 @@ fn align16(n: u64) -> u64 {
 /// Parses and fully validates an int8 model file (see the module doc for every check).
 pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
     let got = bytes.len() as u64;
-    if bytes.len() < PREFIX_LEN {
-        return Err(FileError::Truncated {
-            field: "prefix",
-            needed: PREFIX_LEN as u64,
-            got,
-        });
-    }
-    if bytes[..8] != MAGIC {
-        return Err(FileError::BadMagic);
-    }
-    let version = u32_at(bytes, 8);
-    if version != VERSION {
-        return Err(FileError::Version { found: version });
-    }
-    let hlen = u32_at(bytes, 12);
-    if hlen > MAX_HEADER {
-        return Err(FileError::HeaderTooLarge { len: hlen });
-    }
-    let hend = PREFIX_LEN + hlen as usize;
-    let header = bytes.get(PREFIX_LEN..hend).ok_or(FileError::Truncated {
-        field: "header",
-        needed: hend as u64,
-        got,
+    let (header, hend) = read_prefix(bytes, VERSION, MAX_HEADER).map_err(|e| match e {
+        Prefix::Truncated { field, needed } => FileError::Truncated { field, needed, got },
+        Prefix::BadMagic => FileError::BadMagic,
+        Prefix::Version { found } => FileError::Version { found },
+        Prefix::HeaderTooLarge { len } => FileError::HeaderTooLarge { len },
+        Prefix::HeaderCrc => FileError::HeaderCrc,
     })?;
-    if crc32fast::hash(header) != u32_at(bytes, 16) {
-        return Err(FileError::HeaderCrc);
-    }
     let (h, rest): (Header, &[u8]) =
         postcard::take_from_bytes(header).map_err(|_| FileError::Decode)?;
     if !rest.is_empty() {
@@ -375,7 +351,7 @@ mod tests {
 
     /// Rewrites the header of `bytes` (crc recomputed, data kept).
     fn with_header(bytes: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-        let hlen = u32_at(bytes, 12) as usize;
+        let hlen = crate::tvb::u32_at(bytes, 12) as usize;
         let mut header = bytes[PREFIX_LEN..PREFIX_LEN + hlen].to_vec();
         edit(&mut header);
         let dstart = align16((PREFIX_LEN + hlen) as u64) as usize;
