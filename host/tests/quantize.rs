@@ -173,7 +173,18 @@ fn checkpoint_and_tvb_quantize_to_the_same_file() {
     let mut c = quantize(&tvb, &calib, &a);
     c.args(["--norm", "half"]);
     ok(c);
-    ok(quantize(&ck, &calib, &b));
+    // Unlabelled comparison data: agreement only, and the summary says so.
+    let unlabelled = support::synthetic_idx(&dir, 12).unwrap();
+    let mut c = quantize(&ck, &calib, &b);
+    c.args(["--val", &unlabelled]);
+    let o = ok(c);
+    let r = json(&o.stdout);
+    assert_eq!(r["val_images"], 12);
+    assert_eq!(r["labelled"], false);
+    assert!(r["f32_top1"].is_null() && r["int8_top1"].is_null(), "{r}");
+    assert!(r["agreement"].as_f64().is_some(), "{r}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("no labels: agreement only"), "{stderr}");
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 
     // The checkpoint's own normalisation wins over a contradicting --norm: an error.
