@@ -106,8 +106,8 @@ pub fn main(args: QuantizeArgs) -> Result<()> {
     let r = run(&args)?;
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} %"));
     eprintln!(
-        "{} -> {}: {} -> {} bytes ({:.2}x), int8 arena {} bytes; {} {} calibration images, \
-         ranges `{}`",
+        "{} -> {}: {} -> {} bytes ({:.2}x), int8 arena {} bytes; {} calibration images \
+         ({} views), ranges `{}`",
         args.model.display(),
         r.out.display(),
         r.f32_bytes,
@@ -120,7 +120,8 @@ pub fn main(args: QuantizeArgs) -> Result<()> {
     );
     if r.val_images > 0 {
         eprintln!(
-            "on {} images: f32 top-1 {}, int8 top-1 {}, agreement {}{}",
+            "--val {}: {} images, f32 top-1 {}, int8 top-1 {}, agreement {}{}",
+            args.val.as_deref().unwrap_or_default(),
             r.val_images,
             pct(r.f32_top1),
             pct(r.int8_top1),
