@@ -1168,3 +1168,62 @@ fn build_tinyvit(dist: bool) -> Result<PathBuf> {
     util::run(&mut cmd)?;
     Ok(util::target_dir().join("release").join("tinyvit"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(instr: u64, agree: u64) -> firmware::DeviceRun {
+        firmware::DeviceRun {
+            board: "qemu".into(),
+            images: 32,
+            agree,
+            instructions_per_image: instr,
+            model_bytes: 1,
+            arena_bytes: 1,
+        }
+    }
+
+    /// Both students' rows from `quantize.json`, the per-MAC figures from the core's count, and
+    /// `-` where a device run is missing (the int8 firmware stage failed or was skipped).
+    #[test]
+    fn int8_section_puts_both_students_side_by_side() {
+        let cfg = tinyvit_core::config::ModelConfig::preset("tiny_vit_mcu_m4").unwrap();
+        let blob = vec![0f32; tinyvit_core::params::folded_blob_len(&cfg)];
+        let tvb = std::env::temp_dir().join(format!("xtask-int8-{}.tvb", std::process::id()));
+        std::fs::write(&tvb, tinyvit_core::tvb::write(&cfg, &blob).unwrap()).unwrap();
+        let macs = tinyvit_core::engine::macs(&cfg).unwrap();
+        let quant = serde_json::json!({
+            "f32_bytes": 745168, "int8_bytes": 230388, "int8_arena_bytes": 12176,
+            "calib_images": 256, "method": "max", "val_images": 10000,
+            "f32_top1": 76.88, "int8_top1": 76.97, "agreement": 99.1,
+        });
+        let f32_dev = device(macs * 10, 32);
+        let fig = Int8Figures {
+            quant: quant.clone(),
+            f32_tvb: tvb.clone(),
+            device: Some(&f32_dev),
+            device_q8: None,
+        };
+        let s = fig.section("test").unwrap();
+        let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), 3, "{s}");
+        assert!(rows[1].contains("| 76.88 | 100 | 745168 | 29888 | "), "{s}");
+        assert!(rows[1].contains("(10.00 / MAC) | 32 / 32 |"), "{s}");
+        assert!(
+            rows[2].ends_with("| 76.97 | 99.10 | 230388 | 12176 | - | - |"),
+            "{s}"
+        );
+        assert!(s.contains("top-1 change +0.09 points"), "{s}");
+        let q8_dev = device(macs * 3 / 2, 31);
+        let fig = Int8Figures {
+            quant,
+            f32_tvb: tvb.clone(),
+            device: None,
+            device_q8: Some(&q8_dev),
+        };
+        let s = fig.section("test").unwrap();
+        assert!(s.contains("(1.50 / MAC) | 31 / 32 |"), "{s}");
+        std::fs::remove_file(&tvb).unwrap();
+    }
+}
