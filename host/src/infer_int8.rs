@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, input_len};
 use tinyvit_core::{int8, tvb};
 
@@ -65,6 +66,18 @@ pub fn run(args: &InferArgs) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let model = int8::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let cfg = *model.config();
+    if let Some(a) = &args.source.arch {
+        let p = ModelConfig::preset(a).with_context(|| format!("unknown --arch `{a}`"))?;
+        let p = p
+            .with_num_classes(cfg.num_classes)
+            .with_in_chans(cfg.in_chans)
+            .with_img_size(cfg.img_size);
+        ensure!(
+            p == cfg,
+            "{}: --arch {a}, the file holds another architecture",
+            path.display()
+        );
+    }
     if let Some(c) = args.source.num_classes {
         ensure!(
             c == cfg.num_classes,

@@ -134,6 +134,26 @@ fn quantized_file_runs_in_infer_bit_for_bit_like_the_core() {
         }
     }
 
+    // Hints that contradict the file are refused.
+    for (flag, v) in [
+        ("--arch", "tiny_vit_mcu_m4"),
+        ("--num-classes", "7"),
+        ("--img-size", "32"),
+    ] {
+        let mut c = Command::new(BIN);
+        c.arg("infer")
+            .arg("--model")
+            .arg(&q8)
+            .arg("--npy")
+            .arg(&npy);
+        c.args([flag, v]);
+        let err = fails(c);
+        assert!(
+            err.contains(&q8.display().to_string()) && err.contains(flag),
+            "{flag}: {err}"
+        );
+    }
+
     // Other engines are refused on an int8 file, by name.
     for e in ["fast", "tch"] {
         let mut c = Command::new(BIN);
