@@ -1,6 +1,6 @@
 //! `tinyvit infer`: logits of a TinyViT for images or a normalised `.npy` batch, on the core
-//! engines; `tinyvit convert`: any model file to `.tvb`; `tinyvit presets`: weight and arena
-//! sizes of every preset.
+//! engines (int8 model files run in [`crate::infer_int8`]); `tinyvit convert`: any model file
+//! to `.tvb`.
 //!
 //! Images go through the reference evaluation transform (resize the short side to
 //! `size / 0.875` bicubic, centre crop `size`, ImageNet mean/std), implemented by
@@ -24,9 +24,8 @@ use tinyvit_core::aug::{
     eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef, Interpolation, EVAL_CROP_PCT,
     IMAGENET_MEAN, IMAGENET_STD,
 };
-use tinyvit_core::config::{ModelConfig, PRESET_NAMES};
-use tinyvit_core::engine::{arena_len, exact, fast::FastModel, input_len, Limits, Weights};
-use tinyvit_core::params::{folded_blob_len, param_count};
+use tinyvit_core::config::ModelConfig;
+use tinyvit_core::engine::{exact, fast::FastModel, input_len, Limits, Weights};
 
 use crate::import;
 
@@ -101,9 +100,9 @@ impl ModelArgs {
 pub struct InferArgs {
     #[command(flatten)]
     pub source: ModelArgs,
-    /// Inference engine.
-    #[arg(long, value_enum, default_value_t = Engine::Fast)]
-    pub engine: Engine,
+    /// Inference engine (default: fast for f32 models; int8 models run on exact only).
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
     /// Normalised float32 NCHW input batch.
     #[arg(long, conflicts_with = "images")]
     pub npy: Option<PathBuf>,
@@ -129,6 +128,7 @@ pub struct ConvertArgs {
 
 /// Runs `tinyvit infer`.
 pub fn run(args: &InferArgs) -> Result<()> {
+    let engine = args.engine.unwrap_or(Engine::Fast);
     let model = args.source.load()?;
     let cfg = model.config;
     let (input, n) = match (&args.npy, args.images.is_empty()) {
@@ -138,7 +138,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
         (Some(_), false) => bail!("give either --npy or image files, not both"),
     };
     let t = Instant::now();
-    let logits = match args.engine {
+    let logits = match engine {
         Engine::Tch => {
             let sd = model.state_dict.as_ref().ok_or_else(|| {
                 anyhow!("--engine tch needs an unfolded checkpoint (.safetensors/.pth), not .tvb")
@@ -163,7 +163,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
     }
     eprintln!(
         "{n} input(s), {:?} engine, {ms:.1} ms ({:.2} ms/input)",
-        args.engine,
+        engine,
         ms / n as f64
     );
     if let Some(out) = &args.out {
@@ -320,7 +320,7 @@ pub fn load_images(paths: &[PathBuf], cfg: &ModelConfig) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn read_input_npy(path: &Path, cfg: &ModelConfig) -> Result<(Vec<f32>, usize)> {
+pub(crate) fn read_input_npy(path: &Path, cfg: &ModelConfig) -> Result<(Vec<f32>, usize)> {
     let a = read_npy(path)?;
     let s = cfg.img_size as usize;
     let c = cfg.in_chans as usize;
@@ -405,58 +405,6 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
         model.config.num_classes,
         model.blob.len()
     );
-    Ok(())
-}
-
-/// One row of `tinyvit presets`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PresetRow {
-    pub name: &'static str,
-    pub img_size: u32,
-    pub params: u64,
-    /// Folded f32 weight bytes (what a `.tvb` carries, without its header).
-    pub weight_bytes: u64,
-    /// Exact-engine arena bytes for one image.
-    pub arena_bytes: u64,
-}
-
-/// Sizes of every preset.
-pub fn preset_rows() -> Result<Vec<PresetRow>> {
-    PRESET_NAMES
-        .iter()
-        .map(|name| {
-            let cfg = ModelConfig::preset(name).ok_or_else(|| anyhow!("preset {name}"))?;
-            Ok(PresetRow {
-                name,
-                img_size: cfg.img_size,
-                params: param_count(&cfg),
-                weight_bytes: folded_blob_len(&cfg) as u64 * 4,
-                arena_bytes: arena_len(&cfg).map_err(|e| anyhow!("{name}: {e}"))? as u64 * 4,
-            })
-        })
-        .collect()
-}
-
-/// Runs `tinyvit presets`: prints a Markdown table.
-pub fn presets() -> Result<()> {
-    println!("| preset | input | classes | params | weights (f32, folded) | exact arena |");
-    println!("|---|---|---|---|---|---|");
-    for r in preset_rows()? {
-        let cfg = ModelConfig::preset(r.name).ok_or_else(|| anyhow!("preset"))?;
-        println!(
-            "| {} | {}x{}x{} | {} | {} | {} B ({:.1} KiB) | {} B ({:.1} KiB) |",
-            r.name,
-            cfg.in_chans,
-            r.img_size,
-            r.img_size,
-            cfg.num_classes,
-            r.params,
-            r.weight_bytes,
-            r.weight_bytes as f64 / 1024.0,
-            r.arena_bytes,
-            r.arena_bytes as f64 / 1024.0
-        );
-    }
     Ok(())
 }
 
@@ -561,14 +509,5 @@ mod tests {
         assert_eq!(t[0].0, 1);
         assert_eq!(t[1].0, 2);
         assert!(t[0].1 > t[1].1);
-    }
-
-    #[test]
-    fn mcu_presets_are_within_budget_in_the_table() {
-        let rows = preset_rows().unwrap();
-        let h7 = rows.iter().find(|r| r.name == "tiny_vit_mcu_h7").unwrap();
-        let m4 = rows.iter().find(|r| r.name == "tiny_vit_mcu_m4").unwrap();
-        assert!(h7.weight_bytes <= 1_500_000 && h7.arena_bytes <= 384 * 1024);
-        assert!(m4.weight_bytes <= 800_000 && m4.arena_bytes <= 192 * 1024);
     }
 }

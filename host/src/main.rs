@@ -16,11 +16,12 @@ struct Cli {
 enum Command {
     /// Print the compute devices this binary can use.
     Devices,
-    /// Logits of a TinyViT for images or a normalised .npy batch (core engines or libtorch).
+    /// Logits of a TinyViT for images or a normalised .npy batch (core engines or libtorch;
+    /// int8 files on the integer engine).
     Infer(tinyvit_host::infer::InferArgs),
     /// Convert a checkpoint (.safetensors, .pth) into a deployable .tvb (BatchNorm folded).
     Convert(tinyvit_host::infer::ConvertArgs),
-    /// Print parameters, weight bytes and exact-engine arena bytes of every preset.
+    /// Print parameters, weight bytes and arena bytes of every preset, in f32 and in int8.
     Presets,
     /// Run a teacher over E augmented epochs and store its top-K probabilities + replay seeds.
     SaveLogits(tinyvit_host::save_logits::Args),
@@ -31,6 +32,9 @@ enum Command {
     Train(Box<tinyvit_host::train::TrainArgs>),
     /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
     Export(tinyvit_host::export::ExportArgs),
+    /// Quantise an f32 model (.tvb or checkpoint) to an int8 .tvb with calibration images;
+    /// compare f32 and int8 top-1 on --val.
+    Quantize(tinyvit_host::quantize::QuantizeArgs),
     /// Render what the student sees: a replayed training view, named RandAugment ops, or the
     /// evaluation view.
     Augment(tinyvit_host::augment::AugmentArgs),
@@ -60,13 +64,17 @@ fn main() -> anyhow::Result<()> {
             println!("{}", device::describe());
             Ok(())
         }
+        Command::Infer(args) if tinyvit_host::infer_int8::is_int8(&args.source.model) => {
+            tinyvit_host::infer_int8::run(&args)
+        }
         Command::Infer(args) => tinyvit_host::infer::run(&args),
         Command::Convert(args) => tinyvit_host::infer::convert(&args),
-        Command::Presets => tinyvit_host::infer::presets(),
+        Command::Presets => tinyvit_host::presets::run(),
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
         Command::Export(args) => tinyvit_host::export::main(args),
+        Command::Quantize(args) => tinyvit_host::quantize::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),
         Command::Analyze(args) => tinyvit_host::analyze::main(args),
     }

@@ -130,6 +130,8 @@ struct Plan {
     topk: u32,
     batch_size: u32,
     device_images: u32,
+    /// Training images the int8 quantisation calibrates on.
+    calib_images: u32,
 }
 
 impl Plan {
@@ -146,6 +148,7 @@ impl Plan {
                 topk: 3,
                 batch_size: 64,
                 device_images: 4,
+                calib_images: 64,
             }
         } else {
             Plan {
@@ -159,6 +162,7 @@ impl Plan {
                 topk: 3,
                 batch_size: 128,
                 device_images: 32,
+                calib_images: 256,
             }
         };
         Plan {
@@ -366,11 +370,37 @@ impl Pipeline<'_> {
         let eval_split = data.test.clone().unwrap_or_else(|| data.val.clone());
         let tvb = self.out.join("student.tvb");
         let export = self.export_stage(&kd, &data, &tvb)?;
-        let device = if o.no_firmware || !o.arch.starts_with("tiny_vit_mcu") {
+        let firmware = !o.no_firmware && o.arch.starts_with("tiny_vit_mcu");
+        let device = if firmware {
+            Some(self.firmware_stage("device", &export, &tvb, &eval_split)?)
+        } else {
             notes.push("firmware stage skipped (not an MCU preset, or --no-firmware)".to_string());
             None
+        };
+
+        // Int8: post-training quantisation of the distilled student and its device run.
+        let q8 = self.out.join("student.q8.tvb");
+        let quant = self.quantize_stage(&kd, &data, &eval_split, &q8)?;
+        let device_q8 = if firmware {
+            match self.firmware_stage("device-int8", &quant, &q8, &eval_split) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("warning: the int8 firmware stage failed: {e:#}");
+                    notes.push(format!(
+                        "the int8 firmware stage failed, no int8 device figures: {}",
+                        format!("{e:#}").lines().next().unwrap_or("")
+                    ));
+                    None
+                }
+            }
         } else {
-            Some(self.firmware_stage(&export, &tvb, &eval_split)?)
+            None
+        };
+        let int8 = Int8Figures {
+            quant: read_json(&quant.dir.join("quantize.json"))?,
+            f32_tvb: tvb.clone(),
+            device: device.as_ref(),
+            device_q8: device_q8.as_ref(),
         };
 
         let mut report = self.report(
@@ -380,6 +410,7 @@ impl Pipeline<'_> {
             &k_table,
             bits_row,
             device.as_ref(),
+            &int8.section(test_name(o))?,
             &notes,
             start,
         )?;
@@ -604,17 +635,50 @@ impl Pipeline<'_> {
         Ok(done)
     }
 
+    /// The post-training int8 quantisation of the distilled student (`tinyvit quantize`):
+    /// calibration on training images, f32 and int8 compared on `split`.
+    fn quantize_stage(&self, kd: &Done, data: &Data, split: &str, q8: &Path) -> Result<Done> {
+        let dir = self.out.join("quantize");
+        let args: Vec<String> = vec![
+            "quantize".into(),
+            "--model".into(),
+            kd.dir.join("model.safetensors").display().to_string(),
+            "--calib".into(),
+            data.train.clone(),
+            "--calib-images".into(),
+            self.plan.calib_images.to_string(),
+            "--val".into(),
+            split.to_string(),
+        ];
+        let key = format!("{} | {}", args.join(" "), kd.key);
+        let done = self.stage("quantize int8", &dir, &key, |d| {
+            let mut a = args.clone();
+            a.extend([
+                "--out".into(),
+                d.join("student.q8.tvb").display().to_string(),
+            ]);
+            let out = self.tinyvit_output(&a)?;
+            std::fs::write(d.join("quantize.json"), out.trim())?;
+            Ok(())
+        })?;
+        std::fs::copy(dir.join("student.q8.tvb"), q8)
+            .with_context(|| format!("copying the int8 model to {}", q8.display()))?;
+        Ok(done)
+    }
+
+    /// The firmware built with `tvb` and run under QEMU on `split`, in the folder `name`.
     fn firmware_stage(
         &self,
-        export: &Done,
+        name: &str,
+        upstream: &Done,
         tvb: &Path,
         split: &str,
     ) -> Result<firmware::DeviceRun> {
-        let dir = self.out.join("device");
+        let dir = self.out.join(name);
         let n = self.plan.device_images;
-        let key = format!("{} | {split} | {n}", export.key);
+        let key = format!("{} | {split} | {n}", upstream.key);
         let tinyvit = self.tinyvit.clone();
-        self.stage("firmware under QEMU", &dir, &key, |d| {
+        self.stage(&format!("firmware under QEMU ({name})"), &dir, &key, |d| {
             let run = firmware::run_eval(&tinyvit, tvb, split, n, d)?;
             std::fs::write(
                 d.join("device.json"),
@@ -636,17 +700,14 @@ impl Pipeline<'_> {
         k_table: &[(u32, Option<f64>, Option<f64>)],
         bits_row: Option<(f64, Option<f64>, Option<f64>)>,
         device: Option<&firmware::DeviceRun>,
+        int8: &str,
         notes: &[String],
         start: Instant,
     ) -> Result<String> {
         let o = self.o;
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let mut r = String::new();
-        let test_name = if self.o.data.is_some() && self.o.test.is_none() {
-            "val"
-        } else {
-            "test"
-        };
+        let test_name = test_name(o);
         writeln!(r, "# tinyvit run report\n")?;
         writeln!(
             r,
@@ -716,6 +777,7 @@ impl Pipeline<'_> {
                 d.board, d.images, d.agree, d.instructions_per_image, d.model_bytes, d.arena_bytes
             )?;
         }
+        r.push_str(int8);
         if !k_table.is_empty() {
             writeln!(
                 r,
@@ -884,6 +946,99 @@ impl Pipeline<'_> {
     }
 }
 
+/// Which split the report's second accuracy column is.
+fn test_name(o: &Opts) -> &'static str {
+    if o.data.is_some() && o.test.is_none() {
+        "val"
+    } else {
+        "test"
+    }
+}
+
+/// The f32 and int8 students side by side: what `tinyvit quantize` measured and what the
+/// device runs reported.
+struct Int8Figures<'a> {
+    /// `quantize/quantize.json` (`tinyvit quantize`'s report).
+    quant: Value,
+    f32_tvb: PathBuf,
+    device: Option<&'a firmware::DeviceRun>,
+    device_q8: Option<&'a firmware::DeviceRun>,
+}
+
+impl Int8Figures<'_> {
+    /// The report's int8 section: a table of both students and one sentence on the method.
+    fn section(&self, test_name: &str) -> Result<String> {
+        let q = &self.quant;
+        let bytes = std::fs::read(&self.f32_tvb)
+            .with_context(|| format!("reading {}", self.f32_tvb.display()))?;
+        let t = tinyvit_core::tvb::parse(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.f32_tvb.display()))?;
+        let cfg = *t.config();
+        let macs = tinyvit_core::engine::macs(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let f32_arena =
+            tinyvit_core::engine::arena_len(&cfg).map_err(|e| anyhow::anyhow!("{e}"))? as u64 * 4;
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let instr = |d: Option<&firmware::DeviceRun>| {
+            d.map_or("-".to_string(), |d| {
+                format!(
+                    "{} ({:.2} / MAC)",
+                    d.instructions_per_image,
+                    d.instructions_per_image as f64 / macs as f64
+                )
+            })
+        };
+        let agree = |d: Option<&firmware::DeviceRun>| {
+            d.map_or("-".to_string(), |d| format!("{} / {}", d.agree, d.images))
+        };
+        let mut r = String::new();
+        writeln!(
+            r,
+            "\nInt8 student (post-training quantisation, `quantize/`):\n"
+        )?;
+        writeln!(
+            r,
+            "| student | {test_name} top-1 % | top-1 agreement with f32 % | model bytes | RAM \
+             (engine arena) bytes | instructions / inference (QEMU M4F) | \
+             device = host |"
+        )?;
+        writeln!(r, "|---|---|---|---|---|---|---|")?;
+        writeln!(
+            r,
+            "| f32 `student.tvb` | {} | 100 | {} | {f32_arena} | {} | {} |",
+            pct(f(q, "f32_top1")),
+            q["f32_bytes"],
+            instr(self.device),
+            agree(self.device)
+        )?;
+        writeln!(
+            r,
+            "| int8 `student.q8.tvb` | {} | {} | {} | {} | {} | {} |",
+            pct(f(q, "int8_top1")),
+            pct(f(q, "agreement")),
+            q["int8_bytes"],
+            q["int8_arena_bytes"],
+            instr(self.device_q8),
+            agree(self.device_q8)
+        )?;
+        let drop = match (f(q, "f32_top1"), f(q, "int8_top1")) {
+            (Some(a), Some(b)) => format!("; top-1 change {:+.2} points", b - a),
+            _ => String::new(),
+        };
+        writeln!(
+            r,
+            "\n`tinyvit quantize` (post-training, integer-only engine of the core): activation \
+             ranges `{}` over {} evaluation views of training images; both models compared \
+             on {} {test_name} images by the core (f32 `fast`, int8 `exact` engine){drop}; \
+             int8 file {:.2}x the f32 file; {macs} multiply-accumulates per inference.",
+            q["method"].as_str().unwrap_or("?"),
+            q["calib_images"],
+            q["val_images"],
+            f(q, "int8_bytes").unwrap_or(0.0) / f(q, "f32_bytes").unwrap_or(f64::NAN),
+        )?;
+        Ok(r)
+    }
+}
+
 struct StoreStats {
     bytes_per_sample: f64,
     total_bytes: f64,
@@ -1012,4 +1167,63 @@ fn build_tinyvit(dist: bool) -> Result<PathBuf> {
     setup::torch_env(&mut cmd)?;
     util::run(&mut cmd)?;
     Ok(util::target_dir().join("release").join("tinyvit"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(instr: u64, agree: u64) -> firmware::DeviceRun {
+        firmware::DeviceRun {
+            board: "qemu".into(),
+            images: 32,
+            agree,
+            instructions_per_image: instr,
+            model_bytes: 1,
+            arena_bytes: 1,
+        }
+    }
+
+    /// Both students' rows from `quantize.json`, the per-MAC figures from the core's count, and
+    /// `-` where a device run is missing (the int8 firmware stage failed or was skipped).
+    #[test]
+    fn int8_section_puts_both_students_side_by_side() {
+        let cfg = tinyvit_core::config::ModelConfig::preset("tiny_vit_mcu_m4").unwrap();
+        let blob = vec![0f32; tinyvit_core::params::folded_blob_len(&cfg)];
+        let tvb = std::env::temp_dir().join(format!("xtask-int8-{}.tvb", std::process::id()));
+        std::fs::write(&tvb, tinyvit_core::tvb::write(&cfg, &blob).unwrap()).unwrap();
+        let macs = tinyvit_core::engine::macs(&cfg).unwrap();
+        let quant = serde_json::json!({
+            "f32_bytes": 745168, "int8_bytes": 230388, "int8_arena_bytes": 12176,
+            "calib_images": 256, "method": "max", "val_images": 10000,
+            "f32_top1": 76.88, "int8_top1": 76.97, "agreement": 99.1,
+        });
+        let f32_dev = device(macs * 10, 32);
+        let fig = Int8Figures {
+            quant: quant.clone(),
+            f32_tvb: tvb.clone(),
+            device: Some(&f32_dev),
+            device_q8: None,
+        };
+        let s = fig.section("test").unwrap();
+        let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(rows.len(), 3, "{s}");
+        assert!(rows[1].contains("| 76.88 | 100 | 745168 | 29888 | "), "{s}");
+        assert!(rows[1].contains("(10.00 / MAC) | 32 / 32 |"), "{s}");
+        assert!(
+            rows[2].ends_with("| 76.97 | 99.10 | 230388 | 12176 | - | - |"),
+            "{s}"
+        );
+        assert!(s.contains("top-1 change +0.09 points"), "{s}");
+        let q8_dev = device(macs * 3 / 2, 31);
+        let fig = Int8Figures {
+            quant,
+            f32_tvb: tvb.clone(),
+            device: None,
+            device_q8: Some(&q8_dev),
+        };
+        let s = fig.section("test").unwrap();
+        assert!(s.contains("(1.50 / MAC) | 31 / 32 |"), "{s}");
+        std::fs::remove_file(&tvb).unwrap();
+    }
 }

@@ -62,7 +62,9 @@ pub fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     drop(f);
     std::fs::rename(tmp, dest)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
-    sync_dir(dest.parent().unwrap_or(Path::new(".")))
+    // A bare file name's parent is the empty path: the current folder.
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
+    sync_dir(dir.unwrap_or(Path::new(".")))
 }
 
 /// fsyncs a folder so a rename inside it is durable.
