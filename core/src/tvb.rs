@@ -570,9 +570,8 @@ mod tests {
         let t = parse(&plain).unwrap();
         assert!(t.contract().is_none() && t.class_names().is_empty());
         let input = InputContract::for_model(&cfg, [0.5; 3], [0.5; 3]);
-        let names: Vec<std::string::String> = (0..cfg.num_classes)
-            .map(|i| std::format!("c{i}"))
-            .collect();
+        let names: Vec<std::string::String> =
+            (0..cfg.num_classes).map(|i| std::format!("c{i}")).collect();
         let with = write_with_contract(&cfg, &blob, Some((&input, &names))).unwrap();
         let t = parse(&with).unwrap();
         assert_eq!(t.contract(), Some(&input));

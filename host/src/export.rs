@@ -4,7 +4,9 @@
 //! The checkpoint's official-name tensors are folded by the core
 //! ([`tinyvit_core::engine::fold::fold_state_dict`], through the one host call of it,
 //! [`crate::import::fold`]) and written with
-//! [`tinyvit_core::tvb::write`]. With `--val SPEC` the written file is parsed back and run by a
+//! [`tinyvit_core::tvb::write_with_contract`], with the checkpoint's input contract
+//! (`tinyvit.input`; flags override it, files without one get ImageNet's normalisation and a
+//! notice). With `--val SPEC` the written file is parsed back and run by a
 //! core engine over every validation image; its top-1 accuracy must match the tch model's
 //! (eval mode, unfolded BN) to `--tolerance` points (0.1 by default), else the export fails and
 //! no file is left under the output name.
@@ -33,7 +35,8 @@ pub struct ExportArgs {
     /// Output `.tvb` file.
     #[arg(long)]
     pub out: PathBuf,
-    /// Architecture preset, only for checkpoints without `tinyvit.config` metadata.
+    /// Architecture preset: needed for checkpoints without `tinyvit.config` metadata; one
+    /// that contradicts the recorded network is an error.
     #[arg(long)]
     pub arch: Option<String>,
     /// Verify on this data (SPEC, or `split:N` of `--data`): core engine vs tch accuracy.
@@ -53,6 +56,9 @@ pub struct ExportArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub limits: crate::infer::LimitArgs,
+    /// Overrides of the checkpoint's input contract (written into the `.tvb`).
+    #[command(flatten)]
+    pub contract: crate::contract::ContractArgs,
 }
 
 /// Which core engine runs the check.
@@ -95,10 +101,27 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     };
     let ck = checkpoint::load(&args.checkpoint, fallback.as_ref())?;
     let cfg = ck.config;
+    if let (Some(a), Some(p)) = (&args.arch, &fallback) {
+        ensure!(
+            import::same_network(p, &cfg),
+            "--arch {a} (widths {:?}, depths {:?}) contradicts checkpoint {}, which records \
+             widths {:?}, depths {:?}",
+            p.embed_dims,
+            p.depths,
+            args.checkpoint.display(),
+            cfg.embed_dims,
+            cfg.depths
+        );
+    }
+    let contract = args.contract.resolve(
+        ck.input.clone(),
+        &cfg,
+        &format!("checkpoint {}", args.checkpoint.display()),
+    )?;
     let blob = import::state_dict_of(&ck.tensors)
         .and_then(|sd| import::fold(&sd, &cfg))
         .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
-    let bytes = tvb::write(&cfg, &blob).map_err(|e| anyhow::anyhow!("write .tvb: {e}"))?;
+    let bytes = import::tvb_bytes(&cfg, &blob, Some(&contract))?;
     let tmp = args.out.with_extension("tvb.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("write {}", tmp.display()))?;
     let mut report = ExportReport {
@@ -112,7 +135,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         max_rel_logit_diff: None,
     };
     if let Some(val) = &args.val {
-        let src = val_source(&ck, val, args.data.as_deref(), args.limit)?;
+        let src = val_source(&ck, &contract, val, args.data.as_deref(), args.limit)?;
         let check = verify(
             &args.checkpoint,
             &bytes,
@@ -152,9 +175,10 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
 }
 
 /// Evaluation data for the check, preprocessed as the training run's evaluation was
-/// (normalisation from the checkpoint's `tinyvit.input` metadata).
+/// (the input contract: the checkpoint's `tinyvit.input` metadata and the flags).
 fn val_source(
     ck: &checkpoint::Loaded,
+    contract: &tinyvit_core::contract::Contract,
     val: &str,
     data: Option<&str>,
     limit: Option<usize>,
@@ -165,7 +189,7 @@ fn val_source(
         limit,
         ck.config.in_chans,
         ck.config.img_size,
-        ck.input.unwrap_or_default(),
+        contract,
     )
 }
 

@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// Input size (default: the store's or the preset's).
     #[arg(long)]
     pub img_size: Option<u32>,
+    /// Class names recorded in the checkpoints, one per line (default: the dataset's own:
+    /// folder names, Fashion-MNIST's).
+    #[arg(long, value_name = "FILE")]
+    pub class_names: Option<PathBuf>,
     #[arg(long)]
     pub epochs: Option<u64>,
     #[arg(long)]

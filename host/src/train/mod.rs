@@ -273,7 +273,7 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
         cfg.img_size = s;
     }
     let mut recipe = resolve_recipe(args, cfg.img_size)?;
-    let data = sources::plan_data(args, &cfg, &recipe)?;
+    let mut data = sources::plan_data(args, &cfg, &recipe)?;
     // The data (or store) fixes what the flags left open; a contradiction is an error.
     for (flag, given, found, field) in [
         (
@@ -319,6 +319,29 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
         cfg.img_size
     );
     ensure!(!data.train.is_empty(), "training data is empty");
+    // The class names the checkpoints record: `--class-names`, else the data's own when they
+    // fit the head.
+    data.input.class_names = match &args.class_names {
+        Some(f) => {
+            let names = crate::contract::read_class_names(f)?;
+            ensure!(
+                names.len() == cfg.num_classes as usize,
+                "--class-names {}: {} names, the model has {} classes",
+                f.display(),
+                names.len(),
+                cfg.num_classes
+            );
+            names
+        }
+        None => crate::contract::fitting_names(
+            std::mem::take(&mut data.input.class_names),
+            cfg.num_classes,
+            args.data.as_deref().unwrap_or("the data"),
+        ),
+    };
+    data.input = std::mem::take(&mut data.input)
+        .resolve(&cfg)
+        .map_err(|e| anyhow::anyhow!("the run's input contract: {e}"))?;
     if device == Device::Cpu {
         recipe.amp = false;
     }

@@ -24,7 +24,7 @@ use super::loader::{SampleMeta, Source, Synthetic};
 use super::recipe::Recipe;
 use super::seeds::{DerivedSeeds, SeedSource};
 use super::store_seeds;
-use crate::checkpoint::InputSpec;
+use crate::checkpoint::Contract;
 use crate::data::{self, Dataset};
 
 /// The data side of a run, resolved from the arguments.
@@ -36,8 +36,10 @@ pub struct DataPlan {
     pub num_classes: Option<u32>,
     pub in_chans: Option<u32>,
     pub img_size: Option<u32>,
-    /// Input normalisation of the training and evaluation views.
-    pub input: InputSpec,
+    /// The input contract of the run: normalisation of the training and evaluation views,
+    /// the evaluation transform, the data's class names (size and channels left 0: the
+    /// model's).
+    pub input: Contract,
 }
 
 /// Resolves `--data`, `--val`, `--test` and `--logits` (or `--synthetic N`) into sources.
@@ -67,7 +69,7 @@ pub fn plan_data(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result
         num_classes: None,
         in_chans: None,
         img_size: None,
-        input: InputSpec::default(),
+        input: Contract::default(),
     })
 }
 
@@ -185,6 +187,9 @@ pub struct EvalSource {
     pub channels: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Centre-crop fraction and filter of the evaluation transform (the model's contract).
+    pub crop_fraction: f32,
+    pub interpolation: Interpolation,
 }
 
 impl EvalSource {
@@ -202,11 +207,11 @@ impl EvalSource {
             self.ds.name(i),
             self.channels
         );
-        // The core's evaluation transform (resize to size / crop_pct bicubic, centre crop): the
+        // The core's evaluation transform (resize to size / crop fraction, centre crop): the
         // same bytes the exported model sees in `tinyvit infer` and on the device.
         let src = ImageRef::new(im.width, im.height, c, &im.data)
             .map_err(|e| anyhow::anyhow!("sample {}: {e}", self.ds.name(i)))?;
-        let need = aug::eval_scratch_len(im.width, im.height, self.size, EVAL_CROP_PCT, c)
+        let need = aug::eval_scratch_len(im.width, im.height, self.size, self.crop_fraction, c)
             .map_err(|e| anyhow::anyhow!("evaluation view of {}: {e}", self.ds.name(i)))?;
         let mut scratch = vec![0u8; need];
         let mut crop = vec![0u8; (self.size * self.size * c) as usize];
@@ -215,8 +220,8 @@ impl EvalSource {
         aug::eval_transform(
             src,
             dst,
-            EVAL_CROP_PCT,
-            Interpolation::Bicubic,
+            self.crop_fraction,
+            self.interpolation,
             &mut scratch,
         )
         .map_err(|e| anyhow::anyhow!("evaluation view of {}: {e}", self.ds.name(i)))?;
@@ -353,6 +358,8 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
             channels: channels as usize,
             mean: aug_cfg.mean,
             std: aug_cfg.std,
+            crop_fraction: EVAL_CROP_PCT,
+            interpolation: Interpolation::Bicubic,
         }) as Arc<dyn Source>)
     };
     let val = val
@@ -376,9 +383,11 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
         num_classes: num_classes.or(ds.num_classes()),
         in_chans: Some(channels),
         img_size: Some(aug_cfg.size),
-        input: InputSpec {
+        input: Contract {
             mean: aug_cfg.mean,
             std: aug_cfg.std,
+            class_names: ds.class_names().unwrap_or_default(),
+            ..Contract::default()
         },
     })
 }
@@ -392,7 +401,7 @@ pub fn validation_source(
     limit: Option<usize>,
     channels: u32,
     size: u32,
-    input: InputSpec,
+    input: &Contract,
 ) -> Result<Arc<dyn Source>> {
     let ds_spec = if val.starts_with("split:") {
         data.context("--val split:N needs --data")?
@@ -417,6 +426,8 @@ pub fn validation_source(
         channels: c as usize,
         mean: input.mean,
         std: input.std,
+        crop_fraction: input.crop_fraction,
+        interpolation: input.interpolation,
     }))
 }
 
