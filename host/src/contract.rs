@@ -87,6 +87,7 @@ impl ContractArgs {
             self.norm.as_deref(),
             self.mean.as_deref(),
             self.std.as_deref(),
+            NORM_FLAGS,
         )?;
         c.mean = mean;
         c.std = std;
@@ -111,23 +112,27 @@ impl ContractArgs {
     }
 }
 
+/// Names of the normalisation flags of a model's own input.
+pub const NORM_FLAGS: [&str; 3] = ["--norm", "--mean", "--std"];
+
 /// `base` normalisation with a named preset (`imagenet`, `clip`, `half`), then `mean` and
-/// `std` (`r,g,b` on the 0..1 scale) applied; the flag is named in errors.
+/// `std` (`r,g,b` on the 0..1 scale) applied; errors name the flag (`flags`: the names of
+/// the three).
 pub fn parse_norm(
     base: ([f32; 3], [f32; 3]),
     norm: Option<&str>,
     mean: Option<&str>,
     std: Option<&str>,
+    flags: [&str; 3],
 ) -> Result<([f32; 3], [f32; 3])> {
     // The augmentation config parses the names and `r,g,b` lists; only its mean and std are used.
     let mut a: AugConfig = aug::preset("light").map_err(|e| anyhow!("{e}"))?;
     a.mean = base.0;
     a.std = base.1;
-    for (key, flag, v) in [
-        ("norm", "--norm", norm),
-        ("mean", "--mean", mean),
-        ("std", "--std", std),
-    ] {
+    for ((key, v), flag) in [("norm", norm), ("mean", mean), ("std", std)]
+        .into_iter()
+        .zip(flags)
+    {
         if let Some(v) = v {
             a.set(key, v).map_err(|e| anyhow!("{flag} {v}: {e}"))?;
         }

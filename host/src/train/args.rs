@@ -31,6 +31,9 @@ pub struct TrainArgs {
     /// `.pt` taking the student's input).
     #[arg(long, conflicts_with_all = ["logits", "labels"])]
     pub teacher: Option<PathBuf>,
+    /// The teacher's input normalisation (`--teacher-norm`, `--teacher-mean`, `--teacher-std`).
+    #[command(flatten)]
+    pub teacher_norm: crate::teacher::TeacherNorm,
     /// Run folder (created).
     #[arg(long)]
     pub out: PathBuf,

@@ -456,11 +456,37 @@ fn sync_ranks(
 }
 
 /// Loads the online teacher of a `--teacher` run and checks it fits the student.
-fn load_teacher(plan: &Plan) -> Result<Option<Box<dyn Teacher>>> {
+fn load_teacher(args: &TrainArgs, plan: &Plan) -> Result<Option<Box<dyn Teacher>>> {
     let TargetKind::Teacher { file } = &plan.target else {
         return Ok(None);
     };
     let t = teacher::load(file, plan.device)?;
+    let cfg = &plan.cfg;
+    // The class count first, with one blank image of the student's input: a mismatch is an
+    // error here, before any step.
+    let classes = teacher::probe_classes(&*t, (cfg.in_chans as i64, cfg.img_size as i64))
+        .with_context(|| format!("teacher {}", file.display()))?;
+    ensure!(
+        classes == cfg.num_classes as i64,
+        "teacher {} has {classes} classes, the student {} (the data's or --num-classes); \
+         distillation needs the same classes",
+        file.display(),
+        cfg.num_classes
+    );
+    let student = (plan.data.input.mean, plan.data.input.std);
+    let norm = args.teacher_norm.resolve(&*t, student)?;
+    if norm != student {
+        eprintln!(
+            "teacher {}: inputs renormalised from the student's mean {:?} std {:?} to mean \
+             {:?} std {:?}",
+            file.display(),
+            student.0,
+            student.1,
+            norm.0,
+            norm.1
+        );
+    }
+    let t = teacher::Renormalized::wrap(t, student, norm, cfg.in_chans as usize);
     if let Some(tc) = t.config() {
         let cfg = &plan.cfg;
         ensure!(
@@ -571,7 +597,7 @@ impl Run {
             opt.t = state.step;
         }
         let params = sync_ranks(&plan.dp, &vs, resuming, &state)?;
-        let teacher = load_teacher(plan)?;
+        let teacher = load_teacher(args, plan)?;
         let n = plan.data.train.len();
         let bs = recipe.batch_size as usize;
         ensure!(
