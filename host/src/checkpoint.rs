@@ -45,8 +45,6 @@ pub const FORMAT: &str = "tinyvit-checkpoint/1";
 /// preprocess the same way. Older files hold only `mean` and `std`; the rest then comes from the
 /// config ([`Contract::resolve`]).
 pub use tinyvit_core::contract::Contract;
-/// The former name of [`Contract`].
-pub type InputSpec = Contract;
 
 /// What a checkpoint file holds, read back.
 #[derive(Debug)]

@@ -425,6 +425,65 @@ pub fn load(
     })
 }
 
+/// The unfolded official state_dict of any model file, for fine-tuning a network of `cfg`:
+/// safetensors (ours, official or timm names), `.pth` / `.pt` (either layout), or `.tvb`
+/// (BatchNorm already folded: each conv takes the folded weight and its BatchNorm becomes the
+/// identity plus the folded bias, [`unfold_tvb`]).
+pub fn init_state_dict(path: &Path, cfg: &ModelConfig) -> Result<StateDict> {
+    if extension(path) != "tvb" {
+        return read_state_dict(path);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = tvb::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let src = *file.config();
+    ensure!(
+        same_network(&src, cfg) && src.in_chans == cfg.in_chans,
+        "{}: the file holds another network (widths {:?}, depths {:?}, {} channels) than the \
+         model (widths {:?}, depths {:?}, {} channels)",
+        path.display(),
+        src.embed_dims,
+        src.depths,
+        src.in_chans,
+        cfg.embed_dims,
+        cfg.depths,
+        cfg.in_chans
+    );
+    Ok(unfold_tvb(&src, &file.to_blob()))
+}
+
+/// A folded blob as an unfolded state_dict: every conv weight `P.weight` (4-D) becomes
+/// `P.c.weight`, its bias `P.bn.bias`, with `P.bn.weight` = 1, `P.bn.running_mean` = 0 and
+/// `P.bn.running_var` = 1 - eps (so the BatchNorm is the identity); other tensors keep their
+/// names.
+pub fn unfold_tvb(cfg: &ModelConfig, blob: &[f32]) -> StateDict {
+    let eps = tinyvit_core::engine::fold::BN_EPS;
+    let mut sd = StateDict::new();
+    let mut offset = 0usize;
+    let mut conv: Option<String> = None;
+    tinyvit_core::params::for_each_folded(cfg, |name, shape| {
+        let n = numel(shape);
+        let values = blob[offset..offset + n].to_vec();
+        offset += tinyvit_core::params::align_up(n);
+        let t = |values: Vec<f32>| Tensor {
+            shape: shape.to_vec(),
+            values,
+        };
+        if shape.len() == 4 {
+            let prefix = name.trim_end_matches(".weight").to_string();
+            sd.insert(format!("{prefix}.c.weight"), t(values));
+            conv = Some(prefix);
+        } else if let Some(prefix) = conv.take().filter(|_| name.ends_with(".bias")) {
+            sd.insert(format!("{prefix}.bn.bias"), t(values));
+            sd.insert(format!("{prefix}.bn.weight"), t(vec![1.0; n]));
+            sd.insert(format!("{prefix}.bn.running_mean"), t(vec![0.0; n]));
+            sd.insert(format!("{prefix}.bn.running_var"), t(vec![1.0 - eps; n]));
+        } else {
+            sd.insert(name.to_string(), t(values));
+        }
+    });
+    sd
+}
+
 /// Checks a checkpoint's recorded config against the weights and the flags: a flag that
 /// contradicts it is an error naming both values.
 fn check_recorded(

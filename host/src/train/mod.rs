@@ -164,6 +164,9 @@ fn step_seed(seed: u64, step: u64) -> u64 {
 pub fn resolve_recipe(args: &TrainArgs, img_size: u32) -> Result<Recipe> {
     let name = match &args.recipe {
         Some(n) => n.clone(),
+        // Fine-tuning: the fine-tune recipes (above 224 px, the high-resolution one).
+        None if args.init.is_some() && img_size > 224 => "finetune-highres".to_string(),
+        None if args.init.is_some() => "finetune".to_string(),
         None if img_size <= 64 => "small".to_string(),
         None if args.labels => "in1k-scratch".to_string(),
         None => "in22k-distill".to_string(),
@@ -274,6 +277,19 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
     }
     let mut recipe = resolve_recipe(args, cfg.img_size)?;
     let mut data = sources::plan_data(args, &cfg, &recipe)?;
+    // The recipe follows the effective input size (a store's may differ from the preset's):
+    // when that picks another recipe, the data is planned again with it.
+    if let (None, Some(s)) = (&args.recipe, data.img_size) {
+        let r = resolve_recipe(args, s)?;
+        if r.name != recipe.name {
+            eprintln!(
+                "recipe `{}` for the {s} px input (the preset's {} px would pick `{}`)",
+                r.name, cfg.img_size, recipe.name
+            );
+            recipe = r;
+            data = sources::plan_data(args, &cfg.with_img_size(s), &recipe)?;
+        }
+    }
     // The data (or store) fixes what the flags left open; a contradiction is an error.
     for (flag, given, found, field) in [
         (
@@ -1044,23 +1060,32 @@ impl Window {
     }
 }
 
-/// Fine-tuning init: copies every tensor of `path` whose name and shape fit; a head of another
-/// class count is left at its fresh init; attention biases of another window size are resized
-/// ([`crate::import::resize_attention_biases`], the one resize).
+/// Fine-tuning init from any file `tinyvit infer` reads ([`crate::import::init_state_dict`]:
+/// our checkpoints, official or timm safetensors, `.pth` in both layouts, `.tvb`): copies every
+/// tensor whose name and shape fit; attention biases of another window size are resized
+/// ([`crate::import::resize_attention_biases`], the one resize); a head of another class count
+/// keeps its fresh init, with a one-line notice.
 fn init_from(vs: &nn::VarStore, cfg: &ModelConfig, path: &Path) -> Result<()> {
-    let l = checkpoint::load(path, Some(cfg))?;
+    let sd = crate::import::init_state_dict(path, cfg)?;
     let what = path.display().to_string();
+    let mut head_note = None;
     tch::no_grad(|| -> Result<()> {
         for (name, var) in vs.variables() {
-            let Some(src) = l.tensors.get(&name) else {
+            let Some(t) = sd.get(&name) else {
+                if name.ends_with("num_batches_tracked") {
+                    continue;
+                }
                 bail!("{what}: tensor `{name}` is missing");
             };
+            let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let src = Tensor::from_slice(&t.values).view(dims.as_slice());
             let src = if src.size() == var.size() {
-                src.shallow_clone()
+                src
             } else if name.ends_with("attention_biases") {
-                resize_bias_table(src, var.size()[1])
+                resize_bias_table(&src, var.size()[1])
                     .with_context(|| format!("{what}: `{name}`"))?
             } else if name.starts_with("head.") {
+                head_note = Some((src.size()[0], var.size()[0]));
                 continue;
             } else {
                 bail!(
@@ -1073,7 +1098,11 @@ fn init_from(vs: &nn::VarStore, cfg: &ModelConfig, path: &Path) -> Result<()> {
                 .copy_(&src.to_kind(var.kind()).to_device(var.device()));
         }
         Ok(())
-    })
+    })?;
+    if let Some((from, to)) = head_note {
+        eprintln!("--init {what}: head of {from} classes re-initialised for {to} classes");
+    }
+    Ok(())
 }
 
 /// An attention bias table `[heads, from*from]` resized to `[heads, entries]` (a square).
@@ -1130,6 +1159,50 @@ mod tests {
     /// copied, the head keeps its fresh init, and a non-constant attention bias table is
     /// resized as libtorch's antialiased bicubic interpolation (timm's resize, an independent
     /// computation) resizes it.
+    #[test]
+    fn finetune_init_reads_pth_timm_and_tvb() {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity");
+        let pth = fx.join("tiny_16.pth");
+        let sd = crate::import::read_state_dict(&pth).unwrap();
+        let cfg = crate::import::config_from_shapes(&sd)
+            .unwrap()
+            .with_img_size(16);
+        // The official torch pickle and the timm-named safetensors: every tensor copied.
+        for path in [pth.clone(), fx.join("tiny_16_timm.safetensors")] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _m = TinyVit::new(&vs.root(), &cfg).unwrap();
+            init_from(&vs, &cfg, &path).unwrap();
+            for (n, t) in vs.variables() {
+                let Some(want) = sd.get(&n) else {
+                    assert!(n.ends_with("num_batches_tracked"), "{n}");
+                    continue;
+                };
+                let got: Vec<f32> = Vec::try_from(t.view([-1])).unwrap();
+                assert_eq!(got, want.values, "{}: {n}", path.display());
+            }
+        }
+        // A .tvb (BatchNorm folded): the unfolded model computes the same logits in eval mode.
+        let dir = std::env::temp_dir().join(format!("tinyvit-init-tvb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tvb = dir.join("tiny.tvb");
+        let loaded = crate::import::load(&pth, None, None, Some(16)).unwrap();
+        crate::import::export_tvb(&loaded, &tvb).unwrap();
+        let x = Tensor::randn([2, cfg.in_chans as i64, 16, 16], (Kind::Float, Device::Cpu));
+        let (_vs0, m0) =
+            crate::infer::tch_model(loaded.state_dict.as_ref().unwrap(), &cfg).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = TinyVit::new(&vs.root(), &cfg).unwrap();
+        init_from(&vs, &cfg, &tvb).unwrap();
+        let (a, b) = tch::no_grad(|| (m0.forward(&x, Mode::EVAL), m.forward(&x, Mode::EVAL)));
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "tvb init: logits differ by {diff}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn finetune_init_new_head_and_windows() {
         let dir = std::env::temp_dir().join(format!("tinyvit-init-{}", std::process::id()));
