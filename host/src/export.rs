@@ -84,6 +84,11 @@ pub struct ExportReport {
     pub disagreements: u64,
     /// Largest |core - tch| / max(|tch|_inf, 1e-6) over each image's logits.
     pub max_rel_logit_diff: Option<f64>,
+    /// Whether the file was checked against libtorch (`--val` given, at least one image).
+    pub checked: bool,
+    /// Top-1 agreement of the core engine with libtorch, in percent (the check on unlabelled
+    /// data, where there is no accuracy).
+    pub agreement: Option<f64>,
 }
 
 /// `tinyvit export`: runs and prints the report as one JSON line on stdout.
@@ -133,6 +138,8 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         core_top1: None,
         disagreements: 0,
         max_rel_logit_diff: None,
+        checked: false,
+        agreement: None,
     };
     if let Some(val) = &args.val {
         let src = val_source(&ck, &contract, val, args.data.as_deref(), args.limit)?;
@@ -151,23 +158,53 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
             }
         };
         report.images = check.images;
-        report.tch_top1 = Some(check.tch_top1);
-        report.core_top1 = Some(check.core_top1);
+        report.tch_top1 = check.tch_top1;
+        report.core_top1 = check.core_top1;
         report.disagreements = check.disagreements;
         report.max_rel_logit_diff = Some(check.max_rel);
-        let diff = (check.tch_top1 - check.core_top1).abs();
-        if diff > args.tolerance {
+        report.agreement = Some(check.agreement);
+        report.checked = true;
+        let failed = match (check.tch_top1, check.core_top1) {
+            (Some(t), Some(c)) => ((t - c).abs() > args.tolerance).then(|| {
+                format!(
+                    "tch top-1 {t:.3}% vs core {:?} top-1 {c:.3}% on {} images (difference \
+                     {:.3} > {} points)",
+                    args.engine,
+                    check.images,
+                    (t - c).abs(),
+                    args.tolerance
+                )
+            }),
+            // Unlabelled data: the core engine must agree with libtorch's top-1.
+            _ => (100.0 - check.agreement > args.tolerance).then(|| {
+                format!(
+                    "core {:?} top-1 agrees with tch on {:.3}% of {} unlabelled images \
+                     ({:.3} > {} points apart)",
+                    args.engine,
+                    check.agreement,
+                    check.images,
+                    100.0 - check.agreement,
+                    args.tolerance
+                )
+            }),
+        };
+        if let Some(why) = failed {
             let _ = std::fs::remove_file(&tmp);
-            anyhow::bail!(
-                "export check failed: tch top-1 {:.3}% vs core {:?} top-1 {:.3}% on {} images (difference {:.3} > {} points)",
-                check.tch_top1,
-                args.engine,
-                check.core_top1,
-                check.images,
-                diff,
-                args.tolerance
+            anyhow::bail!("export check failed: {why}");
+        }
+        if check.tch_top1.is_none() {
+            eprintln!(
+                "export: {} has no labels; checked by top-1 agreement with tch: {:.2}% of {} \
+                 images",
+                val, check.agreement, check.images
             );
         }
+    } else {
+        eprintln!(
+            "export: {} is not checked (give --val SPEC to compare the core engine with \
+             libtorch)",
+            args.out.display()
+        );
     }
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("rename {} -> {}", tmp.display(), args.out.display()))?;
@@ -197,8 +234,11 @@ fn val_source(
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
     pub images: u64,
-    pub tch_top1: f64,
-    pub core_top1: f64,
+    /// Accuracies, on labelled data.
+    pub tch_top1: Option<f64>,
+    pub core_top1: Option<f64>,
+    /// Images where both top-1 classes agree, in percent.
+    pub agreement: f64,
     pub disagreements: u64,
     pub max_rel: f64,
 }
@@ -235,10 +275,11 @@ pub fn verify(
     let nc = cfg.num_classes as usize;
     let order = Arc::new((0..src.len()).collect::<Vec<_>>());
     let (mut n, mut hit_t, mut hit_c, mut dis, mut max_rel) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    let mut labelled = true;
     for b in Loader::new(src, 0, order, 64, false, 0, 2, 2) {
         let b = b?;
-        let labels: Vec<i64> =
-            Vec::try_from(b.labels.as_ref().context("validation data has no labels")?)?;
+        let labels: Option<Vec<i64>> = b.labels.as_ref().map(Vec::try_from).transpose()?;
+        labelled &= labels.is_some();
         let t_logits = tch::no_grad(|| model.forward(&b.images, Mode::EVAL));
         let t_logits: Vec<f32> = Vec::try_from(t_logits.view([-1]))?;
         let input: Vec<f32> = Vec::try_from(b.images.view([-1]))?;
@@ -248,19 +289,21 @@ pub fn verify(
                 .forward(&input, &mut c_logits)
                 .map_err(|e| anyhow::anyhow!("fast engine: {e}"))?,
             None => {
-                let per = input.len() / labels.len();
+                let per = input.len() / (t_logits.len() / nc);
                 for (k, out) in c_logits.chunks_exact_mut(nc).enumerate() {
                     engine::forward(&weights, &input[k * per..(k + 1) * per], &mut arena, out)
                         .map_err(|e| anyhow::anyhow!("exact engine: {e}"))?;
                 }
             }
         }
-        for (k, &y) in labels.iter().enumerate() {
+        for k in 0..t_logits.len() / nc {
             let t = &t_logits[k * nc..(k + 1) * nc];
             let c = &c_logits[k * nc..(k + 1) * nc];
             let (at, ac) = (vectors::argmax(t), vectors::argmax(c));
-            hit_t += (at as i64 == y) as u64;
-            hit_c += (ac as i64 == y) as u64;
+            if let Some(y) = labels.as_ref().map(|l| l[k]) {
+                hit_t += (at as i64 == y) as u64;
+                hit_c += (ac as i64 == y) as u64;
+            }
             dis += (at != ac) as u64;
             let scale = t
                 .iter()
@@ -274,11 +317,16 @@ pub fn verify(
             n += 1;
         }
     }
-    ensure!(n > 0, "no validation images");
+    ensure!(
+        n > 0,
+        "the validation data holds no images: the export cannot be checked"
+    );
+    let pct = |v: u64| 100.0 * v as f64 / n as f64;
     Ok(Check {
         images: n,
-        tch_top1: 100.0 * hit_t as f64 / n as f64,
-        core_top1: 100.0 * hit_c as f64 / n as f64,
+        tch_top1: labelled.then(|| pct(hit_t)),
+        core_top1: labelled.then(|| pct(hit_c)),
+        agreement: pct(n - dis),
         disagreements: dis,
         max_rel,
     })

@@ -122,7 +122,29 @@ fn infer_on_pngs_agrees_with_npy_and_tvb_image_for_image() {
         .arg(&tvb)
         .arg("--class-names")
         .arg(&names);
-    ok(c);
+    let o = ok(c);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["checked"], false, "{r}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not checked"));
+    // Checked on the unlabelled PNG folder: top-1 agreement with libtorch, said as such.
+    let mut c = Command::new(BIN);
+    c.args(["export", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--out")
+        .arg(dir.join("checked.tvb"))
+        .arg("--val")
+        .arg(format!("folder:{}", pngs.display()));
+    let o = ok(c);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["checked"].as_bool(), r["images"].as_u64()),
+        (Some(true), Some(N as u64))
+    );
+    assert!(
+        r["tch_top1"].is_null() && r["agreement"].as_f64().unwrap() >= 99.0,
+        "{r}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no labels"));
     let loaded = import::load(&tvb, None, None, None).unwrap();
     let recorded = loaded.contract.expect("the .tvb carries the contract");
     assert_eq!(recorded.input(), contract.input());

@@ -199,14 +199,11 @@ impl EvalSource {
             .ds
             .get(i)
             .with_context(|| format!("sample {}", self.ds.name(i)))?;
-        let im = &s.image;
+        // Converted to the model's channels as training views are (folder images decode to
+        // RGB; a grey model sees their luma).
+        let img = crate::data::decode::to_channels(s.image, self.channels as u32);
+        let im = &img;
         let c = im.channels;
-        ensure!(
-            c as usize == self.channels,
-            "sample {} has {c} channels, the run uses {}",
-            self.ds.name(i),
-            self.channels
-        );
         // The core's evaluation transform (resize to size / crop fraction, centre crop): the
         // same bytes the exported model sees in `tinyvit infer` and on the device.
         let src = ImageRef::new(im.width, im.height, c, &im.data)
@@ -414,16 +411,12 @@ pub fn validation_source(
     if let Some(l) = limit {
         idx.truncate(l);
     }
-    let c = channels_of(vd.as_ref())?;
-    ensure!(
-        c == channels,
-        "validation data has {c} channels, the model {channels}"
-    );
+    ensure!(!idx.is_empty(), "validation data {val} holds no images");
     Ok(Arc::new(EvalSource {
         ds: vd,
         indices: idx,
         size,
-        channels: c as usize,
+        channels: channels as usize,
         mean: input.mean,
         std: input.std,
         crop_fraction: input.crop_fraction,
