@@ -56,6 +56,12 @@ pub struct ExportArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub limits: crate::infer::LimitArgs,
+    /// The microcontroller preset whose board budget the model must fit (`tiny_vit_mcu_m4`,
+    /// `tiny_vit_mcu_h7`, or `m4`, `h7`): the export fails when the file or the arena exceeds
+    /// it. Without it, a network of an MCU preset's shape is compared with that preset's
+    /// budget and a warning gives the numbers.
+    #[arg(long)]
+    pub mcu: Option<String>,
     /// Overrides of the checkpoint's input contract (written into the `.tvb`).
     #[command(flatten)]
     pub contract: crate::contract::ContractArgs,
@@ -127,6 +133,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         .and_then(|sd| import::fold(&sd, &cfg))
         .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
     let bytes = import::tvb_bytes(&cfg, &blob, Some(&contract))?;
+    check_budget(&cfg, bytes.len() as u64, args.mcu.as_deref())?;
     let tmp = args.out.with_extension("tvb.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("write {}", tmp.display()))?;
     let mut report = ExportReport {
@@ -209,6 +216,51 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("rename {} -> {}", tmp.display(), args.out.display()))?;
     Ok(report)
+}
+
+/// Compares the model with a microcontroller budget: `mcu` (a preset name) names the budget
+/// and exceeding it is an error; without it, a network shaped as an MCU preset is compared with
+/// that preset's budget and only warned about. Both messages give the numbers.
+pub fn check_budget(cfg: &ModelConfig, model_bytes: u64, mcu: Option<&str>) -> Result<()> {
+    use tinyvit_core::config::{mcu_budget, PRESET_NAMES};
+    let (name, strict) = match mcu {
+        Some(m) => (m.to_string(), true),
+        None => match PRESET_NAMES.iter().find(|n| {
+            mcu_budget(n).is_some()
+                && ModelConfig::preset(n).is_some_and(|p| import::same_network(&p, cfg))
+        }) {
+            Some(n) => (n.to_string(), false),
+            None => return Ok(()),
+        },
+    };
+    let budget = mcu_budget(&name)
+        .with_context(|| format!("--mcu {name}: not a microcontroller preset (m4, h7)"))?;
+    let arena = engine::arena_len(cfg).map_err(|e| anyhow::anyhow!("{e}"))? as u64 * 4;
+    let mut over = Vec::new();
+    if model_bytes > budget.model_bytes {
+        over.push(format!(
+            "model {model_bytes} B > {} B of flash",
+            budget.model_bytes
+        ));
+    }
+    if arena > budget.arena_bytes {
+        over.push(format!("arena {arena} B > {} B of RAM", budget.arena_bytes));
+    }
+    if over.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "{}x{}px, {} classes: {} (budget of {name})",
+        cfg.in_chans,
+        cfg.img_size,
+        cfg.num_classes,
+        over.join(", ")
+    );
+    ensure!(!strict, "the model exceeds its board: {what}");
+    eprintln!(
+        "warning: the model exceeds the board of its preset: {what}; --mcu makes this an error"
+    );
+    Ok(())
 }
 
 /// Evaluation data for the check, preprocessed as the training run's evaluation was
@@ -330,4 +382,35 @@ pub fn verify(
         disagreements: dis,
         max_rel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_budgets_fail_under_mcu_and_warn_otherwise() {
+        let m4 = ModelConfig::tiny_vit_mcu_m4();
+        let bytes = tinyvit_core::params::folded_blob_len(&m4) as u64 * 4 + 400;
+        check_budget(&m4, bytes, Some("m4")).unwrap();
+        // The case: the M4 body at 224 px with 1000 classes.
+        let big = m4.with_img_size(224).with_num_classes(1000);
+        let big_bytes = tinyvit_core::params::folded_blob_len(&big) as u64 * 4 + 400;
+        let e = format!(
+            "{:#}",
+            check_budget(&big, big_bytes, Some("m4")).unwrap_err()
+        );
+        assert!(e.contains("arena") && e.contains("196608 B of RAM"), "{e}");
+        assert!(
+            e.contains("model") && e.contains("800000 B of flash"),
+            "{e}"
+        );
+        // Without --mcu: a warning only.
+        check_budget(&big, big_bytes, None).unwrap();
+        assert!(check_budget(&m4, bytes, Some("tiny_vit_5m_224")).is_err());
+        let h7 = ModelConfig::tiny_vit_mcu_h7();
+        let h7_bytes = tinyvit_core::params::folded_blob_len(&h7) as u64 * 4;
+        assert!(check_budget(&h7, h7_bytes, Some("m4")).is_err());
+        check_budget(&h7, h7_bytes, Some("tiny_vit_mcu_h7")).unwrap();
+    }
 }
