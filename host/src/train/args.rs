@@ -14,8 +14,9 @@ pub struct TrainArgs {
     /// Architecture preset (`tinyvit_core::config::PRESET_NAMES`).
     #[arg(long)]
     pub arch: String,
-    /// Training data SPEC (`fashion-mnist[:DIR]`, `idx:IMAGES[,LABELS]`, `folder:DIR`, ...).
-    #[arg(long, required_unless_present = "synthetic")]
+    /// Training data SPEC (`fashion-mnist[:DIR]`, `idx:IMAGES[,LABELS]`, `folder:DIR`, ...);
+    /// with `--logits`, default: the data the store records.
+    #[arg(long, required_unless_present_any = ["synthetic", "logits"])]
     pub data: Option<String>,
     /// Distil from this sparse logit store.
     #[arg(long, conflicts_with_all = ["labels", "teacher"])]

@@ -286,10 +286,31 @@ pub fn split_val(
     }
 }
 
+/// The training data SPEC: `--data`, else the one the `--logits` store's manifest records
+/// (then with the store's folder).
+pub fn data_spec(args: &TrainArgs) -> Result<(String, Option<std::path::PathBuf>)> {
+    if let Some(d) = &args.data {
+        return Ok((d.clone(), None));
+    }
+    let dir = args
+        .logits
+        .as_ref()
+        .context("--data is required (or --logits DIR, whose store records its data)")?;
+    let m = crate::store::manifest::Manifest::load(dir)?;
+    Ok((m.data_spec, Some(dir.clone())))
+}
+
 /// Builds the sources of a real-data run.
 fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
-    let spec = args.data.as_deref().context("--data is required")?;
-    let ds = data::open(spec).with_context(|| format!("--data {spec}"))?;
+    let (spec, from_store) = data_spec(args)?;
+    let spec = spec.as_str();
+    let ds = data::open(spec).with_context(|| match &from_store {
+        Some(dir) => format!(
+            "the data the store {} records, {spec} (moved? give --data)",
+            dir.display()
+        ),
+        None => format!("--data {spec}"),
+    })?;
     let channels = channels_of(ds.as_ref())?;
     let (mut train_idx, val) = split_val(&ds, args.val.as_deref())?;
     if let Some(f) = &args.exclude {
