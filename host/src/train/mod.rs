@@ -138,7 +138,12 @@ pub fn evaluate(
     for b in Loader::new(source, 0, order, batch_size, false, 0, workers, 2) {
         let b = b?;
         let x = b.images.to_device(device);
-        let labels = b.labels.as_ref().context("evaluation data has no labels")?;
+        let labels = b.labels.as_ref();
+        ensure!(
+            labels.is_some() || teacher.is_some(),
+            "the evaluation data has no labels and the run has no online teacher to agree with: \
+             nothing to measure (give labelled data, or train with --teacher)"
+        );
         let logits = tch::no_grad(|| model.forward(&x, Mode::EVAL));
         let t1 = match teacher {
             Some(t) => Some(t.logits(&x)?.argmax(1, false)),
@@ -933,14 +938,23 @@ impl Run {
             seconds: secs,
         })?;
         self.save_last(args, plan)?;
-        if let Some(a) = val.as_ref().and_then(|a| a.top1()) {
+        // The best epoch: by top-1, or on unlabelled data by agreement with the teacher.
+        if let Some(a) = val.as_ref().and_then(|a| a.top1().or(a.agreement())) {
             if self.best.is_none_or(|b| a > b) {
                 self.best = Some(a);
                 let best = args.out.join("best.safetensors");
                 checkpoint::save(&best, &self.vs, &plan.cfg, Some(&plan.data.input), None)?;
             }
         }
-        if let (false, Some(v)) = (self.quiet, &val) {
+        if let (false, Some(v), None) = (self.quiet, &val, val.as_ref().and_then(|a| a.top1())) {
+            self.pb.println(format!(
+                "epoch {}: train loss {:.4}, val (unlabelled) top-1 agreement with the teacher \
+                 {:.2}%",
+                epoch + 1,
+                figures.loss_sum / figures.loss_n.max(1) as f64,
+                v.agreement().unwrap_or(f64::NAN)
+            ));
+        } else if let (false, Some(v)) = (self.quiet, &val) {
             self.pb.println(format!(
                 "epoch {}: train loss {:.4}, val top-1 {:.2}%, top-5 {:.2}%",
                 epoch + 1,
