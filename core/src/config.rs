@@ -114,6 +114,32 @@ impl core::fmt::Display for ConfigError {
 #[cfg(feature = "std")]
 impl std::error::Error for ConfigError {}
 
+/// What a microcontroller preset's board class affords: the `.tvb` file in flash and the
+/// exact engine's arena in RAM, in bytes (the budgets the presets are documented with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct McuBudget {
+    /// Most bytes of the model file (flash).
+    pub model_bytes: u64,
+    /// Most bytes of the exact engine's arena (RAM).
+    pub arena_bytes: u64,
+}
+
+/// The budget of a microcontroller preset (`tiny_vit_mcu_m4`, `tiny_vit_mcu_h7`, or `m4`,
+/// `h7`); `None` for any other name.
+pub fn mcu_budget(name: &str) -> Option<McuBudget> {
+    match name {
+        "tiny_vit_mcu_m4" | "m4" => Some(McuBudget {
+            model_bytes: 800_000,
+            arena_bytes: 192 * 1024,
+        }),
+        "tiny_vit_mcu_h7" | "h7" => Some(McuBudget {
+            model_bytes: 1_500_000,
+            arena_bytes: 384 * 1024,
+        }),
+        _ => None,
+    }
+}
+
 /// Names of every preset, official ones first.
 pub const PRESET_NAMES: &[&str] = &[
     "tiny_vit_5m_224",

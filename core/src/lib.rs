@@ -27,6 +27,7 @@
 
 pub mod aug;
 pub mod config;
+pub mod contract;
 pub mod engine;
 pub mod int8;
 pub mod params;

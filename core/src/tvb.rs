@@ -20,6 +20,8 @@
 //! |     ndim   u8, dims [u32;4]|   unused dims are 0
 //! |     offset u64 (bytes from |
 //! |            the data start) |
+//! |   optional: input contract |   [`crate::contract`] section (size, channels, mean,
+//! |   section                  |   std, interpolation, crop, class names)
 //! +----------------------------+ 20 + H
 //! | zero padding to 16 bytes   |
 //! +----------------------------+ D = align16(20 + H)
@@ -27,6 +29,9 @@
 //! | f32 tensors                |   padded with zeros to a multiple of 4 values
 //! +----------------------------+ D + data_len = end of file (nothing may follow)
 //! ```
+//!
+//! Files without the contract section (written before it existed, or with no contract) still
+//! load; [`Tvb::contract`] is then `None`.
 //!
 //! The tensors are exactly [`params::for_each_folded`] of the
 //! config, in that order, and the data is exactly the packed blob [`Weights`] reads: a reader
@@ -49,6 +54,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, ModelConfig};
+use crate::contract::{self, ClassNames, ContractError, InputContract};
 use crate::engine::{EngineError, Weights};
 use crate::params::{self, Name};
 
@@ -105,6 +111,8 @@ pub enum TvbError {
     BigEndian,
     /// The engine rejects the weights (should not happen after the checks above).
     Engine(EngineError),
+    /// The input contract section is unusable.
+    Contract(ContractError),
 }
 
 impl core::fmt::Display for TvbError {
@@ -152,6 +160,7 @@ impl core::fmt::Display for TvbError {
             ),
             TvbError::BigEndian => write!(f, "tvb: big-endian targets are not supported"),
             TvbError::Engine(e) => write!(f, "tvb: {e}"),
+            TvbError::Contract(e) => write!(f, "tvb: {e}"),
         }
     }
 }
@@ -182,6 +191,8 @@ struct Entry<'a> {
 pub struct Tvb<'a> {
     config: ModelConfig,
     data: &'a [u8],
+    contract: Option<InputContract>,
+    class_names: ClassNames<'a>,
 }
 
 /// What can be wrong with the prefix both formats share (magic, version, header length and
@@ -346,6 +357,14 @@ pub fn parse(bytes: &[u8]) -> Result<Tvb<'_>, TvbError> {
     if let Some(e) = err {
         return Err(e);
     }
+    let mut input = None;
+    let mut class_names = ClassNames::default();
+    if !rest.is_empty() {
+        let (c, n, r) = contract::decode_section(rest, &cfg).map_err(TvbError::Contract)?;
+        input = Some(c);
+        class_names = n;
+        rest = r;
+    }
     if !rest.is_empty() {
         return Err(TvbError::TrailingHeader);
     }
@@ -379,13 +398,28 @@ pub fn parse(bytes: &[u8]) -> Result<Tvb<'_>, TvbError> {
     if crc32fast::hash(data) != h.data_crc32 {
         return Err(TvbError::DataCrc);
     }
-    Ok(Tvb { config: cfg, data })
+    Ok(Tvb {
+        config: cfg,
+        data,
+        contract: input,
+        class_names,
+    })
 }
 
 impl<'a> Tvb<'a> {
     /// The network of this file.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The input contract, when the file carries one.
+    pub fn contract(&self) -> Option<&InputContract> {
+        self.contract.as_ref()
+    }
+
+    /// The class names (empty when the file names none).
+    pub fn class_names(&self) -> ClassNames<'a> {
+        self.class_names
     }
 
     /// The raw little-endian tensor data.
@@ -414,9 +448,20 @@ impl<'a> Tvb<'a> {
     }
 }
 
-/// Writes a `.tvb` file for `cfg` and its packed folded blob (as [`Weights::new`] takes it).
+/// Writes a `.tvb` file for `cfg` and its packed folded blob (as [`Weights::new`] takes it),
+/// with no contract section.
 #[cfg(feature = "std")]
 pub fn write(cfg: &ModelConfig, blob: &[f32]) -> Result<std::vec::Vec<u8>, TvbError> {
+    write_with_contract(cfg, blob, None)
+}
+
+/// [`write`], with the input contract and class names of the model when given.
+#[cfg(feature = "std")]
+pub fn write_with_contract(
+    cfg: &ModelConfig,
+    blob: &[f32],
+    contract: Option<(&InputContract, &[std::string::String])>,
+) -> Result<std::vec::Vec<u8>, TvbError> {
     Weights::new(cfg, blob).map_err(TvbError::Engine)?;
     let data: std::vec::Vec<u8> = blob.iter().flat_map(|v| v.to_le_bytes()).collect();
     let h = Header {
@@ -445,6 +490,9 @@ pub fn write(cfg: &ModelConfig, blob: &[f32]) -> Result<std::vec::Vec<u8>, TvbEr
         }
         offset += params::align_up(params::numel(shape)) as u64 * 4;
     });
+    if let Some((input, names)) = contract {
+        contract::encode_section(input, names, cfg, &mut header).map_err(TvbError::Contract)?;
+    }
     if failed || header.len() > MAX_HEADER as usize {
         return Err(TvbError::HeaderTooLarge {
             len: header.len() as u32,
@@ -511,6 +559,45 @@ mod tests {
             (t.data().as_ptr() as usize - view.as_ptr() as usize) % 16,
             0
         );
+    }
+
+    /// The contract section round-trips; a file without it (as written before it existed)
+    /// still loads with no contract; the data bytes are the same either way.
+    #[test]
+    fn contract_section_is_optional_and_round_trips() {
+        let cfg = small();
+        let (blob, plain) = file(&cfg);
+        let t = parse(&plain).unwrap();
+        assert!(t.contract().is_none() && t.class_names().is_empty());
+        let input = InputContract::for_model(&cfg, [0.5; 3], [0.5; 3]);
+        let names: Vec<std::string::String> =
+            (0..cfg.num_classes).map(|i| std::format!("c{i}")).collect();
+        let with = write_with_contract(&cfg, &blob, Some((&input, &names))).unwrap();
+        let t = parse(&with).unwrap();
+        assert_eq!(t.contract(), Some(&input));
+        assert_eq!(t.class_names().iter().collect::<Vec<_>>(), names);
+        assert_eq!(t.to_blob(), blob);
+        // Every truncation of the header inside the section is an error, never a panic.
+        let hlen = u32_at(&with, 12) as usize;
+        let plain_hlen = u32_at(&plain, 12) as usize;
+        for cut in plain_hlen + 1..hlen {
+            let header = &with[PREFIX_LEN..PREFIX_LEN + cut];
+            let mut b = Vec::new();
+            b.extend_from_slice(&with[..12]);
+            b.extend_from_slice(&(cut as u32).to_le_bytes());
+            b.extend_from_slice(&crc32fast::hash(header).to_le_bytes());
+            b.extend_from_slice(header);
+            b.resize(align16(b.len() as u64) as usize, 0);
+            b.extend_from_slice(t.data());
+            assert!(parse(&b).is_err(), "header cut at {cut}");
+        }
+        // A contract that contradicts the network is refused when writing.
+        let mut wrong = input;
+        wrong.size += 1;
+        assert!(matches!(
+            write_with_contract(&cfg, &blob, Some((&wrong, &names))).unwrap_err(),
+            TvbError::Contract(ContractError::Mismatch { field: "size", .. })
+        ));
     }
 
     #[test]

@@ -67,9 +67,10 @@ fn main() {
     let vs = nn::VarStore::new(Device::Cpu);
     let _t = TinyVit::new(&vs.root(), &tcfg).unwrap();
     let teacher = dir.join("teacher.safetensors");
-    let input = checkpoint::InputSpec {
+    let input = checkpoint::Contract {
         mean: [0.5; 3],
         std: [0.5; 3],
+        ..Default::default()
     };
     checkpoint::save(&teacher, &vs, &tcfg, Some(&input), None).unwrap();
 

@@ -16,7 +16,8 @@
 //!   moments, only in training checkpoints (`last.safetensors`; written by
 //!   `crate::train::state`);
 //! - metadata `tinyvit.format` = `tinyvit-checkpoint/1`, `tinyvit.config` = the
-//!   [`ModelConfig`] as JSON, `tinyvit.input` = the [`InputSpec`], and in training checkpoints
+//!   [`ModelConfig`] as JSON, `tinyvit.input` = the input [`Contract`] (size, channels,
+//!   mean, std, interpolation, crop fraction, class names), and in training checkpoints
 //!   `tinyvit.state` = the trainer's state as JSON (`crate::train::state::TrainState`: step,
 //!   data position, loss scaler, the run's seed).
 //!
@@ -30,7 +31,6 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use tinyvit_core::config::ModelConfig;
 
@@ -40,28 +40,18 @@ use crate::store::write_atomic;
 /// Value of the `tinyvit.format` metadata entry.
 pub const FORMAT: &str = "tinyvit-checkpoint/1";
 
-/// How inputs were preprocessed for this model (metadata `tinyvit.input`): the evaluation
-/// and deployment side normalise the same way.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct InputSpec {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Default for InputSpec {
-    fn default() -> Self {
-        InputSpec {
-            mean: [0.0; 3],
-            std: [1.0; 3],
-        }
-    }
-}
+/// How inputs were preprocessed for this model and what its outputs are called (metadata
+/// `tinyvit.input`, the core's [`Contract`] as JSON): the evaluation and deployment side
+/// preprocess the same way. Older files hold only `mean` and `std`; the rest then comes from the
+/// config ([`Contract::resolve`]).
+pub use tinyvit_core::contract::Contract;
 
 /// What a checkpoint file holds, read back.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: ModelConfig,
-    pub input: Option<InputSpec>,
+    /// The input contract (resolved against `config`), when the file records one.
+    pub input: Option<Contract>,
     /// The trainer's state (metadata `tinyvit.state`, JSON), in training checkpoints.
     pub state: Option<String>,
     /// Every tensor in the file, on the CPU.
@@ -153,7 +143,7 @@ pub fn save(
     path: &Path,
     vs: &nn::VarStore,
     config: &ModelConfig,
-    input: Option<&InputSpec>,
+    input: Option<&Contract>,
     training: Option<Training<'_>>,
 ) -> Result<()> {
     let mut entries: Vec<(String, RawTensor)> = Vec::new();
@@ -166,7 +156,12 @@ pub fn save(
     meta.insert("tinyvit.format".to_string(), FORMAT.to_string());
     meta.insert("tinyvit.config".to_string(), serde_json::to_string(config)?);
     if let Some(i) = input {
-        meta.insert("tinyvit.input".to_string(), serde_json::to_string(i)?);
+        // Recorded complete: size and channels filled from the config, every field checked.
+        let c = i
+            .clone()
+            .resolve(config)
+            .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", path.display()))?;
+        meta.insert("tinyvit.input".to_string(), serde_json::to_string(&c)?);
     }
     if let Some(t) = training {
         for (name, tensor) in t.tensors {
@@ -197,19 +192,23 @@ pub fn load(path: &Path, fallback: Option<&ModelConfig>) -> Result<Loaded> {
             )
         })?,
     };
-    let input =
-        match md.get("tinyvit.input") {
-            Some(js) => Some(serde_json::from_str(js).with_context(|| {
-                format!("checkpoint {}: metadata `tinyvit.input`", path.display())
-            })?),
-            None => None,
-        };
+    let input = contract_of(&md, &config)
+        .with_context(|| format!("checkpoint {}: metadata `tinyvit.input`", path.display()))?;
     Ok(Loaded {
         config,
         input,
         state: md.get("tinyvit.state").cloned(),
         tensors,
     })
+}
+
+/// The input contract in checkpoint metadata (`tinyvit.input`), resolved against `config`.
+pub fn contract_of(md: &HashMap<String, String>, config: &ModelConfig) -> Result<Option<Contract>> {
+    let Some(js) = md.get("tinyvit.input") else {
+        return Ok(None);
+    };
+    let c: Contract = serde_json::from_str(js)?;
+    Ok(Some(c.resolve(config).map_err(|e| anyhow::anyhow!("{e}"))?))
 }
 
 /// Every tensor of a safetensors file on the CPU (f32, or i64 for counters), under official
@@ -355,9 +354,11 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let _m = TinyVit::new(&vs.root(), &cfg).unwrap();
         let path = dir.join("last.safetensors");
-        let input = InputSpec {
+        let input = Contract {
             mean: [0.5; 3],
             std: [0.25; 3],
+            class_names: (0..7).map(|i| format!("k{i}")).collect(),
+            ..Contract::default()
         };
         let extra = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
         let training = Training {
@@ -368,7 +369,22 @@ mod tests {
         assert!(!dir.join("last.safetensors.tmp").exists());
         let l = load(&path, None).unwrap();
         assert_eq!(l.config, cfg);
-        assert_eq!(l.input, Some(input));
+        // Recorded complete: the size and channels come from the config.
+        let want = Contract {
+            size: 32,
+            channels: 3,
+            ..input.clone()
+        };
+        assert_eq!(l.input, Some(want));
+        // A file of the former format (mean and std only) still loads, completed.
+        let mut md = HashMap::new();
+        md.insert(
+            "tinyvit.input".to_string(),
+            r#"{"mean":[0.5,0.5,0.5],"std":[0.5,0.5,0.5]}"#.to_string(),
+        );
+        let old = contract_of(&md, &cfg).unwrap().unwrap();
+        assert_eq!((old.size, old.channels, old.std), (32, 3, [0.5; 3]));
+        assert!(old.class_names.is_empty());
         assert_eq!(l.state.as_deref(), Some("{\"step\":41}"));
         assert!(l.tensors["optimizer.m.head.bias"].equal(&extra));
         assert_eq!(

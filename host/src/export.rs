@@ -4,7 +4,9 @@
 //! The checkpoint's official-name tensors are folded by the core
 //! ([`tinyvit_core::engine::fold::fold_state_dict`], through the one host call of it,
 //! [`crate::import::fold`]) and written with
-//! [`tinyvit_core::tvb::write`]. With `--val SPEC` the written file is parsed back and run by a
+//! [`tinyvit_core::tvb::write_with_contract`], with the checkpoint's input contract
+//! (`tinyvit.input`; flags override it, files without one get ImageNet's normalisation and a
+//! notice). With `--val SPEC` the written file is parsed back and run by a
 //! core engine over every validation image; its top-1 accuracy must match the tch model's
 //! (eval mode, unfolded BN) to `--tolerance` points (0.1 by default), else the export fails and
 //! no file is left under the output name.
@@ -33,7 +35,8 @@ pub struct ExportArgs {
     /// Output `.tvb` file.
     #[arg(long)]
     pub out: PathBuf,
-    /// Architecture preset, only for checkpoints without `tinyvit.config` metadata.
+    /// Architecture preset: needed for checkpoints without `tinyvit.config` metadata; one
+    /// that contradicts the recorded network is an error.
     #[arg(long)]
     pub arch: Option<String>,
     /// Verify on this data (SPEC, or `split:N` of `--data`): core engine vs tch accuracy.
@@ -53,6 +56,15 @@ pub struct ExportArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub limits: crate::infer::LimitArgs,
+    /// The microcontroller preset whose board budget the model must fit (`tiny_vit_mcu_m4`,
+    /// `tiny_vit_mcu_h7`, or `m4`, `h7`): the export fails when the file or the arena exceeds
+    /// it. Without it, a network of an MCU preset's shape is compared with that preset's
+    /// budget and a warning gives the numbers.
+    #[arg(long)]
+    pub mcu: Option<String>,
+    /// Overrides of the checkpoint's input contract (written into the `.tvb`).
+    #[command(flatten)]
+    pub contract: crate::contract::ContractArgs,
 }
 
 /// Which core engine runs the check.
@@ -78,6 +90,11 @@ pub struct ExportReport {
     pub disagreements: u64,
     /// Largest |core - tch| / max(|tch|_inf, 1e-6) over each image's logits.
     pub max_rel_logit_diff: Option<f64>,
+    /// Whether the file was checked against libtorch (`--val` given, at least one image).
+    pub checked: bool,
+    /// Top-1 agreement of the core engine with libtorch, in percent (the check on unlabelled
+    /// data, where there is no accuracy).
+    pub agreement: Option<f64>,
 }
 
 /// `tinyvit export`: runs and prints the report as one JSON line on stdout.
@@ -95,10 +112,28 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     };
     let ck = checkpoint::load(&args.checkpoint, fallback.as_ref())?;
     let cfg = ck.config;
+    if let (Some(a), Some(p)) = (&args.arch, &fallback) {
+        ensure!(
+            import::same_network(p, &cfg),
+            "--arch {a} (widths {:?}, depths {:?}) contradicts checkpoint {}, which records \
+             widths {:?}, depths {:?}",
+            p.embed_dims,
+            p.depths,
+            args.checkpoint.display(),
+            cfg.embed_dims,
+            cfg.depths
+        );
+    }
+    let contract = args.contract.resolve(
+        ck.input.clone(),
+        &cfg,
+        &format!("checkpoint {}", args.checkpoint.display()),
+    )?;
     let blob = import::state_dict_of(&ck.tensors)
         .and_then(|sd| import::fold(&sd, &cfg))
         .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
-    let bytes = tvb::write(&cfg, &blob).map_err(|e| anyhow::anyhow!("write .tvb: {e}"))?;
+    let bytes = import::tvb_bytes(&cfg, &blob, Some(&contract))?;
+    check_budget(&cfg, bytes.len() as u64, args.mcu.as_deref())?;
     let tmp = args.out.with_extension("tvb.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("write {}", tmp.display()))?;
     let mut report = ExportReport {
@@ -110,9 +145,11 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         core_top1: None,
         disagreements: 0,
         max_rel_logit_diff: None,
+        checked: false,
+        agreement: None,
     };
     if let Some(val) = &args.val {
-        let src = val_source(&ck, val, args.data.as_deref(), args.limit)?;
+        let src = val_source(&ck, &contract, val, args.data.as_deref(), args.limit)?;
         let check = verify(
             &args.checkpoint,
             &bytes,
@@ -128,33 +165,109 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
             }
         };
         report.images = check.images;
-        report.tch_top1 = Some(check.tch_top1);
-        report.core_top1 = Some(check.core_top1);
+        report.tch_top1 = check.tch_top1;
+        report.core_top1 = check.core_top1;
         report.disagreements = check.disagreements;
         report.max_rel_logit_diff = Some(check.max_rel);
-        let diff = (check.tch_top1 - check.core_top1).abs();
-        if diff > args.tolerance {
+        report.agreement = Some(check.agreement);
+        report.checked = true;
+        let failed = match (check.tch_top1, check.core_top1) {
+            (Some(t), Some(c)) => ((t - c).abs() > args.tolerance).then(|| {
+                format!(
+                    "tch top-1 {t:.3}% vs core {:?} top-1 {c:.3}% on {} images (difference \
+                     {:.3} > {} points)",
+                    args.engine,
+                    check.images,
+                    (t - c).abs(),
+                    args.tolerance
+                )
+            }),
+            // Unlabelled data: the core engine must agree with libtorch's top-1.
+            _ => (100.0 - check.agreement > args.tolerance).then(|| {
+                format!(
+                    "core {:?} top-1 agrees with tch on {:.3}% of {} unlabelled images \
+                     ({:.3} > {} points apart)",
+                    args.engine,
+                    check.agreement,
+                    check.images,
+                    100.0 - check.agreement,
+                    args.tolerance
+                )
+            }),
+        };
+        if let Some(why) = failed {
             let _ = std::fs::remove_file(&tmp);
-            anyhow::bail!(
-                "export check failed: tch top-1 {:.3}% vs core {:?} top-1 {:.3}% on {} images (difference {:.3} > {} points)",
-                check.tch_top1,
-                args.engine,
-                check.core_top1,
-                check.images,
-                diff,
-                args.tolerance
+            anyhow::bail!("export check failed: {why}");
+        }
+        if check.tch_top1.is_none() {
+            eprintln!(
+                "export: {} has no labels; checked by top-1 agreement with tch: {:.2}% of {} \
+                 images",
+                val, check.agreement, check.images
             );
         }
+    } else {
+        eprintln!(
+            "export: {} is not checked (give --val SPEC to compare the core engine with \
+             libtorch)",
+            args.out.display()
+        );
     }
     std::fs::rename(&tmp, &args.out)
         .with_context(|| format!("rename {} -> {}", tmp.display(), args.out.display()))?;
     Ok(report)
 }
 
+/// Compares the model with a microcontroller budget: `mcu` (a preset name) names the budget
+/// and exceeding it is an error; without it, a network shaped as an MCU preset is compared with
+/// that preset's budget and only warned about. Both messages give the numbers.
+pub fn check_budget(cfg: &ModelConfig, model_bytes: u64, mcu: Option<&str>) -> Result<()> {
+    use tinyvit_core::config::{mcu_budget, PRESET_NAMES};
+    let (name, strict) = match mcu {
+        Some(m) => (m.to_string(), true),
+        None => match PRESET_NAMES.iter().find(|n| {
+            mcu_budget(n).is_some()
+                && ModelConfig::preset(n).is_some_and(|p| import::same_network(&p, cfg))
+        }) {
+            Some(n) => (n.to_string(), false),
+            None => return Ok(()),
+        },
+    };
+    let budget = mcu_budget(&name)
+        .with_context(|| format!("--mcu {name}: not a microcontroller preset (m4, h7)"))?;
+    let arena = engine::arena_len(cfg).map_err(|e| anyhow::anyhow!("{e}"))? as u64 * 4;
+    let mut over = Vec::new();
+    if model_bytes > budget.model_bytes {
+        over.push(format!(
+            "model {model_bytes} B > {} B of flash",
+            budget.model_bytes
+        ));
+    }
+    if arena > budget.arena_bytes {
+        over.push(format!("arena {arena} B > {} B of RAM", budget.arena_bytes));
+    }
+    if over.is_empty() {
+        return Ok(());
+    }
+    let what = format!(
+        "{}x{}px, {} classes: {} (budget of {name})",
+        cfg.in_chans,
+        cfg.img_size,
+        cfg.num_classes,
+        over.join(", ")
+    );
+    ensure!(!strict, "the model exceeds its board: {what}");
+    eprintln!(
+        "warning: the model exceeds the board of its preset: {what}; --mcu makes this an error"
+    );
+    Ok(())
+}
+
 /// Evaluation data for the check, preprocessed as the training run's evaluation was
-/// (normalisation from the checkpoint's `tinyvit.input` metadata).
+/// (the input contract: the checkpoint's `tinyvit.input` metadata and the flags).
 fn val_source(
     ck: &checkpoint::Loaded,
+    contract: &tinyvit_core::contract::Contract,
     val: &str,
     data: Option<&str>,
     limit: Option<usize>,
@@ -165,7 +278,7 @@ fn val_source(
         limit,
         ck.config.in_chans,
         ck.config.img_size,
-        ck.input.unwrap_or_default(),
+        contract,
     )
 }
 
@@ -173,8 +286,11 @@ fn val_source(
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
     pub images: u64,
-    pub tch_top1: f64,
-    pub core_top1: f64,
+    /// Accuracies, on labelled data.
+    pub tch_top1: Option<f64>,
+    pub core_top1: Option<f64>,
+    /// Images where both top-1 classes agree, in percent.
+    pub agreement: f64,
     pub disagreements: u64,
     pub max_rel: f64,
 }
@@ -211,10 +327,11 @@ pub fn verify(
     let nc = cfg.num_classes as usize;
     let order = Arc::new((0..src.len()).collect::<Vec<_>>());
     let (mut n, mut hit_t, mut hit_c, mut dis, mut max_rel) = (0u64, 0u64, 0u64, 0u64, 0f64);
+    let mut labelled = true;
     for b in Loader::new(src, 0, order, 64, false, 0, 2, 2) {
         let b = b?;
-        let labels: Vec<i64> =
-            Vec::try_from(b.labels.as_ref().context("validation data has no labels")?)?;
+        let labels: Option<Vec<i64>> = b.labels.as_ref().map(Vec::try_from).transpose()?;
+        labelled &= labels.is_some();
         let t_logits = tch::no_grad(|| model.forward(&b.images, Mode::EVAL));
         let t_logits: Vec<f32> = Vec::try_from(t_logits.view([-1]))?;
         let input: Vec<f32> = Vec::try_from(b.images.view([-1]))?;
@@ -224,19 +341,21 @@ pub fn verify(
                 .forward(&input, &mut c_logits)
                 .map_err(|e| anyhow::anyhow!("fast engine: {e}"))?,
             None => {
-                let per = input.len() / labels.len();
+                let per = input.len() / (t_logits.len() / nc);
                 for (k, out) in c_logits.chunks_exact_mut(nc).enumerate() {
                     engine::forward(&weights, &input[k * per..(k + 1) * per], &mut arena, out)
                         .map_err(|e| anyhow::anyhow!("exact engine: {e}"))?;
                 }
             }
         }
-        for (k, &y) in labels.iter().enumerate() {
+        for k in 0..t_logits.len() / nc {
             let t = &t_logits[k * nc..(k + 1) * nc];
             let c = &c_logits[k * nc..(k + 1) * nc];
             let (at, ac) = (vectors::argmax(t), vectors::argmax(c));
-            hit_t += (at as i64 == y) as u64;
-            hit_c += (ac as i64 == y) as u64;
+            if let Some(y) = labels.as_ref().map(|l| l[k]) {
+                hit_t += (at as i64 == y) as u64;
+                hit_c += (ac as i64 == y) as u64;
+            }
             dis += (at != ac) as u64;
             let scale = t
                 .iter()
@@ -250,12 +369,48 @@ pub fn verify(
             n += 1;
         }
     }
-    ensure!(n > 0, "no validation images");
+    ensure!(
+        n > 0,
+        "the validation data holds no images: the export cannot be checked"
+    );
+    let pct = |v: u64| 100.0 * v as f64 / n as f64;
     Ok(Check {
         images: n,
-        tch_top1: 100.0 * hit_t as f64 / n as f64,
-        core_top1: 100.0 * hit_c as f64 / n as f64,
+        tch_top1: labelled.then(|| pct(hit_t)),
+        core_top1: labelled.then(|| pct(hit_c)),
+        agreement: pct(n - dis),
         disagreements: dis,
         max_rel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_budgets_fail_under_mcu_and_warn_otherwise() {
+        let m4 = ModelConfig::tiny_vit_mcu_m4();
+        let bytes = tinyvit_core::params::folded_blob_len(&m4) as u64 * 4 + 400;
+        check_budget(&m4, bytes, Some("m4")).unwrap();
+        // The issue's case: the M4 body at 224 px with 1000 classes.
+        let big = m4.with_img_size(224).with_num_classes(1000);
+        let big_bytes = tinyvit_core::params::folded_blob_len(&big) as u64 * 4 + 400;
+        let e = format!(
+            "{:#}",
+            check_budget(&big, big_bytes, Some("m4")).unwrap_err()
+        );
+        assert!(e.contains("arena") && e.contains("196608 B of RAM"), "{e}");
+        assert!(
+            e.contains("model") && e.contains("800000 B of flash"),
+            "{e}"
+        );
+        // Without --mcu: a warning only.
+        check_budget(&big, big_bytes, None).unwrap();
+        assert!(check_budget(&m4, bytes, Some("tiny_vit_5m_224")).is_err());
+        let h7 = ModelConfig::tiny_vit_mcu_h7();
+        let h7_bytes = tinyvit_core::params::folded_blob_len(&h7) as u64 * 4;
+        assert!(check_budget(&h7, h7_bytes, Some("m4")).is_err());
+        check_budget(&h7, h7_bytes, Some("tiny_vit_mcu_h7")).unwrap();
+    }
 }

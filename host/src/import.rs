@@ -13,8 +13,11 @@
 //! dropped, `num_batches_tracked` is ignored, and `attention_biases` whose window differs from
 //! the target config's are resized per head by antialiased bicubic interpolation over the
 //! `ws x ws` grid, exactly as timm's `checkpoint_filter_fn` does (so 224 weights run at 384).
-//! The config comes from `--arch` (a preset name) or is read from the tensor shapes
-//! ([`config_from_shapes`]); the input size is the matching preset's or `--img-size`.
+//! The config is the one our checkpoints and `.tvb` files record (`--arch`, `--img-size` or
+//! `--num-classes` that contradict it are errors naming both values); for other files it comes
+//! from `--arch` (a preset name) or is read from the tensor shapes ([`config_from_shapes`]),
+//! with the matching preset's input size or `--img-size`. The input contract comes with it
+//! when the file records one ([`Loaded::contract`]).
 
 pub mod pth;
 pub mod state_dict;
@@ -28,7 +31,7 @@ use tinyvit_core::engine::fold::fold_state_dict;
 use tinyvit_core::params::{for_each_tensor, numel, TensorKind};
 use tinyvit_core::tvb;
 
-use crate::checkpoint::{self, detect_naming, timm_to_official, Naming};
+use crate::checkpoint::{self, detect_naming, timm_to_official, Contract, Naming};
 pub use state_dict::{StateDict, Tensor};
 
 /// A model ready for the core engines.
@@ -39,6 +42,8 @@ pub struct Loaded {
     pub blob: Vec<f32>,
     /// The unfolded official state_dict, when the source had one (not for `.tvb`).
     pub state_dict: Option<StateDict>,
+    /// The input contract the file records (our checkpoints and `.tvb` files), if any.
+    pub contract: Option<Contract>,
 }
 
 /// Keys every importer ignores: the non-persistent bias index buffer and BN counters.
@@ -380,28 +385,168 @@ pub fn load(
                 cfg.img_size
             );
         }
+        let contract = file
+            .contract()
+            .map(|c| Contract::from_parts(c, file.class_names()));
         return Ok(Loaded {
             config: cfg,
             blob: file.to_blob(),
             state_dict: None,
+            contract,
         });
     }
-    let mut sd = read_state_dict(path)?;
-    let cfg = resolve_config(&sd, arch, num_classes, img_size)
-        .with_context(|| format!("{}", path.display()))?;
+    let (mut sd, md) = if extension(path) == "safetensors" {
+        let (md, tensors) = checkpoint::read_tensors(path)?;
+        let sd = state_dict_of(&tensors).with_context(|| format!("{}", path.display()))?;
+        (sd, md)
+    } else {
+        (read_state_dict(path)?, HashMap::new())
+    };
+    let cfg = match md.get("tinyvit.config") {
+        Some(js) => {
+            let recorded: ModelConfig = serde_json::from_str(js)
+                .with_context(|| format!("{}: metadata `tinyvit.config`", path.display()))?;
+            check_recorded(&sd, &recorded, arch, num_classes, img_size)
+                .with_context(|| format!("{}", path.display()))?;
+            recorded
+        }
+        None => resolve_config(&sd, arch, num_classes, img_size)
+            .with_context(|| format!("{}", path.display()))?,
+    };
+    let contract = checkpoint::contract_of(&md, &cfg)
+        .with_context(|| format!("{}: metadata `tinyvit.input`", path.display()))?;
     adapt_attention_biases(&mut sd, &cfg).with_context(|| format!("{}", path.display()))?;
     let blob = fold(&sd, &cfg).with_context(|| format!("{}", path.display()))?;
     Ok(Loaded {
         config: cfg,
         blob,
         state_dict: Some(sd),
+        contract,
     })
 }
 
-/// Writes `.tvb` bytes for a loaded model.
+/// The unfolded official state_dict of any model file, for fine-tuning a network of `cfg`:
+/// safetensors (ours, official or timm names), `.pth` / `.pt` (either layout), or `.tvb`
+/// (BatchNorm already folded: each conv takes the folded weight and its BatchNorm becomes the
+/// identity plus the folded bias, [`unfold_tvb`]).
+pub fn init_state_dict(path: &Path, cfg: &ModelConfig) -> Result<StateDict> {
+    if extension(path) != "tvb" {
+        return read_state_dict(path);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = tvb::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let src = *file.config();
+    ensure!(
+        same_network(&src, cfg) && src.in_chans == cfg.in_chans,
+        "{}: the file holds another network (widths {:?}, depths {:?}, {} channels) than the \
+         model (widths {:?}, depths {:?}, {} channels)",
+        path.display(),
+        src.embed_dims,
+        src.depths,
+        src.in_chans,
+        cfg.embed_dims,
+        cfg.depths,
+        cfg.in_chans
+    );
+    Ok(unfold_tvb(&src, &file.to_blob()))
+}
+
+/// A folded blob as an unfolded state_dict: every conv weight `P.weight` (4-D) becomes
+/// `P.c.weight`, its bias `P.bn.bias`, with `P.bn.weight` = 1, `P.bn.running_mean` = 0 and
+/// `P.bn.running_var` = 1 - eps (so the BatchNorm is the identity); other tensors keep their
+/// names.
+pub fn unfold_tvb(cfg: &ModelConfig, blob: &[f32]) -> StateDict {
+    let eps = tinyvit_core::engine::fold::BN_EPS;
+    let mut sd = StateDict::new();
+    let mut offset = 0usize;
+    let mut conv: Option<String> = None;
+    tinyvit_core::params::for_each_folded(cfg, |name, shape| {
+        let n = numel(shape);
+        let values = blob[offset..offset + n].to_vec();
+        offset += tinyvit_core::params::align_up(n);
+        let t = |values: Vec<f32>| Tensor {
+            shape: shape.to_vec(),
+            values,
+        };
+        if shape.len() == 4 {
+            let prefix = name.trim_end_matches(".weight").to_string();
+            sd.insert(format!("{prefix}.c.weight"), t(values));
+            conv = Some(prefix);
+        } else if let Some(prefix) = conv.take().filter(|_| name.ends_with(".bias")) {
+            sd.insert(format!("{prefix}.bn.bias"), t(values));
+            sd.insert(format!("{prefix}.bn.weight"), t(vec![1.0; n]));
+            sd.insert(format!("{prefix}.bn.running_mean"), t(vec![0.0; n]));
+            sd.insert(format!("{prefix}.bn.running_var"), t(vec![1.0 - eps; n]));
+        } else {
+            sd.insert(name.to_string(), t(values));
+        }
+    });
+    sd
+}
+
+/// Checks a checkpoint's recorded config against the weights and the flags: a flag that
+/// contradicts it is an error naming both values.
+fn check_recorded(
+    sd: &StateDict,
+    recorded: &ModelConfig,
+    arch: Option<&str>,
+    num_classes: Option<u32>,
+    img_size: Option<u32>,
+) -> Result<()> {
+    recorded.validate().map_err(|e| anyhow!("{e}"))?;
+    if let Some(a) = arch {
+        let p = ModelConfig::preset(a)
+            .ok_or_else(|| anyhow!("unknown --arch `{a}`; presets: {}", PRESET_NAMES.join(", ")))?;
+        ensure!(
+            same_network(&p, recorded),
+            "--arch {a} (widths {:?}, depths {:?}) contradicts the recorded network (widths \
+             {:?}, depths {:?})",
+            p.embed_dims,
+            p.depths,
+            recorded.embed_dims,
+            recorded.depths
+        );
+    }
+    if let Some(n) = num_classes {
+        ensure!(
+            n == recorded.num_classes,
+            "--num-classes {n} contradicts the recorded {} classes",
+            recorded.num_classes
+        );
+    }
+    if let Some(s) = img_size {
+        ensure!(
+            s == recorded.img_size,
+            "--img-size {s} contradicts the recorded input size {}",
+            recorded.img_size
+        );
+    }
+    matches(sd, recorded, false)
+        .map_err(|e| anyhow!("weights disagree with the recorded config: {e}"))
+}
+
+/// Whether two configs describe the same network body (widths, depths, heads, windows).
+pub fn same_network(a: &ModelConfig, b: &ModelConfig) -> bool {
+    a.embed_dims == b.embed_dims
+        && a.depths == b.depths
+        && a.num_heads[1..] == b.num_heads[1..]
+        && a.window_sizes[1..] == b.window_sizes[1..]
+}
+
+/// Writes `.tvb` bytes for a loaded model, with its input contract when it has one.
 pub fn export_tvb(model: &Loaded, out: &Path) -> Result<()> {
-    let bytes = tvb::write(&model.config, &model.blob).map_err(|e| anyhow!("{e}"))?;
+    let bytes = tvb_bytes(&model.config, &model.blob, model.contract.as_ref())?;
     std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
+}
+
+/// The `.tvb` bytes of a folded model and its contract (checked against `cfg`).
+pub fn tvb_bytes(cfg: &ModelConfig, blob: &[f32], contract: Option<&Contract>) -> Result<Vec<u8>> {
+    let input = contract.map(|c| c.input());
+    let with = match (&input, contract) {
+        (Some(i), Some(c)) => Some((i, &c.class_names[..])),
+        _ => None,
+    };
+    tvb::write_with_contract(cfg, blob, with).map_err(|e| anyhow!("write .tvb: {e}"))
 }
 
 /// Total f32 values of a state_dict's tensors (for messages).

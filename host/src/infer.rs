@@ -2,10 +2,18 @@
 //! engines (int8 model files run in [`crate::infer_int8`]); `tinyvit convert`: any model file
 //! to `.tvb`.
 //!
-//! Images go through the reference evaluation transform (resize the short side to
-//! `size / 0.875` bicubic, centre crop `size`, ImageNet mean/std), implemented by
-//! [`tinyvit_core::aug::eval_transform`] and [`tinyvit_core::aug::normalize`]; grey models
-//! (`in_chans = 1`) read images as luma and normalise with the first channel's mean/std.
+//! Images go through the model's input contract ([`tinyvit_core::contract`], recorded by our
+//! checkpoints and `.tvb` files): the evaluation transform (resize the short side to
+//! `size / crop_fraction` with its interpolation, centre crop `size`), then its mean and std,
+//! implemented by [`tinyvit_core::aug::eval_transform`] and [`tinyvit_core::aug::normalize`];
+//! grey models (`in_chans = 1`) read images as luma and normalise with the first channel's
+//! mean/std. Files that record no contract use ImageNet's mean/std (said on stderr); flags
+//! override any field ([`crate::contract::ContractArgs`]).
+//!
+//! Output: one line per input, the top-k classes with their names (when the model names its
+//! classes) and softmax probabilities, or raw logits with `--logits`; values keep three
+//! significant digits however small ([`fmt_value`]). `--out` writes the full `[N, classes]`
+//! logits.
 //!
 //! `.npy` files: through `ndarray-npy` (float32, any header version, byte order and memory order
 //! in; version 1.0, `<f4`, C order out), shape products checked before any allocation.
@@ -20,13 +28,12 @@ use clap::{Args, ValueEnum};
 use ndarray::{ArrayD, ArrayViewD};
 use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
-use tinyvit_core::aug::{
-    eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef, Interpolation, EVAL_CROP_PCT,
-    IMAGENET_MEAN, IMAGENET_STD,
-};
+use tinyvit_core::aug::{eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef};
 use tinyvit_core::config::ModelConfig;
+use tinyvit_core::contract::Contract;
 use tinyvit_core::engine::{exact, fast::FastModel, input_len, Limits, Weights};
 
+use crate::contract::ContractArgs;
 use crate::import;
 
 /// Which engine runs the network.
@@ -106,14 +113,68 @@ pub struct InferArgs {
     /// Normalised float32 NCHW input batch.
     #[arg(long, conflicts_with = "images")]
     pub npy: Option<PathBuf>,
-    /// Image files (PNG, JPEG), run through the evaluation transform.
+    /// Image files (PNG, JPEG) or folders of them, run through the evaluation
+    /// transform of the model's input contract.
     pub images: Vec<PathBuf>,
-    /// Write the logits as float32 [N, classes] .npy.
+    /// Write the full logits as float32 [N, classes] .npy.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Print the top-k classes of each input.
+    /// Print the k most probable classes of each input (at least 1).
     #[arg(long, default_value_t = 5)]
     pub topk: usize,
+    /// Print raw logits instead of softmax probabilities.
+    #[arg(long)]
+    pub logits: bool,
+    #[command(flatten)]
+    pub contract: ContractArgs,
+}
+
+/// Image file extensions a folder argument expands to.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
+
+/// The image files of `args`: files as given, folders expanded to their image files (sorted by
+/// name, not recursive). An empty result or a folder without images is an error.
+pub fn expand_images(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in args {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+            .with_context(|| format!("listing {}", p.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| {
+                f.is_file()
+                    && f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                    })
+            })
+            .collect();
+        ensure!(
+            !found.is_empty(),
+            "folder {} holds no image files ({})",
+            p.display(),
+            IMAGE_EXTENSIONS.join(", ")
+        );
+        found.sort();
+        out.append(&mut found);
+    }
+    Ok(out)
+}
+
+/// A probability or logit with three significant digits however small (at least three
+/// decimals; scientific notation below 1e-4), so no row of a large model reads as all zeros.
+pub fn fmt_value(v: f32) -> String {
+    let a = v.abs();
+    if a == 0.0 || !a.is_finite() {
+        return format!("{v:.3}");
+    }
+    if a < 1e-4 {
+        return format!("{v:.2e}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).clamp(3, 6) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// Arguments of `tinyvit convert`.
@@ -128,15 +189,32 @@ pub struct ConvertArgs {
 
 /// Runs `tinyvit infer`.
 pub fn run(args: &InferArgs) -> Result<()> {
+    ensure!(args.topk >= 1, "--topk must be at least 1 (got 0)");
     let engine = args.engine.unwrap_or(Engine::Fast);
     let model = args.source.load()?;
     let cfg = model.config;
-    let (input, n) = match (&args.npy, args.images.is_empty()) {
-        (Some(p), true) => read_input_npy(p, &cfg)?,
-        (None, false) => (load_images(&args.images, &cfg)?, args.images.len()),
+    let what = format!("model {}", args.source.model.display());
+    let contract = args.contract.resolve(model.contract.clone(), &cfg, &what)?;
+    let (input, names) = match (&args.npy, args.images.is_empty()) {
+        (Some(p), true) => {
+            let (x, n) = read_input_npy(p, &cfg)?;
+            ensure!(
+                n > 0,
+                "{}: the batch holds no inputs (shape [0, ...])",
+                p.display()
+            );
+            (x, (0..n).map(|i| format!("{}[{i}]", p.display())).collect())
+        }
+        (None, false) => {
+            let files = expand_images(&args.images)?;
+            let x = load_images_with(&files, &contract)?;
+            (x, files.iter().map(|f| f.display().to_string()).collect())
+        }
         (None, true) => bail!("give --npy INPUT.npy or image files"),
         (Some(_), false) => bail!("give either --npy or image files, not both"),
     };
+    let names: Vec<String> = names;
+    let n = names.len();
     let t = Instant::now();
     let logits = match engine {
         Engine::Tch => {
@@ -149,27 +227,46 @@ pub fn run(args: &InferArgs) -> Result<()> {
     };
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let nc = cfg.num_classes as usize;
-    for i in 0..n {
-        let name = match &args.npy {
-            Some(p) => format!("{}[{i}]", p.display()),
-            None => args.images[i].display().to_string(),
-        };
+    let mut out = std::io::stdout().lock();
+    for (i, name) in names.iter().enumerate() {
         let row = &logits[i * nc..(i + 1) * nc];
-        let top: Vec<String> = topk(row, args.topk)
-            .into_iter()
-            .map(|(c, p)| format!("{c}:{p:.4}"))
-            .collect();
-        println!("{name}\t{}", top.join(" "));
+        writeln!(
+            out,
+            "{name}\t{}",
+            format_row(row, args.topk, args.logits, &contract)
+        )?;
     }
     eprintln!(
-        "{n} input(s), {:?} engine, {ms:.1} ms ({:.2} ms/input)",
+        "{n} input(s), {:?} engine, {ms:.1} ms ({:.2} ms/input); top-{} {}",
         engine,
-        ms / n as f64
+        ms / n as f64,
+        args.topk.min(nc),
+        if args.logits {
+            "raw logits"
+        } else {
+            "softmax probabilities"
+        }
     );
     if let Some(out) = &args.out {
         write_npy(out, &[n, nc], &logits)?;
     }
     Ok(())
+}
+
+/// One output line: the top-k as `class name value` fields separated by tabs (`class value`
+/// when the model names no classes); probabilities, or raw logits when `raw`.
+pub fn format_row(row: &[f32], k: usize, raw: bool, contract: &Contract) -> String {
+    topk(row, k)
+        .into_iter()
+        .map(|(c, p)| {
+            let v = fmt_value(if raw { row[c] } else { p });
+            match contract.class_name(c) {
+                Some(name) => format!("{c} {name} {v}"),
+                None => format!("{c} {v}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\t")
 }
 
 /// Runs `n` inputs through an engine, returning `[n, num_classes]` logits.
@@ -278,13 +375,31 @@ pub fn topk(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .collect()
 }
 
-/// Decodes and transforms images into one `[N, C, S, S]` batch.
+/// Decodes and transforms images into one `[N, C, S, S]` batch with the project's evaluation
+/// transform and ImageNet's normalisation (a model that records no contract).
 pub fn load_images(paths: &[PathBuf], cfg: &ModelConfig) -> Result<Vec<f32>> {
-    let size = cfg.img_size;
-    let ch = cfg.in_chans;
-    let mut out = Vec::with_capacity(paths.len() * input_len(cfg).map_err(|e| anyhow!("{e}"))?);
+    let c = Contract {
+        mean: tinyvit_core::aug::IMAGENET_MEAN,
+        std: tinyvit_core::aug::IMAGENET_STD,
+        ..Contract::default()
+    }
+    .resolve(cfg)
+    .map_err(|e| anyhow!("{e}"))?;
+    load_images_with(paths, &c)
+}
+
+/// Decodes and transforms images into one `[N, C, S, S]` batch as `contract` says (size,
+/// channels, evaluation transform, normalisation). A file that does not decode completely is
+/// an error naming it.
+pub fn load_images_with(paths: &[PathBuf], contract: &Contract) -> Result<Vec<f32>> {
+    let size = contract.size;
+    let ch = contract.channels;
+    ensure!(!paths.is_empty(), "no images given");
+    let per = (size as usize) * (size as usize) * (ch as usize);
+    let mut out = Vec::with_capacity(paths.len() * per);
     for p in paths {
-        let img = image::open(p).with_context(|| format!("decoding {}", p.display()))?;
+        let img =
+            image::open(p).map_err(|e| anyhow!("{}: not a readable image: {e}", p.display()))?;
         let (w, h, data) = if ch == 1 {
             let g = img.to_luma8();
             (g.width(), g.height(), g.into_raw())
@@ -293,25 +408,25 @@ pub fn load_images(paths: &[PathBuf], cfg: &ModelConfig) -> Result<Vec<f32>> {
             (c.width(), c.height(), c.into_raw())
         };
         let src = ImageRef::new(w, h, ch, &data).map_err(|e| anyhow!("{}: {e:?}", p.display()))?;
-        let mut view = vec![0u8; (size * size * ch) as usize];
+        let mut view = vec![0u8; per];
         let mut scratch = vec![
             0u8;
-            eval_scratch_len(w, h, size, EVAL_CROP_PCT, ch)
+            eval_scratch_len(w, h, size, contract.crop_fraction, ch)
                 .map_err(|e| anyhow!("{}: {e:?}", p.display()))?
         ];
         eval_transform(
             src,
             ImageMut::new(size, size, ch, &mut view).map_err(|e| anyhow!("{e:?}"))?,
-            EVAL_CROP_PCT,
-            Interpolation::Bicubic,
+            contract.crop_fraction,
+            contract.interpolation,
             &mut scratch,
         )
         .map_err(|e| anyhow!("{}: eval transform: {e:?}", p.display()))?;
         let mut norm = vec![0.0f32; view.len()];
         normalize(
             ImageRef::new(size, size, ch, &view).map_err(|e| anyhow!("{e:?}"))?,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
+            contract.mean,
+            contract.std,
             &mut norm,
         )
         .map_err(|e| anyhow!("{e:?}"))?;
@@ -501,6 +616,50 @@ mod tests {
             assert!(e.contains(want), "{dict}: {e}");
         }
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn values_keep_three_significant_digits() {
+        assert_eq!(fmt_value(0.3412), "0.341");
+        assert_eq!(fmt_value(0.000_234_5), "0.000234");
+        assert_eq!(fmt_value(0.004_58), "0.00458");
+        assert_eq!(fmt_value(4.6e-5), "4.60e-5");
+        assert_eq!(fmt_value(-12.345), "-12.345");
+        assert_eq!(fmt_value(0.0), "0.000");
+    }
+
+    #[test]
+    fn rows_name_their_classes() {
+        let named = Contract {
+            class_names: vec!["cat".into(), "dog".into(), "emu".into()],
+            ..Contract::default()
+        };
+        let row = [0.0f32, 2.0, 1.0];
+        assert_eq!(
+            format_row(&row, 2, false, &named),
+            "1 dog 0.665\t2 emu 0.245"
+        );
+        assert_eq!(format_row(&row, 1, true, &named), "1 dog 2.000");
+        assert_eq!(
+            format_row(&row, 9, true, &Contract::default())
+                .split('\t')
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn folders_expand_to_their_images_or_are_refused() {
+        let d = scratch("folder");
+        std::fs::create_dir_all(&d).unwrap();
+        let e = format!("{:#}", expand_images(std::slice::from_ref(&d)).unwrap_err());
+        assert!(e.contains("holds no image files"), "{e}");
+        std::fs::write(d.join("b.PNG"), b"x").unwrap();
+        std::fs::write(d.join("a.jpg"), b"x").unwrap();
+        std::fs::write(d.join("notes.txt"), b"x").unwrap();
+        let got = expand_images(std::slice::from_ref(&d)).unwrap();
+        assert_eq!(got, [d.join("a.jpg"), d.join("b.PNG")]);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

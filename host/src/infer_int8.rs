@@ -103,26 +103,40 @@ pub fn run(args: &InferArgs) -> Result<()> {
         path.display(),
         infer::LIMIT_HINT
     );
-    let (input, n) = match (&args.npy, args.images.is_empty()) {
-        (Some(p), true) => infer::read_input_npy(p, &cfg)?,
-        (None, false) => (infer::load_images(&args.images, &cfg)?, args.images.len()),
+    ensure!(args.topk >= 1, "--topk must be at least 1 (got 0)");
+    let what = format!("model {}", path.display());
+    // The int8 format records no input contract yet: the flags apply, else ImageNet's
+    // normalisation with a note, as for any file without one.
+    let contract = args.contract.resolve(None, &cfg, &what)?;
+    let (input, names) = match (&args.npy, args.images.is_empty()) {
+        (Some(p), true) => {
+            let (x, n) = infer::read_input_npy(p, &cfg)?;
+            ensure!(
+                n > 0,
+                "{}: the batch holds no inputs (shape [0, ...])",
+                p.display()
+            );
+            (x, (0..n).map(|i| format!("{}[{i}]", p.display())).collect::<Vec<_>>())
+        }
+        (None, false) => {
+            let files = infer::expand_images(&args.images)?;
+            let x = infer::load_images_with(&files, &contract)?;
+            (x, files.iter().map(|f| f.display().to_string()).collect())
+        }
         (None, true) => bail!("give --npy INPUT.npy or image files"),
         (Some(_), false) => bail!("give either --npy or image files, not both"),
     };
+    let n = names.len();
     let t = Instant::now();
     let (logits, _) = int8_logits(&model, &input, n)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let nc = cfg.num_classes as usize;
-    for i in 0..n {
-        let name = match &args.npy {
-            Some(p) => format!("{}[{i}]", p.display()),
-            None => args.images[i].display().to_string(),
-        };
-        let top: Vec<String> = infer::topk(&logits[i * nc..(i + 1) * nc], args.topk)
-            .into_iter()
-            .map(|(c, p)| format!("{c}:{p:.4}"))
-            .collect();
-        println!("{name}\t{}", top.join(" "));
+    for (i, name) in names.iter().enumerate() {
+        let row = &logits[i * nc..(i + 1) * nc];
+        println!(
+            "{name}\t{}",
+            infer::format_row(row, args.topk, args.logits, &contract)
+        );
     }
     eprintln!(
         "{n} input(s), int8 Exact engine, {ms:.1} ms ({:.2} ms/input)",
@@ -133,3 +147,4 @@ pub fn run(args: &InferArgs) -> Result<()> {
     }
     Ok(())
 }
+

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod augment;
 pub mod checkpoint;
+pub mod contract;
 pub mod data;
 pub mod device;
 pub mod dist;

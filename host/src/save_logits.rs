@@ -622,15 +622,11 @@ pub struct Args {
     /// Teacher input side in pixels (default: the TinyViT checkpoint's, else the preset's).
     #[arg(long)]
     pub input_size: Option<u32>,
-    /// Teacher normalisation: imagenet, clip or half (0.5).
-    #[arg(long)]
-    pub norm: Option<String>,
-    /// Normalisation mean, `r,g,b` on the 0..1 scale.
-    #[arg(long)]
-    pub mean: Option<String>,
-    /// Normalisation standard deviation, `r,g,b` on the 0..1 scale.
-    #[arg(long)]
-    pub std: Option<String>,
+    /// The teacher's normalisation (`--teacher-norm`/`--norm`, `--teacher-mean`/`--mean`,
+    /// `--teacher-std`/`--std`); default: a TinyViT checkpoint's recorded contract, else the
+    /// preset's.
+    #[command(flatten)]
+    pub teacher_norm: crate::teacher::TeacherNorm,
     /// Augmentation override KEY=VALUE (repeatable; keys as `tinyvit augment` lists them).
     #[arg(long = "aug", value_name = "KEY=VALUE")]
     pub aug: Vec<String>,
@@ -656,7 +652,8 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// Builds the augmentation config from the preset and the overriding flags.
+/// Builds the augmentation config from the preset and the overriding flags (the teacher's
+/// normalisation is set after, by [`crate::teacher::TeacherNorm::resolve`]).
 pub fn aug_config(a: &Args) -> Result<AugConfig> {
     let mut cfg =
         aug::preset(&a.preset).map_err(|e| anyhow::anyhow!("--preset {}: {e}", a.preset))?;
@@ -666,15 +663,6 @@ pub fn aug_config(a: &Args) -> Result<AugConfig> {
     let mut sets: Vec<(String, String)> = Vec::new();
     if let Some(n) = a.input_size {
         sets.push(("size".into(), n.to_string()));
-    }
-    if let Some(n) = &a.norm {
-        sets.push(("norm".into(), n.clone()));
-    }
-    if let Some(m) = &a.mean {
-        sets.push(("mean".into(), m.clone()));
-    }
-    if let Some(s) = &a.std {
-        sets.push(("std".into(), s.clone()));
     }
     for kv in &a.aug {
         let (k, v) = kv
@@ -709,6 +697,9 @@ pub fn main(a: Args) -> Result<()> {
     cfg.batch_size = a.batch_size;
     cfg.aug_preset = a.preset.clone();
     cfg.aug = aug_config(&a)?;
+    (cfg.aug.mean, cfg.aug.std) = a
+        .teacher_norm
+        .resolve(&*teacher, (cfg.aug.mean, cfg.aug.std))?;
     if a.input_size.is_none() {
         if let Some(c) = teacher.config() {
             cfg.aug.size = c.img_size;

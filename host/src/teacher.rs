@@ -8,6 +8,12 @@
 //! softmax of the logits). The store pass runs [`Teacher::probs`] (fp16 autocast on CUDA, as
 //! the reference's teacher pass); the trainer runs [`Teacher::logits`] inside its own autocast
 //! region.
+//!
+//! A teacher's input normalisation ([`TeacherNorm`]: `--teacher-norm`, `--teacher-mean`,
+//! `--teacher-std`, the same flags in `train` and `save-logits`) defaults to the input contract
+//! a TinyViT checkpoint records. When it differs from the student's, the online teacher sees
+//! the student's batch renormalised ([`Renormalized`]). [`probe_classes`] asks any teacher its
+//! class count with one blank image, so a mismatch is an error before the first step.
 
 use std::path::Path;
 
@@ -15,7 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 use tinyvit_core::config::ModelConfig;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Contract};
 use crate::data::sha256_file;
 use crate::model::{Mode, TinyVit};
 
@@ -45,6 +51,10 @@ pub trait Teacher {
     /// does not). Input size and channels default to it; the trainer checks it against the
     /// student.
     fn config(&self) -> Option<&ModelConfig> {
+        None
+    }
+    /// The input contract the file records (a TinyViT checkpoint does).
+    fn contract(&self) -> Option<&Contract> {
         None
     }
     /// Class probabilities `[B, classes]` f32: [`logits`](Self::logits) under fp16 autocast
@@ -115,6 +125,7 @@ fn file_name(path: &Path) -> String {
 pub struct TinyVitTeacher {
     _vs: nn::VarStore,
     model: TinyVit,
+    contract: Option<Contract>,
     device: Device,
     file: String,
     sha256: String,
@@ -123,10 +134,14 @@ pub struct TinyVitTeacher {
 impl TinyVitTeacher {
     /// Loads a TinyViT checkpoint onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let (vs, model) = checkpoint::load_model(path, None, device)?;
+        let l = checkpoint::load(path, None)?;
+        let vs = nn::VarStore::new(device);
+        let model = TinyVit::new(&vs.root(), &l.config)?;
+        checkpoint::copy_into(&vs, &l.tensors, &path.display().to_string())?;
         Ok(Self {
             _vs: vs,
             model,
+            contract: l.input,
             device,
             file: file_name(path),
             sha256: sha256_file(path)?,
@@ -167,6 +182,10 @@ impl Teacher for TinyVitTeacher {
 
     fn config(&self) -> Option<&ModelConfig> {
         Some(self.model.config())
+    }
+
+    fn contract(&self) -> Option<&Contract> {
+        self.contract.as_ref()
     }
 }
 
@@ -219,6 +238,120 @@ impl Teacher for TorchScriptTeacher {
             sha256: self.sha256.clone(),
         }
     }
+}
+
+/// A teacher's input normalisation, the same flags in `train --teacher` and `save-logits`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TeacherNorm {
+    /// Teacher normalisation preset: imagenet, clip or half (0.5); default: the mean/std a
+    /// TinyViT checkpoint records, else the student's (train) or the preset's (save-logits).
+    #[arg(long = "teacher-norm", alias = "norm")]
+    pub norm: Option<String>,
+    /// Teacher normalisation mean, `r,g,b` on the 0..1 scale.
+    #[arg(long = "teacher-mean", alias = "mean")]
+    pub mean: Option<String>,
+    /// Teacher normalisation std, `r,g,b` on the 0..1 scale.
+    #[arg(long = "teacher-std", alias = "std")]
+    pub std: Option<String>,
+}
+
+impl TeacherNorm {
+    /// The teacher's mean and std: the flags over the teacher's recorded contract, else over
+    /// `fallback`.
+    pub fn resolve(
+        &self,
+        teacher: &dyn Teacher,
+        fallback: ([f32; 3], [f32; 3]),
+    ) -> Result<([f32; 3], [f32; 3])> {
+        let base = teacher.contract().map_or(fallback, |c| (c.mean, c.std));
+        crate::contract::parse_norm(
+            base,
+            self.norm.as_deref(),
+            self.mean.as_deref(),
+            self.std.as_deref(),
+            ["--teacher-norm", "--teacher-mean", "--teacher-std"],
+        )
+    }
+}
+
+/// A teacher fed the student's batch renormalised to its own mean and std: per channel
+/// `x_t = (x_s * std_s + mean_s - mean_t) / std_t`.
+pub struct Renormalized {
+    inner: Box<dyn Teacher>,
+    /// Per channel `(scale, shift)`: `x_t = x_s * scale + shift`.
+    affine: Vec<(f64, f64)>,
+}
+
+impl Renormalized {
+    /// Wraps `inner` unless both normalisations agree on the first `channels` channels.
+    pub fn wrap(
+        inner: Box<dyn Teacher>,
+        student: ([f32; 3], [f32; 3]),
+        teacher: ([f32; 3], [f32; 3]),
+        channels: usize,
+    ) -> Box<dyn Teacher> {
+        let same =
+            (0..channels).all(|c| student.0[c] == teacher.0[c] && student.1[c] == teacher.1[c]);
+        if same {
+            return inner;
+        }
+        let affine = (0..channels)
+            .map(|c| {
+                let (ms, ss) = (f64::from(student.0[c]), f64::from(student.1[c]));
+                let (mt, st) = (f64::from(teacher.0[c]), f64::from(teacher.1[c]));
+                (ss / st, (ms - mt) / st)
+            })
+            .collect();
+        Box::new(Renormalized { inner, affine })
+    }
+}
+
+impl Teacher for Renormalized {
+    fn logits(&self, batch: &Tensor) -> Result<Tensor> {
+        ensure!(
+            batch.dim() == 4 && batch.size()[1] == self.affine.len() as i64,
+            "teacher input {:?}: expected [B, {}, H, W]",
+            batch.size(),
+            self.affine.len()
+        );
+        let x = tch::no_grad(|| {
+            let planes: Vec<Tensor> = self
+                .affine
+                .iter()
+                .enumerate()
+                .map(|(c, (a, b))| batch.narrow(1, c as i64, 1) * *a + *b)
+                .collect();
+            Tensor::cat(&planes, 1)
+        });
+        self.inner.logits(&x)
+    }
+    fn device(&self) -> Device {
+        self.inner.device()
+    }
+    fn identity(&self) -> Identity {
+        self.inner.identity()
+    }
+    fn config(&self) -> Option<&ModelConfig> {
+        self.inner.config()
+    }
+    fn contract(&self) -> Option<&Contract> {
+        self.inner.contract()
+    }
+}
+
+/// The class count of `teacher`, from one blank `[1, C, S, S]` image (`shape` = (C, S)).
+pub fn probe_classes(teacher: &dyn Teacher, shape: (i64, i64)) -> Result<i64> {
+    let (c, s) = shape;
+    let x = Tensor::zeros([1, c, s, s], (Kind::Float, Device::Cpu));
+    let y = teacher
+        .logits(&x)
+        .context("probing the teacher with one blank image")?;
+    ensure!(
+        y.dim() == 2 && y.size()[0] == 1,
+        "teacher output has shape {:?} for one image, expected [1, classes]",
+        y.size()
+    );
+    Ok(y.size()[1])
 }
 
 #[cfg(test)]

@@ -227,3 +227,44 @@ fn export_matches_tch_accuracy() {
     assert!((t - s["val_top1"].as_f64().unwrap()).abs() <= 0.32);
     assert!(out.exists());
 }
+
+/// `--logits DIR` without `--data` trains on the data the store's manifest records; when that
+/// data has moved, the error names its path and says what to give.
+#[test]
+fn a_store_run_takes_its_data_from_the_manifest() {
+    let (ckpt, _) = teacher();
+    let dir = tmpdir("train", "store-data");
+    let spec = fashion_mnist_subset(&dir, "train", 96);
+    let st = dir.join("store");
+    let t = tinyvit_host::teacher::TinyVitTeacher::load(ckpt, tch::Device::Cpu).unwrap();
+    let mut cfg = support::light_pass(&spec, &st, 1, 3, 32);
+    cfg.workers = 1;
+    tinyvit_host::save_logits::run(&cfg, &t).unwrap();
+    let run = |out: &Path| {
+        let mut c = Command::new(BIN);
+        c.args(["train", "--arch", "tiny_vit_mcu_m4", "--logits"])
+            .arg(&st)
+            .args([
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "--quiet",
+            ])
+            .args(["--threads", "1", "--workers", "1", "--out"])
+            .arg(out)
+            .env_remove("RUST_BACKTRACE");
+        c
+    };
+    let s = summary(&ok(run(&dir.join("run"))));
+    assert_eq!(s["steps"].as_u64(), Some(3), "{s}");
+    std::fs::remove_file(dir.join("train-img")).unwrap();
+    let e = fails(run(&dir.join("moved")));
+    assert!(
+        e.contains(&st.display().to_string()) && e.contains("train-img") && e.contains("--data"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

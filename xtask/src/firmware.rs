@@ -197,7 +197,7 @@ pub struct RunOutput {
     pub code: Option<i32>,
 }
 
-const USAGE: &str = "\
+pub const USAGE: &str = "\
 usage: cargo xtask firmware build|run|size [--board BOARD] [--model FILE.tvb] [--vectors FILE.vec]
        cargo xtask firmware eval --model FILE.tvb --data idx:IMAGES[,LABELS] [--count N]
        cargo xtask firmware bench   (the device part of `cargo xtask bench`)

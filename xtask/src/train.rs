@@ -66,9 +66,15 @@ pub struct Opts {
     #[arg(long)]
     pub teacher: Option<PathBuf>,
     /// Input normalisation of a `--teacher` file for the teacher pass (`imagenet`, `clip`,
-    /// `half`); default: the augmentation preset's.
+    /// `half`); default: what a TinyViT checkpoint records, else the augmentation preset's.
     #[arg(long)]
     pub teacher_norm: Option<String>,
+    /// The teacher's normalisation mean, `r,g,b` on the 0..1 scale (over `--teacher-norm`).
+    #[arg(long)]
+    pub teacher_mean: Option<String>,
+    /// The teacher's normalisation std, `r,g,b` on the 0..1 scale (over `--teacher-norm`).
+    #[arg(long)]
+    pub teacher_std: Option<String>,
     /// Student architecture preset.
     #[arg(long, default_value = "tiny_vit_mcu_m4")]
     pub arch: String,
@@ -580,6 +586,12 @@ impl Pipeline<'_> {
         ];
         if let Some(n) = &self.o.teacher_norm {
             args.extend(["--norm".into(), n.clone()]);
+        }
+        if let Some(m) = &self.o.teacher_mean {
+            args.extend(["--teacher-mean".into(), m.clone()]);
+        }
+        if let Some(v) = &self.o.teacher_std {
+            args.extend(["--teacher-std".into(), v.clone()]);
         }
         args.extend(self.common());
         let key = format!("{} | {} | {teacher_key}", data.key, args.join(" "));

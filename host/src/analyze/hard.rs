@@ -213,6 +213,8 @@ fn from_teacher(
         channels: channels as usize,
         mean: norm.mean,
         std: norm.std,
+        crop_fraction: tinyvit_core::aug::EVAL_CROP_PCT,
+        interpolation: tinyvit_core::aug::Interpolation::Bicubic,
     };
     let per = (channels * size * size) as usize;
     let bs = a.batch_size.max(1);
@@ -377,6 +379,8 @@ pub fn contact_sheet(
         channels: channels as usize,
         mean: [0.0; 3],
         std: [1.0; 3],
+        crop_fraction: tinyvit_core::aug::EVAL_CROP_PCT,
+        interpolation: tinyvit_core::aug::Interpolation::Bicubic,
     };
     let cols = 8u32;
     let rows = (hard.len() as u32).div_ceil(cols).max(1);

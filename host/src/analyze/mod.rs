@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
-use tinyvit_core::aug::{AugConfig, IMAGENET_MEAN, IMAGENET_STD};
 use tinyvit_core::config::ModelConfig;
 
 use crate::data::Dataset;
@@ -114,55 +113,27 @@ pub struct EvalModel {
     pub config: ModelConfig,
     /// Folded weights ([`tinyvit_core::engine::Weights::new`]).
     pub blob: Vec<f32>,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// The model's input contract (its file's, with the `--mean`/`--std` overrides).
+    pub contract: tinyvit_core::contract::Contract,
 }
 
 impl EvalModel {
-    /// Loads a tinyvit checkpoint (config and normalisation from its metadata) or any file
-    /// `tinyvit infer` reads; `mean`/`std` (`r,g,b` on the 0..1 scale) override the file's
+    /// Loads any file `tinyvit infer` reads, with its recorded config (the true input size)
+    /// and input contract; `mean`/`std` (`r,g,b` on the 0..1 scale) override the file's
     /// normalisation, and files that record none use them or ImageNet's.
     pub fn load(path: &Path, mean: Option<&str>, std: Option<&str>) -> Result<EvalModel> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        let own = if ext.eq_ignore_ascii_case("safetensors") {
-            // Ours carry their config (the true input size) and normalisation; files without
-            // `tinyvit.config` go through `import::load` below.
-            let ck = crate::checkpoint::load(path, None).ok();
-            ck.map(|c| -> Result<_> {
-                let blob = crate::import::state_dict_of(&c.tensors)
-                    .and_then(|sd| crate::import::fold(&sd, &c.config))
-                    .with_context(|| format!("checkpoint {}", path.display()))?;
-                Ok((c.config, blob, c.input))
-            })
-            .transpose()?
-        } else {
-            None
+        let l = crate::import::load(path, None, None, None)?;
+        let flags = crate::contract::ContractArgs {
+            mean: mean.map(String::from),
+            std: std.map(String::from),
+            ..Default::default()
         };
-        let (config, blob, input) = match own {
-            Some(v) => v,
-            None => {
-                let l = crate::import::load(path, None, None, None)?;
-                (l.config, l.blob, None)
-            }
-        };
-        // The augmentation config parses `r,g,b` lists; only its mean and std are used here.
-        let mut norm: AugConfig =
-            tinyvit_core::aug::preset("light").map_err(|e| anyhow::anyhow!("{e}"))?;
-        norm.mean = input.map_or(IMAGENET_MEAN, |i| i.mean);
-        norm.std = input.map_or(IMAGENET_STD, |i| i.std);
-        if let Some(m) = mean {
-            norm.set("mean", m)
-                .map_err(|e| anyhow::anyhow!("--mean {m}: {e}"))?;
-        }
-        if let Some(s) = std {
-            norm.set("std", s)
-                .map_err(|e| anyhow::anyhow!("--std {s}: {e}"))?;
-        }
+        let contract =
+            flags.resolve(l.contract, &l.config, &format!("model {}", path.display()))?;
         Ok(EvalModel {
-            config,
-            blob,
-            mean: norm.mean,
-            std: norm.std,
+            config: l.config,
+            blob: l.blob,
+            contract,
         })
     }
 
@@ -173,8 +144,10 @@ impl EvalModel {
             indices: picked.to_vec(),
             size: self.config.img_size,
             channels: self.config.in_chans as usize,
-            mean: self.mean,
-            std: self.std,
+            mean: self.contract.mean,
+            std: self.contract.std,
+            crop_fraction: self.contract.crop_fraction,
+            interpolation: self.contract.interpolation,
         };
         let (c, h, w) = src.shape();
         let per = c * h * w;

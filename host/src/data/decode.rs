@@ -88,11 +88,28 @@ pub fn decode_image(bytes: &[u8]) -> Result<Image> {
 /// straight to zune-jpeg, the decoder `image` runs for JPEG, with the options `image` gives it
 /// (so the pixels are identical); anything else goes through `image`.
 pub fn decode_image_into(bytes: &[u8], img: &mut Image) -> Result<()> {
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) && decode_jpeg_into(bytes, img)? {
+    let jpeg = bytes.starts_with(&[0xFF, 0xD8, 0xFF]);
+    anyhow::ensure!(
+        !jpeg || jpeg_is_complete(bytes),
+        "truncated JPEG: no end-of-image marker after its last scan"
+    );
+    if jpeg && decode_jpeg_into(bytes, img)? {
         return Ok(());
     }
     *img = decode_with_image(bytes)?;
     Ok(())
+}
+
+/// Whether a JPEG's data ends: an end-of-image marker (`FF D9`) follows the start of its last
+/// scan (`FF DA`). Inside entropy-coded data every `FF` is followed by `00` or a restart
+/// marker, so the marker found there is the image's own (a thumbnail's EOI sits in a segment
+/// before the scans). The decoders fill a truncated scan with grey silently; this check makes
+/// it an error instead.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// The JPEG fast path; `Ok(false)` leaves the image to the `image` crate.
@@ -210,7 +227,7 @@ impl ViewDecoder {
         seed: u32,
         out: &mut Vec<u8>,
     ) -> Result<Option<aug::AugParams>> {
-        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || !jpeg_is_complete(bytes) {
             return Ok(None);
         }
         let Ok(info) = tinyvit_jpeg::read_info(bytes) else {
@@ -372,6 +389,40 @@ mod tests {
             .unwrap();
         files.push(buf);
         (files, rgb)
+    }
+
+    /// A JPEG cut short is an error on every path (whole decode, training view), never a
+    /// grey-filled image; a damaged PNG too.
+    #[test]
+    fn truncated_images_are_errors() {
+        let (files, _) = jpeg_files(40, 24);
+        let cfg = tinyvit_core::aug::preset("light").unwrap();
+        for f in &files {
+            assert!(jpeg_is_complete(f));
+            decode_image(f).unwrap();
+            for cut in [f.len() * 3 / 4, f.len() - 2] {
+                let e = format!("{:#}", decode_image(&f[..cut]).unwrap_err());
+                assert!(e.contains("truncated JPEG"), "{e}");
+                let mut out = Vec::new();
+                let e = ViewDecoder::new()
+                    .render(&f[..cut], 3, &cfg, 7, &mut out)
+                    .unwrap_err();
+                assert!(format!("{e:#}").contains("truncated JPEG"), "{e:#}");
+            }
+        }
+        let img = Image {
+            width: 16,
+            height: 16,
+            channels: 3,
+            data: vec![90; 16 * 16 * 3],
+        };
+        let p = std::env::temp_dir().join(format!("tinyvit-trunc-{}.png", std::process::id()));
+        save_image(&p, &img).unwrap();
+        let png = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &png[..png.len() / 2]).unwrap();
+        let e = format!("{:#}", load_image(&p).unwrap_err());
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        std::fs::remove_file(&p).unwrap();
     }
 
     /// The zune-jpeg fast path gives exactly what `image` decodes, for every JPEG kind it

@@ -352,8 +352,19 @@ fn is_image(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Every image file under `dir`, recursively, as paths relative to `root`.
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Image formats this build does not decode: a folder's files of these are left out and
+/// counted (said once on stderr), never silently.
+const UNDECODED: &[&str] = &["webp", "gif", "bmp", "tif", "tiff", "avif", "heic"];
+
+fn is_undecoded_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| UNDECODED.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Every image file under `dir`, recursively, as paths relative to `root`; files of an
+/// [`UNDECODED`] format are counted in `skipped`.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut u64) -> Result<()> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
     for e in entries {
         let e = e.with_context(|| format!("listing {}", dir.display()))?;
@@ -362,9 +373,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
             .file_type()
             .with_context(|| format!("reading {}", p.display()))?;
         if ft.is_dir() {
-            walk(root, &p, out)?;
+            walk(root, &p, out, skipped)?;
         } else if is_image(&p) {
             out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());
+        } else if is_undecoded_image(&p) {
+            *skipped += 1;
         }
     }
     Ok(())
@@ -376,6 +389,7 @@ impl FolderDataset {
         ensure!(dir.is_dir(), "{}: not a folder", dir.display());
         let mut subdirs = Vec::new();
         let mut flat = Vec::new();
+        let mut skipped = 0u64;
         for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
             let e = e.with_context(|| format!("listing {}", dir.display()))?;
             let p = e.path();
@@ -383,6 +397,8 @@ impl FolderDataset {
                 subdirs.push(e.file_name().to_string_lossy().into_owned());
             } else if is_image(&p) {
                 flat.push(PathBuf::from(e.file_name()));
+            } else if is_undecoded_image(&p) {
+                skipped += 1;
             }
         }
         subdirs.sort();
@@ -390,7 +406,7 @@ impl FolderDataset {
         let mut samples = Vec::new();
         for name in &subdirs {
             let mut files = Vec::new();
-            walk(dir, &dir.join(name), &mut files)?;
+            walk(dir, &dir.join(name), &mut files, &mut skipped)?;
             if files.is_empty() {
                 continue;
             }
@@ -406,6 +422,14 @@ impl FolderDataset {
                 "{}: holds both class sub-folders and loose images (e.g. {}); use one layout",
                 dir.display(),
                 flat[0].display()
+            );
+        }
+        if skipped > 0 {
+            eprintln!(
+                "{}: {skipped} image file(s) left out: this build decodes .png/.jpg/.jpeg, not \
+                 .{}",
+                dir.display(),
+                UNDECODED.join("/.")
             );
         }
         ensure!(

@@ -14,8 +14,9 @@ pub struct TrainArgs {
     /// Architecture preset (`tinyvit_core::config::PRESET_NAMES`).
     #[arg(long)]
     pub arch: String,
-    /// Training data SPEC (`fashion-mnist[:DIR]`, `idx:IMAGES[,LABELS]`, `folder:DIR`, ...).
-    #[arg(long, required_unless_present = "synthetic")]
+    /// Training data SPEC (`fashion-mnist[:DIR]`, `idx:IMAGES[,LABELS]`, `folder:DIR`, ...);
+    /// with `--logits`, default: the data the store records.
+    #[arg(long, required_unless_present_any = ["synthetic", "logits"])]
     pub data: Option<String>,
     /// Distil from this sparse logit store.
     #[arg(long, conflicts_with_all = ["labels", "teacher"])]
@@ -31,6 +32,9 @@ pub struct TrainArgs {
     /// `.pt` taking the student's input).
     #[arg(long, conflicts_with_all = ["logits", "labels"])]
     pub teacher: Option<PathBuf>,
+    /// The teacher's input normalisation (`--teacher-norm`, `--teacher-mean`, `--teacher-std`).
+    #[command(flatten)]
+    pub teacher_norm: crate::teacher::TeacherNorm,
     /// Run folder (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -68,6 +72,10 @@ pub struct TrainArgs {
     /// Input size (default: the store's or the preset's).
     #[arg(long)]
     pub img_size: Option<u32>,
+    /// Class names recorded in the checkpoints, one per line (default: the dataset's own:
+    /// folder names, Fashion-MNIST's).
+    #[arg(long, value_name = "FILE")]
+    pub class_names: Option<PathBuf>,
     #[arg(long)]
     pub epochs: Option<u64>,
     #[arg(long)]

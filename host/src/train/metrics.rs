@@ -33,21 +33,24 @@ pub struct Accuracy {
 }
 
 impl Accuracy {
-    /// Adds a batch: `logits [B, C]`, `labels [B]` (int64), optional `teacher_top1 [B]`.
-    pub fn add(&mut self, logits: &Tensor, labels: &Tensor, teacher_top1: Option<&Tensor>) {
+    /// Adds a batch: `logits [B, C]`, `labels [B]` (int64; `None` for unlabelled data, which
+    /// counts only towards the agreement), optional `teacher_top1 [B]`.
+    pub fn add(&mut self, logits: &Tensor, labels: Option<&Tensor>, teacher_top1: Option<&Tensor>) {
         let b = logits.size()[0];
         let c = logits.size()[1];
         let k = c.min(5);
         let (_, top) = logits.topk(k, 1, true, true);
-        let labels = labels.to_device(logits.device()).view([b, 1]);
-        let hit = top.eq_tensor(&labels);
-        self.top1 += hit.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]) as u64;
-        self.top5 += hit.sum(Kind::Int64).int64_value(&[]) as u64;
-        let ce = logits
-            .to_kind(Kind::Float)
-            .cross_entropy_for_logits(&labels.view([b]));
-        self.loss_sum += ce.double_value(&[]) * b as f64;
-        self.seen += b as u64;
+        if let Some(labels) = labels {
+            let labels = labels.to_device(logits.device()).view([b, 1]);
+            let hit = top.eq_tensor(&labels);
+            self.top1 += hit.narrow(1, 0, 1).sum(Kind::Int64).int64_value(&[]) as u64;
+            self.top5 += hit.sum(Kind::Int64).int64_value(&[]) as u64;
+            let ce = logits
+                .to_kind(Kind::Float)
+                .cross_entropy_for_logits(&labels.view([b]));
+            self.loss_sum += ce.double_value(&[]) * b as f64;
+            self.seen += b as u64;
+        }
         if let Some(t) = teacher_top1 {
             let t = t.to_device(logits.device()).view([b]);
             self.agree += top
@@ -220,7 +223,13 @@ mod tests {
         let labels = Tensor::from_slice(&[0i64, 1]);
         let teacher = Tensor::from_slice(&[0i64, 0]);
         let mut a = Accuracy::default();
-        a.add(&logits, &labels, Some(&teacher));
+        a.add(&logits, Some(&labels), Some(&teacher));
+        let mut u = Accuracy::default();
+        u.add(&logits, None, Some(&teacher));
+        assert_eq!(
+            (u.top1(), u.loss(), u.agreement()),
+            (None, None, Some(50.0))
+        );
         assert_eq!(a.top1(), Some(50.0));
         assert_eq!(a.top5(), Some(100.0));
         assert_eq!(a.agreement(), Some(50.0));

@@ -138,7 +138,12 @@ pub fn evaluate(
     for b in Loader::new(source, 0, order, batch_size, false, 0, workers, 2) {
         let b = b?;
         let x = b.images.to_device(device);
-        let labels = b.labels.as_ref().context("evaluation data has no labels")?;
+        let labels = b.labels.as_ref();
+        ensure!(
+            labels.is_some() || teacher.is_some(),
+            "the evaluation data has no labels and the run has no online teacher to agree with: \
+             nothing to measure (give labelled data, or train with --teacher)"
+        );
         let logits = tch::no_grad(|| model.forward(&x, Mode::EVAL));
         let t1 = match teacher {
             Some(t) => Some(t.logits(&x)?.argmax(1, false)),
@@ -164,6 +169,9 @@ fn step_seed(seed: u64, step: u64) -> u64 {
 pub fn resolve_recipe(args: &TrainArgs, img_size: u32) -> Result<Recipe> {
     let name = match &args.recipe {
         Some(n) => n.clone(),
+        // Fine-tuning: the fine-tune recipes (above 224 px, the high-resolution one).
+        None if args.init.is_some() && img_size > 224 => "finetune-highres".to_string(),
+        None if args.init.is_some() => "finetune".to_string(),
         None if img_size <= 64 => "small".to_string(),
         None if args.labels => "in1k-scratch".to_string(),
         None => "in22k-distill".to_string(),
@@ -273,7 +281,20 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
         cfg.img_size = s;
     }
     let mut recipe = resolve_recipe(args, cfg.img_size)?;
-    let data = sources::plan_data(args, &cfg, &recipe)?;
+    let mut data = sources::plan_data(args, &cfg, &recipe)?;
+    // The recipe follows the effective input size (a store's may differ from the preset's):
+    // when that picks another recipe, the data is planned again with it.
+    if let (None, Some(s)) = (&args.recipe, data.img_size) {
+        let r = resolve_recipe(args, s)?;
+        if r.name != recipe.name {
+            eprintln!(
+                "recipe `{}` for the {s} px input (the preset's {} px would pick `{}`)",
+                r.name, cfg.img_size, recipe.name
+            );
+            recipe = r;
+            data = sources::plan_data(args, &cfg.with_img_size(s), &recipe)?;
+        }
+    }
     // The data (or store) fixes what the flags left open; a contradiction is an error.
     for (flag, given, found, field) in [
         (
@@ -319,6 +340,29 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
         cfg.img_size
     );
     ensure!(!data.train.is_empty(), "training data is empty");
+    // The class names the checkpoints record: `--class-names`, else the data's own when they
+    // fit the head.
+    data.input.class_names = match &args.class_names {
+        Some(f) => {
+            let names = crate::contract::read_class_names(f)?;
+            ensure!(
+                names.len() == cfg.num_classes as usize,
+                "--class-names {}: {} names, the model has {} classes",
+                f.display(),
+                names.len(),
+                cfg.num_classes
+            );
+            names
+        }
+        None => crate::contract::fitting_names(
+            std::mem::take(&mut data.input.class_names),
+            cfg.num_classes,
+            args.data.as_deref().unwrap_or("the data"),
+        ),
+    };
+    data.input = std::mem::take(&mut data.input)
+        .resolve(&cfg)
+        .map_err(|e| anyhow::anyhow!("the run's input contract: {e}"))?;
     if device == Device::Cpu {
         recipe.amp = false;
     }
@@ -433,11 +477,37 @@ fn sync_ranks(
 }
 
 /// Loads the online teacher of a `--teacher` run and checks it fits the student.
-fn load_teacher(plan: &Plan) -> Result<Option<Box<dyn Teacher>>> {
+fn load_teacher(args: &TrainArgs, plan: &Plan) -> Result<Option<Box<dyn Teacher>>> {
     let TargetKind::Teacher { file } = &plan.target else {
         return Ok(None);
     };
     let t = teacher::load(file, plan.device)?;
+    let cfg = &plan.cfg;
+    // The class count first, with one blank image of the student's input: a mismatch is an
+    // error here, before any step.
+    let classes = teacher::probe_classes(&*t, (cfg.in_chans as i64, cfg.img_size as i64))
+        .with_context(|| format!("teacher {}", file.display()))?;
+    ensure!(
+        classes == cfg.num_classes as i64,
+        "teacher {} has {classes} classes, the student {} (the data's or --num-classes); \
+         distillation needs the same classes",
+        file.display(),
+        cfg.num_classes
+    );
+    let student = (plan.data.input.mean, plan.data.input.std);
+    let norm = args.teacher_norm.resolve(&*t, student)?;
+    if norm != student {
+        eprintln!(
+            "teacher {}: inputs renormalised from the student's mean {:?} std {:?} to mean \
+             {:?} std {:?}",
+            file.display(),
+            student.0,
+            student.1,
+            norm.0,
+            norm.1
+        );
+    }
+    let t = teacher::Renormalized::wrap(t, student, norm, cfg.in_chans as usize);
     if let Some(tc) = t.config() {
         let cfg = &plan.cfg;
         ensure!(
@@ -548,7 +618,7 @@ impl Run {
             opt.t = state.step;
         }
         let params = sync_ranks(&plan.dp, &vs, resuming, &state)?;
-        let teacher = load_teacher(plan)?;
+        let teacher = load_teacher(args, plan)?;
         let n = plan.data.train.len();
         let bs = recipe.batch_size as usize;
         ensure!(
@@ -868,14 +938,23 @@ impl Run {
             seconds: secs,
         })?;
         self.save_last(args, plan)?;
-        if let Some(a) = val.as_ref().and_then(|a| a.top1()) {
+        // The best epoch: by top-1, or on unlabelled data by agreement with the teacher.
+        if let Some(a) = val.as_ref().and_then(|a| a.top1().or(a.agreement())) {
             if self.best.is_none_or(|b| a > b) {
                 self.best = Some(a);
                 let best = args.out.join("best.safetensors");
                 checkpoint::save(&best, &self.vs, &plan.cfg, Some(&plan.data.input), None)?;
             }
         }
-        if let (false, Some(v)) = (self.quiet, &val) {
+        if let (false, Some(v), None) = (self.quiet, &val, val.as_ref().and_then(|a| a.top1())) {
+            self.pb.println(format!(
+                "epoch {}: train loss {:.4}, val (unlabelled) top-1 agreement with the teacher \
+                 {:.2}%",
+                epoch + 1,
+                figures.loss_sum / figures.loss_n.max(1) as f64,
+                v.agreement().unwrap_or(f64::NAN)
+            ));
+        } else if let (false, Some(v)) = (self.quiet, &val) {
             self.pb.println(format!(
                 "epoch {}: train loss {:.4}, val top-1 {:.2}%, top-5 {:.2}%",
                 epoch + 1,
@@ -995,23 +1074,32 @@ impl Window {
     }
 }
 
-/// Fine-tuning init: copies every tensor of `path` whose name and shape fit; a head of another
-/// class count is left at its fresh init; attention biases of another window size are resized
-/// ([`crate::import::resize_attention_biases`], the one resize).
+/// Fine-tuning init from any file `tinyvit infer` reads ([`crate::import::init_state_dict`]:
+/// our checkpoints, official or timm safetensors, `.pth` in both layouts, `.tvb`): copies every
+/// tensor whose name and shape fit; attention biases of another window size are resized
+/// ([`crate::import::resize_attention_biases`], the one resize); a head of another class count
+/// keeps its fresh init, with a one-line notice.
 fn init_from(vs: &nn::VarStore, cfg: &ModelConfig, path: &Path) -> Result<()> {
-    let l = checkpoint::load(path, Some(cfg))?;
+    let sd = crate::import::init_state_dict(path, cfg)?;
     let what = path.display().to_string();
+    let mut head_note = None;
     tch::no_grad(|| -> Result<()> {
         for (name, var) in vs.variables() {
-            let Some(src) = l.tensors.get(&name) else {
+            let Some(t) = sd.get(&name) else {
+                if name.ends_with("num_batches_tracked") {
+                    continue;
+                }
                 bail!("{what}: tensor `{name}` is missing");
             };
+            let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            let src = Tensor::from_slice(&t.values).view(dims.as_slice());
             let src = if src.size() == var.size() {
-                src.shallow_clone()
+                src
             } else if name.ends_with("attention_biases") {
-                resize_bias_table(src, var.size()[1])
+                resize_bias_table(&src, var.size()[1])
                     .with_context(|| format!("{what}: `{name}`"))?
             } else if name.starts_with("head.") {
+                head_note = Some((src.size()[0], var.size()[0]));
                 continue;
             } else {
                 bail!(
@@ -1024,7 +1112,11 @@ fn init_from(vs: &nn::VarStore, cfg: &ModelConfig, path: &Path) -> Result<()> {
                 .copy_(&src.to_kind(var.kind()).to_device(var.device()));
         }
         Ok(())
-    })
+    })?;
+    if let Some((from, to)) = head_note {
+        eprintln!("--init {what}: head of {from} classes re-initialised for {to} classes");
+    }
+    Ok(())
 }
 
 /// An attention bias table `[heads, from*from]` resized to `[heads, entries]` (a square).
@@ -1081,6 +1173,50 @@ mod tests {
     /// copied, the head keeps its fresh init, and a non-constant attention bias table is
     /// resized as libtorch's antialiased bicubic interpolation (timm's resize, an independent
     /// computation) resizes it.
+    #[test]
+    fn finetune_init_reads_pth_timm_and_tvb() {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parity");
+        let pth = fx.join("tiny_16.pth");
+        let sd = crate::import::read_state_dict(&pth).unwrap();
+        let cfg = crate::import::config_from_shapes(&sd)
+            .unwrap()
+            .with_img_size(16);
+        // The official torch pickle and the timm-named safetensors: every tensor copied.
+        for path in [pth.clone(), fx.join("tiny_16_timm.safetensors")] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _m = TinyVit::new(&vs.root(), &cfg).unwrap();
+            init_from(&vs, &cfg, &path).unwrap();
+            for (n, t) in vs.variables() {
+                let Some(want) = sd.get(&n) else {
+                    assert!(n.ends_with("num_batches_tracked"), "{n}");
+                    continue;
+                };
+                let got: Vec<f32> = Vec::try_from(t.view([-1])).unwrap();
+                assert_eq!(got, want.values, "{}: {n}", path.display());
+            }
+        }
+        // A .tvb (BatchNorm folded): the unfolded model computes the same logits in eval mode.
+        let dir = std::env::temp_dir().join(format!("tinyvit-init-tvb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tvb = dir.join("tiny.tvb");
+        let loaded = crate::import::load(&pth, None, None, Some(16)).unwrap();
+        crate::import::export_tvb(&loaded, &tvb).unwrap();
+        let x = Tensor::randn([2, cfg.in_chans as i64, 16, 16], (Kind::Float, Device::Cpu));
+        let (_vs0, m0) =
+            crate::infer::tch_model(loaded.state_dict.as_ref().unwrap(), &cfg).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = TinyVit::new(&vs.root(), &cfg).unwrap();
+        init_from(&vs, &cfg, &tvb).unwrap();
+        let (a, b) = tch::no_grad(|| (m0.forward(&x, Mode::EVAL), m.forward(&x, Mode::EVAL)));
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "tvb init: logits differ by {diff}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn finetune_init_new_head_and_windows() {
         let dir = std::env::temp_dir().join(format!("tinyvit-init-{}", std::process::id()));

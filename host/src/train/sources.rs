@@ -24,7 +24,7 @@ use super::loader::{SampleMeta, Source, Synthetic};
 use super::recipe::Recipe;
 use super::seeds::{DerivedSeeds, SeedSource};
 use super::store_seeds;
-use crate::checkpoint::InputSpec;
+use crate::checkpoint::Contract;
 use crate::data::{self, Dataset};
 
 /// The data side of a run, resolved from the arguments.
@@ -36,8 +36,10 @@ pub struct DataPlan {
     pub num_classes: Option<u32>,
     pub in_chans: Option<u32>,
     pub img_size: Option<u32>,
-    /// Input normalisation of the training and evaluation views.
-    pub input: InputSpec,
+    /// The input contract of the run: normalisation of the training and evaluation views,
+    /// the evaluation transform, the data's class names (size and channels left 0: the
+    /// model's).
+    pub input: Contract,
 }
 
 /// Resolves `--data`, `--val`, `--test` and `--logits` (or `--synthetic N`) into sources.
@@ -67,7 +69,7 @@ pub fn plan_data(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result
         num_classes: None,
         in_chans: None,
         img_size: None,
-        input: InputSpec::default(),
+        input: Contract::default(),
     })
 }
 
@@ -185,6 +187,9 @@ pub struct EvalSource {
     pub channels: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    /// Centre-crop fraction and filter of the evaluation transform (the model's contract).
+    pub crop_fraction: f32,
+    pub interpolation: Interpolation,
 }
 
 impl EvalSource {
@@ -194,19 +199,16 @@ impl EvalSource {
             .ds
             .get(i)
             .with_context(|| format!("sample {}", self.ds.name(i)))?;
-        let im = &s.image;
+        // Converted to the model's channels as training views are (folder images decode to
+        // RGB; a grey model sees their luma).
+        let img = crate::data::decode::to_channels(s.image, self.channels as u32);
+        let im = &img;
         let c = im.channels;
-        ensure!(
-            c as usize == self.channels,
-            "sample {} has {c} channels, the run uses {}",
-            self.ds.name(i),
-            self.channels
-        );
-        // The core's evaluation transform (resize to size / crop_pct bicubic, centre crop): the
+        // The core's evaluation transform (resize to size / crop fraction, centre crop): the
         // same bytes the exported model sees in `tinyvit infer` and on the device.
         let src = ImageRef::new(im.width, im.height, c, &im.data)
             .map_err(|e| anyhow::anyhow!("sample {}: {e}", self.ds.name(i)))?;
-        let need = aug::eval_scratch_len(im.width, im.height, self.size, EVAL_CROP_PCT, c)
+        let need = aug::eval_scratch_len(im.width, im.height, self.size, self.crop_fraction, c)
             .map_err(|e| anyhow::anyhow!("evaluation view of {}: {e}", self.ds.name(i)))?;
         let mut scratch = vec![0u8; need];
         let mut crop = vec![0u8; (self.size * self.size * c) as usize];
@@ -215,8 +217,8 @@ impl EvalSource {
         aug::eval_transform(
             src,
             dst,
-            EVAL_CROP_PCT,
-            Interpolation::Bicubic,
+            self.crop_fraction,
+            self.interpolation,
             &mut scratch,
         )
         .map_err(|e| anyhow::anyhow!("evaluation view of {}: {e}", self.ds.name(i)))?;
@@ -284,10 +286,31 @@ pub fn split_val(
     }
 }
 
+/// The training data SPEC: `--data`, else the one the `--logits` store's manifest records
+/// (then with the store's folder).
+pub fn data_spec(args: &TrainArgs) -> Result<(String, Option<std::path::PathBuf>)> {
+    if let Some(d) = &args.data {
+        return Ok((d.clone(), None));
+    }
+    let dir = args
+        .logits
+        .as_ref()
+        .context("--data is required (or --logits DIR, whose store records its data)")?;
+    let m = crate::store::manifest::Manifest::load(dir)?;
+    Ok((m.data_spec, Some(dir.clone())))
+}
+
 /// Builds the sources of a real-data run.
 fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan> {
-    let spec = args.data.as_deref().context("--data is required")?;
-    let ds = data::open(spec).with_context(|| format!("--data {spec}"))?;
+    let (spec, from_store) = data_spec(args)?;
+    let spec = spec.as_str();
+    let ds = data::open(spec).with_context(|| match &from_store {
+        Some(dir) => format!(
+            "the data the store {} records, {spec} (moved? give --data)",
+            dir.display()
+        ),
+        None => format!("--data {spec}"),
+    })?;
     let channels = channels_of(ds.as_ref())?;
     let (mut train_idx, val) = split_val(&ds, args.val.as_deref())?;
     if let Some(f) = &args.exclude {
@@ -339,13 +362,10 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
             run_seed: recipe.seed,
         }),
     });
-    // The evaluation view of `ds` (`flag` names it in errors): same channels as `--data`.
+    // The evaluation view of `ds` (`flag` names it in errors), converted to `--data`'s
+    // channels as the training views are.
     let eval_source = |flag: &str, ds: Arc<dyn Dataset>, indices: Vec<usize>| {
-        let c = channels_of(ds.as_ref())?;
-        ensure!(
-            c == channels,
-            "{flag} data has {c} channels, --data has {channels}"
-        );
+        ensure!(!indices.is_empty(), "{flag} data holds no images");
         Ok(Arc::new(EvalSource {
             ds,
             indices,
@@ -353,6 +373,8 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
             channels: channels as usize,
             mean: aug_cfg.mean,
             std: aug_cfg.std,
+            crop_fraction: EVAL_CROP_PCT,
+            interpolation: Interpolation::Bicubic,
         }) as Arc<dyn Source>)
     };
     let val = val
@@ -376,9 +398,11 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
         num_classes: num_classes.or(ds.num_classes()),
         in_chans: Some(channels),
         img_size: Some(aug_cfg.size),
-        input: InputSpec {
+        input: Contract {
             mean: aug_cfg.mean,
             std: aug_cfg.std,
+            class_names: ds.class_names().unwrap_or_default(),
+            ..Contract::default()
         },
     })
 }
@@ -392,7 +416,7 @@ pub fn validation_source(
     limit: Option<usize>,
     channels: u32,
     size: u32,
-    input: InputSpec,
+    input: &Contract,
 ) -> Result<Arc<dyn Source>> {
     let ds_spec = if val.starts_with("split:") {
         data.context("--val split:N needs --data")?
@@ -405,18 +429,16 @@ pub fn validation_source(
     if let Some(l) = limit {
         idx.truncate(l);
     }
-    let c = channels_of(vd.as_ref())?;
-    ensure!(
-        c == channels,
-        "validation data has {c} channels, the model {channels}"
-    );
+    ensure!(!idx.is_empty(), "validation data {val} holds no images");
     Ok(Arc::new(EvalSource {
         ds: vd,
         indices: idx,
         size,
-        channels: c as usize,
+        channels: channels as usize,
         mean: input.mean,
         std: input.std,
+        crop_fraction: input.crop_fraction,
+        interpolation: input.interpolation,
     }))
 }
 

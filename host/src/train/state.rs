@@ -13,7 +13,7 @@ use tch::{nn, Tensor};
 use tinyvit_core::config::ModelConfig;
 
 use super::optim::{AdamW, LossScaler};
-use crate::checkpoint::{self, InputSpec, Loaded};
+use crate::checkpoint::{self, Contract, Loaded};
 
 /// Where a training run stands; enough to continue it exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,7 +40,7 @@ pub fn save(
     path: &Path,
     vs: &nn::VarStore,
     config: &ModelConfig,
-    input: &InputSpec,
+    input: &Contract,
     opt: &AdamW,
     state: &TrainState,
 ) -> Result<()> {
@@ -128,9 +128,10 @@ mod tests {
             images: 100,
         };
         let path = dir.join("last.safetensors");
-        let input = InputSpec {
+        let input = Contract {
             mean: [0.5; 3],
             std: [0.25; 3],
+            ..Contract::default()
         };
         save(&path, &vs, &cfg, &input, &opt, &state).unwrap();
         let l = checkpoint::load(&path, None).unwrap();
