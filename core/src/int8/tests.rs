@@ -444,3 +444,28 @@ fn fake_quantisation_by_point_explains_the_engine_error() {
         "{engine} vs {all}"
     );
 }
+
+#[test]
+fn requant_fast_path_is_the_reference() {
+    use super::ops::{requant, requant_reference, Multiplier, MAX_SHIFT, MIN_SHIFT};
+    let mut s = 0x5eed_u64;
+    let edges = [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+    let mut checked = 0u64;
+    for shift in MIN_SHIFT..=MAX_SHIFT {
+        for &m in &edges {
+            for &x in &edges {
+                let k = Multiplier { m, shift };
+                assert_eq!(requant(x, k), requant_reference(x, k), "x={x} {k:?}");
+                checked += 1;
+            }
+        }
+        for _ in 0..20_000 {
+            let x = splitmix64(&mut s) as i32 >> (splitmix64(&mut s) % 32);
+            let m = splitmix64(&mut s) as i32 >> (splitmix64(&mut s) % 32);
+            let k = Multiplier { m, shift };
+            assert_eq!(requant(x, k), requant_reference(x, k), "x={x} {k:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 1_000_000);
+}
