@@ -8,10 +8,11 @@
 //!   DTCM, else the 512 KB AXI SRAM. A payload that fits no RAM, or whose model and vectors
 //!   alone exceed the flash, stops the build with a sentence saying so.
 //! - `TINYVIT_MODEL`: path of a `.tvb` to embed (none: the firmware runs without a model). Its
-//!   format version picks the engine (1: the f32 exact engine, 2: the int8 engine) and its
-//!   header gives the config, and so that engine's arena, the input and the logits sizes.
-//!   A blob whose header cannot be read is still embedded (with no arena) so that the firmware
-//!   itself reports the error at run time, as it would for a blob damaged in flash.
+//!   format version picks the engine (1: the f32 exact engine, 2: the int8 engine; only that
+//!   one is compiled in, through `--cfg tinyvit_engine="f32"` or `"int8"`) and its header gives
+//!   the config, and so that engine's arena, the input and the logits sizes.
+//!   A blob whose header cannot be read is still embedded (with no arena, both engines) so that
+//!   the firmware itself reports the error at run time, as it would for a blob damaged in flash.
 //! - `TINYVIT_VECTORS`: path of a replay vector file (`tinyvit_core::vectors`); the augmentation view
 //!   and scratch buffers are sized for its largest vector.
 //!
@@ -28,6 +29,7 @@ fn main() {
     let board = board();
     println!("cargo:rerun-if-env-changed=TINYVIT_MODEL");
     println!("cargo:rerun-if-env-changed=TINYVIT_VECTORS");
+    println!("cargo:rustc-check-cfg=cfg(tinyvit_engine, values(\"f32\", \"int8\"))");
     let model = path_var("TINYVIT_MODEL");
     let vectors = path_var("TINYVIT_VECTORS");
     let mut src =
@@ -45,12 +47,21 @@ fn main() {
             )
             .unwrap();
             match model_sizes(&bytes) {
-                Ok(s) => s,
+                Ok(s) => {
+                    // Only the engine this blob needs is compiled in (the other would cost
+                    // flash: the f32 M4 preset fills the F405's 1 MB to within a few KB).
+                    let engine = if s.arena_i32 > 0 { "int8" } else { "f32" };
+                    println!("cargo:rustc-cfg=tinyvit_engine=\"{engine}\"");
+                    s
+                }
                 Err(e) => {
                     println!(
                         "cargo:warning={}: {e}; embedded anyway, the firmware will report it",
                         p.display()
                     );
+                    // Both engines, so that the firmware reports what is wrong with the blob.
+                    println!("cargo:rustc-cfg=tinyvit_engine=\"f32\"");
+                    println!("cargo:rustc-cfg=tinyvit_engine=\"int8\"");
                     ModelSizes::default()
                 }
             }

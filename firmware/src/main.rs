@@ -68,6 +68,8 @@ struct Buffers {
     source: &'static mut [u8],
 }
 
+// cortex-m-rt passes each `static mut` below to the function as an argument.
+#[allow(clippy::too_many_arguments)]
 #[entry]
 fn main() -> ! {
     // cortex-m-rt turns these `static mut`s into `&'static mut` owned by `main` alone. They are
@@ -177,9 +179,24 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
         // and drop a blob it proved unreadable.
         Some(blob) => {
             let blob = core::hint::black_box(&blob.0);
+            // The build compiled in only the engine of the blob it embedded (`tinyvit_engine`,
+            // both when it could not read the blob); a blob of the other kind cannot run.
             match tvb::kind(blob).map_err(|e| fail(&e))? {
-                tvb::Kind::F32 => weights = Some(open_model(blob, arena, input)?),
-                tvb::Kind::Int8 => quant = Some(open_int8(blob, arena_i32, input)?),
+                tvb::Kind::F32 if cfg!(tinyvit_engine = "f32") => {
+                    weights = Some(open_model(blob, arena, input)?)
+                }
+                tvb::Kind::Int8 if cfg!(tinyvit_engine = "int8") => {
+                    quant = Some(open_int8(blob, arena_i32, input)?)
+                }
+                kind => {
+                    let what = if kind == tvb::Kind::F32 {
+                        "an f32"
+                    } else {
+                        "an int8"
+                    };
+                    say!("error: model: {what} model, and this firmware was built without its engine");
+                    return Err(EXIT_FAILED);
+                }
             }
         }
         None => say!("model: none embedded"),
@@ -221,10 +238,7 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
             say!("error: {e}");
             EXIT_FAILED
         })?;
-        let model = match &mut model {
-            Some(m) => Some(&mut **m as &mut dyn Classifier),
-            None => None,
-        };
+        let model = model.as_mut().map(|m| &mut **m as &mut dyn Classifier);
         if replay_one(i, &v, model, &mut bufs) {
             ok += 1;
         } else {
