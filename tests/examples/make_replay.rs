@@ -20,7 +20,8 @@
 //!   the preset's seeded weights quantised by `int8::quantize::quantize_tvb` (default options,
 //!   [`CALIB_IMAGES`] synthetic calibration images), and `P-int8.vec`: the same kinds of vectors
 //!   through the int8 engine (`vectors::Int8`, whose hash is that of the `i32` logits) plus
-//!   [`INT8_EVAL_IMAGES`] more `eval` images.
+//!   more `eval` images: 32 inference vectors for the quantised f32 presets, 12 for the int8
+//!   presets.
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
 //! - `matmul_probe.tvb` / `.vec` (and `matmul_probe-int8.*`, the same network quantised): the
@@ -51,13 +52,21 @@ use tinyvit_tests::aug_golden;
 
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
-/// The presets replayed in int8, with the seed of their synthetic weights: the f32 MCU presets
-/// quantised, and the int8 presets (whose f32 files exceed the boards, so replayed in int8 only).
-const INT8_PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
+/// The presets replayed in int8, with the seed of their synthetic weights and their extra `eval`
+/// images: the f32 MCU presets quantised (32 inference vectors each), and the int8 presets
+/// (whose f32 files exceed the boards, so replayed in int8 only; 12 vectors each, since one
+/// inference costs about 10^8 emulated instructions).
+const INT8_PRESETS: [(&str, u64, u64); 4] = [
+    ("tiny_vit_mcu_m4", 41, INT8_EVAL_IMAGES),
+    ("tiny_vit_mcu_h7", 47, INT8_EVAL_IMAGES),
+    ("tiny_vit_mcu_m4_q8", 43, 0),
+    ("tiny_vit_mcu_h7_q8", 53, 0),
+];
 /// Synthetic calibration images of each int8 model.
 const CALIB_IMAGES: u64 = 16;
-/// `eval` images replayed per int8 model on top of the f32 sets' kinds (at least 32 per model).
-const INT8_EVAL_IMAGES: u64 = 32;
+/// `eval` images replayed per quantised f32 preset on top of the f32 sets' 12 inference
+/// vectors: 32 in all.
+const INT8_EVAL_IMAGES: u64 = 20;
 /// The preset (and weight seed) the matmul probe widens.
 const PROBE: (&str, u64) = ("tiny_vit_mcu_h7", 47);
 /// Classes the matmul probe adds to the head.
@@ -142,14 +151,14 @@ fn run(out: &Path) -> Result<(), String> {
         writeln!(cases, "{name} {name}.vec {name}.tvb").unwrap();
         writeln!(macs, "{name} {}", count_macs(&cfg)?).unwrap();
     }
-    for (name, seed) in INT8_PRESETS {
+    for (name, seed, extra_eval) in INT8_PRESETS {
         let cfg = ModelConfig::preset(name).ok_or(format!("no preset {name}"))?;
         let q8 = quantized(&cfg, &seeded_blob(&cfg, seed)?)?;
         let case = format!("{name}-int8");
         write(&format!("{case}.tvb"), &q8)?;
         write(
             &format!("{case}.vec"),
-            &encode(&int8_vectors(&q8, INT8_EVAL_IMAGES)?)?,
+            &encode(&int8_vectors(&q8, extra_eval)?)?,
         )?;
         writeln!(cases, "{case} {case}.vec {case}.tvb").unwrap();
         writeln!(macs, "{case} {}", count_macs(&cfg)?).unwrap();
