@@ -20,8 +20,7 @@
 //!   the preset's seeded weights quantised by `int8::quantize::quantize_tvb` (default options,
 //!   [`CALIB_IMAGES`] synthetic calibration images), and `P-int8.vec`: the same kinds of vectors
 //!   through the int8 engine (`vectors::Int8`, whose hash is that of the `i32` logits) plus
-//!   more `eval` images: 32 inference vectors for the quantised f32 presets, 12 for the int8
-//!   presets.
+//!   more `eval` images: 32 inference vectors per int8 model.
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
 //! - `matmul_probe.tvb` / `.vec` (and `matmul_probe-int8.*`, the same network quantised): the
@@ -53,19 +52,18 @@ use tinyvit_tests::aug_golden;
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
 /// The presets replayed in int8, with the seed of their synthetic weights and their extra `eval`
-/// images: the f32 MCU presets quantised (32 inference vectors each), and the int8 presets
-/// (whose f32 files exceed the boards, so replayed in int8 only; 12 vectors each, since one
-/// inference costs about 10^8 emulated instructions).
+/// images (32 inference vectors each): the f32 MCU presets quantised, and the int8 presets
+/// (whose f32 files exceed the boards, so replayed in int8 only).
 const INT8_PRESETS: [(&str, u64, u64); 4] = [
     ("tiny_vit_mcu_m4", 41, INT8_EVAL_IMAGES),
     ("tiny_vit_mcu_h7", 47, INT8_EVAL_IMAGES),
-    ("tiny_vit_mcu_m4_q8", 43, 0),
-    ("tiny_vit_mcu_h7_q8", 53, 0),
+    ("tiny_vit_mcu_m4_q8", 43, INT8_EVAL_IMAGES),
+    ("tiny_vit_mcu_h7_q8", 53, INT8_EVAL_IMAGES),
 ];
 /// Synthetic calibration images of each int8 model.
 const CALIB_IMAGES: u64 = 16;
-/// `eval` images replayed per quantised f32 preset on top of the f32 sets' 12 inference
-/// vectors: 32 in all.
+/// `eval` images replayed per int8 model on top of the f32 sets' 12 inference vectors: 32 in
+/// all.
 const INT8_EVAL_IMAGES: u64 = 20;
 /// The preset (and weight seed) the matmul probe widens.
 const PROBE: (&str, u64) = ("tiny_vit_mcu_h7", 47);
