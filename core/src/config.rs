@@ -149,6 +149,8 @@ pub const PRESET_NAMES: &[&str] = &[
     "tiny_vit_21m_512",
     "tiny_vit_mcu_h7",
     "tiny_vit_mcu_m4",
+    "tiny_vit_mcu_h7_q8",
+    "tiny_vit_mcu_m4_q8",
 ];
 
 impl ModelConfig {
@@ -240,6 +242,36 @@ impl ModelConfig {
         }
     }
 
+    /// Int8 microcontroller preset for STM32H743-class boards: the budgets of
+    /// [`Self::tiny_vit_mcu_h7`] (1.5 MB of flash for code and model, 384 KB of RAM) spent on an
+    /// int8 model (`crate::int8`). 64x64 grey input, 10 classes, widths 32/64/128/160, depths
+    /// 2/2/3/1, heads -/4/8/10 (16 channels each), windows -/4/4/2.
+    ///
+    /// 1,118,354 folded values (3.4x `tiny_vit_mcu_h7`); int8 data 1,227,916 bytes, int8 arena
+    /// 30,880 bytes. Its f32 file (4.5 MB) fits no board: it is meant to be quantised.
+    pub fn tiny_vit_mcu_h7_q8() -> Self {
+        ModelConfig {
+            embed_dims: [32, 64, 128, 160],
+            num_heads: [1, 4, 8, 10],
+            ..Self::tiny_vit_mcu_h7()
+        }
+    }
+
+    /// Int8 microcontroller preset for STM32F746 / Cortex-M4F-class boards: the budgets of
+    /// [`Self::tiny_vit_mcu_m4`] (800 KB of flash for code and model, 192 KB of RAM) spent on
+    /// an int8 model. 56x56 grey input, 10 classes, widths 32/64/80/112, depths 2/2/3/1, heads
+    /// -/4/5/7 (16 channels each), windows -/4/4/2.
+    ///
+    /// 558,326 folded values (3.0x `tiny_vit_mcu_m4`); int8 data 638,812 bytes, int8 arena
+    /// 24,352 bytes.
+    pub fn tiny_vit_mcu_m4_q8() -> Self {
+        ModelConfig {
+            embed_dims: [32, 64, 80, 112],
+            num_heads: [1, 4, 5, 7],
+            ..Self::tiny_vit_mcu_m4()
+        }
+    }
+
     /// The preset of that name, if there is one.
     pub fn preset(name: &str) -> Option<Self> {
         Some(match name {
@@ -250,6 +282,8 @@ impl ModelConfig {
             "tiny_vit_21m_512" => Self::tiny_vit_21m_512(),
             "tiny_vit_mcu_h7" => Self::tiny_vit_mcu_h7(),
             "tiny_vit_mcu_m4" => Self::tiny_vit_mcu_m4(),
+            "tiny_vit_mcu_h7_q8" => Self::tiny_vit_mcu_h7_q8(),
+            "tiny_vit_mcu_m4_q8" => Self::tiny_vit_mcu_m4_q8(),
             _ => return None,
         })
     }

@@ -21,9 +21,11 @@
 // `matrixmultiply::sgemm` (raw pointers, bounds asserted before), its dispatch to
 // code compiled for AVX-512 / AVX2 (engine/fast/), behind bounds- and CPU-checked wrappers with
 // SAFETY arguments, and `aug::wide`'s call of integer kernels compiled for AVX2 after a CPU
-// check. Without `fast` unsafe is forbidden.
-#![cfg_attr(not(feature = "fast"), forbid(unsafe_code))]
-#![cfg_attr(feature = "fast", deny(unsafe_code))]
+// check. With `arm-dsp` only: the int8 dot product's `SXTB16`/`SMLAD` inline assembly on
+// Cortex-M (int8::ops::dsp), register-only instructions on values already loaded. Without either
+// feature unsafe is forbidden.
+#![cfg_attr(not(any(feature = "fast", feature = "arm-dsp")), forbid(unsafe_code))]
+#![cfg_attr(any(feature = "fast", feature = "arm-dsp"), deny(unsafe_code))]
 
 pub mod aug;
 pub mod config;

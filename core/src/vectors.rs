@@ -32,7 +32,8 @@
 //!         24      u32 cfg_len         bytes of the postcard-encoded `AugConfig`
 //!         28      u32 class           expected class (kinds 2, 3), else u32::MAX
 //!         32      u64 image_hash      FNV-1a 64 of the u8 image fed on (the view; kind 3: source)
-//!         40      u64 logits_hash     FNV-1a 64 of the logits' f32 bits, NaNs canonical (2, 3)
+//!         40      u64 logits_hash     FNV-1a 64 of the logits' f32 bits, NaNs canonical (2, 3);
+//!                                     for an int8 model, of its `i32` logits ([`Int8`])
 //!         48      cfg_len bytes       postcard `tinyvit_core::aug::AugConfig`, zero-padded to 4
 //!                                     (kind 3 uses its mean/std; kind 4 its size, interpolation,
 //!                                     mean/std, with crop_pct = EVAL_CROP_PCT)
@@ -385,6 +386,103 @@ pub trait Classifier {
     fn input_shape(&self) -> (u32, u32);
     /// Runs the model on a normalised `[C, H, W]` input and returns its logits.
     fn classify(&mut self, input: &[f32]) -> Result<&[f32], EngineError>;
+    /// The hash a replay stores for the last [`Classifier::classify`]: by default `None`, and
+    /// the replay hashes the returned f32 logits ([`logits_hash`]); an engine whose own output
+    /// is not f32 hashes that instead ([`Int8`]: its `i32` logits).
+    fn native_hash(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// FNV-1a 64 over the little-endian bytes of `i32` logits (the int8 engine's output).
+pub fn int_logits_hash(logits: &[i32]) -> u64 {
+    let mut h = Fnv64::new();
+    for v in logits {
+        h = h.bytes(&v.to_le_bytes());
+    }
+    h.finish()
+}
+
+/// The int8 engine ([`crate::int8::run`]) over a parsed model and borrowed buffers. The
+/// normalised input is quantised with the model's input scale ([`crate::int8::quantize_input`],
+/// before the integer forward pass); the replay hashes the `i32` logits themselves
+/// ([`int_logits_hash`]), so host and device agree only when every logit is the same integer.
+/// The f32 logits it returns (for the class) are the `i32` ones times the logit scale.
+#[derive(Debug)]
+pub struct Int8<'w, 'b> {
+    model: &'b crate::int8::Model<'w>,
+    input: &'b mut [i8],
+    arena: &'b mut [i32],
+    logits: &'b mut [i32],
+    real: &'b mut [f32],
+}
+
+impl<'w, 'b> Int8<'w, 'b> {
+    /// Checks that the buffers fit the model: `input` of the input's length, `arena` of at least
+    /// [`crate::int8::arena_len`] words, `logits` and `real` of the class count.
+    pub fn new(
+        model: &'b crate::int8::Model<'w>,
+        input: &'b mut [i8],
+        arena: &'b mut [i32],
+        logits: &'b mut [i32],
+        real: &'b mut [f32],
+    ) -> Result<Self, EngineError> {
+        let cfg = model.config();
+        let needed = crate::int8::arena_len(cfg)?;
+        if arena.len() < needed {
+            return Err(EngineError::ArenaTooSmall {
+                needed,
+                got: arena.len(),
+            });
+        }
+        let n_in = engine::input_len(cfg)?;
+        if input.len() != n_in {
+            return Err(EngineError::InputLen {
+                expected: n_in,
+                got: input.len(),
+            });
+        }
+        let classes = cfg.num_classes as usize;
+        for got in [logits.len(), real.len()] {
+            if got != classes {
+                return Err(EngineError::LogitsLen {
+                    expected: classes,
+                    got,
+                });
+            }
+        }
+        Ok(Int8 {
+            model,
+            input,
+            arena,
+            logits,
+            real,
+        })
+    }
+}
+
+impl Classifier for Int8<'_, '_> {
+    fn input_shape(&self) -> (u32, u32) {
+        let c = self.model.config();
+        (c.img_size, c.in_chans)
+    }
+
+    fn classify(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
+        if input.len() != self.input.len() {
+            return Err(EngineError::InputLen {
+                expected: self.input.len(),
+                got: input.len(),
+            });
+        }
+        crate::int8::quantize_input(self.model, input, self.input);
+        crate::int8::run(self.model, self.input, self.arena, self.logits)?;
+        crate::int8::dequantize_logits(self.model, self.logits, self.real);
+        Ok(self.real)
+    }
+
+    fn native_hash(&self) -> Option<u64> {
+        Some(int_logits_hash(self.logits))
+    }
 }
 
 /// The `exact` engine over borrowed weights, arena and logits buffer.
@@ -682,8 +780,9 @@ pub fn replay<M: Meter>(
     let logits = meter
         .measure(Stage::Inference, || model.classify(input))
         .map_err(ReplayError::Engine)?;
-    out.logits_hash = Some(logits_hash(logits));
-    out.class = Some(argmax(logits));
+    let (hash, class) = (logits_hash(logits), argmax(logits));
+    out.logits_hash = Some(model.native_hash().unwrap_or(hash));
+    out.class = Some(class);
     Ok(())
 }
 

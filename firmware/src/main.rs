@@ -10,6 +10,10 @@
 //! `ok` when they equal the host's, else `MISMATCH`. The run ends with the stack high-water mark
 //! and a summary, and exits 0 only when every vector matched.
 //!
+//! The model's format version picks the engine: the exact f32 engine (version 1) or the
+//! integer-only int8 engine (version 2, `tinyvit_core::int8`); both read the model in place
+//! from flash over a static arena sized at build time.
+//!
 //! A model or vector file that cannot be read prints `error: model: ...` (or `error: vector
 //! file: ...`) and exits with a failure status. A panic or a hard fault, which should never
 //! happen since the core returns errors instead of panicking, prints `error: panic: ...` or
@@ -34,14 +38,15 @@ use core::fmt::Write;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use tinyvit_core::aug::Fnv64;
 use tinyvit_core::engine::{self, Weights};
-use tinyvit_core::vectors::{self, Classifier, Exact, Kind, Meter, Outcome, Stage};
+use tinyvit_core::vectors::{self, Classifier, Exact, Int8, Kind, Meter, Outcome, Stage};
+use tinyvit_core::{int8, tvb};
 
 /// Flash-resident bytes with the alignment the `.tvb` reader needs for zero-copy f32 access.
 #[repr(C, align(16))]
 pub struct Aligned<T: ?Sized>(pub T);
 
-// MODEL, VECTORS, the buffer sizes (ARENA_LEN, INPUT_LEN, LOGITS_LEN, VIEW_LEN, SCRATCH_LEN,
-// SOURCE_LEN) and RAM_REGION, all from the build script.
+// MODEL, VECTORS, the buffer sizes (ARENA_LEN, ARENA_I32_LEN, INPUT_LEN, INPUT_I8_LEN,
+// LOGITS_LEN, VIEW_LEN, SCRATCH_LEN, SOURCE_LEN) and RAM_REGION, all from the build script.
 include!(concat!(env!("OUT_DIR"), "/payload.rs"));
 
 /// Exit status of a run whose inputs cannot be read, or whose outputs differ from the host's.
@@ -54,11 +59,17 @@ struct Buffers {
     arena: &'static mut [f32],
     input: &'static mut [f32],
     logits: &'static mut [f32],
+    /// The int8 engine's arena, quantised input and `i32` logits (empty for an f32 model).
+    arena_i32: &'static mut [i32],
+    input_i8: &'static mut [i8],
+    logits_i32: &'static mut [i32],
     view: &'static mut [u8],
     scratch: &'static mut [u8],
     source: &'static mut [u8],
 }
 
+// cortex-m-rt passes each `static mut` below to the function as an argument.
+#[allow(clippy::too_many_arguments)]
 #[entry]
 fn main() -> ! {
     // cortex-m-rt turns these `static mut`s into `&'static mut` owned by `main` alone. They are
@@ -66,6 +77,9 @@ fn main() -> ! {
     static mut ARENA: [f32; ARENA_LEN] = [0.0; ARENA_LEN];
     static mut INPUT: [f32; INPUT_LEN] = [0.0; INPUT_LEN];
     static mut LOGITS: [f32; LOGITS_LEN] = [0.0; LOGITS_LEN];
+    static mut ARENA_I32: [i32; ARENA_I32_LEN] = [0; ARENA_I32_LEN];
+    static mut INPUT_I8: [i8; INPUT_I8_LEN] = [0; INPUT_I8_LEN];
+    static mut LOGITS_I32: [i32; LOGITS_LEN] = [0; LOGITS_LEN];
     static mut VIEW: [u8; VIEW_LEN] = [0; VIEW_LEN];
     static mut SCRATCH: [u8; SCRATCH_LEN] = [0; SCRATCH_LEN];
     static mut SOURCE: [u8; SOURCE_LEN] = [0; SOURCE_LEN];
@@ -100,6 +114,9 @@ fn main() -> ! {
         arena: ARENA,
         input: INPUT,
         logits: LOGITS,
+        arena_i32: ARENA_I32,
+        input_i8: INPUT_I8,
+        logits_i32: LOGITS_I32,
         view: VIEW,
         scratch: SCRATCH,
         source: SOURCE,
@@ -142,30 +159,62 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
         arena,
         input,
         logits,
+        arena_i32,
+        input_i8,
+        logits_i32,
         view,
         scratch,
         source,
     } = b;
-    let weights = match MODEL {
+    let fail = |e: &dyn core::fmt::Display| {
+        say!("error: model: {e}");
+        EXIT_FAILED
+    };
+    // The one place an engine is chosen, by the blob's format version: the exact f32 engine
+    // (version 1) or the int8 engine (version 2), each over its static arena.
+    let (mut weights, mut quant) = (None, None);
+    match MODEL {
         // black_box: the blob is read at run time from flash, as a blob written by a flasher
         // would be; without it LTO may evaluate the header checks of a constant at build time
         // and drop a blob it proved unreadable.
-        Some(blob) => Some(open_model(core::hint::black_box(&blob.0), arena, input)?),
-        None => {
-            say!("model: none embedded");
-            None
+        Some(blob) => {
+            let blob = core::hint::black_box(&blob.0);
+            // The build compiled in only the engine of the blob it embedded (`tinyvit_engine`,
+            // both when it could not read the blob); a blob of the other kind cannot run.
+            match tvb::kind(blob).map_err(|e| fail(&e))? {
+                tvb::Kind::F32 if cfg!(tinyvit_engine = "f32") => {
+                    weights = Some(open_model(blob, arena, input)?)
+                }
+                tvb::Kind::Int8 if cfg!(tinyvit_engine = "int8") => {
+                    quant = Some(open_int8(blob, arena_i32, input)?)
+                }
+                kind => {
+                    let what = if kind == tvb::Kind::F32 {
+                        "an f32"
+                    } else {
+                        "an int8"
+                    };
+                    say!("error: model: {what} model, and this firmware was built without its engine");
+                    return Err(EXIT_FAILED);
+                }
+            }
         }
+        None => say!("model: none embedded"),
+    }
+    let (mut exact, mut int8) = (None, None);
+    if let Some(w) = &weights {
+        exact = Some(Exact::new(w, arena, logits).map_err(|e| fail(&e))?);
+    } else if let Some(m) = &quant {
+        let i = Int8::new(m, input_i8, arena_i32, logits_i32, logits).map_err(|e| fail(&e))?;
+        int8 = Some(i);
+    }
+    let mut model: Option<&mut dyn Classifier> = match (&mut exact, &mut int8) {
+        (Some(m), _) => Some(m),
+        (None, Some(m)) => Some(m),
+        (None, None) => None,
     };
-    // The one place an engine is chosen: the exact f32 engine over the static arena.
-    let mut exact = match &weights {
-        Some(w) => Some(Exact::new(w, arena, logits).map_err(|e| {
-            say!("error: model: {e}");
-            EXIT_FAILED
-        })?),
-        None => None,
-    };
-    if let Some(m) = &mut exact {
-        cost_only(m, input, plan)?;
+    if let Some(m) = &mut model {
+        cost_only(&mut **m, input, plan)?;
     }
     let Some(bytes) = VECTORS else {
         say!("vectors: none embedded");
@@ -189,7 +238,7 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
             say!("error: {e}");
             EXIT_FAILED
         })?;
-        let model = exact.as_mut().map(|m| m as &mut dyn Classifier);
+        let model = model.as_mut().map(|m| &mut **m as &mut dyn Classifier);
         if replay_one(i, &v, model, &mut bufs) {
             ok += 1;
         } else {
@@ -240,11 +289,53 @@ fn open_model(blob: &'static [u8], arena: &[f32], input: &[f32]) -> Result<Weigh
     Ok(weights)
 }
 
+/// Opens the int8 `.tvb` in flash ([`int8::parse`]: header, checksums, sizes, every multiplier)
+/// and checks it against the static buffers, as [`open_model`] does for an f32 blob.
+fn open_int8(
+    blob: &'static [u8],
+    arena: &[i32],
+    input: &[f32],
+) -> Result<int8::Model<'static>, i32> {
+    let fail = |e: &dyn core::fmt::Display| {
+        say!("error: model: {e}");
+        EXIT_FAILED
+    };
+    let model = int8::parse(blob).map_err(|e| fail(&e))?;
+    let cfg = *model.config();
+    let need = int8::arena_len(&cfg).map_err(|e| fail(&e))?;
+    let n_in = engine::input_len(&cfg).unwrap_or(0);
+    if need > arena.len()
+        || n_in != input.len()
+        || n_in != INPUT_I8_LEN
+        || cfg.num_classes as usize != LOGITS_LEN
+    {
+        say!(
+            "error: model: int8 model needs an arena of {need} i32, {n_in} inputs, {} logits; the firmware was built with {}, {}, {}",
+            cfg.num_classes,
+            arena.len(),
+            input.len(),
+            LOGITS_LEN
+        );
+        return Err(EXIT_FAILED);
+    }
+    say!(
+        "model: int8 img={} in_chans={} classes={} embed={:?} depths={} weights={} bytes arena={} bytes",
+        cfg.img_size,
+        cfg.in_chans,
+        cfg.num_classes,
+        cfg.embed_dims,
+        cfg.total_blocks(),
+        model.data().len(),
+        need * 4
+    );
+    Ok(model)
+}
+
 /// One inference on the all-zero (mean-grey) input, to report what the model alone costs on this
 /// board: instructions (cycles on a board) and stack depth of the engine without the replay
 /// harness around it. On a board with a clock plan it also gives the time per inference.
 fn cost_only(
-    m: &mut Exact<'_, '_>,
+    m: &mut dyn Classifier,
     input: &mut [f32],
     plan: Option<&'static clocks::Plan>,
 ) -> Result<(), i32> {

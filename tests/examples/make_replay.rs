@@ -16,11 +16,17 @@
 //!   `exact` engine -> logits hash and class (`infer` vectors); `evalview` vectors (the
 //!   evaluation transform of a 28x28 source) and `eval` vectors (model-sized sources, no
 //!   transform).
+//! - for each preset `P` of [`INT8_PRESETS`] (the MCU presets and the int8 ones): `P-int8.tvb`,
+//!   the preset's seeded weights quantised by `int8::quantize::quantize_tvb` (default options,
+//!   [`CALIB_IMAGES`] synthetic calibration images), and `P-int8.vec`: the same kinds of vectors
+//!   through the int8 engine (`vectors::Int8`, whose hash is that of the `i32` logits) plus
+//!   more `eval` images: 32 inference vectors per int8 model.
 //! - `cases.txt`: one line per vector set, `name vectors [model]`, and `macs.txt`: one line per
 //!   preset, `name multiply-accumulates-per-inference`.
-//! - `matmul_probe.tvb` / `.vec`: the first preset of [`PROBE`] with [`PROBE_EXTRA_CLASSES`] more
+//! - `matmul_probe.tvb` / `.vec` (and `matmul_probe-int8.*`, the same network quantised): the
+//!   first preset of [`PROBE`] with [`PROBE_EXTRA_CLASSES`] more
 //!   classes and otherwise identical weights, and `probe.txt`: `probe vectors model base
-//!   extra_macs`. Only the head Linear differs, so the instruction difference between the two
+//!   extra_macs` (one line per probe). Only the head Linear differs, so the instruction difference between the two
 //!   models on the same image is the core's matmul kernel (`layers::linear`) alone: `cargo xtask
 //!   bench` divides it by `extra_macs`.
 //!
@@ -28,7 +34,8 @@
 //! instead `eval.vec`: the first `N` images of an IDX file (gzipped or not) as `evalview`
 //! vectors for that model (normalised with the preset's mean/std, `light` by default), with the
 //! host's logits hash and class, and `eval.txt`: `index label class` per image (label `-` when
-//! there are no labels). `cargo xtask train` uses it to run its student on the device.
+//! there are no labels). The model's format version picks the engine (f32 `exact` or int8, as
+//! on the device). `cargo xtask train` uses it to run its student on the device.
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -37,12 +44,27 @@ use std::path::{Path, PathBuf};
 use tinyvit_core::aug;
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
+use tinyvit_core::int8;
 use tinyvit_core::params::{splitmix64, synthetic_state_dict};
-use tinyvit_core::vectors::{self, Classifier, Exact, Kind, Record};
+use tinyvit_core::vectors::{self, Classifier, Exact, Int8, Kind, Record};
 use tinyvit_tests::aug_golden;
 
 /// The MCU presets replayed on the device, with the seed of their synthetic weights.
 const PRESETS: [(&str, u64); 2] = [("tiny_vit_mcu_m4", 41), ("tiny_vit_mcu_h7", 47)];
+/// The presets replayed in int8, with the seed of their synthetic weights and their extra `eval`
+/// images (32 inference vectors each): the f32 MCU presets quantised, and the int8 presets
+/// (whose f32 files exceed the boards, so replayed in int8 only).
+const INT8_PRESETS: [(&str, u64, u64); 4] = [
+    ("tiny_vit_mcu_m4", 41, INT8_EVAL_IMAGES),
+    ("tiny_vit_mcu_h7", 47, INT8_EVAL_IMAGES),
+    ("tiny_vit_mcu_m4_q8", 43, INT8_EVAL_IMAGES),
+    ("tiny_vit_mcu_h7_q8", 53, INT8_EVAL_IMAGES),
+];
+/// Synthetic calibration images of each int8 model.
+const CALIB_IMAGES: u64 = 16;
+/// `eval` images replayed per int8 model on top of the f32 sets' 12 inference vectors: 32 in
+/// all.
+const INT8_EVAL_IMAGES: u64 = 20;
 /// The preset (and weight seed) the matmul probe widens.
 const PROBE: (&str, u64) = ("tiny_vit_mcu_h7", 47);
 /// Classes the matmul probe adds to the head.
@@ -127,6 +149,19 @@ fn run(out: &Path) -> Result<(), String> {
         writeln!(cases, "{name} {name}.vec {name}.tvb").unwrap();
         writeln!(macs, "{name} {}", count_macs(&cfg)?).unwrap();
     }
+    for (name, seed, extra_eval) in INT8_PRESETS {
+        let cfg = ModelConfig::preset(name).ok_or(format!("no preset {name}"))?;
+        let q8 = quantized(&cfg, &seeded_blob(&cfg, seed)?)?;
+        let case = format!("{name}-int8");
+        write(&format!("{case}.tvb"), &q8)?;
+        write(
+            &format!("{case}.vec"),
+            &encode(&int8_vectors(&q8, extra_eval)?)?,
+        )?;
+        writeln!(cases, "{case} {case}.vec {case}.tvb").unwrap();
+        writeln!(macs, "{case} {}", count_macs(&cfg)?).unwrap();
+    }
+    let mut probes = String::new();
     let (name, seed) = PROBE;
     let base = ModelConfig::preset(name).ok_or(format!("no preset {name}"))?;
     let probe = base.with_num_classes(base.num_classes + PROBE_EXTRA_CLASSES);
@@ -140,10 +175,20 @@ fn run(out: &Path) -> Result<(), String> {
         &encode(&inference_vectors(&probe, &blob)?)?,
     )?;
     let extra = count_macs(&probe)? - count_macs(&base)?;
-    write(
-        "probe.txt",
-        format!("matmul_probe matmul_probe.vec matmul_probe.tvb {name} {extra}\n").as_bytes(),
-    )?;
+    writeln!(
+        probes,
+        "matmul_probe matmul_probe.vec matmul_probe.tvb {name} {extra}"
+    )
+    .unwrap();
+    let q8 = quantized(&probe, &blob)?;
+    write("matmul_probe-int8.tvb", &q8)?;
+    write("matmul_probe-int8.vec", &encode(&int8_vectors(&q8, 0)?)?)?;
+    writeln!(
+        probes,
+        "matmul_probe-int8 matmul_probe-int8.vec matmul_probe-int8.tvb {name}-int8 {extra}"
+    )
+    .unwrap();
+    write("probe.txt", probes.as_bytes())?;
     write("cases.txt", cases.as_bytes())?;
     write("macs.txt", macs.as_bytes())?;
     Ok(())
@@ -281,6 +326,46 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
     let mut arena = vec![0.0f32; engine::arena_len(cfg).map_err(|e| e.to_string())?];
     let mut logits = vec![0.0f32; cfg.num_classes as usize];
     let mut model = Exact::new(&weights, &mut arena, &mut logits).map_err(|e| e.to_string())?;
+    model_vectors(cfg, &mut model, 0)
+}
+
+/// `blob` (folded f32 weights of `cfg`) quantised to an int8 file with synthetic calibration
+/// images, normalised as the `light` preset does.
+fn quantized(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<u8>, String> {
+    let f32_tvb = tinyvit_core::tvb::write(cfg, blob).map_err(|e| e.to_string())?;
+    let acfg = aug::preset("light").map_err(|e| e.to_string())?;
+    let (s, c) = (cfg.img_size, cfg.in_chans);
+    let n = aug::image_len(s, s, c).map_err(|e| e.to_string())?;
+    let mut images = vec![0.0f32; n * CALIB_IMAGES as usize];
+    for (k, out) in images.chunks_exact_mut(n).enumerate() {
+        let pixels = synthetic_image(s, s, c, 5000 + k as u64);
+        let img = aug::ImageRef::new(s, s, c, &pixels).map_err(|e| e.to_string())?;
+        aug::normalize(img, acfg.mean, acfg.std, out).map_err(|e| e.to_string())?;
+    }
+    int8::quantize::quantize_tvb(&f32_tvb, &images, &int8::quantize::Options::default())
+        .map_err(|e| format!("quantising {}: {e}", cfg.img_size))
+}
+
+/// The int8 model's vectors: those of [`inference_vectors`] and `extra_eval` more `eval` images.
+fn int8_vectors(q8: &[u8], extra_eval: u64) -> Result<Vec<Record>, String> {
+    let m = int8::parse(q8).map_err(|e| e.to_string())?;
+    let cfg = *m.config();
+    let mut input = vec![0i8; engine::input_len(&cfg).map_err(|e| e.to_string())?];
+    let mut arena = vec![0i32; int8::arena_len(&cfg).map_err(|e| e.to_string())?];
+    let mut logits = vec![0i32; cfg.num_classes as usize];
+    let mut real = vec![0.0f32; cfg.num_classes as usize];
+    let mut model =
+        Int8::new(&m, &mut input, &mut arena, &mut logits, &mut real).map_err(|e| e.to_string())?;
+    model_vectors(&cfg, &mut model, extra_eval)
+}
+
+/// Inference vectors of `model` (`cfg`'s shapes): 8 `infer`, 2 `evalview` and `2 + extra_eval`
+/// `eval` vectors.
+fn model_vectors(
+    cfg: &ModelConfig,
+    model: &mut dyn Classifier,
+    extra_eval: u64,
+) -> Result<Vec<Record>, String> {
     let mut acfg = aug::preset("light").map_err(|e| e.to_string())?;
     acfg.size = cfg.img_size;
     let c = cfg.in_chans;
@@ -303,17 +388,17 @@ fn inference_vectors(cfg: &ModelConfig, blob: &[f32]) -> Result<Vec<Record>, Str
         for epoch in 0..2u32 {
             let seed = aug::sample_seed(11, epoch, k);
             let r = record(Kind::Infer, seed, 28, pixels.clone());
-            records.push(expect(r, Some(&mut model))?);
+            records.push(expect(r, Some(&mut *model))?);
         }
     }
     for k in 0..2u64 {
         let r = record(Kind::EvalView, 0, 28, synthetic_image(28, 28, c, 4000 + k));
-        records.push(expect(r, Some(&mut model))?);
+        records.push(expect(r, Some(&mut *model))?);
     }
-    for k in 0..2u64 {
+    for k in 0..2 + extra_eval {
         let s = cfg.img_size;
         let r = record(Kind::Eval, 0, s, synthetic_image(s, s, c, 3000 + k));
-        records.push(expect(r, Some(&mut model))?);
+        records.push(expect(r, Some(&mut *model))?);
     }
     Ok(records)
 }
@@ -375,8 +460,19 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
         None => None,
     };
     let bytes = std::fs::read(model).map_err(|e| format!("{}: {e}", model.display()))?;
-    let tvb = tinyvit_core::tvb::parse(&bytes).map_err(|e| format!("{}: {e}", model.display()))?;
-    let cfg = *tvb.config();
+    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", model.display());
+    // The engine the firmware will pick from the file's format version: f32 exact or int8.
+    let kind = tinyvit_core::tvb::kind(&bytes).map_err(|e| named(&e))?;
+    let (cfg, blob, q8) = match kind {
+        tinyvit_core::tvb::Kind::F32 => {
+            let tvb = tinyvit_core::tvb::parse(&bytes).map_err(|e| named(&e))?;
+            (*tvb.config(), tvb.to_blob(), None)
+        }
+        tinyvit_core::tvb::Kind::Int8 => {
+            let m = int8::parse(&bytes).map_err(|e| named(&e))?;
+            (*m.config(), Vec::new(), Some(m))
+        }
+    };
     if cfg.in_chans != 1 {
         return Err(format!(
             "{}: the model takes {} channels, IDX images are grey",
@@ -384,13 +480,40 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
             cfg.in_chans
         ));
     }
-    let blob = tvb.to_blob();
-    let weights = Weights::new(&cfg, &blob).map_err(|e| e.to_string())?;
     let mut acfg = aug::preset(preset).map_err(|e| format!("--aug-preset {preset}: {e}"))?;
     acfg.size = cfg.img_size;
-    let mut arena = vec![0.0f32; engine::arena_len(&cfg).map_err(|e| e.to_string())?];
+    let mut arena = vec![0.0f32; 0];
+    let mut arena_i32 = vec![0i32; 0];
+    let mut input_i8 = vec![0i8; 0];
+    let mut logits_i32 = vec![0i32; cfg.num_classes as usize];
     let mut logits = vec![0.0f32; cfg.num_classes as usize];
-    let mut model = Exact::new(&weights, &mut arena, &mut logits).map_err(|e| e.to_string())?;
+    let weights;
+    let (mut exact, mut quant) = (None, None);
+    match &q8 {
+        None => {
+            weights = Weights::new(&cfg, &blob).map_err(|e| e.to_string())?;
+            arena.resize(engine::arena_len(&cfg).map_err(|e| e.to_string())?, 0.0);
+            exact = Some(Exact::new(&weights, &mut arena, &mut logits).map_err(|e| e.to_string())?);
+        }
+        Some(m) => {
+            arena_i32.resize(int8::arena_len(&cfg).map_err(|e| e.to_string())?, 0);
+            input_i8.resize(engine::input_len(&cfg).map_err(|e| e.to_string())?, 0);
+            let i = Int8::new(
+                m,
+                &mut input_i8,
+                &mut arena_i32,
+                &mut logits_i32,
+                &mut logits,
+            )
+            .map_err(|e| e.to_string())?;
+            quant = Some(i);
+        }
+    }
+    let model: &mut dyn Classifier = match (&mut exact, &mut quant) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m,
+        (None, None) => return Err(named(&"no engine opened")),
+    };
     let mut records = Vec::new();
     let mut table = String::new();
     for i in 0..count.min(n) {
@@ -409,7 +532,7 @@ fn eval_set(model: &Path, data: &str, count: &str, preset: &str, out: &Path) -> 
                 image_hash: 0,
                 logits_hash: 0,
             },
-            Some(&mut model),
+            Some(&mut *model),
         )?;
         let label = labels
             .as_ref()

@@ -34,12 +34,28 @@ use crate::{setup, util};
 /// weights exceed the STM32F405's 1 MB of flash, and the augmentation known answers (views up to
 /// 224x224 RGB) need 257 KB of view and scratch buffers, twice its 128 KB of SRAM. (On the
 /// STM32H743 those 257 KB exceed the 128 KB DTCM, so that build puts them in AXI SRAM.)
-pub const DOES_NOT_FIT: [(&str, Board); 4] = [
+/// `tiny_vit_mcu_h7_q8`'s 1.2 MB of int8 data exceed it too.
+pub const DOES_NOT_FIT: [(&str, Board); 6] = [
     ("aug-golden", Board::Netduinoplus2),
     ("aug-golden", Board::FeatherF405),
     ("tiny_vit_mcu_h7", Board::Netduinoplus2),
     ("tiny_vit_mcu_h7", Board::FeatherF405),
+    ("tiny_vit_mcu_h7_q8-int8", Board::Netduinoplus2),
+    ("tiny_vit_mcu_h7_q8-int8", Board::FeatherF405),
 ];
+
+/// The int8 presets' budgets, `(case, flash for code and model, RAM for statics and stack)`:
+/// the ELF of the firmware with the model alone (no replay vectors) must fit them (checked on
+/// the emulated build, whose engine code is the boards').
+pub const INT8_BUDGETS: [(&str, u64, u64); 2] = [
+    ("tiny_vit_mcu_m4_q8-int8", 800 * 1024, 192 * 1024),
+    ("tiny_vit_mcu_h7_q8-int8", 1536 * 1024, 384 * 1024),
+];
+
+/// Whether a vector set is an int8 model's (named `<preset>-int8` by the vector maker).
+fn is_int8(case: &Case) -> bool {
+    case.name.ends_with("-int8")
+}
 
 /// One firmware configuration to replay: a vector file and, for inference, its model.
 #[derive(Clone, Debug)]
@@ -72,9 +88,33 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut layouts = Vec::new();
     for case in &cases {
         let elf = firmware::build(Board::QemuM4, &case.payload)?;
+        if let Some(&(_, flash, ram)) = INT8_BUDGETS.iter().find(|b| b.0 == case.name) {
+            // What a device carries: the firmware and the model, no replay vectors.
+            let deployed = Payload {
+                model: case.payload.model.clone(),
+                vectors: None,
+            };
+            let size = firmware::elf_size(&firmware::build(Board::QemuM4, &deployed)?)?;
+            let need_ram = size.ram() + firmware::STACK_RESERVE;
+            let line = format!(
+                "{}: flash {} of {flash} B, RAM {need_ram} (statics and a {} B stack) of {ram} B",
+                case.name,
+                size.flash(),
+                firmware::STACK_RESERVE
+            );
+            if size.flash() > flash || need_ram > ram {
+                failures.push(format!("{line}: over the int8 preset's budget"));
+            }
+            layouts.push(format!("{line}: within the int8 preset's budget"));
+        }
         for board in Board::MPS2 {
             let out = firmware::run_qemu(board, &elf)?;
             check_run(board, case, &out, bless, &mut failures);
+        }
+        // The int8 sets run on the two MPS2 machines only (an inference is 10^7 to 10^8
+        // emulated instructions); on the STM32F405 map they are built and laid out below.
+        if is_int8(case) {
+            continue;
         }
         let board = Board::Netduinoplus2;
         if let Some(elf) = build_checked(board, case, &mut layouts, &mut failures) {
@@ -85,7 +125,12 @@ pub fn run(args: &[String]) -> Result<()> {
     // The real boards cannot run here: each vector set must build and lay out as its board
     // needs (or be refused, as listed in DOES_NOT_FIT).
     for case in &cases {
-        for board in Board::REAL {
+        let boards = if is_int8(case) {
+            &[Board::Netduinoplus2, Board::NucleoH743, Board::FeatherF405][..]
+        } else {
+            &Board::REAL[..]
+        };
+        for &board in boards {
             build_checked(board, case, &mut layouts, &mut failures);
         }
     }
@@ -217,13 +262,29 @@ pub fn make_vectors() -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Broken copies of the first preset's model: one byte flipped in the middle, cut in half, and
-/// marked with the next format version.
+/// Broken copies of the first f32 preset's model and of the first int8 model: one byte flipped
+/// in the middle, cut in half, and marked with the next format version.
 fn corrupt_cases(cases: &[Case]) -> Result<Vec<Case>> {
-    let Some(case) = cases.iter().find(|c| c.payload.model.is_some()) else {
-        bail!("no vector set has a model, so the broken-blob checks cannot run");
+    let Some(case) = cases
+        .iter()
+        .find(|c| c.payload.model.is_some() && !is_int8(c))
+    else {
+        bail!("no vector set has an f32 model, so the broken-blob checks cannot run");
     };
-    let model = case.payload.model.as_ref().expect("found with a model");
+    let Some(q8) = cases
+        .iter()
+        .find(|c| c.payload.model.is_some() && is_int8(c))
+    else {
+        bail!("no vector set has an int8 model, so the broken int8 blob checks cannot run");
+    };
+    let mut out = corrupt_copies(case, "")?;
+    out.extend(corrupt_copies(q8, "int8-")?);
+    Ok(out)
+}
+
+/// The three broken copies of `case`'s model, named `<prefix>flipped` and so on.
+fn corrupt_copies(case: &Case, prefix: &str) -> Result<Vec<Case>> {
+    let model = case.payload.model.as_ref().context("a case with a model")?;
     let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;
@@ -239,10 +300,11 @@ fn corrupt_cases(cases: &[Case]) -> Result<Vec<Case>> {
         ("truncated", truncated),
         ("version", newer),
     ] {
+        let name = format!("{prefix}{name}");
         let path = vectors_dir().join(format!("{name}.tvb"));
         std::fs::write(&path, data)?;
         out.push(Case {
-            name: name.to_string(),
+            name,
             payload: Payload {
                 model: Some(path),
                 vectors: case.payload.vectors.clone(),
@@ -409,26 +471,31 @@ pub fn bench() -> Result<()> {
             .with_context(|| format!("{} has no MAC count", case.name))?;
         costs.push(measure(&case.name, &case.payload, macs)?);
     }
-    // The matmul probe: the same network with a wider head, run on the same image.
+    // The matmul probes (f32 and int8): the same network with a wider head, run on the same
+    // image.
     let probe_text = read("probe.txt")?;
-    let p: Vec<&str> = probe_text.split_whitespace().collect();
-    let [name, vectors, model, base, extra] = p.as_slice() else {
-        bail!("probe.txt: expected `name vectors model base extra_macs`");
-    };
-    let extra: u64 = extra.parse().context("probe.txt: extra_macs")?;
-    let probe = measure(
-        name,
-        &Payload {
-            vectors: Some(dir.join(vectors)),
-            model: Some(dir.join(model)),
-        },
-        0,
-    )?;
-    let base = costs
-        .iter()
-        .find(|c| c.name == *base)
-        .with_context(|| format!("probe base {base} was not measured"))?;
-
+    let mut probes = Vec::new();
+    for line in probe_text.lines().filter(|l| !l.trim().is_empty()) {
+        let p: Vec<&str> = line.split_whitespace().collect();
+        let [name, vectors, model, base, extra] = p.as_slice() else {
+            bail!("probe.txt: expected `name vectors model base extra_macs`, got `{line}`");
+        };
+        let extra: u64 = extra.parse().context("probe.txt: extra_macs")?;
+        let probe = measure(
+            name,
+            &Payload {
+                vectors: Some(dir.join(vectors)),
+                model: Some(dir.join(model)),
+            },
+            0,
+        )?;
+        let base = costs
+            .iter()
+            .find(|c| c.name == *base)
+            .with_context(|| format!("probe base {base} was not measured"))?
+            .clone();
+        probes.push((probe, base, extra));
+    }
     println!("\nfirmware on QEMU (instructions counted exactly with -icount shift=0; one ELF per");
     println!("preset runs on both boards; sizes in bytes):\n");
     println!(
@@ -490,18 +557,29 @@ pub fn bench() -> Result<()> {
         }
     }
     println!();
-    for (k, board) in ["Cortex-M4F", "Cortex-M7"].into_iter().enumerate() {
-        let (Some(a), Some(b)) = (probe.instr[k], base.instr[k]) else {
-            continue;
+    for (probe, base, extra) in &probes {
+        let kernel = if base.name.ends_with("-int8") {
+            "int8::ops::dot_i8, SXTB16/SMLAD"
+        } else {
+            "layers::linear"
         };
-        println!(
-            "core matmul kernel (layers::linear, {} head with {extra} extra MACs, same image) on \
-             {board}: {} instructions -> {:.3} instructions per MAC (the reference probe's naive \
-             loop: about 6)",
-            base.name,
-            a.saturating_sub(b),
-            a.saturating_sub(b) as f64 / extra.max(1) as f64
-        );
+        for (k, board) in ["Cortex-M4F", "Cortex-M7"].into_iter().enumerate() {
+            let (Some(a), Some(b)) = (probe.instr[k], base.instr[k]) else {
+                continue;
+            };
+            println!(
+                "{} matmul kernel ({kernel}, {} head with {extra} extra MACs, same image) on \
+                 {board}: {} instructions -> {:.3} instructions per MAC",
+                if kernel.starts_with("int8") {
+                    "int8"
+                } else {
+                    "f32"
+                },
+                base.name,
+                a.saturating_sub(b),
+                a.saturating_sub(b) as f64 / (*extra).max(1) as f64
+            );
+        }
     }
     Ok(())
 }

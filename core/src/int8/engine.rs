@@ -346,6 +346,16 @@ pub fn run(
     Ok(())
 }
 
+/// The taps `k` in `[k0, k1)` (of `0..taps`) whose input index `o * stride + k - pad` lies inside
+/// `0..n`: the taps [`tap`] accepts, found once per output instead of once per tap.
+#[inline]
+fn tap_range(o: usize, stride: usize, taps: usize, pad: usize, n: usize) -> (usize, usize) {
+    let base = o * stride;
+    let k0 = pad.saturating_sub(base).min(taps);
+    let k1 = (n + pad).saturating_sub(base).min(taps);
+    (k0, k1.max(k0))
+}
+
 /// Input index of a conv tap: `o * stride + k - pad`, if inside `0..n`.
 #[inline]
 fn tap(o: usize, stride: usize, k: usize, pad: usize, n: usize) -> Option<usize> {
@@ -470,16 +480,21 @@ fn depthwise_acc(
 ) -> i32 {
     let pad = k / 2;
     let mut acc = layer.b.get(ch);
-    for ky in 0..k {
-        let Some(iy) = tap(oy, stride, ky, pad, h_in) else {
-            continue;
-        };
-        for kx in 0..k {
-            let Some(ix) = tap(ox, stride, kx, pad, w_in) else {
-                continue;
-            };
-            let w = layer.w[(ch * k + ky) * k + kx] as i32;
-            acc = acc.wrapping_add(w * ring[((iy % k) * w_in + ix) * c + ch] as i32);
+    // The taps in range, in the order `ky` then `kx` (the sum is exact in any order; this is
+    // the reference's).
+    let (ky0, ky1) = tap_range(oy, stride, k, pad, h_in);
+    let (kx0, kx1) = tap_range(ox, stride, k, pad, w_in);
+    if kx0 == kx1 {
+        return acc;
+    }
+    let w = &layer.w[ch * k * k..(ch + 1) * k * k];
+    for ky in ky0..ky1 {
+        let iy = oy * stride + ky - pad;
+        let row = &ring[(iy % k) * w_in * c..(iy % k + 1) * w_in * c];
+        let wr = &w[ky * k..(ky + 1) * k];
+        let ix0 = ox * stride + kx0 - pad;
+        for (kx, px) in (kx0..kx1).zip(row[ix0 * c + ch..].iter().step_by(c)) {
+            acc = acc.wrapping_add(wr[kx] as i32 * *px as i32);
         }
     }
     acc
@@ -739,20 +754,21 @@ fn local_conv(
                 .copy_from_slice(&x[filled * r * c..(filled + 1) * r * c]);
             filled += 1;
         }
+        let (ky0, ky1) = tap_range(oy, 1, k, pad, r);
         for ox in 0..r {
+            let (kx0, kx1) = tap_range(ox, 1, k, pad, r);
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
             for (ch, v) in t.iter_mut().enumerate() {
                 let mut acc = layer.b.get(ch);
-                for ky in 0..k {
-                    let Some(iy) = tap(oy, 1, ky, pad, r) else {
-                        continue;
-                    };
-                    for kx in 0..k {
-                        let Some(ix) = tap(ox, 1, kx, pad, r) else {
-                            continue;
-                        };
-                        let w = layer.w[(ch * k + ky) * k + kx] as i32;
-                        acc = acc.wrapping_add(w * ring[((iy % k) * r + ix) * c + ch] as i32);
+                let w = &layer.w[ch * k * k..(ch + 1) * k * k];
+                let ky1 = if kx0 == kx1 { ky0 } else { ky1 };
+                for ky in ky0..ky1 {
+                    let iy = oy + ky - pad;
+                    let row = &ring[(iy % k) * r * c..(iy % k + 1) * r * c];
+                    let wr = &w[ky * k..(ky + 1) * k];
+                    let ix0 = ox + kx0 - pad;
+                    for (kx, px) in (kx0..kx1).zip(row[ix0 * c + ch..].iter().step_by(c)) {
+                        acc = acc.wrapping_add(wr[kx] as i32 * *px as i32);
                     }
                 }
                 *v = sat_i16(requant(acc, layer.m.get(ch)), lim);

@@ -48,6 +48,22 @@ pub const MAX_SHIFT: u32 = 62;
 #[inline]
 pub fn requant(x: i32, k: Multiplier) -> i32 {
     let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
+    let p = (x as i64 * k.m as i64) + (1i64 << (s - 1));
+    if s >= 32 {
+        // The same value without a 64-bit variable shift (a call-sized sequence on a 32-bit
+        // core): `|p| < 2^63`, so `p >> 32` fits `i32` exactly, and floor shifts compose:
+        // `(p >> 32) >> (s - 32) == p >> s`, which then needs no saturation.
+        ((p >> 32) as i32) >> (s - 32)
+    } else {
+        (p >> s).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+}
+
+/// [`requant`] as first written (one 64-bit shift, then saturation): the reference the test
+/// `requant_fast_path_is_the_reference` holds the split version to.
+#[cfg(test)]
+pub(crate) fn requant_reference(x: i32, k: Multiplier) -> i32 {
+    let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
     let v = ((x as i64 * k.m as i64) + (1i64 << (s - 1))) >> s;
     v.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
@@ -69,13 +85,95 @@ pub fn sat_i16(v: i32, max: i16) -> i16 {
 /// additions. Every matrix product of the engine goes through here, so a DSP version
 /// (`SXTB16` + `SMLAD`) replaces this one function. Valid files never wrap: biases are clamped
 /// to `2^30` and fan-ins are at most `2^16` (`|a*b| <= 2^14`).
+///
+/// With the `arm-dsp` feature on a 32-bit Arm target the body is [`dsp::dot_i8`]: four pairs
+/// per `SXTB16`/`SMLAD` group. Wrapping addition is associative and commutative, so the
+/// grouping gives the same `i32` as this loop, bit for bit.
 #[inline]
 pub fn dot_i8(init: i32, a: &[i8], b: &[i8]) -> i32 {
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    {
+        dsp::dot_i8(init, a, b)
+    }
+    #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+    {
+        dot_i8_scalar(init, a, b)
+    }
+}
+
+/// The portable reference of [`dot_i8`], one product at a time in index order.
+#[inline]
+pub fn dot_i8_scalar(init: i32, a: &[i8], b: &[i8]) -> i32 {
     let mut acc = init;
     for (x, y) in a.iter().zip(b) {
         acc = acc.wrapping_add(*x as i32 * *y as i32);
     }
     acc
+}
+
+/// The Armv7E-M DSP dot product (Cortex-M4/M7).
+#[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+#[allow(unsafe_code)]
+pub mod dsp {
+    use core::arch::asm;
+
+    /// Four little-endian `i8` at once.
+    #[inline(always)]
+    fn word(b: &[i8]) -> u32 {
+        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    }
+
+    /// `acc + sum_{k<4} x_k y_k` over the bytes of `x` and `y`: `SXTB16` sign-extends bytes 0
+    /// and 2 (and, rotated by 8, bytes 1 and 3) into two `i16` lanes; `SMLAD` adds both lane
+    /// products to the accumulator (wrapping, as `wrapping_add`; the Q flag it may set is never
+    /// read).
+    #[inline(always)]
+    fn mac4(acc: i32, x: u32, y: u32) -> i32 {
+        let out: i32;
+        // SAFETY: register-only Armv7E-M instructions (SXTB16, SMLAD) on operands already in
+        // registers: no memory access, no stack; the APSR Q flag SMLAD may set is not declared
+        // preserved (no `preserves_flags`).
+        unsafe {
+            asm!(
+                "sxtb16 {xe}, {x}",
+                "sxtb16 {xo}, {x}, ror #8",
+                "sxtb16 {ye}, {y}",
+                "sxtb16 {yo}, {y}, ror #8",
+                "smlad {acc}, {xe}, {ye}, {acc}",
+                "smlad {acc}, {xo}, {yo}, {acc}",
+                x = in(reg) x,
+                y = in(reg) y,
+                xe = out(reg) _,
+                xo = out(reg) _,
+                ye = out(reg) _,
+                yo = out(reg) _,
+                acc = inout(reg) acc => out,
+                options(pure, nomem, nostack),
+            );
+        }
+        out
+    }
+
+    /// [`super::dot_i8`] on the DSP extension: 8 then 4 pairs per step, the rest one by one.
+    #[inline]
+    pub fn dot_i8(init: i32, a: &[i8], b: &[i8]) -> i32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = init;
+        let mut ca = a.chunks_exact(8);
+        let mut cb = b.chunks_exact(8);
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            acc = mac4(acc, word(&x[..4]), word(&y[..4]));
+            acc = mac4(acc, word(&x[4..]), word(&y[4..]));
+        }
+        let (mut ra, mut rb) = (ca.remainder(), cb.remainder());
+        if ra.len() >= 4 {
+            acc = mac4(acc, word(ra), word(rb));
+            ra = &ra[4..];
+            rb = &rb[4..];
+        }
+        super::dot_i8_scalar(acc, ra, rb)
+    }
 }
 
 /// `2^(-k/64)` in Q30 for `k = 0..=64`.

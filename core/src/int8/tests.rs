@@ -444,3 +444,55 @@ fn fake_quantisation_by_point_explains_the_engine_error() {
         "{engine} vs {all}"
     );
 }
+
+#[test]
+fn requant_fast_path_is_the_reference() {
+    use super::ops::{requant, requant_reference, Multiplier, MAX_SHIFT, MIN_SHIFT};
+    let mut s = 0x5eed_u64;
+    let edges = [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+    let mut checked = 0u64;
+    for shift in MIN_SHIFT..=MAX_SHIFT {
+        for &m in &edges {
+            for &x in &edges {
+                let k = Multiplier { m, shift };
+                assert_eq!(requant(x, k), requant_reference(x, k), "x={x} {k:?}");
+                checked += 1;
+            }
+        }
+        for _ in 0..20_000 {
+            let x = splitmix64(&mut s) as i32 >> (splitmix64(&mut s) % 32);
+            let m = splitmix64(&mut s) as i32 >> (splitmix64(&mut s) % 32);
+            let k = Multiplier { m, shift };
+            assert_eq!(requant(x, k), requant_reference(x, k), "x={x} {k:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 1_000_000);
+}
+
+/// The int8 presets in their boards' budgets: int8 data plus a code reserve within the flash
+/// budget, the int8 arena plus the firmware's other statics and stack within the RAM budget,
+/// and three to four times the f32 preset's parameters. (The firmware's ELF is checked against
+/// the same budgets by `cargo xtask replay`.)
+#[test]
+fn int8_presets_fit_their_budgets() {
+    const K: usize = 1024;
+    // Firmware code and constants besides the model (about 171 KB measured), rounded up.
+    const CODE: usize = 176 * K;
+    for (q8, f32_preset, flash, ram) in [
+        ("tiny_vit_mcu_m4_q8", "tiny_vit_mcu_m4", 800 * K, 192 * K),
+        ("tiny_vit_mcu_h7_q8", "tiny_vit_mcu_h7", 1536 * K, 384 * K),
+    ] {
+        let cfg = ModelConfig::preset(q8).unwrap();
+        let data = super::layout::data_len(&cfg);
+        let arena = arena_len(&cfg).unwrap() * 4;
+        assert!(data + CODE <= flash, "{q8}: {data} B of int8 data");
+        assert!(arena + 64 * K <= ram, "{q8}: {arena} B of arena");
+        let ratio = crate::params::folded_count(&cfg) as f64
+            / crate::params::folded_count(&ModelConfig::preset(f32_preset).unwrap()) as f64;
+        assert!(
+            (3.0..=4.0).contains(&ratio),
+            "{q8}: {ratio:.2}x {f32_preset}"
+        );
+    }
+}
