@@ -32,7 +32,8 @@ use tinyvit_core::engine::{fast::FastModel, input_len, Weights};
 use tinyvit_core::int8::{self, quantize};
 use tinyvit_core::{tvb, vectors};
 
-use crate::checkpoint::{self, InputSpec};
+use crate::checkpoint;
+use tinyvit_core::contract::{ClassNames, Contract, InputContract};
 use crate::data;
 use crate::train::sources::{channels_of, AugSource, EvalSource};
 use crate::train::store_seeds::{self, Given};
@@ -159,15 +160,15 @@ pub fn parse_method(s: &str) -> Result<quantize::RangeMethod> {
     }
 }
 
-/// A named input normalisation (`--norm`).
-pub fn parse_norm(s: &str) -> Result<InputSpec> {
+/// A named input normalisation (`--norm`): mean and std.
+pub fn parse_norm(s: &str) -> Result<([f32; 3], [f32; 3])> {
     let (mean, std) = match s {
         "imagenet" => (IMAGENET_MEAN, IMAGENET_STD),
         "clip" => (CLIP_MEAN, CLIP_STD),
         "half" => ([0.5; 3], [0.5; 3]),
         _ => bail!("--norm `{s}`: expected imagenet, clip or half"),
     };
-    Ok(InputSpec { mean, std })
+    Ok((mean, std))
 }
 
 /// An f32 model ready to quantise.
@@ -177,8 +178,8 @@ pub struct F32Model {
     pub tvb: Vec<u8>,
     /// Its folded weights.
     pub blob: Vec<f32>,
-    /// Normalisation of its inputs.
-    pub input: InputSpec,
+    /// Its input contract (size, normalisation, evaluation view, class names).
+    pub input: Contract,
 }
 
 /// Reads `--model` (a `.tvb` or a checkpoint) with its normalisation.
@@ -196,13 +197,26 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
             tvb::Kind::F32 => {}
         }
         let t = tvb::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let input = given.with_context(|| {
-            format!(
-                "{}: a .tvb does not record its input normalisation; give --norm \
-                 imagenet|clip|half (what the model was trained with)",
+        let cfg = *t.config();
+        let input = match (t.contract(), given) {
+            (Some(c), Some((mean, std))) if c.mean != mean || c.std != std => bail!(
+                "{}: the file's input contract (mean {:?}, std {:?}) disagrees with --norm {}",
+                path.display(),
+                c.mean,
+                c.std,
+                norm.unwrap_or_default()
+            ),
+            (Some(c), _) => Contract::from_parts(c, t.class_names()),
+            (None, Some((mean, std))) => Contract::from_parts(
+                &InputContract::for_model(&cfg, mean, std),
+                ClassNames::default(),
+            ),
+            (None, None) => bail!(
+                "{}: a .tvb without an input contract does not record its normalisation; give \
+                 --norm imagenet|clip|half (what the model was trained with)",
                 path.display()
-            )
-        })?;
+            ),
+        };
         return Ok(F32Model {
             config: *t.config(),
             blob: t.to_blob(),
@@ -216,7 +230,7 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
     };
     let ck = checkpoint::load(path, fallback.as_ref())?;
     let input = match (ck.input, given) {
-        (Some(c), Some(g)) if c != g => bail!(
+        (Some(c), Some((mean, std))) if c.mean != mean || c.std != std => bail!(
             "{}: metadata `tinyvit.input` (mean {:?}, std {:?}) disagrees with --norm {}",
             path.display(),
             c.mean,
@@ -224,7 +238,10 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
             norm.unwrap_or_default()
         ),
         (Some(c), _) => c,
-        (None, Some(g)) => g,
+        (None, Some((mean, std))) => Contract::from_parts(
+            &InputContract::for_model(&ck.config, mean, std),
+            ClassNames::default(),
+        ),
         (None, None) => bail!(
             "{}: no metadata `tinyvit.input` (input normalisation); give --norm \
              imagenet|clip|half",
@@ -286,6 +303,8 @@ fn calibration(args: &QuantizeArgs, m: &F32Model) -> Result<(Vec<f32>, &'static 
                 channels: c as usize,
                 mean: m.input.mean,
                 std: m.input.std,
+                crop_fraction: m.input.crop_fraction,
+                interpolation: m.input.interpolation,
             }),
             "eval",
         ),
@@ -482,7 +501,7 @@ pub fn run(args: &QuantizeArgs) -> Result<QuantizeReport> {
             args.limit,
             m.config.in_chans,
             m.config.img_size,
-            m.input,
+            &m.input,
         )
         .with_context(|| format!("--val {val}"))?;
         ensure!(!src.is_empty(), "--val {val}: no images");
@@ -521,8 +540,8 @@ mod tests {
             let e = parse_method(bad).unwrap_err().to_string();
             assert!(e.contains("--method"), "{bad}: {e}");
         }
-        assert_eq!(parse_norm("half").unwrap().mean, [0.5; 3]);
-        assert_eq!(parse_norm("imagenet").unwrap().std, IMAGENET_STD);
+        assert_eq!(parse_norm("half").unwrap().0, [0.5; 3]);
+        assert_eq!(parse_norm("imagenet").unwrap().1, IMAGENET_STD);
         assert!(parse_norm("none")
             .unwrap_err()
             .to_string()

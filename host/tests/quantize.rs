@@ -12,7 +12,8 @@ use serde_json::Value;
 use support::{fails, fashion_mnist_subset, ok, tmpdir, BIN};
 use tinyvit_core::int8;
 use tinyvit_core::params::splitmix64;
-use tinyvit_host::checkpoint::{self, InputSpec};
+use tinyvit_core::contract::{ClassNames, Contract, InputContract};
+use tinyvit_host::checkpoint;
 use tinyvit_host::infer::{read_npy, tch_model, write_npy};
 use tinyvit_host::{import, presets};
 
@@ -183,10 +184,10 @@ fn checkpoint_and_tvb_quantize_to_the_same_file() {
     let loaded = import::load(&fixture(), None, None, Some(16)).unwrap();
     let (vs, _) = tch_model(loaded.state_dict.as_ref().unwrap(), &loaded.config).unwrap();
     let ck = dir.join("model.safetensors");
-    let half = InputSpec {
-        mean: [0.5; 3],
-        std: [0.5; 3],
-    };
+    let half = Contract::from_parts(
+        &InputContract::for_model(&loaded.config, [0.5; 3], [0.5; 3]),
+        ClassNames::default(),
+    );
     checkpoint::save(&ck, &vs, &loaded.config, Some(&half), None).unwrap();
 
     let (a, b) = (dir.join("a.q8.tvb"), dir.join("b.q8.tvb"));
