@@ -105,9 +105,12 @@ pub fn run(args: &InferArgs) -> Result<()> {
     );
     ensure!(args.topk >= 1, "--topk must be at least 1 (got 0)");
     let what = format!("model {}", path.display());
-    // The int8 format records no input contract yet: the flags apply, else ImageNet's
-    // normalisation with a note, as for any file without one.
-    let contract = args.contract.resolve(None, &cfg, &what)?;
+    // The file's own contract (written by `quantize` from the f32 model's); flags override it,
+    // and files without one use ImageNet's normalisation with a note.
+    let recorded = model
+        .contract()
+        .map(|c| tinyvit_core::contract::Contract::from_parts(c, model.class_names()));
+    let contract = args.contract.resolve(recorded, &cfg, &what)?;
     let (input, names) = match (&args.npy, args.images.is_empty()) {
         (Some(p), true) => {
             let (x, n) = infer::read_input_npy(p, &cfg)?;
@@ -116,7 +119,12 @@ pub fn run(args: &InferArgs) -> Result<()> {
                 "{}: the batch holds no inputs (shape [0, ...])",
                 p.display()
             );
-            (x, (0..n).map(|i| format!("{}[{i}]", p.display())).collect::<Vec<_>>())
+            (
+                x,
+                (0..n)
+                    .map(|i| format!("{}[{i}]", p.display()))
+                    .collect::<Vec<_>>(),
+            )
         }
         (None, false) => {
             let files = infer::expand_images(&args.images)?;
@@ -147,4 +155,3 @@ pub fn run(args: &InferArgs) -> Result<()> {
     }
     Ok(())
 }
-

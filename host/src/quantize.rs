@@ -33,11 +33,11 @@ use tinyvit_core::int8::{self, quantize};
 use tinyvit_core::{tvb, vectors};
 
 use crate::checkpoint;
-use tinyvit_core::contract::{ClassNames, Contract, InputContract};
 use crate::data;
 use crate::train::sources::{channels_of, AugSource, EvalSource};
 use crate::train::store_seeds::{self, Given};
 use crate::train::Source;
+use tinyvit_core::contract::{ClassNames, Contract, InputContract};
 
 /// Command-line arguments of `tinyvit quantize`.
 #[derive(clap::Args, Clone, Debug)]
@@ -252,8 +252,10 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
     let blob = crate::import::state_dict_of(&ck.tensors)
         .and_then(|sd| crate::import::fold(&sd, &cfg))
         .with_context(|| format!("checkpoint {}", path.display()))?;
-    let bytes =
-        tvb::write(&cfg, &blob).map_err(|e| anyhow!("{}: write .tvb: {e}", path.display()))?;
+    // The contract travels into the f32 .tvb and from there into the int8 file.
+    let ic = input.input();
+    let bytes = tvb::write_with_contract(&cfg, &blob, Some((&ic, &input.class_names)))
+        .map_err(|e| anyhow!("{}: write .tvb: {e}", path.display()))?;
     Ok(F32Model {
         config: cfg,
         tvb: bytes,

@@ -10,9 +10,9 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::{fails, fashion_mnist_subset, ok, tmpdir, BIN};
+use tinyvit_core::contract::{ClassNames, Contract, InputContract};
 use tinyvit_core::int8;
 use tinyvit_core::params::splitmix64;
-use tinyvit_core::contract::{ClassNames, Contract, InputContract};
 use tinyvit_host::checkpoint;
 use tinyvit_host::infer::{read_npy, tch_model, write_npy};
 use tinyvit_host::{import, presets};

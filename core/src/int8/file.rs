@@ -19,6 +19,8 @@
 //! |   items       u32          |   = layout::item_count(config)
 //! |   data_len    u64 (bytes)  |   = layout::data_len(config)
 //! |   data_crc32  u32          |
+//! |   optional: input contract |   [`crate::contract`] section (size, channels, mean, std,
+//! |                            |   interpolation, crop, class names), as in f32 files
 //! +----------------------------+ 20 + H (nothing else in the header)
 //! | zero padding to 16 bytes   |
 //! +----------------------------+ D = align16(20 + H)
@@ -32,8 +34,8 @@
 //!
 //! # Safety limits
 //! Checked before use, in this order: the prefix, the header length (64 KiB cap) against the
-//! file, the header crc, the header decode with nothing trailing, the config
-//! ([`ModelConfig::validate`]) and the engine's own size limits ([`super::engine::arena_plan`]),
+//! file, the header crc, the header decode, the config
+//! ([`ModelConfig::validate`]), the optional contract section with nothing trailing and the engine's own size limits ([`super::engine::arena_plan`]),
 //! `res_max`, the scales, the item count, the data length (overflow-checked) against the file
 //! length, zero padding, the data crc, and every multiplier's shift (`1..=62`). Any failure is a
 //! [`FileError`]; parsing never panics and never reads out of bounds. No alignment is needed:
@@ -44,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use super::layout::{self, Kind};
 use super::ops::{Multipliers, MAX_SHIFT, MIN_SHIFT};
 use crate::config::{ConfigError, ModelConfig};
+use crate::contract::{self, ClassNames, ContractError, InputContract};
 use crate::engine::EngineError;
 use crate::params::Name;
 use crate::tvb::{read_prefix, Prefix};
@@ -77,6 +80,8 @@ pub enum FileError {
     Decode,
     /// Bytes follow the header's last field.
     TrailingHeader,
+    /// The input contract section is unusable.
+    Contract(ContractError),
     /// The config in the header is invalid.
     Config(ConfigError),
     /// The engine cannot run this config (sizes beyond its limits).
@@ -116,6 +121,7 @@ impl core::fmt::Display for FileError {
             FileError::HeaderCrc => write!(f, "int8 tvb: header crc32 mismatch"),
             FileError::Decode => write!(f, "int8 tvb: header does not decode"),
             FileError::TrailingHeader => write!(f, "int8 tvb: bytes after the header fields"),
+            FileError::Contract(e) => write!(f, "int8 tvb: input contract: {e}"),
             FileError::Config(e) => write!(f, "int8 tvb: {e}"),
             FileError::Engine(e) => write!(f, "int8 tvb: {e}"),
             FileError::ResMax { found } => {
@@ -160,6 +166,8 @@ struct Header {
 #[derive(Clone, Copy, Debug)]
 pub struct Model<'a> {
     config: ModelConfig,
+    contract: Option<InputContract>,
+    class_names: ClassNames<'a>,
     input_scale: f32,
     logit_scale: f32,
     res_max: i16,
@@ -170,6 +178,16 @@ impl<'a> Model<'a> {
     /// The network.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// The input contract, when the file carries one.
+    pub fn contract(&self) -> Option<&InputContract> {
+        self.contract.as_ref()
+    }
+
+    /// The class names (empty when the file names none).
+    pub fn class_names(&self) -> ClassNames<'a> {
+        self.class_names
     }
 
     /// Real value of one unit of the `i8` input.
@@ -207,13 +225,21 @@ pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
         Prefix::HeaderTooLarge { len } => FileError::HeaderTooLarge { len },
         Prefix::HeaderCrc => FileError::HeaderCrc,
     })?;
-    let (h, rest): (Header, &[u8]) =
+    let (h, mut rest): (Header, &[u8]) =
         postcard::take_from_bytes(header).map_err(|_| FileError::Decode)?;
+    let cfg = h.config;
+    cfg.validate().map_err(FileError::Config)?;
+    let mut input = None;
+    let mut class_names = ClassNames::default();
+    if !rest.is_empty() {
+        let (c, n, r) = contract::decode_section(rest, &cfg).map_err(FileError::Contract)?;
+        input = Some(c);
+        class_names = n;
+        rest = r;
+    }
     if !rest.is_empty() {
         return Err(FileError::TrailingHeader);
     }
-    let cfg = h.config;
-    cfg.validate().map_err(FileError::Config)?;
     super::engine::arena_plan(&cfg).map_err(FileError::Engine)?;
     if h.res_max == 0 || h.res_max > i16::MAX as u16 {
         return Err(FileError::ResMax { found: h.res_max });
@@ -266,6 +292,8 @@ pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
     check_items(&cfg, data)?;
     Ok(Model {
         config: cfg,
+        contract: input,
+        class_names,
         input_scale: h.input_scale,
         logit_scale: h.logit_scale,
         res_max: h.res_max as i16,
@@ -309,8 +337,8 @@ fn check_items(cfg: &ModelConfig, data: &[u8]) -> Result<(), FileError> {
     err.map_or(Ok(()), Err)
 }
 
-/// Writes an int8 model file. `data` must be the items of [`layout::for_each_item`] for
-/// `cfg`, as [`super::quantize`] produces them.
+/// Writes an int8 model file with no contract section. `data` must be the items of
+/// [`layout::for_each_item`] for `cfg`, as [`super::quantize`] produces them.
 #[cfg(feature = "std")]
 pub fn write(
     cfg: &ModelConfig,
@@ -318,6 +346,20 @@ pub fn write(
     logit_scale: f32,
     res_max: u16,
     data: &[u8],
+) -> Result<std::vec::Vec<u8>, FileError> {
+    write_with_contract(cfg, input_scale, logit_scale, res_max, data, None)
+}
+
+/// [`write`], with the model's input contract and class names when given (the section f32
+/// files carry, [`contract::encode_section`]).
+#[cfg(feature = "std")]
+pub fn write_with_contract(
+    cfg: &ModelConfig,
+    input_scale: f32,
+    logit_scale: f32,
+    res_max: u16,
+    data: &[u8],
+    contract: Option<(&InputContract, &[std::string::String])>,
 ) -> Result<std::vec::Vec<u8>, FileError> {
     let h = Header {
         config: *cfg,
@@ -328,7 +370,10 @@ pub fn write(
         data_len: data.len() as u64,
         data_crc32: crc32fast::hash(data),
     };
-    let header = postcard::to_allocvec(&h).map_err(|_| FileError::Decode)?;
+    let mut header = postcard::to_allocvec(&h).map_err(|_| FileError::Decode)?;
+    if let Some((input, names)) = contract {
+        contract::encode_section(input, names, cfg, &mut header).map_err(FileError::Contract)?;
+    }
     let mut out = std::vec::Vec::with_capacity(PREFIX_LEN + header.len() + 16 + data.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -393,8 +438,12 @@ mod tests {
         let mut x = b.clone();
         x.push(0);
         assert!(matches!(parse(&x).unwrap_err(), FileError::DataLen { .. }));
+        // A byte after the fields is read as a contract section, and refused by its tag.
         let x = with_header(&b, |h| h.push(0));
-        assert_eq!(parse(&x).unwrap_err(), FileError::TrailingHeader);
+        assert_eq!(
+            parse(&x).unwrap_err(),
+            FileError::Contract(ContractError::Tag { found: 0 })
+        );
         let mut x = b.clone();
         let last = x.len() - 1;
         x[last] ^= 1;
@@ -488,6 +537,47 @@ mod tests {
                 let mut l = std::vec![0i32; (cfg.num_classes as usize).min(1 << 16)];
                 let _ = super::super::run(&m, &std::vec![1i8; n], &mut arena, &mut l);
             }
+        }
+    }
+
+    /// The contract section round-trips through an int8 file; a valid section followed by one
+    /// more byte is refused as trailing; a file without it has the same bytes as before.
+    #[test]
+    fn contract_section_round_trips() {
+        let b = small_file();
+        let m = parse(&b).unwrap();
+        let cfg = *m.config();
+        assert!(m.contract().is_none() && m.class_names().is_empty());
+        let dstart = align16((PREFIX_LEN + crate::tvb::u32_at(&b, 12) as usize) as u64) as usize;
+        let data = &b[dstart..];
+        let again = write(&cfg, m.input_scale(), m.logit_scale(), 32767, data).unwrap();
+        let input = InputContract::for_model(&cfg, [0.5; 3], [0.25; 3]);
+        let names: Vec<std::string::String> = (0..cfg.num_classes)
+            .map(|i| std::format!("class {i}"))
+            .collect();
+        let with = write_with_contract(
+            &cfg,
+            m.input_scale(),
+            m.logit_scale(),
+            m.res_max() as u16,
+            data,
+            Some((&input, &names)),
+        )
+        .unwrap();
+        let w = parse(&with).unwrap();
+        assert_eq!(w.contract(), Some(&input));
+        assert_eq!(w.class_names().iter().count(), names.len());
+        assert_eq!(w.class_names().iter().nth(1), Some("class 1"));
+        assert_eq!(w.data(), m.data());
+        let mut section = Vec::new();
+        contract::encode_section(&input, &names, &cfg, &mut section).unwrap();
+        let x = with_header(&b, |h| {
+            h.extend_from_slice(&section);
+            h.push(0);
+        });
+        assert_eq!(parse(&x).unwrap_err(), FileError::TrailingHeader);
+        if m.res_max() == 32767 {
+            assert_eq!(again, b);
         }
     }
 }

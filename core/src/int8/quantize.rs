@@ -195,7 +195,24 @@ pub fn quantize_tvb(f32_tvb: &[u8], images: &[f32], opts: &Options) -> Result<Ve
     let t = crate::tvb::parse(f32_tvb).map_err(QuantError::Tvb)?;
     let blob = t.to_blob();
     let w = Weights::new(t.config(), &blob)?;
-    quantize(&w, images, opts)
+    let bytes = quantize(&w, images, opts)?;
+    // The f32 file's input contract and class names travel into the int8 file.
+    match t.contract() {
+        None => Ok(bytes),
+        Some(c) => {
+            let names: Vec<String> = t.class_names().iter().map(String::from).collect();
+            let m = file::parse(&bytes).map_err(QuantError::File)?;
+            file::write_with_contract(
+                m.config(),
+                m.input_scale(),
+                m.logit_scale(),
+                m.res_max() as u16,
+                m.data(),
+                Some((c, &names)),
+            )
+            .map_err(QuantError::File)
+        }
+    }
 }
 
 /// Quantises folded f32 weights with calibration images into an int8 model file.
