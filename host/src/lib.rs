@@ -8,6 +8,7 @@ pub mod contract;
 pub mod data;
 pub mod device;
 pub mod dist;
+pub mod draw;
 pub mod exclusions;
 pub mod export;
 pub mod import;

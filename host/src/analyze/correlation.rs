@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::draw::{self, Canvas};
 use super::ClassNames;
 use crate::data::{self, Dataset};
+use crate::draw::{self, Canvas};
 use crate::infer::{run_engine, Engine};
 
 /// Arguments of `tinyvit analyze correlation`.

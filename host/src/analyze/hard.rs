@@ -23,9 +23,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tinyvit_core::softlabel;
 
-use super::draw::{self, Canvas};
 use super::ClassNames;
 use crate::data::{self, Dataset, Image};
+use crate::draw::{self, Canvas};
 use crate::store::LogitStore;
 use crate::train::loader::Source;
 use crate::train::sources::EvalSource;

@@ -7,10 +7,9 @@
 //! - [`correlation`]: the class-by-class Pearson correlation of each model's logits, drawn as
 //!   heatmaps, and how close each model's class structure is to the teacher's.
 //!
-//! Pictures are drawn by [`draw`] (8x8 bitmap text, PNG).
+//! Pictures are drawn by [`crate::draw`] (8x8 bitmap text, PNG).
 
 pub mod correlation;
-pub mod draw;
 pub mod hard;
 
 use std::path::{Path, PathBuf};

@@ -17,9 +17,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+use crate::draw::{chart, Axes, Canvas, Series};
 
 /// Running counts for top-1, top-5 and teacher agreement.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -155,9 +156,9 @@ impl MetricsLog {
     }
 }
 
-/// Draws `curves.png`: training loss per logged step (left panel, blue) and validation top-1
-/// per epoch (right panel, red; 0..100 %). No text is drawn, so no font is needed; the axes
-/// ranges are stated in `summary.json`.
+/// Draws `curves.png`: training loss per logged step (left, blue) and validation top-1 per
+/// epoch (right, red), each with a title, ticks, axis labels and a legend; both axes are
+/// scaled to the data so that a change of a point or two stays visible.
 pub fn plot_curves(records: &[Record], out: &Path) -> Result<()> {
     let mut loss: Vec<(f64, f64)> = Vec::new();
     let mut acc: Vec<(f64, f64)> = Vec::new();
@@ -172,41 +173,46 @@ pub fn plot_curves(records: &[Record], out: &Path) -> Result<()> {
             _ => {}
         }
     }
-    let root = BitMapBackend::new(out, (960, 400)).into_drawing_area();
-    root.fill(&WHITE)
-        .map_err(|e| anyhow::anyhow!("plot {}: {e}", out.display()))?;
-    let (left, right) = root.split_horizontally(480);
-    let draw = |area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-                pts: &[(f64, f64)],
-                y: (f64, f64),
-                color: RGBColor|
-     -> Result<()> {
-        if pts.is_empty() {
-            return Ok(());
-        }
-        let x0 = pts.first().map(|p| p.0).unwrap_or(0.0);
-        let x1 = pts.last().map(|p| p.0).unwrap_or(1.0).max(x0 + 1.0);
-        let mut chart = ChartBuilder::on(area)
-            .margin(20)
-            .build_cartesian_2d(x0..x1, y.0..y.1)
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-        // frame
-        area.draw(&Rectangle::new(
-            [(19, 19), (461, 381)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-        Ok(())
-    };
-    let lmax = loss.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-3) * 1.05;
-    draw(&left, &loss, (0.0, lmax), BLUE)?;
-    draw(&right, &acc, (0.0, 100.0), RED)?;
-    root.present()
-        .map_err(|e| anyhow::anyhow!("write {}: {e}", out.display()))?;
-    Ok(())
+    let mut c = Canvas::new(960, 400, [255; 3]);
+    chart(
+        &mut c,
+        0,
+        0,
+        480,
+        400,
+        &Axes {
+            title: "training loss",
+            x_label: "optimizer step",
+            y_label: "loss",
+        },
+        &[Series {
+            name: "train loss",
+            color: [31, 119, 180],
+            points: &loss,
+        }],
+    );
+    if acc.is_empty() {
+        c.text(560, 190, "no validation data (--val)", 1, [0; 3]);
+    } else {
+        chart(
+            &mut c,
+            480,
+            0,
+            480,
+            400,
+            &Axes {
+                title: "validation top-1",
+                x_label: "epoch",
+                y_label: "top-1 %",
+            },
+            &[Series {
+                name: "val top-1",
+                color: [214, 39, 40],
+                points: &acc,
+            }],
+        );
+    }
+    c.save_png(out)
 }
 
 #[cfg(test)]
