@@ -128,11 +128,11 @@ pub struct McuBudget {
 /// `h7`); `None` for any other name.
 pub fn mcu_budget(name: &str) -> Option<McuBudget> {
     match name {
-        "tiny_vit_mcu_m4" | "m4" => Some(McuBudget {
+        "tiny_vit_mcu_m4" | "m4" | "tiny_vit_mcu_m4_q8" => Some(McuBudget {
             model_bytes: 800_000,
             arena_bytes: 192 * 1024,
         }),
-        "tiny_vit_mcu_h7" | "h7" => Some(McuBudget {
+        "tiny_vit_mcu_h7" | "h7" | "tiny_vit_mcu_h7_q8" => Some(McuBudget {
             model_bytes: 1_500_000,
             arena_bytes: 384 * 1024,
         }),

@@ -222,6 +222,18 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
 /// and exceeding it is an error; without it, a network shaped as an MCU preset is compared with
 /// that preset's budget and only warned about. Both messages give the numbers.
 pub fn check_budget(cfg: &ModelConfig, model_bytes: u64, mcu: Option<&str>) -> Result<()> {
+    let arena = engine::arena_len(cfg).map_err(|e| anyhow::anyhow!("{e}"))? as u64 * 4;
+    check_budget_with(cfg, model_bytes, arena, mcu)
+}
+
+/// [`check_budget`] for a model whose engine needs `arena` bytes (the int8 engine's differ
+/// from the f32 `exact` engine's).
+pub fn check_budget_with(
+    cfg: &ModelConfig,
+    model_bytes: u64,
+    arena: u64,
+    mcu: Option<&str>,
+) -> Result<()> {
     use tinyvit_core::config::{mcu_budget, PRESET_NAMES};
     let (name, strict) = match mcu {
         Some(m) => (m.to_string(), true),
@@ -235,7 +247,6 @@ pub fn check_budget(cfg: &ModelConfig, model_bytes: u64, mcu: Option<&str>) -> R
     };
     let budget = mcu_budget(&name)
         .with_context(|| format!("--mcu {name}: not a microcontroller preset (m4, h7)"))?;
-    let arena = engine::arena_len(cfg).map_err(|e| anyhow::anyhow!("{e}"))? as u64 * 4;
     let mut over = Vec::new();
     if model_bytes > budget.model_bytes {
         over.push(format!(

@@ -74,6 +74,11 @@ pub struct QuantizeArgs {
     /// Activation ranges: `max`, `mse`, or a percentile of the absolute values (`p99.99`).
     #[arg(long, default_value = "max")]
     pub method: String,
+    /// The microcontroller preset whose board budget the int8 model must fit (`m4`, `h7`, or
+    /// a preset name): quantize fails when the file or the int8 arena exceeds it; without it a
+    /// network of an MCU preset's shape is compared with that preset's budget, with a warning.
+    #[arg(long)]
+    pub mcu: Option<String>,
 }
 
 /// What `tinyvit quantize` did and measured (one JSON line on stdout).
@@ -217,10 +222,19 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
                 path.display()
             ),
         };
+        let blob = t.to_blob();
+        // A contract given by --norm is written into the model, so that the int8 file records
+        // it as a checkpoint's would.
+        let tvb = if t.contract().is_some() {
+            bytes
+        } else {
+            tvb::write_with_contract(&cfg, &blob, Some((&input.input(), &input.class_names)))
+                .map_err(|e| anyhow!("{}: write .tvb: {e}", path.display()))?
+        };
         return Ok(F32Model {
-            config: *t.config(),
-            blob: t.to_blob(),
-            tvb: bytes,
+            config: cfg,
+            blob,
+            tvb,
             input,
         });
     }
@@ -481,6 +495,7 @@ pub fn run(args: &QuantizeArgs) -> Result<QuantizeReport> {
         .map_err(|e| anyhow!("quantising {}: {e}", args.model.display()))?;
     let model = int8::parse(&q8).map_err(|e| anyhow!("the quantised model does not parse: {e}"))?;
     let arena = int8::arena_len(&m.config).map_err(|e| anyhow!("{e}"))? as u64 * 4;
+    crate::export::check_budget_with(&m.config, q8.len() as u64, arena, args.mcu.as_deref())?;
     let mut report = QuantizeReport {
         out: args.out.clone(),
         f32_bytes: m.tvb.len() as u64,

@@ -71,7 +71,20 @@ fn quantized_file_runs_in_infer_bit_for_bit_like_the_core() {
     let r = json(&o.stdout);
     let bytes = std::fs::read(&q8).unwrap();
     assert_eq!(r["int8_bytes"], bytes.len() as u64);
-    assert_eq!(r["f32_bytes"], std::fs::metadata(&tvb).unwrap().len());
+    // The f32 model as quantized: the converted file with the --norm contract written in.
+    let f32_bytes = std::fs::read(&tvb).unwrap();
+    let t = tinyvit_core::tvb::parse(&f32_bytes).unwrap();
+    let with = tinyvit_core::tvb::write_with_contract(
+        t.config(),
+        &t.to_blob(),
+        Some((&InputContract::for_model(t.config(), [0.5; 3], [0.5; 3]), &[])),
+    )
+    .unwrap();
+    assert_eq!(r["f32_bytes"], with.len() as u64);
+    assert_eq!(
+        int8::parse(&bytes).unwrap().contract().map(|c| c.mean),
+        Some([0.5; 3])
+    );
     assert_eq!(r["calib_images"], 24);
     assert_eq!(r["calib_views"], "eval");
     assert_eq!(r["val_images"], 40);
@@ -116,9 +129,11 @@ fn quantized_file_runs_in_infer_bit_for_bit_like_the_core() {
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert_eq!(stdout.lines().count(), n, "{stdout}");
         for (i, l) in stdout.lines().enumerate() {
+            // `name<TAB>class prob<TAB>...`: the five best classes, as for f32 models.
             let (name, top) = l.split_once('\t').unwrap();
             assert_eq!(name, format!("{}[{i}]", npy.display()));
-            assert_eq!(top.split(' ').count(), 5, "{l}");
+            assert_eq!(top.split('\t').count(), 5, "{l}");
+            assert!(top.split('\t').all(|f| f.split(' ').count() == 2), "{l}");
         }
         let got = read_npy(&logits).unwrap();
         assert_eq!(got.shape(), &[n, 10]);
@@ -368,4 +383,45 @@ fn presets_lists_f32_and_int8_sizes() {
             "{line}"
         );
     }
+}
+
+/// `--mcu` holds the int8 model to a board's budget: `tiny_vit_mcu_h7_q8` (about 1.2 MB as
+/// int8) is refused for the M4 board with the numbers named and nothing written, and fits the
+/// H743's.
+#[test]
+fn mcu_budget_refuses_a_model_too_large_for_the_board() {
+    use tinyvit_core::config::ModelConfig;
+    use tinyvit_core::engine::fold::fold_state_dict;
+    use tinyvit_core::params::synthetic_state_dict;
+    let dir = tmpdir("quantize", "mcu");
+    let cfg = ModelConfig::preset("tiny_vit_mcu_h7_q8").unwrap();
+    let sd = synthetic_state_dict(&cfg, 3);
+    let blob = fold_state_dict(&cfg, |name| {
+        sd.iter()
+            .find(|t| t.name == name)
+            .map(|t| t.values.as_slice())
+    })
+    .unwrap();
+    let model = dir.join("h7q8.tvb");
+    std::fs::write(&model, tinyvit_core::tvb::write(&cfg, &blob).unwrap()).unwrap();
+    let calib = fashion_mnist_subset(&dir, "t10k", 8);
+    let out = dir.join("h7q8.q8.tvb");
+    let run = |mcu: &str| {
+        let mut c = Command::new(BIN);
+        c.arg("quantize")
+            .arg("--model")
+            .arg(&model)
+            .args(["--calib", &calib, "--calib-images", "4", "--norm", "half"])
+            .args(["--mcu", mcu, "--out"])
+            .arg(&out);
+        c
+    };
+    let err = fails(run("m4"));
+    assert!(
+        err.contains("exceeds its board") && err.contains("800000 B of flash"),
+        "{err}"
+    );
+    assert_no_output(&out);
+    ok(run("h7"));
+    assert!(out.exists());
 }
