@@ -139,11 +139,41 @@ impl Manifest {
                 tinyvit_core::aug::AUG_VERSION
             );
         }
-        m.layout().with_context(|| path.display().to_string())?;
-        if m.parts == 0 || m.epochs == 0 {
-            bail!("{}: `parts` and `epochs` must be positive", path.display());
-        }
+        m.validate().with_context(|| path.display().to_string())?;
         Ok(m)
+    }
+
+    /// Checks every field a shard header is built from (record layout, records per block,
+    /// parts, epochs, the size of every part), so that a store is refused before anything of
+    /// it is written, not after its manifest is on disk.
+    pub fn validate(&self) -> Result<()> {
+        let layout = self.layout()?;
+        if self.parts == 0 || self.epochs == 0 {
+            bail!("`parts` and `epochs` must be positive");
+        }
+        if self.records_per_block == 0
+            || self.records_per_block > tinyvit_core::store::MAX_RECORDS_PER_BLOCK
+        {
+            bail!(
+                "records per block (--block-records) {} out of range 1..={}",
+                self.records_per_block,
+                tinyvit_core::store::MAX_RECORDS_PER_BLOCK
+            );
+        }
+        // Parts differ in size by at most one block: the first and the last bound them all.
+        for part in [0, self.parts - 1] {
+            tinyvit_core::store::ShardHeader::new(
+                layout,
+                self.records_per_block,
+                0,
+                part,
+                self.parts,
+                self.dataset.len,
+                0,
+            )
+            .map_err(|e| anyhow::anyhow!("part {part} of {}: {e}", self.parts))?;
+        }
+        Ok(())
     }
 
     /// Writes `DIR/manifest.json` atomically (temp file, fsync, rename, fsync of the folder).
@@ -225,7 +255,11 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
 
 /// Opens an existing store's manifest, or creates it, for a writer that builds `manifest` from
 /// its arguments. An existing manifest must be identical (every differing field is named).
+/// The manifest is validated first: a refused one leaves `dir` as it was.
 pub fn create_or_check(dir: &Path, manifest: &Manifest) -> Result<()> {
+    manifest
+        .validate()
+        .with_context(|| format!("store {}", dir.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     if dir.join(MANIFEST_FILE).exists() {
         let on_disk = Manifest::load(dir)?;
