@@ -338,3 +338,103 @@ fn overhead_is_below_one_percent_at_k10() {
     assert!(overhead < 0.01, "{overhead}");
     assert_eq!(h.file_len(), 80 + 60_000 * 44 + 59 * 4 + 32);
 }
+
+#[test]
+fn verify_lists_every_damaged_part_and_exits_one() {
+    let dir = tmpdir("verify-all");
+    let m = manifest(100, 3, 10, ValueEncoding::F16);
+    for p in 0..3 {
+        assert!(write_part(&dir, &m, p, false, None));
+    }
+    let bin = env!("CARGO_BIN_EXE_tinyvit");
+    let run = || {
+        std::process::Command::new(bin)
+            .args(["logits", "verify"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let clean = run();
+    assert_eq!(clean.status.code(), Some(0), "{clean:?}");
+    assert!(store::verify_dir(&dir).unwrap().is_empty());
+    // Three damaged parts: a flipped record byte (epoch 0, part 1: samples 48..96, the
+    // flip in its block 1 = samples 64..80), a truncated file (epoch 1, part 0) and a
+    // damaged header (epoch 1, part 2).
+    let rec = RecordLayout::new(10, 100, ValueEncoding::F16)
+        .unwrap()
+        .record_len();
+    let flip = part_path(&dir, 0, 1, 3);
+    let mut b = std::fs::read(&flip).unwrap();
+    b[HEADER_LEN + (16 * rec + 4) + 3 * rec + 2] ^= 0x40;
+    std::fs::write(&flip, b).unwrap();
+    let cut = part_path(&dir, 1, 0, 3);
+    let b = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &b[..b.len() - 9]).unwrap();
+    let head = part_path(&dir, 1, 2, 3);
+    let mut b = std::fs::read(&head).unwrap();
+    b[17] ^= 0x01;
+    std::fs::write(&head, b).unwrap();
+
+    let faults = store::verify_dir(&dir).unwrap();
+    assert_eq!(faults.len(), 3, "{faults:#?}");
+    for (f, needles) in faults.iter().zip([
+        [
+            "epoch-0000/part-0001-of-0003.tvl",
+            "epoch 0",
+            "samples 64..80",
+        ],
+        [
+            "epoch-0001/part-0000-of-0003.tvl",
+            "epoch 1",
+            "samples 0..48",
+        ],
+        [
+            "epoch-0001/part-0002-of-0003.tvl",
+            "epoch 1",
+            "samples 96..100",
+        ],
+    ]) {
+        for n in needles {
+            assert!(f.contains(n), "`{n}` not in `{f}`");
+        }
+    }
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("FAULT: ").count(), 3, "{stdout}");
+    for f in &faults {
+        assert!(stdout.contains(f.as_str()), "{f} not printed:\n{stdout}");
+    }
+    // A missing part is listed with its samples as well, next to the others.
+    std::fs::remove_file(part_path(&dir, 0, 2, 3)).unwrap();
+    let faults = store::verify_dir(&dir).unwrap();
+    assert_eq!(faults.len(), 4, "{faults:#?}");
+    assert!(
+        faults
+            .iter()
+            .any(|f| f.contains("part-0002-of-0003.tvl") && f.contains("missing")),
+        "{faults:#?}"
+    );
+}
+
+#[test]
+fn a_refused_manifest_writes_nothing() {
+    let dir = tmpdir("refused");
+    let out = dir.join("store");
+    for rpb in [0, 2_000_000] {
+        let mut m = manifest(100, 1, 10, ValueEncoding::F16);
+        m.records_per_block = rpb;
+        let err = format!("{:#}", store::create_or_check(&out, &m).err().unwrap());
+        assert!(err.contains("records per block"), "{err}");
+        assert!(!out.exists(), "{} was created", out.display());
+    }
+    // An existing folder stays as it was, and a valid run then writes into it.
+    std::fs::create_dir_all(&out).unwrap();
+    let mut m = manifest(100, 1, 10, ValueEncoding::F16);
+    m.records_per_block = 0;
+    assert!(store::create_or_check(&out, &m).is_err());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    let m = manifest(100, 1, 10, ValueEncoding::F16);
+    assert!(write_part(&out, &m, 0, true, None));
+    assert!(store::verify_dir(&out).unwrap().is_empty());
+}

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use manifest::{create_or_check, Manifest, TeacherInfo, MANIFEST_FILE};
-pub use reader::{LogitStore, Shard};
+pub use reader::{verify_dir, LogitStore, Shard};
 pub use writer::{Opened, PartSummary, ShardWriter};
 
 /// The folder of one epoch.
