@@ -180,7 +180,56 @@ pub fn save(
         .collect::<Result<_>>()?;
     let bytes = safetensors::tensor::serialize(views, &Some(meta))
         .with_context(|| format!("serialise checkpoint {}", path.display()))?;
+    let bytes = canonical_header(bytes)
+        .with_context(|| format!("serialise checkpoint {}", path.display()))?;
     write_atomic(&path.with_extension("safetensors.tmp"), path, &bytes)
+}
+
+/// Rewrites the JSON header of a serialised safetensors file with every object's keys in
+/// sorted order (the serialiser writes the metadata map in hash order, which differs from run
+/// to run), so that equal checkpoints are equal files byte for byte. The compact JSON of the
+/// same entries has the same length in any key order: the header keeps its size and padding,
+/// and the tensor data after it is untouched.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    ensure!(
+        bytes.len() >= 8,
+        "safetensors file shorter than its header length"
+    );
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[..8]);
+    let n = usize::try_from(u64::from_le_bytes(n))?;
+    let header = bytes
+        .get(8..8 + n)
+        .context("safetensors header past the end")?;
+    let text = std::str::from_utf8(header)?.trim_end_matches(' ');
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    let sorted = serde_json::to_string(&sort_keys(value))?;
+    ensure!(
+        sorted.len() == text.len(),
+        "safetensors header changed length when its keys were sorted"
+    );
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(bytes)
+}
+
+/// `v` with the keys of every object in sorted order (inserted in order, so the result is
+/// sorted whether or not serde_json keeps insertion order).
+fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
 }
 
 /// Reads a checkpoint: ours, or any safetensors file with official or timm TinyViT names (then
@@ -385,6 +434,54 @@ mod tests {
         let _m3 = TinyVit::new(&vs3.root(), &cfg.with_num_classes(3)).unwrap();
         let err = copy_into(&vs3, &l.tensors, "x.safetensors").unwrap_err();
         assert!(format!("{err:#}").contains("head"), "{err:#}");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Equal checkpoints are equal files: the header's keys (metadata included) come out
+    /// sorted, whatever order the serialiser's hash map gave them.
+    #[test]
+    fn checkpoints_are_byte_reproducible() {
+        let dir = tmp("repro");
+        let cfg = ModelConfig::tiny_vit_5m_224()
+            .with_img_size(32)
+            .with_num_classes(5);
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = TinyVit::new(&vs.root(), &cfg).unwrap();
+        let input = InputSpec::default();
+        let extra = Tensor::from_slice(&[0.5f32, -1.0]);
+        let mut first: Option<Vec<u8>> = None;
+        for i in 0..12 {
+            let path = dir.join(format!("c{i}.safetensors"));
+            let training = Training {
+                tensors: vec![("optimizer.v.head.bias".into(), &extra)],
+                state_json: "{\"step\":9}".into(),
+            };
+            save(&path, &vs, &cfg, Some(&input), Some(training)).unwrap();
+            let bytes = fs::read(&path).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+            let keys: Vec<usize> = [
+                "tinyvit.config",
+                "tinyvit.format",
+                "tinyvit.input",
+                "tinyvit.state",
+            ]
+            .iter()
+            .map(|k| header.find(&format!("\"{k}\"")).unwrap())
+            .collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "metadata not sorted: {header}"
+            );
+            match &first {
+                None => first = Some(bytes),
+                Some(f) => assert!(*f == bytes, "save {i} differs from save 0"),
+            }
+            // The file still reads back as it was written.
+            let l = load(&path, None).unwrap();
+            assert_eq!(l.state.as_deref(), Some("{\"step\":9}"));
+        }
         fs::remove_dir_all(&dir).ok();
     }
 
