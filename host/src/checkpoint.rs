@@ -29,11 +29,12 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 use tinyvit_core::config::ModelConfig;
 
+use crate::import::safetensors_file::{self, Values};
 use crate::model::TinyVit;
 use crate::store::write_atomic;
 
@@ -95,50 +96,14 @@ fn tensor_bytes(t: &Tensor) -> Result<RawTensor> {
     })
 }
 
-fn view_tensor(name: &str, view: &TensorView<'_>) -> Result<Tensor> {
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let data = view.data();
-    let t = match view.dtype() {
-        Dtype::F32 => {
-            let v: Vec<f32> = data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::F16 => {
-            let v: Vec<f32> = data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::BF16 => {
-            let v: Vec<f32> = data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::F64 => {
-            let v: Vec<f32> = data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::I64 => {
-            let v: Vec<i64> = data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        other => {
-            bail!("tensor `{name}`: dtype {other:?} is not supported (f32, f16, bf16, f64, i64)")
-        }
+/// A decoded tensor as a tch tensor of its shape.
+fn to_tensor(r: safetensors_file::RawTensor) -> Tensor {
+    let shape: Vec<i64> = r.shape.iter().map(|&d| d as i64).collect();
+    let t = match r.values {
+        Values::F32(v) => Tensor::from_slice(&v),
+        Values::I64(v) => Tensor::from_slice(&v),
     };
-    Ok(t.view(shape.as_slice()))
+    t.view(shape.as_slice())
 }
 
 /// The trainer's part of a training checkpoint: extra tensors (names outside the model's,
@@ -267,28 +232,21 @@ pub fn load(path: &Path, fallback: Option<&ModelConfig>) -> Result<Loaded> {
 #[allow(clippy::type_complexity)]
 pub fn read_tensors(path: &Path) -> Result<(HashMap<String, String>, HashMap<String, Tensor>)> {
     let bytes = fs::read(path).with_context(|| format!("read checkpoint {}", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("checkpoint {}: not a safetensors file", path.display()))?;
-    let md = meta.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("checkpoint {}: tensor table", path.display()))?;
-    let names = st.names();
+    let (md, raw) = crate::import::safetensors_file::parse(&bytes)
+        .with_context(|| format!("checkpoint {}", path.display()))?;
     let naming = detect_naming(
-        names
-            .iter()
-            .map(|s| s.as_str())
+        raw.iter()
+            .map(|r| r.name.as_str())
             .filter(|n| !n.starts_with("optimizer.")),
     )
     .with_context(|| format!("checkpoint {}", path.display()))?;
     let mut tensors = HashMap::new();
-    for (name, view) in st.tensors() {
-        let t =
-            view_tensor(&name, &view).with_context(|| format!("checkpoint {}", path.display()))?;
+    for r in raw {
         let name = match naming {
-            Naming::Timm if !name.starts_with("optimizer.") => timm_to_official(&name),
-            _ => name,
+            Naming::Timm if !r.name.starts_with("optimizer.") => timm_to_official(&r.name),
+            _ => r.name.clone(),
         };
-        tensors.insert(name, t);
+        tensors.insert(name, to_tensor(r));
     }
     Ok((md, tensors))
 }

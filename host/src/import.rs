@@ -16,7 +16,9 @@
 //! The config comes from `--arch` (a preset name) or is read from the tensor shapes
 //! ([`config_from_shapes`]); the input size is the matching preset's or `--img-size`.
 
+pub mod npy;
 pub mod pth;
+pub mod safetensors_file;
 pub mod state_dict;
 
 use std::collections::HashMap;
