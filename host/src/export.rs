@@ -96,11 +96,31 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let ck = checkpoint::load(&args.checkpoint, fallback.as_ref())?;
     let cfg = ck.config;
     let blob = import::state_dict_of(&ck.tensors)
-        .and_then(|sd| import::fold(&sd, &cfg))
+        .and_then(|sd| {
+            import::check_finite_state_dict(&sd)?;
+            let blob = import::fold(&sd, &cfg)?;
+            import::check_finite(&cfg, &blob)?;
+            Ok(blob)
+        })
         .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
     let bytes = tvb::write(&cfg, &blob).map_err(|e| anyhow::anyhow!("write .tvb: {e}"))?;
     let tmp = args.out.with_extension("tvb.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("write {}", tmp.display()))?;
+    // Any failure from here on (a full disk, the check) removes the temporary file.
+    std::fs::write(&tmp, &bytes)
+        .with_context(|| format!("write {}", tmp.display()))
+        .and_then(|_| check_then_rename(args, &ck, &bytes, &tmp))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Runs the check when `--val` is given, then renames `tmp` to the output.
+fn check_then_rename(
+    args: &ExportArgs,
+    ck: &checkpoint::Loaded,
+    bytes: &[u8],
+    tmp: &std::path::Path,
+) -> Result<ExportReport> {
     let mut report = ExportReport {
         out: args.out.clone(),
         bytes: bytes.len() as u64,
@@ -112,21 +132,8 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         max_rel_logit_diff: None,
     };
     if let Some(val) = &args.val {
-        let src = val_source(&ck, val, args.data.as_deref(), args.limit)?;
-        let check = verify(
-            &args.checkpoint,
-            &bytes,
-            src,
-            args.engine,
-            args.limits.get(),
-        );
-        let check = match check {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        let src = val_source(ck, val, args.data.as_deref(), args.limit)?;
+        let check = verify(&args.checkpoint, bytes, src, args.engine, args.limits.get())?;
         report.images = check.images;
         report.tch_top1 = Some(check.tch_top1);
         report.core_top1 = Some(check.core_top1);
@@ -134,7 +141,6 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         report.max_rel_logit_diff = Some(check.max_rel);
         let diff = (check.tch_top1 - check.core_top1).abs();
         if diff > args.tolerance {
-            let _ = std::fs::remove_file(&tmp);
             anyhow::bail!(
                 "export check failed: tch top-1 {:.3}% vs core {:?} top-1 {:.3}% on {} images (difference {:.3} > {} points)",
                 check.tch_top1,
@@ -146,7 +152,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
             );
         }
     }
-    std::fs::rename(&tmp, &args.out)
+    std::fs::rename(tmp, &args.out)
         .with_context(|| format!("rename {} -> {}", tmp.display(), args.out.display()))?;
     Ok(report)
 }
