@@ -77,6 +77,14 @@ pub fn run(_args: &[String]) -> Result<()> {
     setup::torch_env(&mut test)?;
     util::run(&mut test)?;
 
+    util::step("soak, short: 4 kills of save-logits and train, resumed, compared byte for byte");
+    // The `tinyvit` the workspace tests just built: no other build.
+    std::env::set_var(
+        "TINYVIT_BIN",
+        util::target_dir().join("debug").join("tinyvit"),
+    );
+    crate::soak::run(&["--kills".to_string(), "4".to_string()])?;
+
     util::step("firmware: bit-exact replay on QEMU Cortex-M4F and Cortex-M7");
     crate::replay::run(&[])?;
 
