@@ -63,7 +63,7 @@ fn record(epoch: u32, i: u64, k: usize) -> (u32, Vec<u32>, Vec<f32>) {
 /// Writes every epoch of part `part`, stopping (as if killed) after `stop_after` records of
 /// epoch 0 when given; returns whether it finished.
 fn write_part(dir: &Path, m: &Manifest, part: u32, resume: bool, stop_after: Option<u64>) -> bool {
-    store::create_or_check(dir, m).unwrap();
+    store::create_or_check(dir, m, part).unwrap();
     for e in 0..m.epochs {
         let mut w = match ShardWriter::open(dir, m, e, part, resume).unwrap() {
             Opened::Done(_) => continue,
@@ -263,11 +263,14 @@ fn mismatched_settings_are_refused() {
     // Another K or another dataset: the writer names the field and both values.
     let mut k5 = m.clone();
     k5.topk = 5;
-    let err = format!("{:#}", store::create_or_check(&dir, &k5).err().unwrap());
+    let err = format!("{:#}", store::create_or_check(&dir, &k5, 0).err().unwrap());
     assert!(err.contains("topk: store has 10, now 5"), "{err}");
     let mut other = m.clone();
     other.dataset.len = 99;
-    let err = format!("{:#}", store::create_or_check(&dir, &other).err().unwrap());
+    let err = format!(
+        "{:#}",
+        store::create_or_check(&dir, &other, 0).err().unwrap()
+    );
     assert!(err.contains("dataset.len: store has 100, now 99"), "{err}");
     // The reader checks dataset, K and classes on request.
     let fp = Fingerprint {
@@ -424,7 +427,7 @@ fn a_refused_manifest_writes_nothing() {
     for rpb in [0, 2_000_000] {
         let mut m = manifest(100, 1, 10, ValueEncoding::F16);
         m.records_per_block = rpb;
-        let err = format!("{:#}", store::create_or_check(&out, &m).err().unwrap());
+        let err = format!("{:#}", store::create_or_check(&out, &m, 0).err().unwrap());
         assert!(err.contains("records per block"), "{err}");
         assert!(!out.exists(), "{} was created", out.display());
     }
@@ -432,9 +435,36 @@ fn a_refused_manifest_writes_nothing() {
     std::fs::create_dir_all(&out).unwrap();
     let mut m = manifest(100, 1, 10, ValueEncoding::F16);
     m.records_per_block = 0;
-    assert!(store::create_or_check(&out, &m).is_err());
+    assert!(store::create_or_check(&out, &m, 0).is_err());
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
     let m = manifest(100, 1, 10, ValueEncoding::F16);
     assert!(write_part(&out, &m, 0, true, None));
     assert!(store::verify_dir(&out).unwrap().is_empty());
+}
+
+/// A writer killed while writing the manifest leaves its temporary file; the resumed run of
+/// that part replaces or removes it, whether or not another part wrote the manifest since
+/// (found by `cargo xtask soak`).
+#[test]
+fn a_killed_manifest_write_leaves_nothing_after_the_resume() {
+    let dir = tmpdir("manifest-tmp");
+    let m = manifest(100, 2, 10, ValueEncoding::F16);
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Killed before the rename: no manifest yet, half a temporary one.
+    std::fs::write(dir.join("manifest.json.part-0001.tmp"), b"{\"format_ver").unwrap();
+    store::create_or_check(&dir, &m, 1).unwrap();
+    assert_eq!(names(&dir), vec!["manifest.json"]);
+    // Part 0 was killed the same way while part 1 wrote the manifest.
+    std::fs::write(dir.join("manifest.json.part-0000.tmp"), b"{").unwrap();
+    store::create_or_check(&dir, &m, 0).unwrap();
+    assert_eq!(names(&dir), vec!["manifest.json"]);
+    assert!(write_part(&dir, &m, 0, true, None) && write_part(&dir, &m, 1, true, None));
+    assert!(store::verify_dir(&dir).unwrap().is_empty());
 }
