@@ -84,7 +84,7 @@ fn random_access() -> Result<()> {
         },
         data_spec: "synthetic".into(),
     };
-    store::create_or_check(&dir, &m)?;
+    store::create_or_check(&dir, &m, 0)?;
     let Opened::Writer(mut w) = ShardWriter::open(&dir, &m, 0, 0, false)? else {
         anyhow::bail!("fresh store already closed");
     };

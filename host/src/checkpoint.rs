@@ -30,10 +30,11 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, TensorView};
 use tch::{nn, Device, Kind, Tensor};
 use tinyvit_core::config::ModelConfig;
 
+use crate::import::safetensors_file::{self, Values};
 use crate::model::TinyVit;
 use crate::store::write_atomic;
 
@@ -85,50 +86,14 @@ fn tensor_bytes(t: &Tensor) -> Result<RawTensor> {
     })
 }
 
-fn view_tensor(name: &str, view: &TensorView<'_>) -> Result<Tensor> {
-    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-    let data = view.data();
-    let t = match view.dtype() {
-        Dtype::F32 => {
-            let v: Vec<f32> = data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::F16 => {
-            let v: Vec<f32> = data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::BF16 => {
-            let v: Vec<f32> = data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::F64 => {
-            let v: Vec<f32> = data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        Dtype::I64 => {
-            let v: Vec<i64> = data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect();
-            Tensor::from_slice(&v)
-        }
-        other => {
-            bail!("tensor `{name}`: dtype {other:?} is not supported (f32, f16, bf16, f64, i64)")
-        }
+/// A decoded tensor as a tch tensor of its shape.
+fn to_tensor(r: safetensors_file::RawTensor) -> Tensor {
+    let shape: Vec<i64> = r.shape.iter().map(|&d| d as i64).collect();
+    let t = match r.values {
+        Values::F32(v) => Tensor::from_slice(&v),
+        Values::I64(v) => Tensor::from_slice(&v),
     };
-    Ok(t.view(shape.as_slice()))
+    t.view(shape.as_slice())
 }
 
 /// The trainer's part of a training checkpoint: extra tensors (names outside the model's,
@@ -175,7 +140,56 @@ pub fn save(
         .collect::<Result<_>>()?;
     let bytes = safetensors::tensor::serialize(views, &Some(meta))
         .with_context(|| format!("serialise checkpoint {}", path.display()))?;
+    let bytes = canonical_header(bytes)
+        .with_context(|| format!("serialise checkpoint {}", path.display()))?;
     write_atomic(&path.with_extension("safetensors.tmp"), path, &bytes)
+}
+
+/// Rewrites the JSON header of a serialised safetensors file with every object's keys in
+/// sorted order (the serialiser writes the metadata map in hash order, which differs from run
+/// to run), so that equal checkpoints are equal files byte for byte. The compact JSON of the
+/// same entries has the same length in any key order: the header keeps its size and padding,
+/// and the tensor data after it is untouched.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    ensure!(
+        bytes.len() >= 8,
+        "safetensors file shorter than its header length"
+    );
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[..8]);
+    let n = usize::try_from(u64::from_le_bytes(n))?;
+    let header = bytes
+        .get(8..8 + n)
+        .context("safetensors header past the end")?;
+    let text = std::str::from_utf8(header)?.trim_end_matches(' ');
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    let sorted = serde_json::to_string(&sort_keys(value))?;
+    ensure!(
+        sorted.len() == text.len(),
+        "safetensors header changed length when its keys were sorted"
+    );
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    Ok(bytes)
+}
+
+/// `v` with the keys of every object in sorted order (inserted in order, so the result is
+/// sorted whether or not serde_json keeps insertion order).
+fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
 }
 
 /// Reads a checkpoint: ours, or any safetensors file with official or timm TinyViT names (then
@@ -217,28 +231,21 @@ pub fn contract_of(md: &HashMap<String, String>, config: &ModelConfig) -> Result
 #[allow(clippy::type_complexity)]
 pub fn read_tensors(path: &Path) -> Result<(HashMap<String, String>, HashMap<String, Tensor>)> {
     let bytes = fs::read(path).with_context(|| format!("read checkpoint {}", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("checkpoint {}: not a safetensors file", path.display()))?;
-    let md = meta.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("checkpoint {}: tensor table", path.display()))?;
-    let names = st.names();
+    let (md, raw) = crate::import::safetensors_file::parse(&bytes)
+        .with_context(|| format!("checkpoint {}", path.display()))?;
     let naming = detect_naming(
-        names
-            .iter()
-            .map(|s| s.as_str())
+        raw.iter()
+            .map(|r| r.name.as_str())
             .filter(|n| !n.starts_with("optimizer.")),
     )
     .with_context(|| format!("checkpoint {}", path.display()))?;
     let mut tensors = HashMap::new();
-    for (name, view) in st.tensors() {
-        let t =
-            view_tensor(&name, &view).with_context(|| format!("checkpoint {}", path.display()))?;
+    for r in raw {
         let name = match naming {
-            Naming::Timm if !name.starts_with("optimizer.") => timm_to_official(&name),
-            _ => name,
+            Naming::Timm if !r.name.starts_with("optimizer.") => timm_to_official(&r.name),
+            _ => r.name.clone(),
         };
-        tensors.insert(name, t);
+        tensors.insert(name, to_tensor(r));
     }
     Ok((md, tensors))
 }
@@ -401,6 +408,57 @@ mod tests {
         let _m3 = TinyVit::new(&vs3.root(), &cfg.with_num_classes(3)).unwrap();
         let err = copy_into(&vs3, &l.tensors, "x.safetensors").unwrap_err();
         assert!(format!("{err:#}").contains("head"), "{err:#}");
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Equal checkpoints are equal files: the header's keys (metadata included) come out
+    /// sorted, whatever order the serialiser's hash map gave them.
+    #[test]
+    fn checkpoints_are_byte_reproducible() {
+        let dir = tmp("repro");
+        let cfg = ModelConfig::tiny_vit_5m_224()
+            .with_img_size(32)
+            .with_num_classes(5);
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = TinyVit::new(&vs.root(), &cfg).unwrap();
+        let input = Contract::from_parts(
+            &tinyvit_core::contract::InputContract::for_model(&cfg, [0.5; 3], [0.5; 3]),
+            tinyvit_core::contract::ClassNames::default(),
+        );
+        let extra = Tensor::from_slice(&[0.5f32, -1.0]);
+        let mut first: Option<Vec<u8>> = None;
+        for i in 0..12 {
+            let path = dir.join(format!("c{i}.safetensors"));
+            let training = Training {
+                tensors: vec![("optimizer.v.head.bias".into(), &extra)],
+                state_json: "{\"step\":9}".into(),
+            };
+            save(&path, &vs, &cfg, Some(&input), Some(training)).unwrap();
+            let bytes = fs::read(&path).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+            let keys: Vec<usize> = [
+                "tinyvit.config",
+                "tinyvit.format",
+                "tinyvit.input",
+                "tinyvit.state",
+            ]
+            .iter()
+            .map(|k| header.find(&format!("\"{k}\"")).unwrap())
+            .collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "metadata not sorted: {header}"
+            );
+            match &first {
+                None => first = Some(bytes),
+                Some(f) => assert!(*f == bytes, "save {i} differs from save 0"),
+            }
+            // The file still reads back as it was written.
+            let l = load(&path, None).unwrap();
+            assert_eq!(l.state.as_deref(), Some("{\"step\":9}"));
+        }
         fs::remove_dir_all(&dir).ok();
     }
 

@@ -130,12 +130,33 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         &format!("checkpoint {}", args.checkpoint.display()),
     )?;
     let blob = import::state_dict_of(&ck.tensors)
-        .and_then(|sd| import::fold(&sd, &cfg))
+        .and_then(|sd| {
+            import::check_finite_state_dict(&sd)?;
+            let blob = import::fold(&sd, &cfg)?;
+            import::check_finite(&cfg, &blob)?;
+            Ok(blob)
+        })
         .with_context(|| format!("checkpoint {}", args.checkpoint.display()))?;
     let bytes = import::tvb_bytes(&cfg, &blob, Some(&contract))?;
     check_budget(&cfg, bytes.len() as u64, args.mcu.as_deref())?;
     let tmp = args.out.with_extension("tvb.tmp");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("write {}", tmp.display()))?;
+    // Any failure from here on (a full disk, the check) removes the temporary file.
+    std::fs::write(&tmp, &bytes)
+        .with_context(|| format!("write {}", tmp.display()))
+        .and_then(|_| check_then_rename(args, &ck, &contract, &bytes, &tmp))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
+/// Runs the check when `--val` is given, then renames `tmp` to the output.
+fn check_then_rename(
+    args: &ExportArgs,
+    ck: &checkpoint::Loaded,
+    contract: &tinyvit_core::contract::Contract,
+    bytes: &[u8],
+    tmp: &std::path::Path,
+) -> Result<ExportReport> {
     let mut report = ExportReport {
         out: args.out.clone(),
         bytes: bytes.len() as u64,
@@ -149,21 +170,8 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
         agreement: None,
     };
     if let Some(val) = &args.val {
-        let src = val_source(&ck, &contract, val, args.data.as_deref(), args.limit)?;
-        let check = verify(
-            &args.checkpoint,
-            &bytes,
-            src,
-            args.engine,
-            args.limits.get(),
-        );
-        let check = match check {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        let src = val_source(ck, contract, val, args.data.as_deref(), args.limit)?;
+        let check = verify(&args.checkpoint, bytes, src, args.engine, args.limits.get())?;
         report.images = check.images;
         report.tch_top1 = check.tch_top1;
         report.core_top1 = check.core_top1;
@@ -196,7 +204,6 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
             }),
         };
         if let Some(why) = failed {
-            let _ = std::fs::remove_file(&tmp);
             anyhow::bail!("export check failed: {why}");
         }
         if check.tch_top1.is_none() {
@@ -213,7 +220,7 @@ pub fn run(args: &ExportArgs) -> Result<ExportReport> {
             args.out.display()
         );
     }
-    std::fs::rename(&tmp, &args.out)
+    std::fs::rename(tmp, &args.out)
         .with_context(|| format!("rename {} -> {}", tmp.display(), args.out.display()))?;
     Ok(report)
 }

@@ -19,7 +19,9 @@
 //! with the matching preset's input size or `--img-size`. The input contract comes with it
 //! when the file records one ([`Loaded::contract`]).
 
+pub mod npy;
 pub mod pth;
+pub mod safetensors_file;
 pub mod state_dict;
 
 use std::collections::HashMap;
@@ -533,10 +535,63 @@ pub fn same_network(a: &ModelConfig, b: &ModelConfig) -> bool {
         && a.window_sizes[1..] == b.window_sizes[1..]
 }
 
-/// Writes `.tvb` bytes for a loaded model, with its input contract when it has one.
+/// Writes `.tvb` bytes for a loaded model (every weight finite, see [`check_finite`]; with
+/// its input contract when it has one) to a temporary name renamed into place: a failure leaves
+/// no file behind.
 pub fn export_tvb(model: &Loaded, out: &Path) -> Result<()> {
+    if let Some(sd) = &model.state_dict {
+        check_finite_state_dict(sd)?;
+    }
+    check_finite(&model.config, &model.blob)?;
     let bytes = tvb_bytes(&model.config, &model.blob, model.contract.as_ref())?;
-    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))
+    let tmp = out.with_extension("tvb.tmp");
+    crate::store::write_atomic(&tmp, out, &bytes)
+}
+
+/// Refuses a NaN or infinite value in a state_dict, naming the tensor and the element
+/// (tensors checked in name order, so the first one named is always the same).
+pub fn check_finite_state_dict(sd: &StateDict) -> Result<()> {
+    let mut names: Vec<&String> = sd.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some((i, v)) = sd[name]
+            .values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            bail!("tensor `{name}`: element {i} is {v}; the weights are not finite");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a NaN or infinite value in a folded blob, naming the folded tensor (in
+/// [`tinyvit_core::params::for_each_folded`] order) and the element.
+pub fn check_finite(cfg: &ModelConfig, blob: &[f32]) -> Result<()> {
+    let mut at = 0usize;
+    let mut bad: Option<String> = None;
+    tinyvit_core::params::for_each_folded(cfg, |name, shape| {
+        let n = tinyvit_core::params::numel(shape);
+        if bad.is_none() {
+            let end = at.saturating_add(n).min(blob.len());
+            let start = at.min(end);
+            if let Some((i, v)) = blob[start..end]
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+            {
+                bad = Some(format!(
+                    "folded tensor `{name}`: element {i} is {v}; the weights are not finite"
+                ));
+            }
+        }
+        at = at.saturating_add(tinyvit_core::params::align_up(n));
+    });
+    match bad {
+        Some(msg) => bail!("{msg}"),
+        None => Ok(()),
+    }
 }
 
 /// The `.tvb` bytes of a folded model and its contract (checked against `cfg`).

@@ -26,8 +26,7 @@ use std::io::Write as _;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use ndarray::{ArrayD, ArrayViewD};
-use ndarray_npy::npy::header::Header;
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use ndarray_npy::WriteNpyExt;
 use tinyvit_core::aug::{eval_scratch_len, eval_transform, normalize, ImageMut, ImageRef};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::contract::Contract;
@@ -453,34 +452,7 @@ pub(crate) fn read_input_npy(path: &Path, cfg: &ModelConfig) -> Result<(Vec<f32>
 /// with the file's size before anything is allocated for the data.
 pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let header = Header::from_reader(&mut &bytes[..])
-        .with_context(|| format!("{}: .npy header", path.display()))?;
-    let data_bytes = header
-        .shape
-        .iter()
-        .try_fold(4usize, |n, &d| n.checked_mul(d))
-        .with_context(|| {
-            format!(
-                "{}: field `shape` {:?}: the float32 data size overflows",
-                path.display(),
-                header.shape
-            )
-        })?;
-    ensure!(
-        data_bytes <= bytes.len(),
-        "{}: field `shape` {:?} needs {data_bytes} data bytes, the file holds {} in all",
-        path.display(),
-        header.shape,
-        bytes.len()
-    );
-    let a = ArrayD::<f32>::read_npy(&bytes[..]).with_context(|| {
-        format!(
-            "{}: .npy float32 data (field `descr` {})",
-            path.display(),
-            header.type_descriptor
-        )
-    })?;
-    Ok(a.as_standard_layout().into_owned())
+    crate::import::npy::parse(&bytes).with_context(|| path.display().to_string())
 }
 
 /// Writes a float32 C-order `.npy`.

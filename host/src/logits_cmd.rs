@@ -56,10 +56,11 @@ pub fn main(a: Args) -> Result<()> {
     }
 }
 
+/// Every part of every epoch checked, every damaged place printed; exit 1 when any.
 fn verify(dir: &std::path::Path) -> Result<()> {
-    let store = LogitStore::open(dir)?;
-    let faults = store.verify();
+    let faults = crate::store::verify_dir(dir)?;
     if faults.is_empty() {
+        let store = LogitStore::open(dir)?;
         let m = store.manifest();
         println!(
             "OK: {} epochs x {} samples in {} part(s), every block checksum holds",

@@ -376,7 +376,7 @@ fn agree_manifest(
         data_spec: cfg.data.clone(),
     };
     manifest.layout()?;
-    store::create_or_check(&cfg.out, &manifest)?;
+    store::create_or_check(&cfg.out, &manifest, cfg.part)?;
     Ok(manifest)
 }
 

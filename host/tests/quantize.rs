@@ -77,7 +77,10 @@ fn quantized_file_runs_in_infer_bit_for_bit_like_the_core() {
     let with = tinyvit_core::tvb::write_with_contract(
         t.config(),
         &t.to_blob(),
-        Some((&InputContract::for_model(t.config(), [0.5; 3], [0.5; 3]), &[])),
+        Some((
+            &InputContract::for_model(t.config(), [0.5; 3], [0.5; 3]),
+            &[],
+        )),
     )
     .unwrap();
     assert_eq!(r["f32_bytes"], with.len() as u64);

@@ -63,7 +63,7 @@ fn record(epoch: u32, i: u64, k: usize) -> (u32, Vec<u32>, Vec<f32>) {
 /// Writes every epoch of part `part`, stopping (as if killed) after `stop_after` records of
 /// epoch 0 when given; returns whether it finished.
 fn write_part(dir: &Path, m: &Manifest, part: u32, resume: bool, stop_after: Option<u64>) -> bool {
-    store::create_or_check(dir, m).unwrap();
+    store::create_or_check(dir, m, part).unwrap();
     for e in 0..m.epochs {
         let mut w = match ShardWriter::open(dir, m, e, part, resume).unwrap() {
             Opened::Done(_) => continue,
@@ -263,11 +263,14 @@ fn mismatched_settings_are_refused() {
     // Another K or another dataset: the writer names the field and both values.
     let mut k5 = m.clone();
     k5.topk = 5;
-    let err = format!("{:#}", store::create_or_check(&dir, &k5).err().unwrap());
+    let err = format!("{:#}", store::create_or_check(&dir, &k5, 0).err().unwrap());
     assert!(err.contains("topk: store has 10, now 5"), "{err}");
     let mut other = m.clone();
     other.dataset.len = 99;
-    let err = format!("{:#}", store::create_or_check(&dir, &other).err().unwrap());
+    let err = format!(
+        "{:#}",
+        store::create_or_check(&dir, &other, 0).err().unwrap()
+    );
     assert!(err.contains("dataset.len: store has 100, now 99"), "{err}");
     // The reader checks dataset, K and classes on request.
     let fp = Fingerprint {
@@ -337,4 +340,131 @@ fn overhead_is_below_one_percent_at_k10() {
     let overhead = (h.file_len() - bare) as f64 / bare as f64;
     assert!(overhead < 0.01, "{overhead}");
     assert_eq!(h.file_len(), 80 + 60_000 * 44 + 59 * 4 + 32);
+}
+
+#[test]
+fn verify_lists_every_damaged_part_and_exits_one() {
+    let dir = tmpdir("verify-all");
+    let m = manifest(100, 3, 10, ValueEncoding::F16);
+    for p in 0..3 {
+        assert!(write_part(&dir, &m, p, false, None));
+    }
+    let bin = env!("CARGO_BIN_EXE_tinyvit");
+    let run = || {
+        std::process::Command::new(bin)
+            .args(["logits", "verify"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let clean = run();
+    assert_eq!(clean.status.code(), Some(0), "{clean:?}");
+    assert!(store::verify_dir(&dir).unwrap().is_empty());
+    // Three damaged parts: a flipped record byte (epoch 0, part 1: samples 48..96, the
+    // flip in its block 1 = samples 64..80), a truncated file (epoch 1, part 0) and a
+    // damaged header (epoch 1, part 2).
+    let rec = RecordLayout::new(10, 100, ValueEncoding::F16)
+        .unwrap()
+        .record_len();
+    let flip = part_path(&dir, 0, 1, 3);
+    let mut b = std::fs::read(&flip).unwrap();
+    b[HEADER_LEN + (16 * rec + 4) + 3 * rec + 2] ^= 0x40;
+    std::fs::write(&flip, b).unwrap();
+    let cut = part_path(&dir, 1, 0, 3);
+    let b = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &b[..b.len() - 9]).unwrap();
+    let head = part_path(&dir, 1, 2, 3);
+    let mut b = std::fs::read(&head).unwrap();
+    b[17] ^= 0x01;
+    std::fs::write(&head, b).unwrap();
+
+    let faults = store::verify_dir(&dir).unwrap();
+    assert_eq!(faults.len(), 3, "{faults:#?}");
+    for (f, needles) in faults.iter().zip([
+        [
+            "epoch-0000/part-0001-of-0003.tvl",
+            "epoch 0",
+            "samples 64..80",
+        ],
+        [
+            "epoch-0001/part-0000-of-0003.tvl",
+            "epoch 1",
+            "samples 0..48",
+        ],
+        [
+            "epoch-0001/part-0002-of-0003.tvl",
+            "epoch 1",
+            "samples 96..100",
+        ],
+    ]) {
+        for n in needles {
+            assert!(f.contains(n), "`{n}` not in `{f}`");
+        }
+    }
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("FAULT: ").count(), 3, "{stdout}");
+    for f in &faults {
+        assert!(stdout.contains(f.as_str()), "{f} not printed:\n{stdout}");
+    }
+    // A missing part is listed with its samples as well, next to the others.
+    std::fs::remove_file(part_path(&dir, 0, 2, 3)).unwrap();
+    let faults = store::verify_dir(&dir).unwrap();
+    assert_eq!(faults.len(), 4, "{faults:#?}");
+    assert!(
+        faults
+            .iter()
+            .any(|f| f.contains("part-0002-of-0003.tvl") && f.contains("missing")),
+        "{faults:#?}"
+    );
+}
+
+#[test]
+fn a_refused_manifest_writes_nothing() {
+    let dir = tmpdir("refused");
+    let out = dir.join("store");
+    for rpb in [0, 2_000_000] {
+        let mut m = manifest(100, 1, 10, ValueEncoding::F16);
+        m.records_per_block = rpb;
+        let err = format!("{:#}", store::create_or_check(&out, &m, 0).err().unwrap());
+        assert!(err.contains("records per block"), "{err}");
+        assert!(!out.exists(), "{} was created", out.display());
+    }
+    // An existing folder stays as it was, and a valid run then writes into it.
+    std::fs::create_dir_all(&out).unwrap();
+    let mut m = manifest(100, 1, 10, ValueEncoding::F16);
+    m.records_per_block = 0;
+    assert!(store::create_or_check(&out, &m, 0).is_err());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    let m = manifest(100, 1, 10, ValueEncoding::F16);
+    assert!(write_part(&out, &m, 0, true, None));
+    assert!(store::verify_dir(&out).unwrap().is_empty());
+}
+
+/// A writer killed while writing the manifest leaves its temporary file; the resumed run of
+/// that part replaces or removes it, whether or not another part wrote the manifest since
+/// (found by `cargo xtask soak`).
+#[test]
+fn a_killed_manifest_write_leaves_nothing_after_the_resume() {
+    let dir = tmpdir("manifest-tmp");
+    let m = manifest(100, 2, 10, ValueEncoding::F16);
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Killed before the rename: no manifest yet, half a temporary one.
+    std::fs::write(dir.join("manifest.json.part-0001.tmp"), b"{\"format_ver").unwrap();
+    store::create_or_check(&dir, &m, 1).unwrap();
+    assert_eq!(names(&dir), vec!["manifest.json"]);
+    // Part 0 was killed the same way while part 1 wrote the manifest.
+    std::fs::write(dir.join("manifest.json.part-0000.tmp"), b"{").unwrap();
+    store::create_or_check(&dir, &m, 0).unwrap();
+    assert_eq!(names(&dir), vec!["manifest.json"]);
+    assert!(write_part(&dir, &m, 0, true, None) && write_part(&dir, &m, 1, true, None));
+    assert!(store::verify_dir(&dir).unwrap().is_empty());
 }

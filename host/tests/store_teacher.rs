@@ -30,8 +30,6 @@ fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
             "cpu",
             "--batch-size",
             "16",
-            "--block-records",
-            "32",
             "--seed",
             "5",
             "--quiet",
@@ -39,6 +37,9 @@ fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
         .args(extra);
     if !extra.contains(&"--topk") {
         c.args(["--topk", "3"]);
+    }
+    if !extra.contains(&"--block-records") {
+        c.args(["--block-records", "32"]);
     }
     c
 }
@@ -256,4 +257,87 @@ fn eight_bit_values_round_trip_through_the_pass() {
             }
         }
     }
+}
+
+#[test]
+fn refused_arguments_leave_the_store_as_it_was() {
+    let d = tmpdir("teacher", "refused");
+    let data = synthetic_idx(&d, 100).unwrap();
+    let out = d.join("store");
+    // Nothing exists yet: a refused run creates nothing.
+    for bad in ["0", "2000000"] {
+        let msg = fails(save_logits(&data, &out, &["--block-records", bad]));
+        assert!(
+            msg.contains("--block-records") && msg.contains(bad),
+            "{msg}"
+        );
+        assert!(
+            !out.exists(),
+            "--block-records {bad} created {}",
+            out.display()
+        );
+    }
+    for bad in [
+        &["--topk", "0"][..],
+        &["--topk", "11"],
+        &["--value-bits", "4"],
+        &["--shard", "3/3"],
+        &["--batch-size", "0"],
+        &["--channels", "2"],
+    ] {
+        fails(save_logits(&data, &out, bad));
+        assert!(!out.exists(), "{bad:?} created {}", out.display());
+    }
+    // An interrupted store: a refused run changes none of its files, and --resume then
+    // completes it into the store an uninterrupted run writes.
+    let clean = d.join("clean");
+    ok(save_logits(&data, &clean, &[]));
+    ok(save_logits(&data, &out, &[]));
+    std::fs::remove_file(part(&out, 1, 0, 1)).unwrap();
+    let snapshot = |dir: &Path| {
+        let mut files = Vec::new();
+        for e in walk(dir) {
+            files.push((e.clone(), std::fs::read(&e).unwrap()));
+        }
+        files
+    };
+    let before = snapshot(&out);
+    for bad in ["0", "2000000"] {
+        fails(save_logits(
+            &data,
+            &out,
+            &["--resume", "--block-records", bad],
+        ));
+        assert!(
+            snapshot(&out) == before,
+            "--block-records {bad} changed the store"
+        );
+    }
+    ok(save_logits(&data, &out, &["--resume"]));
+    for e in 0..2 {
+        assert!(
+            std::fs::read(part(&out, e, 0, 1)).unwrap()
+                == std::fs::read(part(&clean, e, 0, 1)).unwrap(),
+            "epoch {e} differs after the resume"
+        );
+    }
+    ok(logits(&["verify"], &out));
+}
+
+/// Every file under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -116,6 +116,37 @@ impl<'a> Bits<'a> {
         self.invented > self.n
     }
 
+    /// Whether a marker that zune-jpeg does not know (see [`zune_knows`]) stops the
+    /// entropy data within `window` bytes of what this reader has loaded. zune's reader fails
+    /// on such a marker the moment its read-ahead meets it, and then (in its lenient mode)
+    /// leaves the block it was decoding and every later one blank, although the bits before
+    /// the marker would have sufficed. Its read-ahead is at most eight bytes beyond what it
+    /// has consumed, so a region this reader decoded without meeting such a marker within a
+    /// window of 16 bytes is one zune decoded too; otherwise the caller must fall back.
+    pub(crate) fn unknown_marker_ahead(&self, window: usize) -> bool {
+        let mut p = match self.marker_at {
+            Some(at) => at,
+            None => {
+                let end = self.pos.saturating_add(window).min(self.data.len());
+                match self.data[self.pos..end]
+                    .windows(2)
+                    .position(|w| w[0] == 0xFF && w[1] != 0x00)
+                {
+                    Some(i) => self.pos + i,
+                    None => return false,
+                }
+            }
+        };
+        while self.data.get(p) == Some(&0xFF) {
+            p += 1;
+        }
+        match self.data.get(p) {
+            // zune reads a zero past the end: a stuffed byte to it, not a marker.
+            None | Some(0x00) => false,
+            Some(&m) => !zune_knows(m),
+        }
+    }
+
     /// Ends a restart interval: drops the padding bits, expects an RSTn marker next, and
     /// restarts the reader after it.
     pub(crate) fn restart(&mut self) -> Result<(), JpegError> {
@@ -268,4 +299,13 @@ impl<'a> Bits<'a> {
         *self = s;
         Ok(())
     }
+}
+
+/// The marker codes zune-jpeg 0.5.15 names (`Marker::from_u8`); inside entropy-coded data
+/// any other code is an error to it.
+pub(crate) fn zune_knows(code: u8) -> bool {
+    matches!(
+        code,
+        0xFE | 0xC0 | 0xC1 | 0xC2 | 0xC4 | 0xCC | 0xD0..=0xDD | 0xE0 | 0xE1 | 0xE2 | 0xED | 0xEE
+    )
 }

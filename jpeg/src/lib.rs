@@ -314,6 +314,11 @@ impl Decoder {
                 return Err(JpegError::Truncated("entropy data ended inside the scan"));
             }
         }
+        if bits.unknown_marker_ahead(16) {
+            return Err(JpegError::Format(
+                "a marker zune-jpeg does not know inside the entropy-coded data",
+            ));
+        }
         Ok(())
     }
 

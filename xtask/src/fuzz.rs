@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::store::{self, FooterCrc, RecordLayout, ShardFooter, ShardHeader, ValueEncoding};
-use tinyvit_core::{aug, engine, params, tvb, vectors};
+use tinyvit_core::{aug, engine, int8, params, tvb, vectors};
 
 use crate::util;
 
@@ -28,6 +28,10 @@ pub const TARGETS: &[&str] = &[
     "replay_vectors",
     "jpeg_region",
     "pth_import",
+    "int8_engine",
+    "npy_import",
+    "idx_images",
+    "safetensors_import",
 ];
 
 /// Longest input libFuzzer makes for a target (its seeds fit).
@@ -35,6 +39,8 @@ fn max_len(target: &str) -> usize {
     match target {
         "config_sizes" => 128,
         "pth_import" => 128 << 10,
+        // The golden int8 model (the small network) is 37 KB.
+        "int8_engine" => 48 << 10,
         _ => 16 << 10,
     }
 }
@@ -209,12 +215,24 @@ fn write_seeds(dir: &Path) -> Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let file = tvb::write(&cfg, &blob).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // The same network quantised, calibrated on two synthetic images.
+        let n = engine::input_len(&cfg).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let images: Vec<f32> = (0..2 * n)
+            .map(|i| ((i * 7) % 13) as f32 * 0.2 - 1.2)
+            .collect();
+        let q8 = int8::quantize::quantize_tvb(&file, &images, &Default::default())
+            .map_err(|e| anyhow::anyhow!("{name}: quantising: {e}"))?;
         // Flag byte 1: the target repairs checksums; 0: it parses the bytes as they are.
         for flag in [0u8, 1] {
             put(
                 "tvb_engines",
                 &format!("{name}-{flag}.bin"),
                 &[&[flag], &file[..]].concat(),
+            )?;
+            put(
+                "int8_engine",
+                &format!("{name}-{flag}.bin"),
+                &[&[flag], &q8[..]].concat(),
             )?;
         }
         put("config_sizes", &format!("{name}.bin"), &config_bytes(&cfg))?;
@@ -255,8 +273,116 @@ fn write_seeds(dir: &Path) -> Result<()> {
     }
     let pth = std::fs::read(util::root().join("tests/fixtures/parity/tiny_16.pth"))?;
     put("pth_import", "tiny_16.pth", &pth)?;
+    let golden = std::fs::read(util::root().join("core/tests/fixtures/int8/small.q8.tvb"))?;
+    put(
+        "int8_engine",
+        "golden-0.bin",
+        &[&[0u8], &golden[..]].concat(),
+    )?;
+    for (name, dict, data) in npy_seeds() {
+        put("npy_import", name, &npy_bytes(&dict, &data))?;
+    }
+    // IDX: the first byte is the label file's length (taken from the end).
+    let mut images = [0x0803u32, 2, 3, 4]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect::<Vec<u8>>();
+    images.extend((0..24u8).map(|i| i * 10));
+    let mut labels = [0x0801u32, 2]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect::<Vec<u8>>();
+    labels.extend([3u8, 7]);
+    put("idx_images", "images.bin", &[&[0u8], &images[..]].concat())?;
+    put(
+        "idx_images",
+        "images-labels.bin",
+        &[&[labels.len() as u8], &images[..], &labels[..]].concat(),
+    )?;
+    put(
+        "safetensors_import",
+        "mixed.safetensors",
+        &safetensors_seed(),
+    )?;
     eprintln!("    wrote the seeds under {}", dir.display());
     Ok(())
+}
+
+/// `.npy` seeds: (file name, header dict, data bytes).
+fn npy_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let le: Vec<u8> = (0..6)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
+    let be: Vec<u8> = (0..6)
+        .flat_map(|i| (i as f32 * 0.5).to_be_bytes())
+        .collect();
+    vec![
+        (
+            "c-order.npy",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }".into(),
+            le.clone(),
+        ),
+        (
+            "fortran-order.npy",
+            "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 2), }".into(),
+            le,
+        ),
+        (
+            "big-endian.npy",
+            "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1, 2, 3), }".into(),
+            be,
+        ),
+    ]
+}
+
+/// A version 1.0 `.npy` file: magic, version, header length, the dict padded with spaces to
+/// a multiple of 64 bytes (newline last), then the data.
+fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = dict.to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+/// A safetensors file with metadata and one tensor of each dtype the reader widens.
+fn safetensors_seed() -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut entries = Vec::new();
+    let mut add = |name: &str, dtype: &str, shape: &str, bytes: Vec<u8>| {
+        let start = data.len();
+        data.extend_from_slice(&bytes);
+        entries.push(format!(
+            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape},\"data_offsets\":[{start},{}]}}",
+            data.len()
+        ));
+    };
+    add(
+        "w",
+        "F32",
+        "[2,2]",
+        (0..4).flat_map(|i| (i as f32).to_le_bytes()).collect(),
+    );
+    add("h", "F16", "[2]", vec![0x00, 0x3c, 0x00, 0xc0]);
+    add("b", "BF16", "[2]", vec![0x80, 0x3f, 0x00, 0x40]);
+    add("d", "F64", "[1]", 1.5f64.to_le_bytes().to_vec());
+    add("n", "I64", "[1]", 7i64.to_le_bytes().to_vec());
+    let mut header = format!(
+        "{{\"__metadata__\":{{\"tinyvit.format\":\"tinyvit-checkpoint/1\"}},{}}}",
+        entries.join(",")
+    );
+    while !header.len().is_multiple_of(8) {
+        header.push(' ');
+    }
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(&data);
+    b
 }
 
 /// Small networks of the shapes the engines treat differently.

@@ -6,6 +6,7 @@ mod fuzz;
 mod install;
 mod replay;
 mod setup;
+mod soak;
 mod splits;
 mod stage;
 mod test;
@@ -28,6 +29,8 @@ tasks:
   replay    host vs device bit-exact replay on QEMU mps2-an386 (M4F), mps2-an500 (M7) and
             netduinoplus2 (STM32F405), diffed with firmware/expected [--bless]
   fuzz      the libFuzzer targets of fuzz/ [--seconds S] [--seeds] [TARGET...] (nightly, cargo-fuzz)
+  soak      SIGKILL save-logits and train at random points of progress on disk, resume them,
+            compare with uninterrupted runs byte for byte [--kills N] [--seed S] [--out DIR]
 ";
 
 /// The usage of one task, for `cargo xtask TASK --help` (`None`: no such task).
@@ -90,6 +93,7 @@ fn main() {
         Some("flash") => firmware::flash(&rest),
         Some("replay") => replay::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
+        Some("soak") => soak::run(&rest),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

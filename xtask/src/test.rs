@@ -25,18 +25,10 @@ pub fn run(_args: &[String]) -> Result<()> {
 
     util::step("core: tests (no libtorch involved)");
     util::run(util::cargo().args(["test", "-p", "tinyvit-core", "--all-features"]))?;
-    // Five seconds of every fuzz target but `jpeg_region`: that one has an open finding (on a
-    // damaged scan the region decoder and zune disagree on one pixel; the reproducer is the
-    // ignored test in `jpeg/tests/fuzz_regressions.rs`) that a few minutes of fuzzing reach,
-    // so it would fail CI at random until fixed. `cargo xtask fuzz` runs it.
-    util::step("fuzz: 5 s of each target (jpeg_region left out: open finding, see above)");
+    // Five seconds of every fuzz target, so that a regression fails CI.
+    util::step("fuzz: 5 s of each target");
     let mut fuzz: Vec<String> = vec!["--seconds".into(), "5".into()];
-    fuzz.extend(
-        crate::fuzz::TARGETS
-            .iter()
-            .filter(|t| **t != "jpeg_region")
-            .map(|t| t.to_string()),
-    );
+    fuzz.extend(crate::fuzz::TARGETS.iter().map(|t| t.to_string()));
     crate::fuzz::run(&fuzz)?;
 
     // The host's `dist` feature (multi-process training) compiles against gloo's headers.
@@ -76,6 +68,14 @@ pub fn run(_args: &[String]) -> Result<()> {
     test.args(["test", "--workspace", "--features", "tinyvit-host/dist"]);
     setup::torch_env(&mut test)?;
     util::run(&mut test)?;
+
+    util::step("soak, short: 4 kills of save-logits and train, resumed, compared byte for byte");
+    // The `tinyvit` the workspace tests just built: no other build.
+    std::env::set_var(
+        "TINYVIT_BIN",
+        util::target_dir().join("debug").join("tinyvit"),
+    );
+    crate::soak::run(&["--kills".to_string(), "4".to_string()])?;
 
     util::step("firmware: bit-exact replay on QEMU Cortex-M4F and Cortex-M7");
     crate::replay::run(&[])?;

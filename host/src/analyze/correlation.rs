@@ -222,8 +222,7 @@ pub fn run(a: &Args) -> Result<Vec<ModelCorrelation>> {
                 "matrix": m.matrix.iter().map(|v| if v.is_nan() { None } else { Some(*v) }).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
-        std::fs::write(j, serde_json::to_string_pretty(&v)?)
-            .with_context(|| format!("writing {}", j.display()))?;
+        crate::store::write_file(j, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     Ok(out)
 }

@@ -292,8 +292,7 @@ pub fn run(a: &Args) -> Result<HardReport> {
         })).collect::<Vec<_>>(),
     });
     let js_path = out.join("summary.json");
-    std::fs::write(&js_path, serde_json::to_string_pretty(&js)?)
-        .with_context(|| format!("writing {}", js_path.display()))?;
+    crate::store::write_file(&js_path, serde_json::to_string_pretty(&js)?.as_bytes())?;
     print!("{}", summary(&report, &names, a.topk, ds.as_ref()));
     eprintln!(
         "list: {}; exclusion list: {}; contact sheet: {}",
@@ -356,7 +355,7 @@ fn write_list(path: &Path, ds: &dyn Dataset, r: &HardReport, names: &ClassNames)
             ds.name(h.index)
         )?;
     }
-    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+    crate::store::write_file(path, s.as_bytes())
 }
 
 /// Side of a contact-sheet thumbnail, in pixels.

@@ -43,6 +43,7 @@ use sha2::{Digest, Sha256};
 use tinyvit_core::aug::AugConfig;
 
 pub mod decode;
+pub mod idx;
 
 pub use decode::Image;
 
@@ -205,55 +206,21 @@ pub struct IdxDataset {
     fingerprint: Fingerprint,
 }
 
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
 impl IdxDataset {
     /// Parses an IDX image file (`0x00000803`, u8, `[n, h, w]`) and an optional label file
     /// (`0x00000801`, u8, `[n]`).
     pub fn open(spec: &str, images: &Path, labels: Option<&Path>) -> Result<Self> {
         let bytes = read_maybe_gz(images)?;
-        let ctx = || format!("{}: not an IDX u8 image file", images.display());
-        ensure!(
-            bytes.len() >= 16,
-            "{}: too short ({} bytes)",
-            ctx(),
-            bytes.len()
-        );
-        ensure!(
-            be32(&bytes, 0) == 0x0803,
-            "{} (magic {:#010x})",
-            ctx(),
-            be32(&bytes, 0)
-        );
-        let (n, h, w) = (be32(&bytes, 4), be32(&bytes, 8), be32(&bytes, 12));
-        ensure!(h > 0 && w > 0, "{}: empty image size {w}x{h}", ctx());
-        let need = (n as u64) * (h as u64) * (w as u64);
-        ensure!(
-            bytes.len() as u64 - 16 == need,
-            "{}: header says {n} images of {w}x{h} ({need} bytes), file holds {}",
-            images.display(),
-            bytes.len() - 16
-        );
-        let pixels = bytes[16..].to_vec();
+        let parsed = idx::parse_images(&bytes).with_context(|| format!("{}", images.display()))?;
+        let (n, h, w) = (parsed.count, parsed.height, parsed.width);
+        let pixels = parsed.pixels.to_vec();
         let labels = match labels {
             Some(lp) => {
                 let lb = read_maybe_gz(lp)?;
-                ensure!(
-                    lb.len() >= 8 && be32(&lb, 0) == 0x0801,
-                    "{}: not an IDX u8 label file",
-                    lp.display()
-                );
-                let ln = be32(&lb, 4);
-                ensure!(
-                    ln == n && lb.len() as u64 == 8 + n as u64,
-                    "{}: {ln} labels in a file of {} bytes for {n} images in {}",
-                    lp.display(),
-                    lb.len(),
-                    images.display()
-                );
-                Some(lb[8..].to_vec())
+                let l = idx::parse_labels(&lb, n).with_context(|| {
+                    format!("{} (labels of {})", lp.display(), images.display())
+                })?;
+                Some(l.to_vec())
             }
             None => None,
         };

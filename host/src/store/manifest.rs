@@ -30,7 +30,7 @@
 //! }
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -139,26 +139,59 @@ impl Manifest {
                 tinyvit_core::aug::AUG_VERSION
             );
         }
-        m.layout().with_context(|| path.display().to_string())?;
-        if m.parts == 0 || m.epochs == 0 {
-            bail!("{}: `parts` and `epochs` must be positive", path.display());
-        }
+        m.validate().with_context(|| path.display().to_string())?;
         Ok(m)
     }
 
+    /// Checks every field a shard header is built from (record layout, records per block,
+    /// parts, epochs, the size of every part), so that a store is refused before anything of
+    /// it is written, not after its manifest is on disk.
+    pub fn validate(&self) -> Result<()> {
+        let layout = self.layout()?;
+        if self.parts == 0 || self.epochs == 0 {
+            bail!("`parts` and `epochs` must be positive");
+        }
+        if self.records_per_block == 0
+            || self.records_per_block > tinyvit_core::store::MAX_RECORDS_PER_BLOCK
+        {
+            bail!(
+                "records per block (--block-records) {} out of range 1..={}",
+                self.records_per_block,
+                tinyvit_core::store::MAX_RECORDS_PER_BLOCK
+            );
+        }
+        // Parts differ in size by at most one block: the first and the last bound them all.
+        for part in [0, self.parts - 1] {
+            tinyvit_core::store::ShardHeader::new(
+                layout,
+                self.records_per_block,
+                0,
+                part,
+                self.parts,
+                self.dataset.len,
+                0,
+            )
+            .map_err(|e| anyhow::anyhow!("part {part} of {}: {e}", self.parts))?;
+        }
+        Ok(())
+    }
+
     /// Writes `DIR/manifest.json` atomically (temp file, fsync, rename, fsync of the folder).
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub fn write(&self, dir: &Path, part: u32) -> Result<()> {
         // Parts on other machines may write the same (identical) manifest at the same moment:
-        // each uses its own temp name, and the last rename wins with the same bytes.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let tmp = dir.join(format!(
-            "{MANIFEST_FILE}.{}-{nanos}.tmp",
-            std::process::id()
-        ));
-        super::write_atomic(&tmp, &dir.join(MANIFEST_FILE), &self.to_json())
+        // each uses its own temp name (one part is never written by two processes at once),
+        // and the last rename wins with the same bytes. A name fixed per part, not per
+        // process, means a killed writer's temp file is the one its resumed run replaces.
+        super::write_atomic(
+            &Self::temp_name(dir, part),
+            &dir.join(MANIFEST_FILE),
+            &self.to_json(),
+        )
+    }
+
+    /// The temporary name part `part`'s writer gives the manifest.
+    fn temp_name(dir: &Path, part: u32) -> PathBuf {
+        dir.join(format!("{MANIFEST_FILE}.part-{part:04}.tmp"))
     }
 
     /// Checks that the store on disk means the same as `self`; names every field that differs
@@ -225,12 +258,24 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
 
 /// Opens an existing store's manifest, or creates it, for a writer that builds `manifest` from
 /// its arguments. An existing manifest must be identical (every differing field is named).
-pub fn create_or_check(dir: &Path, manifest: &Manifest) -> Result<()> {
+/// The manifest is validated first: a refused one leaves `dir` as it was. `part` is the part
+/// this process writes: a temporary manifest that an earlier, killed writer of the same part
+/// left behind is removed.
+pub fn create_or_check(dir: &Path, manifest: &Manifest, part: u32) -> Result<()> {
+    manifest
+        .validate()
+        .with_context(|| format!("store {}", dir.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     if dir.join(MANIFEST_FILE).exists() {
         let on_disk = Manifest::load(dir)?;
-        manifest.check_same(&on_disk, dir)
+        manifest.check_same(&on_disk, dir)?;
+        let stale = Manifest::temp_name(dir, part);
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing {}", stale.display()))?;
+        }
+        Ok(())
     } else {
-        manifest.write(dir)
+        manifest.write(dir, part)
     }
 }

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use manifest::{create_or_check, Manifest, TeacherInfo, MANIFEST_FILE};
-pub use reader::{LogitStore, Shard};
+pub use reader::{verify_dir, LogitStore, Shard};
 pub use writer::{Opened, PartSummary, ShardWriter};
 
 /// The folder of one epoch.
@@ -53,18 +53,34 @@ pub fn part_file_name(part: u32, parts: u32) -> String {
     format!("part-{part:04}-of-{parts:04}.tvl")
 }
 
-/// Writes `bytes` to `tmp`, fsyncs it, renames it to `dest` and fsyncs the folder.
+/// Writes `bytes` to `tmp`, fsyncs it, renames it to `dest` and fsyncs the folder. When
+/// writing or renaming fails (a full disk), `tmp` is removed: nothing half-written stays.
 pub fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(f);
-    std::fs::rename(tmp, dest)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+    let written = File::create(tmp)
+        .with_context(|| format!("creating {}", tmp.display()))
+        .and_then(|mut f| {
+            f.write_all(bytes)
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("writing {}", tmp.display()))
+        })
+        .and_then(|_| {
+            std::fs::rename(tmp, dest)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
     // A bare file name's parent is the empty path: the current folder.
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty());
     sync_dir(dir.unwrap_or(Path::new(".")))
+}
+
+/// [`write_atomic`] through the temporary name `DEST.tmp`.
+pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".tmp");
+    write_atomic(Path::new(&tmp), dest, bytes)
 }
 
 /// fsyncs a folder so a rename inside it is durable.

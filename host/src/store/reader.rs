@@ -287,22 +287,78 @@ impl LogitStore {
         let mut faults = self.incomplete();
         for e in self.epochs() {
             for shard in self.shards(e).unwrap_or(&[]) {
-                let h = shard.header;
-                let mut bad_block = false;
-                for b in 0..h.block_count() {
-                    let Some(span) = h.block(b) else { break };
-                    if let Err(err) = shard.ensure_block(&span) {
-                        faults.push(format!("{err:#}"));
-                        bad_block = true;
-                    }
-                }
-                if !bad_block {
-                    if let Err(err) = shard.view().and_then(|v| v.verify()) {
-                        faults.push(format!("{}: epoch {e}: {err}", shard.path.display()));
-                    }
-                }
+                shard.verify_into(&mut faults);
             }
         }
         faults
+    }
+}
+
+impl Shard {
+    /// Every damaged block (file, epoch, samples, block), then the footer's checksum of
+    /// checksums and counts when every block holds.
+    fn verify_into(&self, faults: &mut Vec<String>) {
+        let h = self.header;
+        let mut bad_block = false;
+        for b in 0..h.block_count() {
+            let Some(span) = h.block(b) else { break };
+            if let Err(err) = self.ensure_block(&span) {
+                faults.push(format!("{err:#}"));
+                bad_block = true;
+            }
+        }
+        if !bad_block {
+            if let Err(err) = self.view().and_then(|v| v.verify()) {
+                faults.push(format!(
+                    "{}: epoch {}, samples {}..{}: {err}",
+                    self.path.display(),
+                    h.epoch,
+                    h.first_sample,
+                    h.end_sample()
+                ));
+            }
+        }
+    }
+}
+
+/// Checks a whole store and lists every damaged place: each part file of each epoch is opened
+/// on its own (a missing or damaged one is a fault naming the file, epoch and its sample range;
+/// the others are still checked), then every block of every part that opened. Only a manifest
+/// that cannot be read is an error. Empty when the store is sound.
+pub fn verify_dir(dir: &Path) -> Result<Vec<String>> {
+    let manifest = Manifest::load(dir)?;
+    let mut faults = Vec::new();
+    for e in 0..manifest.epochs {
+        let edir = epoch_dir(dir, e);
+        for p in 0..manifest.parts {
+            let path = edir.join(part_file_name(p, manifest.parts));
+            let range = part_of_range(&manifest, p);
+            if !path.exists() {
+                let tmp = path.with_extension("tvl.tmp");
+                faults.push(format!(
+                    "{}: epoch {e}, samples {range}: part file missing, the epoch is incomplete{}",
+                    path.display(),
+                    if tmp.exists() {
+                        " (its .tmp is there: an interrupted run, which --resume continues)"
+                    } else {
+                        ""
+                    }
+                ));
+                continue;
+            }
+            match Shard::open(&path, &manifest, e, p) {
+                Ok(shard) => shard.verify_into(&mut faults),
+                Err(err) => faults.push(format!("{err:#} (epoch {e}, samples {range})")),
+            }
+        }
+    }
+    Ok(faults)
+}
+
+/// `a..b`, the samples part `p` holds by the manifest.
+fn part_of_range(m: &Manifest, p: u32) -> String {
+    match tinyvit_core::store::part_range(m.dataset.len, m.parts, p, m.records_per_block) {
+        Some(r) => format!("{}..{}", r.start, r.end),
+        None => "?".into(),
     }
 }

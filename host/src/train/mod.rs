@@ -228,10 +228,46 @@ pub fn main(args: TrainArgs) -> Result<()> {
 /// build the model and optimizer, loop over the epochs, summarise.
 pub fn run(args: &TrainArgs) -> Result<Summary> {
     let plan = resolve(args)?;
+    let fresh_dir = !args.out.exists();
     let resuming = prepare_run_dir(args, &plan)?;
-    let mut run = Run::build(args, &plan, resuming)?;
-    run.epochs(args, &plan)?;
-    run.summarise(args, &plan)
+    let result = Run::build(args, &plan, resuming).and_then(|mut run| {
+        run.epochs(args, &plan)?;
+        run.summarise(args, &plan)
+    });
+    if result.is_err() && !resuming && plan.dp.is_main() {
+        remove_unresumable(&args.out, fresh_dir);
+    }
+    result
+}
+
+/// The files a run writes into its folder.
+const RUN_FILES: &[&str] = &[
+    "run.json",
+    "config.toml",
+    "metrics.jsonl",
+    "best.safetensors",
+    "model.safetensors",
+    "curves.png",
+    "summary.json",
+];
+
+/// After a fresh run failed: when it left no checkpoint to `--resume` from, removes what it
+/// wrote (the folder too when this run created it and nothing else is in it), so a failed
+/// command leaves no half-made run folder behind. A run that saved `last.safetensors` keeps
+/// everything: `--resume` continues it.
+fn remove_unresumable(out: &std::path::Path, fresh_dir: bool) {
+    if out.join("last.safetensors").exists() {
+        return;
+    }
+    for f in RUN_FILES {
+        let _ = std::fs::remove_file(out.join(f));
+        let _ = std::fs::remove_file(out.join(format!("{f}.tmp")));
+    }
+    let _ = std::fs::remove_file(out.join("last.safetensors.tmp"));
+    if fresh_dir {
+        // Fails, as it should, when the folder holds anything else.
+        let _ = std::fs::remove_dir(out);
+    }
 }
 
 /// Everything the arguments, the data and the recipe fix before training starts.
@@ -403,7 +439,10 @@ fn prepare_run_dir(args: &TrainArgs, plan: &Plan) -> Result<bool> {
         return Ok(false);
     }
     if !resuming {
-        std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
+        crate::store::write_file(
+            &out.join("run.json"),
+            serde_json::to_string_pretty(&info)?.as_bytes(),
+        )?;
         plan.recipe.save(&out.join("config.toml"))?;
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
         return Ok(false);
@@ -1041,9 +1080,9 @@ impl Run {
             run_dir: out.clone(),
         };
         if main {
-            std::fs::write(
-                out.join("summary.json"),
-                serde_json::to_string_pretty(&summary)?,
+            crate::store::write_file(
+                &out.join("summary.json"),
+                serde_json::to_string_pretty(&summary)?.as_bytes(),
             )?;
         }
         Ok(summary)

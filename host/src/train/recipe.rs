@@ -206,7 +206,7 @@ impl Recipe {
     /// Writes the recipe as TOML.
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = toml::to_string_pretty(self)?;
-        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+        crate::store::write_file(path, text.as_bytes())
     }
 
     /// Total images per optimizer update.
