@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod dist;
+pub mod eval_cmd;
 pub mod exclusions;
 pub mod export;
 pub mod import;

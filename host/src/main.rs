@@ -29,6 +29,9 @@ enum Command {
     Logits(tinyvit_host::logits_cmd::Args),
     /// Train a TinyViT student: from a logit store, on labels, or from an online teacher.
     Train(Box<tinyvit_host::train::TrainArgs>),
+    /// Top-1 and top-5 of a model on a labelled data SPEC (its own evaluation view and
+    /// normalisation).
+    Eval(tinyvit_host::eval_cmd::Args),
     /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
     Export(tinyvit_host::export::ExportArgs),
     /// Render what the student sees: a replayed training view, named RandAugment ops, or the
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
+        Command::Eval(args) => tinyvit_host::eval_cmd::main(args),
         Command::Export(args) => tinyvit_host::export::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),
         Command::Analyze(args) => tinyvit_host::analyze::main(args),
