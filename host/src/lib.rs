@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod draw;
+pub mod eval_cmd;
 pub mod exclusions;
 pub mod export;
 pub mod import;

@@ -30,6 +30,9 @@ enum Command {
     Logits(tinyvit_host::logits_cmd::Args),
     /// Train a TinyViT student: from a logit store, on labels, or from an online teacher.
     Train(Box<tinyvit_host::train::TrainArgs>),
+    /// Top-1 and top-5 of a model on a labelled data SPEC (its own evaluation view and
+    /// normalisation).
+    Eval(tinyvit_host::eval_cmd::Args),
     /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
     Export(tinyvit_host::export::ExportArgs),
     /// Quantise an f32 model (.tvb or checkpoint) to an int8 .tvb with calibration images;
@@ -73,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
+        Command::Eval(args) => tinyvit_host::eval_cmd::main(args),
         Command::Export(args) => tinyvit_host::export::main(args),
         Command::Quantize(args) => tinyvit_host::quantize::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),
