@@ -60,6 +60,11 @@ fn task_help(task: &str) -> Option<String> {
         "fuzz" => "usage: cargo xtask fuzz [--seconds S] [--seeds] [TARGET...]\n\nRuns the \
                    libFuzzer targets of fuzz/ (nightly, cargo-fuzz)."
             .to_string(),
+        "soak" => "usage: cargo xtask soak [--kills N] [--seed S] [--out DIR]\n\nKills \
+                   `tinyvit save-logits` and `tinyvit train` at random points of their progress \
+                   on disk, resumes them and compares the results with uninterrupted runs byte \
+                   for byte."
+            .to_string(),
         _ => return None,
     };
     Some(text)
