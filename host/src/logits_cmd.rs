@@ -38,6 +38,10 @@ pub enum Args {
         /// PNG file for the replayed view (needs --data).
         #[arg(long)]
         image_out: Option<PathBuf>,
+        /// Class names: a file with one name a line, or `fashion-mnist` (default: the names
+        /// `--data` carries, e.g. a folder dataset's sub-folders).
+        #[arg(long)]
+        class_names: Option<PathBuf>,
     },
 }
 
@@ -52,7 +56,15 @@ pub fn main(a: Args) -> Result<()> {
             index,
             data,
             image_out,
-        } => show(&dir, epoch, index, data.as_deref(), image_out.as_deref()),
+            class_names,
+        } => show(
+            &dir,
+            epoch,
+            index,
+            data.as_deref(),
+            image_out.as_deref(),
+            class_names.as_deref(),
+        ),
     }
 }
 
@@ -166,30 +178,62 @@ fn show(
     index: u64,
     data: Option<&str>,
     image_out: Option<&std::path::Path>,
+    class_names: Option<&std::path::Path>,
 ) -> Result<()> {
     let store = LogitStore::open(dir)?;
     let r = store.record(epoch, index)?;
+    if image_out.is_some() && data.is_none() {
+        bail!("--image-out needs --data SPEC (the dataset the store was written from)");
+    }
+    let ds = data.map(crate::data::open).transpose()?;
+    if let Some(ds) = &ds {
+        store.manifest().check_dataset(&ds.fingerprint())?;
+    }
+    // Names from --class-names, else from the data; indices alone when neither names them.
+    let names: Option<Vec<String>> = match (class_names, &ds) {
+        (Some(f), Some(ds)) => Some(
+            crate::analyze::ClassNames::resolve(
+                Some(f),
+                ds.as_ref(),
+                store.manifest().num_classes as usize,
+            )?
+            .0,
+        ),
+        (Some(f), None) if f == std::path::Path::new("fashion-mnist") && !f.exists() => Some(
+            crate::data::FASHION_MNIST_CLASSES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ),
+        (Some(f), None) => Some(
+            crate::contract::read_class_names(f)
+                .with_context(|| format!("--class-names {}", f.display()))?,
+        ),
+        (None, Some(ds)) => ds.class_names(),
+        (None, None) => None,
+    };
     println!("epoch {epoch}, sample {index}: seed {:#010x}", r.seed());
     if r.is_missing() {
         println!("  missing (the image could not be read when the teacher ran)");
     } else {
         for k in 0..r.topk() {
+            let c = r.index(k);
+            let name = names
+                .as_ref()
+                .and_then(|n| n.get(c as usize))
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default();
             println!(
-                "  top-{:<3} class {:>6}  p = {:.6}",
+                "  top-{:<3} class {:>6}{name}  p = {:.6}",
                 k + 1,
-                r.index(k),
+                c,
                 r.prob(k)
             );
         }
         let kept: f32 = (0..r.topk()).map(|k| r.prob(k)).sum();
         println!("  mass kept {kept:.6}");
     }
-    if image_out.is_some() && data.is_none() {
-        bail!("--image-out needs --data SPEC (the dataset the store was written from)");
-    }
-    if let Some(spec) = data {
-        let ds = crate::data::open(spec)?;
-        store.manifest().check_dataset(&ds.fingerprint())?;
+    if let Some(ds) = ds {
         println!("  source: {}", ds.name(index as usize));
         if let Some(path) = image_out {
             let m = store.manifest();

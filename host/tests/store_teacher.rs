@@ -106,6 +106,31 @@ fn sharded_equals_unsharded_and_verifies() {
     );
     let png = image::open(d.join("view.png")).unwrap();
     assert_eq!((png.width(), png.height()), (28, 28));
+    // Class names: the dataset's own when it has them, here Fashion-MNIST's by flag; a name
+    // follows every class index.
+    let named = String::from_utf8(
+        ok(logits(
+            &[
+                "show",
+                "--epoch",
+                "1",
+                "--index",
+                "77",
+                "--class-names",
+                "fashion-mnist",
+            ],
+            &whole,
+        ))
+        .stdout,
+    )
+    .unwrap();
+    let tops: Vec<&str> = named.lines().filter(|l| l.contains("top-")).collect();
+    assert_eq!(tops.len(), 3, "{named}");
+    for l in tops {
+        let c: usize = l.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let name = tinyvit_host::data::FASHION_MNIST_CLASSES[c];
+        assert!(l.contains(&format!(" {c} {name}  p = ")), "{l}");
+    }
 
     // One flipped byte: verify fails and names the file, epoch and samples.
     let path = part(&sharded, 1, 1, 3);
