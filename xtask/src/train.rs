@@ -2,8 +2,9 @@
 //! report that says, with numbers, what the distillation bought.
 //!
 //! Default (no flags): Fashion-MNIST on the CPU.
-//! 1. data: train / validation / test splits (validation held out of the training file);
-//! 2. teacher: a larger TinyViT trained on the labels (cached across runs);
+//! 1. data: all 55,000 training images at 28 px (validation held out of the training file);
+//! 2. teacher: the committed `assets/teacher` TinyViT, measured by `tinyvit eval`
+//!    (`--train-teacher`, other data or sizes: one trained here on the labels, cached);
 //! 3. teacher pass: `tinyvit save-logits` over the student's epochs, sparse K < classes;
 //! 4. students (an MCU preset): distilled from the store, and the same student on labels only;
 //! 5. evaluation on the test split, export of the distilled student to `.tvb`, the firmware
