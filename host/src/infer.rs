@@ -268,6 +268,17 @@ pub fn format_row(row: &[f32], k: usize, raw: bool, contract: &Contract) -> Stri
         .join("\t")
 }
 
+/// The values of one input of `cfg`, after checking that `input` holds `n` of them.
+pub(crate) fn checked_input(cfg: &ModelConfig, input: &[f32], n: usize) -> Result<usize> {
+    let per = input_len(cfg).map_err(|e| anyhow!("{e}"))?;
+    ensure!(
+        Some(input.len()) == n.checked_mul(per),
+        "input holds {} values, expected {n} x {per}",
+        input.len()
+    );
+    Ok(per)
+}
+
 /// Runs `n` inputs through an engine, returning `[n, num_classes]` logits.
 pub fn run_engine(
     engine: Engine,
@@ -292,13 +303,7 @@ pub fn run_engine_limited(
         .map_err(|e| anyhow!("{e}"))?
         .with_limits(limits);
     let nc = cfg.num_classes as usize;
-    let per = input_len(cfg).map_err(|e| anyhow!("{e}"))?;
-    ensure!(
-        input.len() == n * per,
-        "input holds {} values, expected {}",
-        input.len(),
-        n * per
-    );
+    let per = checked_input(cfg, input, n)?;
     let mut logits = vec![0.0f32; n * nc];
     match engine {
         Engine::Exact => {

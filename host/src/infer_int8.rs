@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use tinyvit_core::config::ModelConfig;
-use tinyvit_core::engine::{self, input_len};
+use tinyvit_core::engine;
 use tinyvit_core::{int8, tvb};
 
 use crate::infer::{self, Engine, InferArgs};
@@ -29,13 +29,7 @@ pub fn int8_logits(
     n: usize,
 ) -> Result<(Vec<f32>, Vec<i32>)> {
     let cfg = model.config();
-    let per = input_len(cfg).map_err(|e| anyhow!("{e}"))?;
-    ensure!(
-        input.len() == n * per,
-        "input holds {} values, expected {}",
-        input.len(),
-        n * per
-    );
+    let per = infer::checked_input(cfg, input, n)?;
     let nc = cfg.num_classes as usize;
     let mut arena = vec![0i32; int8::arena_len(cfg).map_err(|e| anyhow!("{e}"))?];
     let mut qin = vec![0i8; per];

@@ -73,15 +73,7 @@ fn train(out: &Path, epochs: u32, extra: &[&str]) -> Command {
         "--cutmix",
         "0",
     ])
-    .args([
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--quiet",
-    ])
+    .args(support::CPU_QUIET)
     .arg("--out")
     .arg(out)
     .args(extra)

@@ -42,15 +42,7 @@ fn failing_train(data: &str, out: &Path, init: &Path) -> Command {
         "--in-chans",
         "1",
     ])
-    .args([
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--quiet",
-    ])
+    .args(support::CPU_QUIET)
     .arg("--init")
     .arg(init)
     .arg("--out")

@@ -50,15 +50,7 @@ fn infer_on_pngs_agrees_with_npy_and_tvb_image_for_image() {
         "--batch-size",
         "32",
     ])
-    .args([
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--workers",
-        "1",
-        "--quiet",
-    ])
+    .args(support::CPU_QUIET)
     .arg("--out")
     .arg(&run);
     ok(c);

@@ -87,6 +87,17 @@ pub fn fails(mut c: Command) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
 }
 
+/// One CPU thread, one loader worker, no progress output: how the tests run the trainer.
+pub const CPU_QUIET: [&str; 7] = [
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--workers",
+    "1",
+    "--quiet",
+];
+
 /// `tinyvit train --arch tiny_vit_mcu_m4 --data DATA`: the small student the tests and benches
 /// train; the caller adds the target and the settings.
 pub fn train_m4(data: &str) -> Command {
