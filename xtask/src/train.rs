@@ -261,6 +261,20 @@ struct Row {
     note: String,
 }
 
+impl Row {
+    /// The row of a trained model: the figures of its `summary.json` and its stage's time.
+    fn trained(what: String, summary: &Value, stage: &Done, note: String) -> Row {
+        Row {
+            what,
+            val_top1: f(summary, "val_top1"),
+            test_top1: f(summary, "test_top1"),
+            seconds: stage.seconds,
+            cached: stage.cached,
+            note,
+        }
+    }
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let o = Opts::try_parse_from(
         std::iter::once("cargo xtask train".to_string()).chain(args.iter().cloned()),
@@ -343,13 +357,11 @@ impl Pipeline<'_> {
         let kd_s = summary(&kd.dir)?;
         let base_s = summary(&base.dir)?;
         let kd_row = rows.len();
-        rows.push(Row {
-            what: format!("student `{}` distilled from the store", o.arch),
-            val_top1: f(&kd_s, "val_top1"),
-            test_top1: f(&kd_s, "test_top1"),
-            seconds: kd.seconds,
-            cached: kd.cached,
-            note: format!(
+        rows.push(Row::trained(
+            format!("student `{}` distilled from the store", o.arch),
+            &kd_s,
+            &kd,
+            format!(
                 "K={}, {} epochs, {} px, {} params, {:.0} img/s",
                 plan.topk,
                 plan.epochs,
@@ -357,19 +369,17 @@ impl Pipeline<'_> {
                 kd_s["params"],
                 f(&kd_s, "images_per_s").unwrap_or(0.0)
             ),
-        });
-        rows.push(Row {
-            what: format!("student `{}` on labels (baseline)", o.arch),
-            val_top1: f(&base_s, "val_top1"),
-            test_top1: f(&base_s, "test_top1"),
-            seconds: base.seconds,
-            cached: base.cached,
-            note: format!(
+        ));
+        rows.push(Row::trained(
+            format!("student `{}` on labels (baseline)", o.arch),
+            &base_s,
+            &base,
+            format!(
                 "{} epochs, {:.0} img/s",
                 plan.epochs,
                 f(&base_s, "images_per_s").unwrap_or(0.0)
             ),
-        });
+        ));
 
         // What distillation transfers: hard samples from the store, class correlations.
         let analysis = self.analysis_stage(&store, &data, &teacher, &kd, &base)?;
@@ -385,14 +395,12 @@ impl Pipeline<'_> {
                 Some(&analysis.key),
             )?;
             let s = summary(&clean.dir)?;
-            rows.push(Row {
-                what: format!("student `{}` on labels without the hard samples", o.arch),
-                val_top1: f(&s, "val_top1"),
-                test_top1: f(&s, "test_top1"),
-                seconds: clean.seconds,
-                cached: clean.cached,
-                note: format!("{} epochs, hard samples excluded", plan.epochs),
-            });
+            rows.push(Row::trained(
+                format!("student `{}` on labels without the hard samples", o.arch),
+                &s,
+                &clean,
+                format!("{} epochs, hard samples excluded", plan.epochs),
+            ));
         }
 
         // Optional studies.
@@ -662,17 +670,15 @@ impl Pipeline<'_> {
             None,
         )?;
         let s = summary(&d.dir)?;
-        let row = Row {
-            what: format!("teacher `{}` (labels)", o.teacher_arch),
-            val_top1: f(&s, "val_top1"),
-            test_top1: f(&s, "test_top1"),
-            seconds: d.seconds,
-            cached: d.cached,
-            note: format!(
+        let row = Row::trained(
+            format!("teacher `{}` (labels)", o.teacher_arch),
+            &s,
+            &d,
+            format!(
                 "{} params, {} epochs, trained here",
                 s["params"], self.plan.teacher_epochs
             ),
-        };
+        );
         Ok((d.dir.join("model.safetensors"), d.key.clone(), Some(row)))
     }
 
