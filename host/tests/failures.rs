@@ -132,3 +132,36 @@ fn convert_and_export_refuse_weights_that_are_not_finite() {
         );
     }
 }
+
+/// Unlabelled `--val` data with no online teacher has nothing to measure: the run is refused
+/// before its first step, naming the flag and the data, and leaves no model behind.
+#[test]
+fn unlabelled_validation_without_a_teacher_is_refused_before_training() {
+    let d = tmpdir("failures", "unlabelled-val");
+    let train = support::fashion_mnist_subset(&d, "train", 64);
+    let vdir = d.join("val");
+    std::fs::create_dir_all(&vdir).unwrap();
+    let val = synthetic_idx(&vdir, 12).unwrap();
+    let out = d.join("run");
+    let mut c = train_m4(&train);
+    c.args([
+        "--labels",
+        "--img-size",
+        "28",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+    ])
+    .args(["--val", &val, "--num-classes", "10"])
+    .args(support::CPU_QUIET)
+    .arg("--out")
+    .arg(&out);
+    let err = fails(c);
+    assert!(
+        err.contains("--val") && err.contains("no labels") && err.contains("nothing to measure"),
+        "{err}"
+    );
+    assert!(!out.join("model.safetensors").exists());
+    assert!(!out.join("metrics.jsonl").exists(), "no epoch ran");
+}

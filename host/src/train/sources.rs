@@ -377,12 +377,27 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
             interpolation: Interpolation::Bicubic,
         }) as Arc<dyn Source>)
     };
+    // Unlabelled evaluation data measures agreement with an online teacher; without one there
+    // is nothing to measure, said before any training step.
+    let measurable = |flag: &str, ds: &Arc<dyn Dataset>| {
+        ensure!(
+            ds.num_classes().is_some() || args.teacher.is_some(),
+            "{flag} {}: the data has no labels and the run has no online teacher (--teacher) to \
+             agree with: nothing to measure",
+            ds.spec()
+        );
+        Ok(())
+    };
+    if let Some((vd, _)) = &val {
+        measurable("--val", vd)?;
+    }
     let val = val
         .map(|(vd, idx)| eval_source("--val", vd, idx))
         .transpose()?;
     let test = match &args.test {
         Some(spec) => {
             let td = data::open(spec).with_context(|| format!("--test {spec}"))?;
+            measurable("--test", &td)?;
             Some(eval_source(
                 "--test",
                 Arc::clone(&td),
