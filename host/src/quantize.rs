@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
-use tinyvit_core::aug::{CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD};
+use tinyvit_core::aug::{IMAGENET_MEAN, IMAGENET_STD};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::{fast::FastModel, input_len, Weights};
 use tinyvit_core::int8::{self, quantize};
@@ -167,13 +167,23 @@ pub fn parse_method(s: &str) -> Result<quantize::RangeMethod> {
 
 /// A named input normalisation (`--norm`): mean and std.
 pub fn parse_norm(s: &str) -> Result<([f32; 3], [f32; 3])> {
-    let (mean, std) = match s {
-        "imagenet" => (IMAGENET_MEAN, IMAGENET_STD),
-        "clip" => (CLIP_MEAN, CLIP_STD),
-        "half" => ([0.5; 3], [0.5; 3]),
-        _ => bail!("--norm `{s}`: expected imagenet, clip or half"),
-    };
-    Ok((mean, std))
+    // The one table of named normalisations (the augmentation config's), as `infer` reads it.
+    crate::contract::parse_norm(
+        (IMAGENET_MEAN, IMAGENET_STD),
+        Some(s),
+        None,
+        None,
+        crate::contract::NORM_FLAGS,
+    )
+}
+
+/// The contract of `cfg` normalised with `norm` (mean, std), with the project's evaluation
+/// transform and no class names: what a model without a recorded contract gets from `--norm`.
+fn contract_from_norm(cfg: &ModelConfig, (mean, std): ([f32; 3], [f32; 3])) -> Contract {
+    Contract::from_parts(
+        &InputContract::for_model(cfg, mean, std),
+        ClassNames::default(),
+    )
 }
 
 /// An f32 model ready to quantise.
@@ -212,10 +222,7 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
                 norm.unwrap_or_default()
             ),
             (Some(c), _) => Contract::from_parts(c, t.class_names()),
-            (None, Some((mean, std))) => Contract::from_parts(
-                &InputContract::for_model(&cfg, mean, std),
-                ClassNames::default(),
-            ),
+            (None, Some(norm)) => contract_from_norm(&cfg, norm),
             (None, None) => bail!(
                 "{}: a .tvb without an input contract does not record its normalisation; give \
                  --norm imagenet|clip|half (what the model was trained with)",
@@ -252,10 +259,7 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
             norm.unwrap_or_default()
         ),
         (Some(c), _) => c,
-        (None, Some((mean, std))) => Contract::from_parts(
-            &InputContract::for_model(&ck.config, mean, std),
-            ClassNames::default(),
-        ),
+        (None, Some(norm)) => contract_from_norm(&ck.config, norm),
         (None, None) => bail!(
             "{}: no metadata `tinyvit.input` (input normalisation); give --norm \
              imagenet|clip|half",
