@@ -17,6 +17,7 @@ pub mod infer;
 pub mod infer_int8;
 pub mod logits_cmd;
 pub mod model;
+pub mod plot_cmd;
 pub mod presets;
 pub mod quantize;
 pub mod save_logits;

@@ -45,6 +45,8 @@ enum Command {
     /// correlations of model logits.
     #[command(subcommand)]
     Analyze(tinyvit_host::analyze::Args),
+    /// Draw a line chart (axes, ticks, labels, legend) from a JSON description to a PNG.
+    Plot(tinyvit_host::plot_cmd::Args),
 }
 
 fn version() -> &'static str {
@@ -81,5 +83,6 @@ fn main() -> anyhow::Result<()> {
         Command::Quantize(args) => tinyvit_host::quantize::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),
         Command::Analyze(args) => tinyvit_host::analyze::main(args),
+        Command::Plot(args) => tinyvit_host::plot_cmd::main(args),
     }
 }

@@ -135,6 +135,55 @@ pub struct Opts {
     /// rendezvous on 127.0.0.1); the binary is built with the `dist` feature.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub nproc: u32,
+    /// `default`: the CPU run described in the README. `full`: the same pipeline made for one
+    /// GPU (`--device cuda`): a `tiny_vit_5m_224` teacher trained here for 60 epochs, the larger
+    /// f32 MCU student `tiny_vit_mcu_h7`, 40 student epochs, batch 256, in
+    /// `runs/fashion-mnist-full`. Flags given explicitly win over the profile.
+    #[arg(long, value_enum, default_value_t = Profile::Default)]
+    pub profile: Profile,
+}
+
+/// Sizes of the main job (`--profile`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Default,
+    Full,
+}
+
+impl Opts {
+    /// Parses the arguments and applies `--profile full` to every knob the user left at its
+    /// default.
+    fn parse(args: &[String]) -> Result<Opts, clap::Error> {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Opts::command().try_get_matches_from(
+            std::iter::once("cargo xtask train".to_string()).chain(args.iter().cloned()),
+        )?;
+        let mut o = Opts::from_arg_matches(&m)?;
+        if o.profile == Profile::Full {
+            refuse_quick(&o)?;
+            let defaulted = |id: &str| m.value_source(id) != Some(ValueSource::CommandLine);
+            if defaulted("arch") {
+                o.arch = "tiny_vit_mcu_h7".into();
+            }
+            if defaulted("teacher_arch") {
+                o.teacher_arch = "tiny_vit_5m_224".into();
+            }
+            o.train_teacher = true;
+        }
+        Ok(o)
+    }
+}
+
+/// `--profile full` is a different run than `--quick`: both cannot be asked for.
+fn refuse_quick(o: &Opts) -> Result<(), clap::Error> {
+    if o.quick {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--profile full and --quick ask for different runs; pass one of them\n",
+        ));
+    }
+    Ok(())
 }
 
 /// The committed Fashion-MNIST teacher and its record (recipe, command, hash, figures).
@@ -222,6 +271,21 @@ impl Plan {
                 device_images: 4,
                 calib_images: 64,
             }
+        } else if o.profile == Profile::Full {
+            Plan {
+                img_size,
+                sizes: SplitSizes {
+                    train: 55_000,
+                    val: 5_000,
+                    test: 10_000,
+                },
+                epochs: 40,
+                teacher_epochs: 60,
+                topk: 3,
+                batch_size: 256,
+                device_images: 32,
+                calib_images: 512,
+            }
         } else {
             Plan {
                 img_size,
@@ -276,19 +340,18 @@ impl Row {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let o = Opts::try_parse_from(
-        std::iter::once("cargo xtask train".to_string()).chain(args.iter().cloned()),
-    )
-    .map_err(|e| {
+    let o = Opts::parse(args).map_err(|e| {
         let _ = e.print();
         anyhow::anyhow!("bad arguments")
     })?;
     setup::rust_target(crate::test::DEVICE_TARGET)?;
     let plan = Plan::new(&o)?;
     let out = o.out.clone().unwrap_or_else(|| {
-        util::root()
-            .join("runs")
-            .join(if o.quick { "quick" } else { "fashion-mnist" })
+        util::root().join("runs").join(match (o.quick, o.profile) {
+            (true, _) => "quick",
+            (false, Profile::Default) => "fashion-mnist",
+            (false, Profile::Full) => "fashion-mnist-full",
+        })
     });
     std::fs::create_dir_all(&out)?;
     let built = Instant::now();
@@ -417,6 +480,7 @@ impl Pipeline<'_> {
                 let s = summary(&d.dir)?;
                 k_table.push((k, f(&s, "val_top1"), f(&s, "test_top1")));
             }
+            self.k_sweep_png(&k_table)?;
         }
         let mut bits_row = None;
         if o.compare_8bit {
@@ -971,6 +1035,7 @@ impl Pipeline<'_> {
             for (k, v, t) in k_table {
                 writeln!(r, "| {k} | {} | {} |", pct(*v), pct(*t))?;
             }
+            writeln!(r, "\nAccuracy against K: `k_sweep.png`.")?;
         }
         if let Some((bps, v, t)) = bits_row {
             writeln!(
@@ -1089,6 +1154,22 @@ impl Pipeline<'_> {
         })
     }
 
+    /// `k_sweep.png`: the students' top-1 against K, validation and test, drawn by
+    /// `tinyvit plot` from `k_sweep.json` (both in the run folder).
+    fn k_sweep_png(&self, k_table: &[(u32, Option<f64>, Option<f64>)]) -> Result<()> {
+        let json = self.out.join("k_sweep.json");
+        let spec = k_sweep_spec(k_table, &test_name(self.o));
+        std::fs::write(&json, serde_json::to_string_pretty(&spec)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        let png = self.out.join("k_sweep.png");
+        self.tinyvit(&[
+            "plot".into(),
+            json.display().to_string(),
+            "--out".into(),
+            png.display().to_string(),
+        ])
+    }
+
     fn tinyvit(&self, args: &[String]) -> Result<()> {
         util::run(Command::new(&self.tinyvit).args(args))
     }
@@ -1149,6 +1230,24 @@ impl Pipeline<'_> {
 }
 
 /// Which split the report's second accuracy column is.
+/// The chart description `tinyvit plot` draws as `k_sweep.png`: one series per split, a point
+/// per K with a measured top-1.
+fn k_sweep_spec(k_table: &[(u32, Option<f64>, Option<f64>)], test_name: &str) -> Value {
+    let series = |name: &str, pick: fn(&(u32, Option<f64>, Option<f64>)) -> Option<f64>| {
+        let points: Vec<Value> = k_table
+            .iter()
+            .filter_map(|row| pick(row).map(|v| serde_json::json!([row.0, v])))
+            .collect();
+        serde_json::json!({ "name": name, "points": points })
+    };
+    serde_json::json!({
+        "title": "distilled student top-1 against K (top-K probabilities stored per sample)",
+        "x_label": "K",
+        "y_label": "top-1 %",
+        "series": [series("val", |r| r.1), series(test_name, |r| r.2)],
+    })
+}
+
 fn test_name(o: &Opts) -> &'static str {
     if o.data.is_some() && o.test.is_none() {
         "val"
@@ -1373,6 +1472,63 @@ fn build_tinyvit(dist: bool) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    fn opts(args: &[&str]) -> Result<super::Opts, clap::Error> {
+        super::Opts::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_full_profile_sets_what_the_user_left_alone() {
+        let o = opts(&["--profile", "full", "--device", "cuda"]).unwrap();
+        assert_eq!(o.arch, "tiny_vit_mcu_h7");
+        assert_eq!(o.teacher_arch, "tiny_vit_5m_224");
+        assert!(o.train_teacher);
+        let p = super::Plan::new(&o).unwrap();
+        assert_eq!((p.epochs, p.teacher_epochs, p.batch_size), (40, 60, 256));
+        assert_eq!(p.sizes.train, 55_000);
+        // Explicit flags win over the profile.
+        let o = opts(&[
+            "--profile",
+            "full",
+            "--arch",
+            "tiny_vit_mcu_m4",
+            "--epochs",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(o.arch, "tiny_vit_mcu_m4");
+        assert_eq!(super::Plan::new(&o).unwrap().epochs, 7);
+        // The default profile keeps the README's run.
+        let o = opts(&[]).unwrap();
+        assert_eq!(
+            (o.arch.as_str(), o.teacher_arch.as_str()),
+            ("tiny_vit_mcu_m4", "tiny_vit_mcu_h7")
+        );
+        assert!(!o.train_teacher);
+        assert_eq!(super::Plan::new(&o).unwrap().epochs, 5);
+        let e = opts(&["--profile", "full", "--quick"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--profile full and --quick"), "{e}");
+    }
+
+    #[test]
+    fn the_k_sweep_chart_has_a_point_per_measured_k() {
+        let spec = super::k_sweep_spec(
+            &[
+                (1, Some(76.1), Some(76.3)),
+                (3, Some(76.6), None),
+                (5, None, Some(76.9)),
+            ],
+            "test",
+        );
+        assert_eq!(spec["x_label"], "K");
+        let s = spec["series"].as_array().unwrap();
+        assert_eq!(s[0]["name"], "val");
+        assert_eq!(s[0]["points"], serde_json::json!([[1, 76.1], [3, 76.6]]));
+        assert_eq!(s[1]["name"], "test");
+        assert_eq!(s[1]["points"], serde_json::json!([[1, 76.3], [5, 76.9]]));
+    }
+
     use super::*;
 
     fn device(instr: u64, agree: u64) -> firmware::DeviceRun {
