@@ -28,13 +28,14 @@ fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
             "28",
             "--device",
             "cpu",
-            "--batch-size",
-            "16",
             "--seed",
             "5",
             "--quiet",
         ])
         .args(extra);
+    if !extra.contains(&"--batch-size") {
+        c.args(["--batch-size", "16"]);
+    }
     if !extra.contains(&"--epochs") {
         c.args(["--epochs", "2"]);
     }
