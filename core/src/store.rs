@@ -70,7 +70,9 @@
 //! 48  u64      first sample of this part
 //! 56  u64      samples in this part (must equal part_range(...))
 //! 64  u64      store key: ties the file to its manifest (the host derives it from the
-//!              manifest, `parts` excluded; the format only compares it)
+//!              manifest, `parts` and `epochs` excluded, so that sharding a store or
+//!              extending it by more epochs leaves every block's bytes as they are; the
+//!              format only compares it)
 //! 72  u32      reserved, 0
 //! 76  u32      crc32 (IEEE) of bytes 0..76
 //! ```

@@ -58,6 +58,7 @@ fn random_access() -> Result<()> {
     let dir = support::tmpdir("bench", "read");
     let m = Manifest {
         format_version: FORMAT_VERSION,
+        key_version: tinyvit_host::store::manifest::KEY_VERSION,
         aug_version: aug::AUG_VERSION,
         aug_preset: "light".into(),
         aug: aug::preset("light").map_err(|e| anyhow::anyhow!("{e}"))?,

@@ -112,7 +112,7 @@ pub struct InferArgs {
     /// Normalised float32 NCHW input batch.
     #[arg(long, conflicts_with = "images")]
     pub npy: Option<PathBuf>,
-    /// Image files (PNG, JPEG) or folders of them, run through the evaluation
+    /// Image files (PNG, JPEG, WebP) or folders of them, run through the evaluation
     /// transform of the model's input contract.
     pub images: Vec<PathBuf>,
     /// Write the full logits as float32 [N, classes] .npy.
@@ -129,7 +129,7 @@ pub struct InferArgs {
 }
 
 /// Image file extensions a folder argument expands to.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
 
 /// The image files of `args`: files as given, folders expanded to their image files (sorted by
 /// name, not recursive). An empty result or a folder without images is an error.

@@ -352,6 +352,7 @@ fn agree_manifest(
     let id = teacher.identity();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
+        key_version: store::manifest::KEY_VERSION,
         aug_version: aug::AUG_VERSION,
         aug_preset: cfg.aug_preset.clone(),
         aug: cfg.aug,
@@ -376,8 +377,9 @@ fn agree_manifest(
         data_spec: cfg.data.clone(),
     };
     manifest.layout()?;
-    store::create_or_check(&cfg.out, &manifest, cfg.part)?;
-    Ok(manifest)
+    // With --resume and more --epochs, the store is extended (or, written by an earlier build,
+    // refused in a sentence saying why); the writers use the manifest on disk.
+    store::manifest::open_for_writing(&cfg.out, &manifest, cfg.part, cfg.resume)
 }
 
 /// Opens every epoch's writer for this part (closed parts are counted as reused) and cuts the
@@ -593,7 +595,8 @@ pub struct Args {
     /// Data SPEC: `folder:DIR`, `idx:IMAGES[,LABELS]`, `fashion-mnist[:DIR]`, `mnist[:DIR]`.
     #[arg(long)]
     pub data: String,
-    /// Epochs of augmented views to store.
+    /// Epochs of augmented views to store (with `--resume`, more than the store has appends
+    /// the missing epochs: the store then has the bytes of one written with them all at once).
     #[arg(long)]
     pub epochs: u32,
     /// Probabilities kept per sample.
@@ -605,12 +608,14 @@ pub struct Args {
     /// Write part I of N (0-based), e.g. from a job array index.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// Continue an interrupted run from its last complete block.
+    /// Continue an interrupted run from its last complete block, or extend a store by more
+    /// `--epochs`.
     #[arg(long)]
     pub resume: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: crate::device::DeviceArg,
-    /// Images per teacher forward (batches never cross a store block).
+    /// Images per teacher forward (batches never cross a store block). Pinned for a store:
+    /// `--resume` takes the size the store was written with.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Augmentation preset (in22k-distill, in1k-scratch without mixing, light).

@@ -20,6 +20,7 @@ fn tmpdir(name: &str) -> PathBuf {
 fn manifest(len: u64, parts: u32, topk: u16, values: ValueEncoding) -> Manifest {
     Manifest {
         format_version: FORMAT_VERSION,
+        key_version: tinyvit_host::store::manifest::KEY_VERSION,
         aug_version: aug::AUG_VERSION,
         aug_preset: "light".into(),
         aug: aug::preset("light").unwrap(),
@@ -467,4 +468,53 @@ fn a_killed_manifest_write_leaves_nothing_after_the_resume() {
     assert_eq!(names(&dir), vec!["manifest.json"]);
     assert!(write_part(&dir, &m, 0, true, None) && write_part(&dir, &m, 1, true, None));
     assert!(store::verify_dir(&dir).unwrap().is_empty());
+}
+
+/// A store written by an earlier build (key version 1: its manifest has no `key_version` and
+/// its shards' key covers the epoch count) still opens, reads, verifies and resumes; extending
+/// it is refused in a sentence that says why and what to do.
+#[test]
+fn a_store_of_the_earlier_key_reads_and_resumes_but_is_not_extended() {
+    use tinyvit_host::store::manifest::{open_for_writing, LEGACY_KEY_VERSION};
+    let dir = tmpdir("legacy-key");
+    let m = Manifest {
+        key_version: LEGACY_KEY_VERSION,
+        ..manifest(100, 1, 10, ValueEncoding::F16)
+    };
+    let current = manifest(100, 1, 10, ValueEncoding::F16);
+    assert_ne!(m.store_key(), current.store_key());
+    // The earlier key: the epoch count is part of it; the current one leaves it out.
+    let more = |m: &Manifest| Manifest {
+        epochs: m.epochs + 1,
+        ..m.clone()
+    };
+    assert_ne!(more(&m).store_key(), m.store_key());
+    assert_eq!(more(&current).store_key(), current.store_key());
+    assert!(!write_part(&dir, &m, 0, false, Some(40)));
+    let json = std::fs::read_to_string(dir.join(store::MANIFEST_FILE)).unwrap();
+    assert!(!json.contains("key_version"), "{json}");
+    // This build's writer resumes it with the store's own key.
+    let used = open_for_writing(&dir, &current, 0, true).unwrap();
+    assert_eq!(used, m);
+    assert!(write_part(&dir, &used, 0, true, None));
+    let s = LogitStore::open(&dir).unwrap();
+    assert_eq!(s.epochs(), vec![0, 1]);
+    let (seed, idx, _) = record(1, 57, 10);
+    let r = s.record(1, 57).unwrap();
+    assert_eq!((r.seed(), r.index(0)), (seed, idx[0]));
+    assert!(store::verify_dir(&dir).unwrap().is_empty());
+    let err = format!(
+        "{:#}",
+        open_for_writing(&dir, &more(&current), 0, true).unwrap_err()
+    );
+    assert!(
+        err.contains("written by an earlier build")
+            && err.contains("cannot be extended from 2 to 3 epochs"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(store::MANIFEST_FILE)).unwrap(),
+        json
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

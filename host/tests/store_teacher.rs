@@ -19,7 +19,7 @@ fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(["save-logits", "--teacher"])
         .arg(teacher())
-        .args(["--data", data, "--epochs", "2", "--out"])
+        .args(["--data", data, "--out"])
         .arg(out)
         .args([
             "--preset",
@@ -28,13 +28,17 @@ fn save_logits(data: &str, out: &Path, extra: &[&str]) -> Command {
             "28",
             "--device",
             "cpu",
-            "--batch-size",
-            "16",
             "--seed",
             "5",
             "--quiet",
         ])
         .args(extra);
+    if !extra.contains(&"--batch-size") {
+        c.args(["--batch-size", "16"]);
+    }
+    if !extra.contains(&"--epochs") {
+        c.args(["--epochs", "2"]);
+    }
     if !extra.contains(&"--topk") {
         c.args(["--topk", "3"]);
     }
@@ -256,6 +260,74 @@ fn bad_images_error_or_missing_records() {
     );
 }
 
+/// A truncated JPEG and a truncated PNG in a folder dataset: each is an error naming the file,
+/// and under `--on-bad-image skip` a counted missing record (per epoch), never a grey-filled
+/// image with the teacher's guess on it.
+#[test]
+fn truncated_jpeg_and_png_are_counted_missing_under_skip() {
+    let d = tmpdir("teacher", "truncated");
+    let root = d.join("imgs");
+    for c in ["a", "b"] {
+        std::fs::create_dir_all(root.join(c)).unwrap();
+        for i in 0..4u8 {
+            let img = image::RgbImage::from_fn(24, 24, |x, y| {
+                image::Rgb([(x * 9) as u8, (y * 7) as u8, i * 50])
+            });
+            let ext = if i == 1 { "jpg" } else { "png" };
+            img.save(root.join(c).join(format!("{i}.{ext}"))).unwrap();
+        }
+    }
+    // Cut a JPEG inside its scan and a PNG inside its image data.
+    for f in ["a/1.jpg", "b/2.png"] {
+        let p = root.join(f);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() * 3 / 5]).unwrap();
+    }
+    let data = format!("folder:{}", root.display());
+    let msg = fails(save_logits(&data, &d.join("s1"), &["--channels", "1"]));
+    assert!(
+        msg.contains("a/1.jpg")
+            && msg.contains("truncated JPEG")
+            && msg.contains("--on-bad-image skip"),
+        "{msg}"
+    );
+    let store = d.join("s2");
+    let out = String::from_utf8(
+        ok(save_logits(
+            &data,
+            &store,
+            &["--channels", "1", "--on-bad-image", "skip"],
+        ))
+        .stdout,
+    )
+    .unwrap();
+    // 2 bad files x 2 epochs, out of 8 samples a epoch.
+    assert!(
+        out.contains("samples: 8 per epoch x 2 epochs") && out.contains(", 4 missing)"),
+        "{out}"
+    );
+    ok(logits(&["verify"], &store));
+    // Samples in path order: a/0.png a/1.jpg a/2.png a/3.png b/0.png b/1.jpg b/2.png b/3.png.
+    for (i, missing) in [(1, true), (6, true), (2, false), (5, false)] {
+        for e in ["0", "1"] {
+            let show = String::from_utf8(
+                ok(logits(
+                    &["show", "--epoch", e, "--index", &i.to_string()],
+                    &store,
+                ))
+                .stdout,
+            )
+            .unwrap();
+            assert_eq!(
+                show.contains("missing"),
+                missing,
+                "sample {i}, epoch {e}: {show}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn eight_bit_values_round_trip_through_the_pass() {
     let d = tmpdir("teacher", "bits8");
@@ -347,6 +419,107 @@ fn refused_arguments_leave_the_store_as_it_was() {
         );
     }
     ok(logits(&["verify"], &out));
+}
+
+/// `save-logits --resume` with more `--epochs` appends epochs to a store: the result is, file
+/// for file and byte for byte, the store written with all its epochs at once, sharded or not.
+/// Fewer epochs, more epochs without `--resume`, and another batch size are refused, each in a
+/// sentence that says what to pass.
+#[test]
+fn more_epochs_with_resume_extend_a_store_to_the_bytes_of_one_written_at_once() {
+    let d = tmpdir("teacher", "extend");
+    let data = synthetic_idx(&d, 150).unwrap();
+    let (once, grown, sharded) = (d.join("once"), d.join("grown"), d.join("sharded"));
+    ok(save_logits(&data, &once, &["--epochs", "3"]));
+    ok(save_logits(&data, &grown, &["--epochs", "1"]));
+    for s in ["0/2", "1/2"] {
+        ok(save_logits(
+            &data,
+            &sharded,
+            &["--epochs", "2", "--shard", s],
+        ));
+    }
+    let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        walk(dir)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = files(&grown);
+    let msg = fails(save_logits(&data, &grown, &["--epochs", "3"]));
+    assert!(
+        msg.contains("the store has 1 epochs; pass --resume to extend it to 3"),
+        "{msg}"
+    );
+    let msg = fails(save_logits(
+        &data,
+        &grown,
+        &["--epochs", "3", "--resume", "--batch-size", "32"],
+    ));
+    assert!(
+        msg.contains("batch_size: store has 16, now 32. --batch-size is pinned for a store")
+            && msg.contains("pass --batch-size 16"),
+        "{msg}"
+    );
+    assert!(
+        files(&grown) == before,
+        "a refused extension changed the store"
+    );
+    // One epoch, then two more in two steps.
+    let out =
+        String::from_utf8(ok(save_logits(&data, &grown, &["--epochs", "2", "--resume"])).stdout)
+            .unwrap();
+    assert!(out.contains("150 reused from disk"), "{out}");
+    ok(save_logits(&data, &grown, &["--epochs", "3", "--resume"]));
+    let msg = fails(save_logits(&data, &grown, &["--epochs", "2", "--resume"]));
+    assert!(
+        msg.contains("the store has 3 epochs, --epochs 2 asks for fewer"),
+        "{msg}"
+    );
+    // Every part of the sharded store, extended part by part.
+    for s in ["1/2", "0/2"] {
+        ok(save_logits(
+            &data,
+            &sharded,
+            &["--epochs", "3", "--shard", s, "--resume"],
+        ));
+    }
+    let reference = files(&once);
+    assert_eq!(reference.len(), 4, "manifest and 3 parts");
+    let got = files(&grown);
+    assert_eq!(
+        got.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        reference.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for ((name, a), (_, b)) in reference.iter().zip(&got) {
+        assert!(
+            a == b,
+            "{} differs from the store written at once",
+            name.display()
+        );
+    }
+    for e in 0..3 {
+        let w = std::fs::read(part(&once, e, 0, 1)).unwrap();
+        let mut joined = Vec::new();
+        for p in 0..2 {
+            let f = std::fs::read(part(&sharded, e, p, 2)).unwrap();
+            joined.extend_from_slice(&f[HEADER_LEN..f.len() - FOOTER_LEN]);
+        }
+        assert!(
+            joined == w[HEADER_LEN..w.len() - FOOTER_LEN],
+            "sharded epoch {e} differs"
+        );
+    }
+    for dir in [&grown, &sharded] {
+        let out = String::from_utf8(ok(logits(&["verify"], dir)).stdout).unwrap();
+        assert!(out.starts_with("OK: 3 epochs x 150 samples"), "{out}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
 }
 
 /// Every file under `dir`, sorted.

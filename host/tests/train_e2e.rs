@@ -268,3 +268,117 @@ fn a_store_run_takes_its_data_from_the_manifest() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Unlabelled `--val` data in a `--logits` run (issue 15, item 5): the store holds its
+/// teacher's top-K for the augmented training views only, so the run asks for the store's
+/// teacher (`--teacher`, checked against the manifest by SHA-256) and reports the student's
+/// top-1 agreement with it on the evaluation views, saying which teacher it compared with.
+#[test]
+fn a_store_run_measures_unlabelled_validation_against_the_stores_teacher() {
+    let (ckpt, _) = teacher();
+    let dir = tmpdir("train", "store-unlabelled");
+    let spec = fashion_mnist_subset(&dir, "train", 96);
+    let st = dir.join("store");
+    let t = tinyvit_host::teacher::TinyVitTeacher::load(ckpt, tch::Device::Cpu).unwrap();
+    let mut cfg = support::light_pass(&spec, &st, 1, 3, 32);
+    cfg.workers = 1;
+    tinyvit_host::save_logits::run(&cfg, &t).unwrap();
+    let pngs = dir.join("unlabelled");
+    std::fs::create_dir_all(&pngs).unwrap();
+    for i in 0..16u8 {
+        let px: Vec<u8> = (0..28 * 28)
+            .map(|j| ((j % 28) as u8).wrapping_mul(i + 3))
+            .collect();
+        image::GrayImage::from_raw(28, 28, px)
+            .unwrap()
+            .save(pngs.join(format!("u{i:02}.png")))
+            .unwrap();
+    }
+    let run = |out: &Path, teacher: Option<&Path>| {
+        let mut c = Command::new(BIN);
+        c.args(["train", "--arch", "tiny_vit_mcu_m4", "--logits"])
+            .arg(&st)
+            .arg("--val")
+            .arg(format!("folder:{}", pngs.display()))
+            .args([
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "--quiet",
+            ])
+            .args(["--threads", "1", "--workers", "1", "--out"])
+            .arg(out)
+            .env_remove("RUST_BACKTRACE");
+        if let Some(t) = teacher {
+            c.arg("--teacher").arg(t);
+        }
+        c
+    };
+    let e = fails(run(&dir.join("none"), None));
+    assert!(
+        e.contains("augmented training views only")
+            && e.contains("--teacher FILE (the store's teacher, model.safetensors)"),
+        "{e}"
+    );
+    let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/teacher/tiny_cnn.pt");
+    let e = fails(run(&dir.join("other"), Some(&other)));
+    assert!(
+        e.contains("tiny_cnn.pt is not the teacher of the store") && e.contains("sha256"),
+        "{e}"
+    );
+    assert!(
+        !dir.join("other/last.safetensors").exists(),
+        "no step was taken"
+    );
+    let o = ok(run(&dir.join("run"), Some(ckpt)));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no labels; reporting top-1 agreement with the store's teacher"),
+        "{err}"
+    );
+    let s = summary(&o);
+    assert!(s["val_top1"].is_null(), "{s}");
+    let agree = s["val_agreement"]
+        .as_f64()
+        .expect("agreement on unlabelled data");
+    eprintln!("store run, unlabelled val: top-1 agreement with the store's teacher {agree:.2}%");
+    assert!((0.0..=100.0).contains(&agree), "{s}");
+    assert_eq!(s["target"], "logits", "{s}");
+    // `export --val` on the same unlabelled folder: checked by agreement (core engine with
+    // libtorch) and said so; after 0 images it is an error, never "checked".
+    let export = |limit: &str| {
+        let mut c = Command::new(BIN);
+        c.args(["export", "--checkpoint"])
+            .arg(dir.join("run/model.safetensors"))
+            .arg("--out")
+            .arg(dir.join(format!("m{limit}.tvb")))
+            .arg("--val")
+            .arg(format!("folder:{}", pngs.display()))
+            .args(["--limit", limit])
+            .env_remove("RUST_BACKTRACE");
+        c
+    };
+    let e = fails(export("0"));
+    assert!(
+        e.contains("holds no images: the export cannot be checked"),
+        "{e}"
+    );
+    let o = ok(export("5"));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["checked"].as_bool(), r["images"].as_u64()),
+        (Some(true), Some(5)),
+        "{r}"
+    );
+    assert!(
+        r["agreement"].as_f64().is_some() && r["tch_top1"].is_null(),
+        "{r}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("has no labels; checked by top-1 agreement")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -14,6 +14,10 @@ use tinyvit_host::checkpoint;
 use tinyvit_host::train::state::{state_of, TrainState};
 
 fn train(data: &str, out: &Path, resume: bool) -> Command {
+    train_batch(data, out, resume, "16")
+}
+
+fn train_batch(data: &str, out: &Path, resume: bool, batch: &str) -> Command {
     let mut c = train_m4(data);
     c.arg("--labels")
         .args([
@@ -22,7 +26,7 @@ fn train(data: &str, out: &Path, resume: bool) -> Command {
             "--epochs",
             "3",
             "--batch-size",
-            "16",
+            batch,
             "--img-size",
             "32",
         ])
@@ -111,5 +115,21 @@ fn kill_then_resume_equals_uninterrupted() {
     c.args(["--lr", "0.1"]);
     let o = c.output().unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("recipe differs"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("recipe differs") && e.contains("lr: the run has"),
+        "{e}"
+    );
+    // Another batch size is refused in one sentence naming the flag, both values and why.
+    let o = train_batch(&data, &cut, true, "32")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("batch_size: the run has 16, now 32. --batch-size is pinned for a resumed run")
+            && e.contains("pass --batch-size 16"),
+        "{e}"
+    );
 }

@@ -23,6 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tinyvit_core::config::{mcu_budget, McuBudget};
 
 use crate::util;
 
@@ -161,6 +162,15 @@ impl Board {
         }
     }
 
+    /// The microcontroller preset class the board is sized for: its budget
+    /// ([`tinyvit_core::config::mcu_budget`]) is what `firmware build --board` holds a model to.
+    pub fn budget_class(self) -> &'static str {
+        match self {
+            Board::QemuM4 | Board::Netduinoplus2 | Board::FeatherF405 => "m4",
+            Board::QemuM7 | Board::NucleoH743 => "h7",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Board> {
         Board::ALL
             .into_iter()
@@ -198,20 +208,28 @@ pub struct RunOutput {
 }
 
 pub const USAGE: &str = "\
-usage: cargo xtask firmware build|run|size [--board BOARD] [--model FILE.tvb] [--vectors FILE.vec]
+usage: cargo xtask firmware build|run|size [--board BOARD] [--mcu m4|h7] [--model FILE.tvb] [--vectors FILE.vec]
        cargo xtask firmware eval --model FILE.tvb --data idx:IMAGES[,LABELS] [--count N]
        cargo xtask firmware bench   (the device part of `cargo xtask bench`)
-       cargo xtask flash --board nucleo-h743|feather-f405 [--model FILE.tvb] [--vectors FILE.vec]
-       --board with no name lists the boards";
+       cargo xtask flash --board nucleo-h743|feather-f405 [--mcu m4|h7] [--model FILE.tvb] [--vectors FILE.vec]
+       --board with no name lists the boards
+       a --model is held to a budget before the build: the --mcu preset's, else the board's
+       class (m4: qemu-m4, netduinoplus2, feather-f405; h7: qemu-m7, nucleo-h743); over it is
+       an error with --board or --mcu given, a warning for the default board";
 
 struct Args {
     board: Board,
+    /// Whether `--board` was given (the default board's budget only warns).
+    board_given: bool,
+    /// `--mcu PRESET`: the budget to hold the model to instead of the board's class.
+    mcu: Option<String>,
     payload: Payload,
 }
 
 /// Parsed arguments, or `None` when the user asked for the board list or the usage (printed).
 fn parse_args(args: &[String], default_board: Board) -> Result<Option<Args>> {
     let mut board = default_board;
+    let (mut board_given, mut mcu) = (false, None);
     let mut payload = Payload::default();
     let mut it = args.iter().peekable();
     while let Some(a) = it.next() {
@@ -224,10 +242,21 @@ fn parse_args(args: &[String], default_board: Board) -> Result<Option<Args>> {
                 print!("{}", board_list());
                 return Ok(None);
             }
-            "--board" | "--model" | "--vectors" => {
-                let v = it.next().expect("peeked or checked below");
+            "--board" | "--model" | "--vectors" | "--mcu" => {
+                let v = it
+                    .next()
+                    .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
                 match a.as_str() {
-                    "--board" => board = Board::parse(v)?,
+                    "--board" => {
+                        board = Board::parse(v)?;
+                        board_given = true;
+                    }
+                    "--mcu" => {
+                        mcu_budget(v).with_context(|| {
+                            format!("--mcu {v}: not a microcontroller preset (m4, h7)")
+                        })?;
+                        mcu = Some(v.clone());
+                    }
                     "--model" => payload.model = Some(absolute(v)?),
                     _ => payload.vectors = Some(absolute(v)?),
                 }
@@ -235,7 +264,123 @@ fn parse_args(args: &[String], default_board: Board) -> Result<Option<Args>> {
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
     }
-    Ok(Some(Args { board, payload }))
+    Ok(Some(Args {
+        board,
+        board_given,
+        mcu,
+        payload,
+    }))
+}
+
+/// A model's flash bytes and engine arena against a budget (`firmware build`'s check).
+#[derive(Debug)]
+pub struct BudgetCheck {
+    /// Whose budget: `feather-f405 (m4)` or `--mcu h7`.
+    pub whose: String,
+    /// `f32` or `int8`: the engine whose arena is counted.
+    pub engine: &'static str,
+    /// Bytes of the `.tvb` (flash).
+    pub model_bytes: u64,
+    /// Bytes of the engine's arena (RAM).
+    pub arena_bytes: u64,
+    pub budget: McuBudget,
+}
+
+impl BudgetCheck {
+    /// The model and its engine's arena against `board`'s budget, or `mcu`'s when given.
+    pub fn of(model: &Path, board: Board, mcu: Option<&str>) -> Result<Self> {
+        let (whose, class) = match mcu {
+            Some(m) => (format!("--mcu {m}"), m),
+            None => (
+                format!("{} ({})", board.name(), board.budget_class()),
+                board.budget_class(),
+            ),
+        };
+        let budget = mcu_budget(class)
+            .with_context(|| format!("--mcu {class}: not a microcontroller preset (m4, h7)"))?;
+        let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+        let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: {e}", model.display());
+        let (engine, arena_words) = match tinyvit_core::tvb::kind(&bytes).map_err(|e| bad(&e))? {
+            tinyvit_core::tvb::Kind::F32 => {
+                let t = tinyvit_core::tvb::parse(&bytes).map_err(|e| bad(&e))?;
+                (
+                    "f32",
+                    tinyvit_core::engine::arena_len(t.config()).map_err(|e| bad(&e))?,
+                )
+            }
+            tinyvit_core::tvb::Kind::Int8 => {
+                let m = tinyvit_core::int8::parse(&bytes).map_err(|e| bad(&e))?;
+                (
+                    "int8",
+                    tinyvit_core::int8::arena_len(m.config()).map_err(|e| bad(&e))?,
+                )
+            }
+        };
+        Ok(Self {
+            whose,
+            engine,
+            model_bytes: bytes.len() as u64,
+            arena_bytes: 4 * arena_words as u64,
+            budget,
+        })
+    }
+
+    /// What exceeds the budget, one phrase each with both numbers (empty when it fits).
+    pub fn over(&self) -> Vec<String> {
+        let mut over = Vec::new();
+        if self.model_bytes > self.budget.model_bytes {
+            over.push(format!(
+                "model {} B > {} B of flash",
+                self.model_bytes, self.budget.model_bytes
+            ));
+        }
+        if self.arena_bytes > self.budget.arena_bytes {
+            over.push(format!(
+                "{} arena {} B > {} B of RAM",
+                self.engine, self.arena_bytes, self.budget.arena_bytes
+            ));
+        }
+        over
+    }
+
+    /// The numbers, one line: `budget of feather-f405 (m4): model ... B of ... B flash, ...`.
+    pub fn summary(&self) -> String {
+        format!(
+            "budget of {}: model {} B of {} B flash, {} arena {} B of {} B RAM",
+            self.whose,
+            self.model_bytes,
+            self.budget.model_bytes,
+            self.engine,
+            self.arena_bytes,
+            self.budget.arena_bytes
+        )
+    }
+}
+
+/// Holds the payload's model to its budget before anything is built: over budget is an error
+/// when the board or the preset was named (`--board`, `--mcu`), a warning for the default
+/// board; within it the numbers are printed.
+fn check_budget(a: &Args) -> Result<()> {
+    let Some(model) = &a.payload.model else {
+        return Ok(());
+    };
+    let c = BudgetCheck::of(model, a.board, a.mcu.as_deref())?;
+    let over = c.over();
+    if over.is_empty() {
+        eprintln!("{}", c.summary());
+        return Ok(());
+    }
+    let what = format!(
+        "{} exceeds the budget of {}: {}",
+        model.display(),
+        c.whose,
+        over.join(", ")
+    );
+    if a.board_given || a.mcu.is_some() {
+        bail!("{what}");
+    }
+    eprintln!("warning: {what} (--board or --mcu makes this an error)");
+    Ok(())
 }
 
 fn absolute(p: &str) -> Result<PathBuf> {
@@ -267,6 +412,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let Some(a) = parse_args(rest, Board::QemuM4)? else {
         return Ok(());
     };
+    if matches!(cmd.as_str(), "build" | "run" | "size") {
+        check_budget(&a)?;
+    }
     match cmd.as_str() {
         "build" => {
             let elf = build(a.board, &a.payload)?;
@@ -338,6 +486,7 @@ pub fn flash(args: &[String]) -> Result<()> {
     let Some(a) = parse_args(args, Board::NucleoH743)? else {
         return Ok(());
     };
+    check_budget(&a)?;
     let Some(chip) = a.board.probe_chip() else {
         bail!(
             "{} is emulated: run it with `cargo xtask firmware run --board {}` (flash takes a \
@@ -1024,6 +1173,64 @@ pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tinyvit_core::config::ModelConfig;
+
+    /// A `.tvb` of `cfg` with zero weights, in a fresh folder.
+    fn tvb(name: &str, cfg: &ModelConfig) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-budget-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blob = vec![0f32; tinyvit_core::params::folded_blob_len(cfg)];
+        let p = dir.join(format!("{name}.tvb"));
+        std::fs::write(&p, tinyvit_core::tvb::write(cfg, &blob).unwrap()).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_model_is_held_to_its_boards_budget() {
+        let m4 = ModelConfig::tiny_vit_mcu_m4();
+        let fits = tvb("m4", &m4);
+        let arena = 4 * tinyvit_core::engine::arena_len(&m4).unwrap() as u64;
+        let bytes = std::fs::metadata(&fits).unwrap().len();
+        for board in [Board::FeatherF405, Board::Netduinoplus2, Board::QemuM4] {
+            let c = BudgetCheck::of(&fits, board, None).unwrap();
+            assert_eq!((c.model_bytes, c.arena_bytes), (bytes, arena));
+            assert_eq!(c.budget, mcu_budget("m4").unwrap());
+            assert!(c.over().is_empty(), "{:?}", c.over());
+            assert_eq!(
+                c.summary(),
+                format!(
+                    "budget of {} (m4): model {bytes} B of 800000 B flash, f32 arena {arena} B \
+                     of 196608 B RAM",
+                    board.name()
+                )
+            );
+        }
+        // The issue's case: the M4 preset grown to 224 px and 1000 classes.
+        let grown = ModelConfig {
+            img_size: 224,
+            num_classes: 1000,
+            ..m4
+        };
+        let big = tvb("m4-224-1000", &grown);
+        let big_arena = 4 * tinyvit_core::engine::arena_len(&grown).unwrap() as u64;
+        let big_bytes = std::fs::metadata(&big).unwrap().len();
+        let c = BudgetCheck::of(&big, Board::FeatherF405, None).unwrap();
+        assert_eq!(
+            c.over(),
+            vec![
+                format!("model {big_bytes} B > 800000 B of flash"),
+                format!("f32 arena {big_arena} B > 196608 B of RAM"),
+            ]
+        );
+        // `--mcu` names another budget: the H7's takes the grown model (1.5 MB of flash,
+        // 384 KB of arena).
+        let c = BudgetCheck::of(&big, Board::FeatherF405, Some("h7")).unwrap();
+        assert_eq!(c.whose, "--mcu h7");
+        assert!(c.over().is_empty(), "{}", c.summary());
+        assert_eq!(Board::NucleoH743.budget_class(), "h7");
+        std::fs::remove_dir_all(fits.parent().unwrap()).unwrap();
+        std::fs::remove_dir_all(big.parent().unwrap()).unwrap();
+    }
 
     #[test]
     fn clock_plans_hold_their_arithmetic_and_limits() {

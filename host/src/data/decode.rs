@@ -71,7 +71,7 @@ pub fn load_image(path: &Path) -> Result<Image> {
     decode_image(&bytes).with_context(|| format!("decoding {}", path.display()))
 }
 
-/// Decodes encoded image bytes (PNG, JPEG); grey stays 1 channel, the rest becomes RGB.
+/// Decodes encoded image bytes (PNG, JPEG, WebP); grey stays 1 channel, the rest becomes RGB.
 pub fn decode_image(bytes: &[u8]) -> Result<Image> {
     let mut img = Image {
         width: 0,

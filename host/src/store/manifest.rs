@@ -8,13 +8,21 @@
 //! manifest holds no timestamps or host names for that reason.
 //!
 //! The store key written into every shard header is the first 8 bytes (little-endian) of the
-//! SHA-256 of the manifest's canonical JSON with `parts` set to 0 ([`Manifest::store_key`]): a
-//! shard from another store or another run fails to open, while a part of a sharded store has
-//! exactly the blocks (checksums included) of the same samples in an unsharded store.
+//! SHA-256 of the manifest's canonical JSON with `parts` and `epochs` set to 0
+//! ([`Manifest::store_key`]): a shard from another store or another run fails to open, while a
+//! part of a sharded store has exactly the blocks (checksums included) of the same samples in an
+//! unsharded store, and the epochs of a store extended by `save-logits --resume --epochs N`
+//! are the bytes of a store written with `N` epochs at once.
+//!
+//! Key versions (`key_version`): 2 leaves the epoch count out of the key. Version 1, the
+//! manifests of earlier builds (they have no `key_version` field, and this build writes none
+//! for them), kept it in: such a store still opens, reads, verifies and resumes, but cannot be
+//! extended by more epochs (its shards' keys would change); the error says so.
 //!
 //! ```json
 //! {
 //!   "format_version": 2,          shard layout version (tinyvit_core::store::FORMAT_VERSION)
+//!   "key_version": 2,             what the store key covers (KEY_VERSION; see above)
 //!   "aug_version": 1,             tinyvit_core::aug::AUG_VERSION the seeds replay with
 //!   "aug_preset": "light",        preset name the augmentation started from
 //!   "aug": { ... },               the full AugConfig after overrides (size, mean, std, ...)
@@ -22,7 +30,8 @@
 //!   "topk": 10, "num_classes": 10, "values": "f16",
 //!   "records_per_block": 1024,
 //!   "epochs": 3,                  epochs planned; those present are the epochs whose parts are
-//!                                 all closed (LogitStore::epochs), so writers never rewrite this
+//!                                 all closed (LogitStore::epochs). Only an extension
+//!                                 (`--resume` with more `--epochs`) rewrites it, to the larger count
 //!   "parts": 1, "batch_size": 256,
 //!   "teacher": { "kind": "torchscript", "file": "teacher.pt", "sha256": "...",
 //!                "input_size": 32, "channels": 1, "mean": [..], "std": [..] },
@@ -32,7 +41,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tinyvit_core::aug::AugConfig;
@@ -42,6 +51,20 @@ use crate::data::Fingerprint;
 
 /// File name of the manifest inside a store folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The store key version this build writes: the key leaves `parts` and `epochs` out.
+pub const KEY_VERSION: u32 = 2;
+
+/// The key version of a manifest without the field: earlier builds' key, `epochs` included.
+pub const LEGACY_KEY_VERSION: u32 = 1;
+
+fn legacy_key_version() -> u32 {
+    LEGACY_KEY_VERSION
+}
+
+fn is_legacy_key(v: &u32) -> bool {
+    *v == LEGACY_KEY_VERSION
+}
 
 /// Who produced the probabilities and what input it expects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +89,10 @@ pub struct TeacherInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u16,
+    /// What the store key covers ([`KEY_VERSION`]); absent (version 1) in earlier builds'
+    /// manifests, and then not written, so that their bytes and key stay what they were.
+    #[serde(default = "legacy_key_version", skip_serializing_if = "is_legacy_key")]
+    pub key_version: u32,
     pub aug_version: u32,
     pub aug_preset: String,
     pub aug: AugConfig,
@@ -101,6 +128,11 @@ impl Manifest {
     pub fn store_key(&self) -> u64 {
         let unsharded = Manifest {
             parts: 0,
+            epochs: if self.key_version >= KEY_VERSION {
+                0
+            } else {
+                self.epochs
+            },
             ..self.clone()
         };
         let d = Sha256::digest(unsharded.to_json());
@@ -148,6 +180,13 @@ impl Manifest {
     /// it is written, not after its manifest is on disk.
     pub fn validate(&self) -> Result<()> {
         let layout = self.layout()?;
+        if self.key_version != KEY_VERSION && self.key_version != LEGACY_KEY_VERSION {
+            bail!(
+                "store key version {}, this build knows versions {LEGACY_KEY_VERSION} and \
+                 {KEY_VERSION}",
+                self.key_version
+            );
+        }
         if self.parts == 0 || self.epochs == 0 {
             bail!("`parts` and `epochs` must be positive");
         }
@@ -251,6 +290,12 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
                 }
             }
         }
+        _ if a != b && path == "batch_size" => out.push(format!(
+            "  batch_size: store has {a}, now {b}. --batch-size is pinned for a store: the \
+             teacher runs batches of {a} that never straddle a block, so that a resumed or \
+             extended store is byte for byte the store written in one go, and batched kernels \
+             may round differently at another batch size; pass --batch-size {a}"
+        )),
         _ if a != b => out.push(format!("  {path}: store has {a}, now {b}")),
         _ => {}
     }
@@ -260,22 +305,74 @@ fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<
 /// its arguments. An existing manifest must be identical (every differing field is named).
 /// The manifest is validated first: a refused one leaves `dir` as it was. `part` is the part
 /// this process writes: a temporary manifest that an earlier, killed writer of the same part
-/// left behind is removed.
+/// left behind is removed. ([`open_for_writing`] without extension.)
 pub fn create_or_check(dir: &Path, manifest: &Manifest, part: u32) -> Result<()> {
+    open_for_writing(dir, manifest, part, false).map(|_| ())
+}
+
+/// [`create_or_check`] for `save-logits`: with `resume`, a store of fewer epochs than
+/// `manifest` asks for is extended (its manifest rewritten with the larger count, atomically;
+/// the closed epochs stay as they are, since the store key leaves the epoch count out).
+/// Returns the manifest to write the shards with: `manifest`, or the store's own when it was
+/// written by an earlier build (key version 1, which it then keeps: see the module doc).
+pub fn open_for_writing(
+    dir: &Path,
+    manifest: &Manifest,
+    part: u32,
+    resume: bool,
+) -> Result<Manifest> {
     manifest
         .validate()
         .with_context(|| format!("store {}", dir.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    if dir.join(MANIFEST_FILE).exists() {
-        let on_disk = Manifest::load(dir)?;
-        manifest.check_same(&on_disk, dir)?;
-        let stale = Manifest::temp_name(dir, part);
-        if stale.exists() {
-            std::fs::remove_file(&stale)
-                .with_context(|| format!("removing {}", stale.display()))?;
-        }
-        Ok(())
-    } else {
-        manifest.write(dir, part)
+    if !dir.join(MANIFEST_FILE).exists() {
+        manifest.write(dir, part)?;
+        return Ok(manifest.clone());
     }
+    let on_disk = Manifest::load(dir)?;
+    let (have, want) = (on_disk.epochs, manifest.epochs);
+    let ours = Manifest {
+        key_version: on_disk.key_version,
+        epochs: have,
+        ..manifest.clone()
+    };
+    ours.check_same(&on_disk, dir)?;
+    if want != have {
+        let path = dir.join(MANIFEST_FILE);
+        ensure!(
+            want > have,
+            "{}: the store has {have} epochs, --epochs {want} asks for fewer (a store is never \
+             cut): pass --epochs {have}",
+            path.display()
+        );
+        ensure!(
+            resume,
+            "{}: the store has {have} epochs; pass --resume to extend it to {want}",
+            path.display()
+        );
+        ensure!(
+            on_disk.key_version >= KEY_VERSION,
+            "{}: the store was written by an earlier build, whose store key includes the epoch \
+             count (key version {}, no `key_version` field): it reads, verifies and resumes as \
+             it is, but cannot be extended from {have} to {want} epochs; write it again with \
+             this build's `tinyvit save-logits --epochs {want}`",
+            path.display(),
+            on_disk.key_version
+        );
+        let extended = Manifest {
+            epochs: want,
+            ..on_disk
+        };
+        extended.write(dir, part)?;
+        eprintln!(
+            "store {}: extended from {have} to {want} epochs",
+            dir.display()
+        );
+        return Ok(extended);
+    }
+    let stale = Manifest::temp_name(dir, part);
+    if stale.exists() {
+        std::fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+    }
+    Ok(on_disk)
 }

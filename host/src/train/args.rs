@@ -19,7 +19,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present_any = ["synthetic", "logits"])]
     pub data: Option<String>,
     /// Distil from this sparse logit store.
-    #[arg(long, conflicts_with_all = ["labels", "teacher"])]
+    #[arg(long, conflicts_with_all = ["labels"])]
     pub logits: Option<PathBuf>,
     /// Train on the dataset's labels (baseline without distillation).
     #[arg(long, conflicts_with_all = ["logits", "teacher"])]
@@ -29,8 +29,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub exclude: Option<PathBuf>,
     /// Online distillation from this teacher (TinyViT checkpoint `.safetensors`, or TorchScript
-    /// `.pt` taking the student's input).
-    #[arg(long, conflicts_with_all = ["logits", "labels"])]
+    /// `.pt` taking the student's input). With `--logits DIR`: the store's teacher (its SHA-256
+    /// must be the one the store's manifest records), run only on unlabelled `--val`/`--test`
+    /// data to measure the student's top-1 agreement with it; the store holds the teacher's
+    /// top-K for the augmented training views alone.
+    #[arg(long, conflicts_with_all = ["labels"])]
     pub teacher: Option<PathBuf>,
     /// The teacher's input normalisation (`--teacher-norm`, `--teacher-mean`, `--teacher-std`).
     #[command(flatten)]
@@ -161,7 +164,8 @@ impl TrainArgs {
     /// The target the flags select (exactly one of `--logits`, `--labels`, `--teacher`).
     pub fn target(&self) -> Result<TargetKind> {
         Ok(match (&self.logits, self.labels, &self.teacher) {
-            (Some(d), false, None) => TargetKind::Logits { store: d.clone() },
+            // A --teacher next to --logits only measures agreement on unlabelled evaluation data.
+            (Some(d), false, _) => TargetKind::Logits { store: d.clone() },
             (None, true, None) => TargetKind::Labels,
             (None, false, Some(f)) => TargetKind::Teacher { file: f.clone() },
             _ => bail!("give exactly one of --logits DIR, --labels, --teacher FILE"),

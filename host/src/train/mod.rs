@@ -477,13 +477,44 @@ fn prepare_run_dir(args: &TrainArgs, plan: &Plan) -> Result<bool> {
         eval_batch_size: 0,
         ..r.clone()
     };
-    ensure!(
-        same(&prev_recipe) == same(&plan.recipe),
-        "--resume: the recipe differs from {} (pass the same flags or --config {})",
-        saved.display(),
-        saved.display()
-    );
+    let (before, now) = (same(&prev_recipe), same(&plan.recipe));
+    if before != now {
+        bail!(
+            "--resume: the recipe differs from {} (pass the same flags or --config {}):\n{}",
+            saved.display(),
+            saved.display(),
+            recipe_diff(&before, &now).join("\n")
+        );
+    }
     Ok(true)
+}
+
+/// One line per recipe field a resumed run would change, with both values; the batch size's
+/// line says why it is pinned.
+fn recipe_diff(before: &Recipe, now: &Recipe) -> Vec<String> {
+    let (a, b) = (
+        serde_json::to_value(before).unwrap_or_default(),
+        serde_json::to_value(now).unwrap_or_default(),
+    );
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter(|(k, va)| b.get(*k) != Some(*va))
+        .map(|(k, va)| {
+            let vb = b.get(k).cloned().unwrap_or_default();
+            if k == "batch_size" {
+                format!(
+                    "  batch_size: the run has {va}, now {vb}. --batch-size is pinned for a \
+                     resumed run: its saved position (epoch, batch) counts batches of {va} \
+                     samples and its learning-rate schedule counts the steps of those batches, \
+                     so another size would skip or repeat samples; pass --batch-size {va}"
+                )
+            } else {
+                format!("  {k}: the run has {va}, now {vb}")
+            }
+        })
+        .collect()
 }
 
 /// Data-parallel hook at the start: every rank resumes the same state (a run folder that one
@@ -515,12 +546,43 @@ fn sync_ranks(
         .collect())
 }
 
-/// Loads the online teacher of a `--teacher` run and checks it fits the student.
+/// Who unlabelled evaluation data is compared with, for the epoch lines: the online teacher
+/// of a `--teacher` run, or the store's teacher that a `--logits` run names with `--teacher`.
+fn agreement_source(args: &TrainArgs) -> String {
+    match (&args.logits, &args.teacher) {
+        (Some(_), Some(f)) => format!(
+            "the store's teacher {} (run on the evaluation views)",
+            f.display()
+        ),
+        (None, Some(f)) => format!("the online teacher {}", f.display()),
+        _ => "the teacher".to_string(),
+    }
+}
+
+/// Loads the online teacher of a `--teacher` run, or the store's teacher that a `--logits` run
+/// is given with `--teacher` (for agreement on unlabelled evaluation data; checked against the
+/// store's manifest by SHA-256), and checks it fits the student.
 fn load_teacher(args: &TrainArgs, plan: &Plan) -> Result<Option<Box<dyn Teacher>>> {
-    let TargetKind::Teacher { file } = &plan.target else {
-        return Ok(None);
+    let (file, store) = match (&plan.target, &args.teacher) {
+        (TargetKind::Teacher { file }, _) => (file, None),
+        (TargetKind::Logits { store }, Some(file)) => (file, Some(store)),
+        _ => return Ok(None),
     };
     let t = teacher::load(file, plan.device)?;
+    if let Some(dir) = store {
+        let m = crate::store::Manifest::load(dir)?;
+        let id = t.identity();
+        ensure!(
+            id.sha256 == m.teacher.sha256,
+            "--teacher {} is not the teacher of the store {} (sha256 {}; the store was written \
+             by {} with sha256 {}): its agreement would measure another model",
+            file.display(),
+            dir.display(),
+            id.sha256,
+            m.teacher.file,
+            m.teacher.sha256
+        );
+    }
     let cfg = &plan.cfg;
     // The class count first, with one blank image of the student's input: a mismatch is an
     // error here, before any step.
@@ -987,10 +1049,10 @@ impl Run {
         }
         if let (false, Some(v), None) = (self.quiet, &val, val.as_ref().and_then(|a| a.top1())) {
             self.pb.println(format!(
-                "epoch {}: train loss {:.4}, val (unlabelled) top-1 agreement with the teacher \
-                 {:.2}%",
+                "epoch {}: train loss {:.4}, val (unlabelled) top-1 agreement with {} {:.2}%",
                 epoch + 1,
                 figures.loss_sum / figures.loss_n.max(1) as f64,
+                agreement_source(args),
                 v.agreement().unwrap_or(f64::NAN)
             ));
         } else if let (false, Some(v)) = (self.quiet, &val) {

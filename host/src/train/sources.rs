@@ -379,11 +379,39 @@ fn plan(args: &TrainArgs, cfg: &ModelConfig, recipe: &Recipe) -> Result<DataPlan
     };
     // Unlabelled evaluation data measures agreement with an online teacher; without one there
     // is nothing to measure, said before any training step.
+    // A store holds the teacher's top-K for the augmented training views only, so a --logits
+    // run measures agreement with the store's teacher run on the evaluation views (--teacher).
     let measurable = |flag: &str, ds: &Arc<dyn Dataset>| {
+        if ds.num_classes().is_some() {
+            return Ok(());
+        }
+        if let Some(dir) = &args.logits {
+            ensure!(
+                args.teacher.is_some(),
+                "{flag} {}: the data has no labels, and the store {} holds its teacher's top-K \
+                 for the augmented training views only, not for this data: give --teacher FILE \
+                 (the store's teacher, {}) to measure the student's top-1 agreement with it",
+                ds.spec(),
+                dir.display(),
+                crate::store::Manifest::load(dir)
+                    .map(|m| m.teacher.file)
+                    .unwrap_or_else(|_| "see its manifest.json".into())
+            );
+            eprintln!(
+                "{flag} {}: no labels; reporting top-1 agreement with the store's teacher \
+                 (--teacher, run on the evaluation views)",
+                ds.spec()
+            );
+            return Ok(());
+        }
         ensure!(
-            ds.num_classes().is_some() || args.teacher.is_some(),
+            args.teacher.is_some(),
             "{flag} {}: the data has no labels and the run has no online teacher (--teacher) to \
              agree with: nothing to measure",
+            ds.spec()
+        );
+        eprintln!(
+            "{flag} {}: no labels; reporting top-1 agreement with the online teacher",
             ds.spec()
         );
         Ok(())
