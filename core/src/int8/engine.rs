@@ -19,14 +19,16 @@
 //!
 //! # Arena
 //! `i32` words: regions `A` and `B` hold the `i16` stage activations (alternating as in
-//! `exact`), then one scratch region sized for the hungriest layer ([`arena_plan`]).
+//! `exact`), then one scratch region sized for the hungriest layer, then the matrix kernels'
+//! prepared activations ([`arena_plan`]).
 #![deny(clippy::float_arithmetic)]
 
 use super::file::Model;
 use super::ops::{
-    dot_i8, gelu_q12, layer_norm, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
+    dot_i8, gelu_q12, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
     Multipliers,
 };
+use mat::Prepared;
 use crate::config::{ModelConfig, STAGES};
 use crate::engine::layers::{bias_index, stem_dims};
 use crate::engine::{input_len, EngineError};
@@ -49,12 +51,15 @@ pub struct ArenaPlan {
     pub b: usize,
     /// Words of the scratch region.
     pub scratch: usize,
+    /// Words of the matrix kernels' prepared activations ([`mat::prep_words`] of the widest
+    /// matrix fan-in).
+    pub prep: usize,
 }
 
 impl ArenaPlan {
     /// Total words.
     pub fn total(&self) -> usize {
-        self.a + self.b + self.scratch
+        self.a + self.b + self.scratch + self.prep
     }
 }
 
@@ -129,8 +134,19 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
         }
     }
     scratch = scratch.max(add(w16(e[3]), w8(e[3]))?);
-    let plan = ArenaPlan { a, b, scratch };
-    add(add(a, b)?, scratch)?;
+    // Fan-ins of the matrix products: token widths, MLP and MBConv hidden widths.
+    let mut mat_k = hid0;
+    for s in 0..STAGES {
+        mat_k = mat_k.max(e[s]).max(mul(e[s], cfg.mlp_ratio as usize)?);
+    }
+    let prep = mat::prep_words(mat_k);
+    let plan = ArenaPlan {
+        a,
+        b,
+        scratch,
+        prep,
+    };
+    add(add(add(a, b)?, scratch)?, prep)?;
     Ok(plan)
 }
 
@@ -196,7 +212,7 @@ impl<'a> Reader<'a> {
     }
 
     fn muls(&mut self, n: usize) -> Result<Multipliers<'a>, EngineError> {
-        Ok(Multipliers(self.bytes(mul(n, 8)?)?))
+        Ok(Multipliers::new(self.bytes(mul(n, 5)?)?, n))
     }
 
     fn mul1(&mut self) -> Result<Multiplier, EngineError> {
@@ -221,11 +237,23 @@ impl<'a> Layer<'a> {
         })
     }
 
-    /// Accumulator of output `o` over a contiguous input `x` (`[out, in]` weights).
+    /// `f(o, accumulator)` for the outputs `o` in `outs`, in order, over the prepared input `x`
+    /// (a matrix product: `[out, in]` weights stored as `layout::Kind::Mat`); four outputs per
+    /// kernel pass.
     #[inline]
-    fn acc(&self, o: usize, x: &[i8]) -> i32 {
-        let n = x.len();
-        dot_i8(self.b.get(o), x, &self.w[o * n..(o + 1) * n])
+    fn each(&self, x: &Prepared<'_>, outs: core::ops::Range<usize>, mut f: impl FnMut(usize, i32)) {
+        let mut o = outs.start;
+        while o + 4 <= outs.end {
+            let a = mat::acc::<4>(self.b, x, self.w, o);
+            for (i, v) in a.into_iter().enumerate() {
+                f(o + i, v);
+            }
+            o += 4;
+        }
+        while o < outs.end {
+            f(o, mat::acc::<1>(self.b, x, self.w, o)[0]);
+            o += 1;
+        }
     }
 }
 
@@ -297,6 +325,7 @@ pub fn run(
     let a = carve.i16s(plan.a * 2)?;
     let b = carve.i16s(plan.b * 2)?;
     let scratch = carve.words(plan.scratch)?;
+    let prep: &mut [u32] = bytemuck::cast_slice_mut(carve.words(plan.prep)?);
     let mut rd = Reader {
         data: model.data(),
         pos: 0,
@@ -309,7 +338,7 @@ pub fn run(
     stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch)?;
     let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
     for _ in 0..cfg.depths[0] {
-        mbconv(&mut rd, &mut a[..act(0)], r[0], e[0], hid0, lim, scratch)?;
+        mbconv(&mut rd, &mut a[..act(0)], r[0], e[0], hid0, lim, scratch, prep)?;
     }
     for s in 0..STAGES {
         if s > 0 {
@@ -319,7 +348,7 @@ pub fn run(
                 &mut b[..act(s)]
             };
             for _ in 0..cfg.depths[s] {
-                tinyvit_block(cfg, s, &mut rd, x, lim, scratch)?;
+                tinyvit_block(cfg, s, &mut rd, x, lim, scratch, prep)?;
             }
         }
         if s + 1 < STAGES {
@@ -328,7 +357,7 @@ pub fn run(
             } else {
                 (&b[..act(s)], &mut a[..act(s + 1)])
             };
-            patch_merging(&mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch)?;
+            patch_merging(&mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch, prep)?;
         }
     }
     let last = if (STAGES - 1).is_multiple_of(2) {
@@ -336,7 +365,7 @@ pub fn run(
     } else {
         &b[..act(3)]
     };
-    head(&mut rd, last, e[3], scratch, logits)?;
+    head(&mut rd, last, e[3], scratch, prep, logits)?;
     if rd.pos != rd.data.len() {
         return Err(EngineError::WeightsLen {
             expected: rd.pos,
@@ -449,6 +478,7 @@ fn pointwise_row(
     cout: usize,
     tok: &mut [i8],
     ring: &mut [i8],
+    prep: &mut [u32],
 ) {
     let slot = y % 3;
     for x in 0..w {
@@ -458,9 +488,10 @@ fn pointwise_row(
             tok,
         );
         let dst = &mut ring[(slot * w + x) * cout..(slot * w + x + 1) * cout];
-        for (o, d) in dst.iter_mut().enumerate() {
-            *d = gelu_i8(layer.acc(o, tok), layer.m.get(o), act);
-        }
+        let p = mat::prepare(tok, prep);
+        layer.each(&p, 0..cout, |o, acc| {
+            dst[o] = gelu_i8(acc, layer.m.get(o), act);
+        });
     }
 }
 
@@ -510,6 +541,7 @@ fn mbconv(
     hid: usize,
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let narrow_in = rd.mul1()?;
     let c1 = Layer::read(rd, c, hid)?;
@@ -527,7 +559,7 @@ fn mbconv(
     for oy in 0..r {
         let last = (oy + 1).min(r - 1);
         while filled <= last {
-            pointwise_row(x, filled, r, c, narrow_in, &c1, act1, hid, tok, ring);
+            pointwise_row(x, filled, r, c, narrow_in, &c1, act1, hid, tok, ring, prep);
             filled += 1;
         }
         for ox in 0..r {
@@ -536,11 +568,12 @@ fn mbconv(
                 *m = gelu_i8(acc, c2.m.get(ch), act2);
             }
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
-            for (o, v) in t.iter_mut().enumerate() {
-                let sum =
-                    requant(c3.acc(o, mid), c3.m.get(o)).saturating_add(requant(*v as i32, res));
+            let p = mat::prepare(mid, prep);
+            c3.each(&p, 0..c, |o, acc| {
+                let v = &mut t[o];
+                let sum = requant(acc, c3.m.get(o)).saturating_add(requant(*v as i32, res));
                 *v = sat_i16(requant(gelu_q12(sum), out), lim);
-            }
+            });
         }
     }
     Ok(())
@@ -557,6 +590,7 @@ fn patch_merging(
     cout: usize,
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let narrow_in = rd.mul1()?;
     let c1 = Layer::read(rd, cin, cout)?;
@@ -573,7 +607,7 @@ fn patch_merging(
     for oy in 0..r2 {
         let last = (2 * oy + 1).min(r - 1);
         while filled <= last {
-            pointwise_row(src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring);
+            pointwise_row(src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring, prep);
             filled += 1;
         }
         for ox in 0..r2 {
@@ -582,9 +616,10 @@ fn patch_merging(
                 *m = gelu_i8(acc, c2.m.get(ch), act2);
             }
             let t = &mut dst[(oy * r2 + ox) * cout..(oy * r2 + ox + 1) * cout];
-            for (o, v) in t.iter_mut().enumerate() {
-                *v = sat_i16(requant(c3.acc(o, mid), c3.m.get(o)), lim);
-            }
+            let p = mat::prepare(mid, prep);
+            c3.each(&p, 0..cout, |o, acc| {
+                t[o] = sat_i16(requant(acc, c3.m.get(o)), lim);
+            });
         }
     }
     Ok(())
@@ -614,6 +649,7 @@ fn tinyvit_block(
     x: &mut [i16],
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let r = cfg.stage_resolutions()[s] as usize;
     let c = cfg.embed_dims[s] as usize;
@@ -636,7 +672,7 @@ fn tinyvit_block(
     let fc2 = Layer::read(rd, hid, c)?;
     let lc = Layer::read(rd, k * k, c)?;
 
-    attention(&attn, x, r, c, heads, ws, lim, scratch)?;
+    attention(&attn, x, r, c, heads, ws, lim, scratch, prep)?;
     local_conv(x, r, c, k, &lc, lim, scratch)?;
 
     let mut carve = Carver { rest: scratch };
@@ -644,13 +680,15 @@ fn tinyvit_block(
     let hidden = carve.i8s(hid)?;
     for tok in x.chunks_exact_mut(c) {
         mlp_norm.apply(tok, norm);
-        for (o, h) in hidden.iter_mut().enumerate() {
-            *h = gelu_i8(fc1.acc(o, norm), fc1.m.get(o), mlp_act);
-        }
-        for (o, v) in tok.iter_mut().enumerate() {
-            let y = requant(fc2.acc(o, hidden), fc2.m.get(o));
-            *v = sat_i16((*v as i32).saturating_add(y), lim);
-        }
+        let p = mat::prepare(norm, prep);
+        fc1.each(&p, 0..hid, |o, acc| {
+            hidden[o] = gelu_i8(acc, fc1.m.get(o), mlp_act);
+        });
+        let p = mat::prepare(hidden, prep);
+        fc2.each(&p, 0..c, |o, acc| {
+            let y = requant(acc, fc2.m.get(o));
+            tok[o] = sat_i16((tok[o] as i32).saturating_add(y), lim);
+        });
     }
     Ok(())
 }
@@ -666,6 +704,7 @@ fn attention(
     ws: usize,
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let t = ws * ws;
     let hd = c / heads;
@@ -690,12 +729,12 @@ fn attention(
             }
             for h in 0..heads {
                 for i in 0..t {
-                    let tok = &win[i * c..(i + 1) * c];
-                    for o in 0..3 * hd {
-                        let ch = h * 3 * hd + o;
-                        qkv[i * 3 * hd + o] =
-                            sat_i8(requant(wt.qkv.acc(ch, tok), wt.qkv.m.get(ch)));
-                    }
+                    let p = mat::prepare(&win[i * c..(i + 1) * c], prep);
+                    let row = &mut qkv[i * 3 * hd..(i + 1) * 3 * hd];
+                    let first = h * 3 * hd;
+                    wt.qkv.each(&p, first..first + 3 * hd, |ch, acc| {
+                        row[ch - first] = sat_i8(requant(acc, wt.qkv.m.get(ch)));
+                    });
                 }
                 for i in 0..t {
                     let q = &qkv[i * 3 * hd..i * 3 * hd + hd];
@@ -718,12 +757,12 @@ fn attention(
             for i in 0..t {
                 let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
                 if y < r && xx < r {
-                    let o_tok = &out[i * c..(i + 1) * c];
+                    let p = mat::prepare(&out[i * c..(i + 1) * c], prep);
                     let dst = &mut x[(y * r + xx) * c..(y * r + xx + 1) * c];
-                    for (o, v) in dst.iter_mut().enumerate() {
-                        let p = requant(wt.proj.acc(o, o_tok), wt.proj.m.get(o));
-                        *v = sat_i16((*v as i32).saturating_add(p), lim);
-                    }
+                    wt.proj.each(&p, 0..c, |o, acc| {
+                        let v = requant(acc, wt.proj.m.get(o));
+                        dst[o] = sat_i16((dst[o] as i32).saturating_add(v), lim);
+                    });
                 }
             }
         }
@@ -784,6 +823,7 @@ fn head(
     x: &[i16],
     c: usize,
     scratch: &mut [i32],
+    prep: &mut [u32],
     logits: &mut [i32],
 ) -> Result<(), EngineError> {
     let norm = Norm::read(rd, c)?;
@@ -800,8 +840,9 @@ fn head(
         *p = (2 * sum + n).div_euclid(2 * n.max(1)) as i16;
     }
     norm.apply(pooled, normed);
-    for (o, l) in logits.iter_mut().enumerate() {
-        *l = requant(fc.acc(o, normed), fc.m.get(o));
-    }
+    let p = mat::prepare(normed, prep);
+    fc.each(&p, 0..logits.len(), |o, acc| {
+        logits[o] = requant(acc, fc.m.get(o));
+    });
     Ok(())
 }
