@@ -117,7 +117,7 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
     let a = w16(act[0].max(act[2]));
     let b = w16(act[1].max(act[3]));
     let (_, _, e0, half, w1, _) = stem_dims(cfg);
-    let mut scratch = w8(mul(mul(3, w1)?, half)?);
+    let mut scratch = add(w8(mul(mul(3, w1)?, half)?), w8(mul(9, half)?))?;
     scratch = scratch.max(add(add(w8(e0), w8(mul(mul(3, r[0])?, hid0)?))?, w8(hid0))?);
     for s in 0..STAGES {
         if s > 0 {
@@ -134,8 +134,9 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
         }
     }
     scratch = scratch.max(add(w16(e[3]), w8(e[3]))?);
-    // Fan-ins of the matrix products: token widths, MLP and MBConv hidden widths.
-    let mut mat_k = hid0;
+    // Fan-ins of the matrix products: the stem's second conv, token widths, MLP and MBConv
+    // hidden widths.
+    let mut mat_k = hid0.max(mul(9, half)?);
     for s in 0..STAGES {
         mat_k = mat_k.max(e[s]).max(mul(e[s], cfg.mlp_ratio as usize)?);
     }
@@ -335,7 +336,7 @@ pub fn run(
     let e = cfg.embed_dims.map(|v| v as usize);
     let act = |s: usize| r[s] * r[s] * e[s];
 
-    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch)?;
+    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch, prep)?;
     let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
     for _ in 0..cfg.depths[0] {
         mbconv(&mut rd, &mut a[..act(0)], r[0], e[0], hid0, lim, scratch, prep)?;
@@ -400,7 +401,10 @@ fn narrow(src: &[i16], k: Multiplier, dst: &mut [i8]) {
 }
 
 /// PatchEmbed: 3x3 stride-2 conv -> GELU -> 3x3 stride-2 conv, from the `i8 [C, H, W]` input
-/// to `i16` tokens `[r0*r0, E0]`; the first conv's output streams through a ring of 3 rows.
+/// to `i16` tokens `[r0*r0, E0]`; the first conv's output streams through a ring of 3 rows. The
+/// second conv is a matrix product: each output pixel's 3x3 patch is gathered (taps outside
+/// the map as zeros, which add nothing) into one `[9 * half]` vector, the layout of its
+/// `[out, ky, kx, in]` weights.
 fn stem(
     cfg: &ModelConfig,
     rd: &mut Reader<'_>,
@@ -408,12 +412,15 @@ fn stem(
     out: &mut [i16],
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let (cin, img, e0, half, w1, r0) = stem_dims(cfg);
     let c1 = Layer::read(rd, cin * 9, half)?;
     let act1 = rd.mul1()?;
     let c2 = Layer::read(rd, half * 9, e0)?;
-    let ring = Carver { rest: scratch }.i8s(3 * w1 * half)?;
+    let mut carve = Carver { rest: scratch };
+    let ring = carve.i8s(3 * w1 * half)?;
+    let patch = carve.i8s(9 * half)?;
     let mut filled = 0;
     for oy in 0..r0 {
         let last = (2 * oy + 1).min(w1 - 1);
@@ -443,23 +450,23 @@ fn stem(
             filled += 1;
         }
         for ox in 0..r0 {
-            for o in 0..e0 {
-                let mut acc = c2.b.get(o);
-                for ky in 0..3 {
-                    let Some(iy) = tap(oy, 2, ky, 1, w1) else {
-                        continue;
-                    };
-                    for kx in 0..3 {
-                        let Some(ix) = tap(ox, 2, kx, 1, w1) else {
-                            continue;
-                        };
-                        let px = ((iy % 3) * w1 + ix) * half;
-                        let wk = ((o * 3 + ky) * 3 + kx) * half;
-                        acc = dot_i8(acc, &ring[px..px + half], &c2.w[wk..wk + half]);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let dst = &mut patch[(ky * 3 + kx) * half..(ky * 3 + kx + 1) * half];
+                    match (tap(oy, 2, ky, 1, w1), tap(ox, 2, kx, 1, w1)) {
+                        (Some(iy), Some(ix)) => {
+                            let px = ((iy % 3) * w1 + ix) * half;
+                            dst.copy_from_slice(&ring[px..px + half]);
+                        }
+                        _ => dst.fill(0),
                     }
                 }
-                out[(oy * r0 + ox) * e0 + o] = sat_i16(requant(acc, c2.m.get(o)), lim);
             }
+            let p = mat::prepare(patch, prep);
+            let t = &mut out[(oy * r0 + ox) * e0..(oy * r0 + ox + 1) * e0];
+            c2.each(&p, 0..e0, |o, acc| {
+                t[o] = sat_i16(requant(acc, c2.m.get(o)), lim);
+            });
         }
     }
     Ok(())
@@ -495,40 +502,59 @@ fn pointwise_row(
     }
 }
 
-/// Accumulator of channel `ch` of a depthwise `k x k` conv (padding `k/2`) at output pixel
-/// `(oy, ox)`, over a ring of `k` input rows (`[k, w_in, c]`, row `y` in slot `y % k`).
-fn depthwise_acc(
+/// A depthwise 3x3 conv (padding 1) at output pixel `(oy, ox)`, every channel, then GELU to
+/// `i8` into `mid` (`[c]`), over a ring of 3 input rows (`[3, w_in, c]`, row `y` in slot
+/// `y % 3`). The taps in range are found once per pixel; a pixel whose nine taps are all inside
+/// (the interior) takes a loop with no bounds logic. Integer sums: any tap order gives the
+/// same `i32`.
+fn depthwise_pixel(
     ring: &[i8],
     h_in: usize,
     w_in: usize,
     c: usize,
-    k: usize,
     stride: usize,
     oy: usize,
     ox: usize,
     layer: &Layer<'_>,
-    ch: usize,
-) -> i32 {
-    let pad = k / 2;
-    let mut acc = layer.b.get(ch);
-    // The taps in range, in the order `ky` then `kx` (the sum is exact in any order; this is
-    // the reference's).
-    let (ky0, ky1) = tap_range(oy, stride, k, pad, h_in);
-    let (kx0, kx1) = tap_range(ox, stride, k, pad, w_in);
-    if kx0 == kx1 {
-        return acc;
-    }
-    let w = &layer.w[ch * k * k..(ch + 1) * k * k];
-    for ky in ky0..ky1 {
-        let iy = oy * stride + ky - pad;
-        let row = &ring[(iy % k) * w_in * c..(iy % k + 1) * w_in * c];
-        let wr = &w[ky * k..(ky + 1) * k];
-        let ix0 = ox * stride + kx0 - pad;
-        for (kx, px) in (kx0..kx1).zip(row[ix0 * c + ch..].iter().step_by(c)) {
-            acc = acc.wrapping_add(wr[kx] as i32 * *px as i32);
+    act: Multiplier,
+    mid: &mut [i8],
+) {
+    let (ky0, ky1) = tap_range(oy, stride, 3, 1, h_in);
+    let (kx0, kx1) = tap_range(ox, stride, 3, 1, w_in);
+    let row = |ky: usize| {
+        let iy = oy * stride + ky - 1;
+        &ring[(iy % 3) * w_in * c..(iy % 3 + 1) * w_in * c]
+    };
+    if ky1 - ky0 == 3 && kx1 - kx0 == 3 {
+        let ix0 = ox * stride - 1;
+        let span = 3 * c;
+        let rows = [0, 1, 2].map(|ky| &row(ky)[ix0 * c..ix0 * c + span]);
+        for (ch, (m, w)) in mid.iter_mut().zip(layer.w.chunks_exact(9)).enumerate() {
+            let mut acc = layer.b.get(ch);
+            for (r, wr) in rows.iter().zip(w.chunks_exact(3)) {
+                acc = acc
+                    .wrapping_add(wr[0] as i32 * r[ch] as i32)
+                    .wrapping_add(wr[1] as i32 * r[c + ch] as i32)
+                    .wrapping_add(wr[2] as i32 * r[2 * c + ch] as i32);
+            }
+            *m = gelu_i8(acc, layer.m.get(ch), act);
         }
+        return;
     }
-    acc
+    for (ch, m) in mid.iter_mut().enumerate() {
+        let mut acc = layer.b.get(ch);
+        if kx0 < kx1 {
+            let w = &layer.w[ch * 9..(ch + 1) * 9];
+            for ky in ky0..ky1 {
+                let r = row(ky);
+                let ix0 = ox * stride + kx0 - 1;
+                for (kx, px) in (kx0..kx1).zip(r[ix0 * c + ch..].iter().step_by(c)) {
+                    acc = acc.wrapping_add(w[ky * 3 + kx] as i32 * *px as i32);
+                }
+            }
+        }
+        *m = gelu_i8(acc, layer.m.get(ch), act);
+    }
 }
 
 /// MBConv in place on the stream `x: [r*r, c]`: 1x1 GELU, 3x3 depthwise GELU, 1x1, add the
@@ -563,10 +589,7 @@ fn mbconv(
             filled += 1;
         }
         for ox in 0..r {
-            for (ch, m) in mid.iter_mut().enumerate() {
-                let acc = depthwise_acc(ring, r, r, hid, 3, 1, oy, ox, &c2, ch);
-                *m = gelu_i8(acc, c2.m.get(ch), act2);
-            }
+            depthwise_pixel(ring, r, r, hid, 1, oy, ox, &c2, act2, mid);
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
             let p = mat::prepare(mid, prep);
             c3.each(&p, 0..c, |o, acc| {
@@ -611,10 +634,7 @@ fn patch_merging(
             filled += 1;
         }
         for ox in 0..r2 {
-            for (ch, m) in mid.iter_mut().enumerate() {
-                let acc = depthwise_acc(ring, r, r, cout, 3, 2, oy, ox, &c2, ch);
-                *m = gelu_i8(acc, c2.m.get(ch), act2);
-            }
+            depthwise_pixel(ring, r, r, cout, 2, oy, ox, &c2, act2, mid);
             let t = &mut dst[(oy * r2 + ox) * cout..(oy * r2 + ox + 1) * cout];
             let p = mat::prepare(mid, prep);
             c3.each(&p, 0..cout, |o, acc| {

@@ -66,7 +66,7 @@ pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
     };
     layer(&mut f, "patch_embed.seq.0", I8, cin * 9, half);
     f("patch_embed.seq.1.act", Mul, 1);
-    layer(&mut f, "patch_embed.seq.2", I8, half * 9, e[0]);
+    layer(&mut f, "patch_embed.seq.2", Mat, half * 9, e[0]);
     let hid0 = e[0].saturating_mul(cfg.mbconv_expand_ratio as usize);
     for j in 0..cfg.depths[0] {
         let p = |s: &str| name(format_args!("layers.0.blocks.{j}.{s}"));

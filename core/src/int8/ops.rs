@@ -464,6 +464,27 @@ const PHI_Q20: [i32; 97] = [
 /// 1.08). Overflow:
 /// `|x| * 2^20 < 2^52`.
 pub fn gelu_q12(x: i32) -> i32 {
+    // The same integers as `gelu_q12_reference`, in `i32` wherever they fit (a 32-bit core
+    // then needs one 64-bit multiply): `|t1 - t0| < 2^15` and `w < 2^8`.
+    let a = x.unsigned_abs();
+    let mut phi = if a >= 96 << 8 {
+        1i32 << 20
+    } else {
+        let k = (a >> 8) as usize;
+        let w = (a & 255) as i32;
+        let (t0, t1) = (PHI_Q20[k], PHI_Q20[k + 1]);
+        t0 + (((t1 - t0) * w + 128) >> 8)
+    };
+    if x < 0 {
+        phi = (1i32 << 20) - phi;
+    }
+    ((x as i64 * phi as i64 + (1i64 << 19)) >> 20) as i32
+}
+
+/// [`gelu_q12`] as first written, all in `i64`: the reference the test
+/// `gelu_is_its_reference` holds the `i32` version to.
+#[cfg(test)]
+pub(crate) fn gelu_q12_reference(x: i32) -> i32 {
     let a = (x as i64).abs();
     let mut phi = if a >= 96 << 8 {
         1i64 << 20
@@ -861,6 +882,21 @@ mod tests {
         let got = mat::acc::<2>(I32s(&b), &p, &w, 0);
         assert_eq!(got[0], dot_mat_scalar(10, &x, &w[..8], 0));
         assert_eq!(got[1], dot_mat_scalar(-20, &x, &w[8..], 8));
+    }
+
+    #[test]
+    fn gelu_is_its_reference() {
+        for x in -(1i32 << 22)..=(1 << 22) {
+            assert_eq!(gelu_q12(x), gelu_q12_reference(x), "{x}");
+        }
+        let mut s = 11u64;
+        for _ in 0..1_000_000 {
+            let x = splitmix64(&mut s) as i32;
+            assert_eq!(gelu_q12(x), gelu_q12_reference(x), "{x}");
+        }
+        for x in [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX] {
+            assert_eq!(gelu_q12(x), gelu_q12_reference(x), "{x}");
+        }
     }
 
     #[test]
