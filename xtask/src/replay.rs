@@ -573,7 +573,7 @@ pub fn bench(args: &[String]) -> Result<()> {
     println!();
     for (probe, base, extra) in &probes {
         let kernel = if base.name.ends_with("-int8") {
-            "int8::ops::dot_i8, SXTB16/SMLAD"
+            "int8::ops::mat, SXTB16/SMLAD on sign-flipped weights"
         } else {
             "layers::linear"
         };

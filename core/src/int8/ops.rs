@@ -272,7 +272,8 @@ pub mod mat {
     }
 
     /// `SMLAD` and `SXTB16 ror 8`: the instructions on Armv7E-M with `arm-dsp`, their exact
-    /// emulation elsewhere (used by the tests).
+    /// emulation elsewhere (used by the tests). The Arm build runs [`rows4_asm`] instead.
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
     mod insn {
         #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
         #[allow(unsafe_code)]
@@ -327,49 +328,140 @@ pub mod mat {
     use insn::{smlad, sxtb16_ror8};
 
     /// One weight word into an accumulator (see the module doc).
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
     #[inline(always)]
     fn step(acc: i32, w: u32, e: u32, o: u32) -> i32 {
         smlad(sxtb16_ror8(w), o, smlad(w, e, acc))
     }
 
-    /// The DSP form over `R` rows of `g` words each (`rows`: `[R, g]`), two groups a step.
-    #[inline(always)]
-    pub(crate) fn dsp<const R: usize>(init: [i32; R], p: &Prepared<'_>, rows: &[u32]) -> [i32; R] {
+    /// The DSP form in Rust over `R` rows of stored bytes (`rows`: `[R, 4 g]`, `g` the
+    /// prepared groups), one group a step.
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
+    pub(crate) fn dsp<const R: usize>(init: [i32; R], p: &Prepared<'_>, rows: &[i8]) -> [i32; R] {
         let g = p.words.len() / 2;
+        let k = 4 * g;
         let mut a = init.map(|v| v.wrapping_add(p.corr));
-        let mut r = [&[][..]; R];
-        for (i, row) in r.iter_mut().enumerate() {
-            *row = &rows[i * g..(i + 1) * g];
-        }
-        let pairs = g / 2;
-        for j in 0..pairs {
-            let act = &p.words[4 * j..4 * j + 4];
-            for i in 0..R {
-                let w = &r[i][2 * j..2 * j + 2];
-                a[i] = step(a[i], w[0], act[0], act[1]);
-                a[i] = step(a[i], w[1], act[2], act[3]);
-            }
-        }
-        if g % 2 == 1 {
-            let act = &p.words[2 * g - 2..2 * g];
-            for i in 0..R {
-                a[i] = step(a[i], r[i][g - 1], act[0], act[1]);
+        for (j, act) in p.words.chunks_exact(2).enumerate() {
+            for (i, acc) in a.iter_mut().enumerate() {
+                let b = &rows[i * k + 4 * j..i * k + 4 * j + 4];
+                let w = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                *acc = step(*acc, w, act[0], act[1]);
             }
         }
         a
     }
 
+    /// Four rows of the DSP form (`rows`: `[4, k]` stored bytes, `k = 4 g`, `g` the prepared
+    /// groups). On Armv7E-M with `arm-dsp`: [`rows4_asm`]; elsewhere the same steps in Rust
+    /// (what the tests run).
+    #[inline(always)]
+    pub(crate) fn rows4(init: [i32; 4], p: &Prepared<'_>, rows: &[i8]) -> [i32; 4] {
+        let g = p.words.len() / 2;
+        assert!(rows.len() >= 16 * g);
+        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+        {
+            rows4_asm(init, p, rows, g)
+        }
+        #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+        {
+            dsp(init, p, rows)
+        }
+    }
+
+    /// [`rows4`] in assembly: per group of four inputs one `LDRD` of the prepared lanes and,
+    /// per row, one (unaligned-capable) `LDR`, `SMLAD`, `SXTB16`, `SMLAD`; two groups a loop
+    /// step (an odd group first). Twelve registers: four accumulators, the lanes, one weight
+    /// word, the lane pointer and its end, two row pointers (rows 0 and 2; rows 1 and 3 at
+    /// `+k`) and `k`.
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn rows4_asm(init: [i32; 4], p: &Prepared<'_>, rows: &[i8], g: usize) -> [i32; 4] {
+        use core::arch::asm;
+        let [mut a0, mut a1, mut a2, mut a3] = init.map(|v| v.wrapping_add(p.corr));
+        if g == 0 {
+            return [a0, a1, a2, a3];
+        }
+        let k = 4 * g;
+        let mut pa = p.words.as_ptr();
+        let mut r0 = rows.as_ptr();
+        // SAFETY: `rows` holds 4 k bytes (asserted by the caller), so rows 2 and 3 start
+        // inside it.
+        let mut r2 = unsafe { r0.add(2 * k) };
+        macro_rules! group {
+            () => {
+                concat!(
+                    "ldrd {e}, {o}, [{pa}], #8\n",
+                    "ldr {t}, [{r0}, {k}]\n",
+                    "smlad {a1}, {t}, {e}, {a1}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a1}, {t}, {o}, {a1}\n",
+                    "ldr {t}, [{r0}], #4\n",
+                    "smlad {a0}, {t}, {e}, {a0}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a0}, {t}, {o}, {a0}\n",
+                    "ldr {t}, [{r2}, {k}]\n",
+                    "smlad {a3}, {t}, {e}, {a3}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a3}, {t}, {o}, {a3}\n",
+                    "ldr {t}, [{r2}], #4\n",
+                    "smlad {a2}, {t}, {e}, {a2}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a2}, {t}, {o}, {a2}\n",
+                )
+            };
+        }
+        if g % 2 == 1 {
+            // SAFETY: reads one group: 2 lane words at `pa` (inside `p.words`) and one word of
+            // each row at `r0`, `r0 + k`, `r2`, `r2 + k` (inside `rows`); unaligned `LDR` is
+            // architectural on Armv7-M. Registers only otherwise; no stack.
+            unsafe {
+                asm!(
+                    group!(),
+                    pa = inout(reg) pa, r0 = inout(reg) r0, r2 = inout(reg) r2, k = in(reg) k,
+                    a0 = inout(reg) a0, a1 = inout(reg) a1, a2 = inout(reg) a2,
+                    a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _, t = out(reg) _,
+                    options(readonly, nostack, preserves_flags),
+                );
+            }
+        }
+        if g >= 2 {
+            // SAFETY: `pend` = the end of `p.words`; each step reads two groups as above, all
+            // inside `p.words` and `rows` (`g - g % 2` groups remain, an even number).
+            let pend = unsafe { p.words.as_ptr().add(2 * g) };
+            unsafe {
+                asm!(
+                    "2:",
+                    group!(),
+                    group!(),
+                    "cmp {pa}, {pend}",
+                    "bne 2b",
+                    pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0,
+                    r2 = inout(reg) r2, k = in(reg) k, a0 = inout(reg) a0, a1 = inout(reg) a1,
+                    a2 = inout(reg) a2, a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _,
+                    t = out(reg) _,
+                    options(readonly, nostack),
+                );
+            }
+        }
+        let _ = (pa, r0, r2);
+        [a0, a1, a2, a3]
+    }
+
     /// Accumulators of the outputs `o..o + R` of `w` (`[out, k]`, `Kind::Mat`, `k = x.len()`),
     /// each starting from its bias `b`.
-    #[inline]
+    #[inline(always)]
     pub fn acc<const R: usize>(b: I32s<'_>, p: &Prepared<'_>, w: &[i8], o: usize) -> [i32; R] {
         let k = p.x.len();
         let init: [i32; R] = core::array::from_fn(|i| b.get(o + i));
         let rows = &w[o * k..(o + R) * k];
-        if cfg!(all(feature = "arm-dsp", target_arch = "arm")) && !p.words.is_empty() {
-            if let Ok(words) = bytemuck::try_cast_slice::<i8, u32>(rows) {
-                return dsp(init, p, words);
+        if cfg!(all(feature = "arm-dsp", target_arch = "arm")) && R == 4 && !p.words.is_empty() {
+            let mut i4 = [0i32; 4];
+            for (d, v) in i4.iter_mut().zip(init) {
+                *d = v;
             }
+            let a = rows4(i4, p, rows);
+            return core::array::from_fn(|i| a[i]);
         }
         core::array::from_fn(|i| {
             dot_mat_scalar(init[i], p.x, &rows[i * k..(i + 1) * k], (o + i) * k)
@@ -859,16 +951,13 @@ mod tests {
             let init: [i32; 4] =
                 core::array::from_fn(|_| (splitmix64(&mut s) as i32) >> (case % 3));
             let p = mat::prepare_dsp(&x, &mut buf).unwrap();
-            let rows: Vec<u32> = w
-                .chunks_exact(4)
-                .map(|b| u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]))
-                .collect();
-            let got = mat::dsp::<4>(init, &p, &rows);
+            let got = mat::dsp::<4>(init, &p, &w);
+            assert_eq!(mat::rows4(init, &p, &w), got, "case {case}");
             for r in 0..4 {
                 let want = dot_mat_scalar(init[r], &x, &w[r * k..(r + 1) * k], r * k);
                 assert_eq!(got[r], want, "case {case} k {k} row {r}");
             }
-            let one = mat::dsp::<1>([init[1]], &p, &rows[k / 4..k / 2]);
+            let one = mat::dsp::<1>([init[1]], &p, &w[k..2 * k]);
             assert_eq!(one[0], dot_mat_scalar(init[1], &x, &w[k..2 * k], k));
         }
         assert!(mat::prepare_dsp(&[1, i8::MIN, 3, 4], &mut buf).is_none());
