@@ -456,7 +456,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     for a in args {
         match a.as_str() {
             "--int8" => int8_only = true,
-            other => bail!("unknown argument `{other}`\nusage: cargo xtask firmware bench [--int8]"),
+            other => {
+                bail!("unknown argument `{other}`\nusage: cargo xtask firmware bench [--int8]")
+            }
         }
     }
     let cases = make_vectors()?;

@@ -28,10 +28,10 @@ use super::ops::{
     dot_i8, gelu_q12, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
     Multipliers,
 };
-use mat::Prepared;
 use crate::config::{ModelConfig, STAGES};
-use crate::engine::layers::{bias_index, stem_dims};
+use crate::engine::layers::stem_dims;
 use crate::engine::{input_len, EngineError};
+use mat::Prepared;
 
 /// Largest fan-in of any dot product: `2^16 * 2^14` plus a bias of at most `2^30` stays in
 /// `i32`.
@@ -339,7 +339,16 @@ pub fn run(
     stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch, prep)?;
     let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
     for _ in 0..cfg.depths[0] {
-        mbconv(&mut rd, &mut a[..act(0)], r[0], e[0], hid0, lim, scratch, prep)?;
+        mbconv(
+            &mut rd,
+            &mut a[..act(0)],
+            r[0],
+            e[0],
+            hid0,
+            lim,
+            scratch,
+            prep,
+        )?;
     }
     for s in 0..STAGES {
         if s > 0 {
@@ -630,7 +639,9 @@ fn patch_merging(
     for oy in 0..r2 {
         let last = (2 * oy + 1).min(r - 1);
         while filled <= last {
-            pointwise_row(src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring, prep);
+            pointwise_row(
+                src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring, prep,
+            );
             filled += 1;
         }
         for ox in 0..r2 {
@@ -758,10 +769,17 @@ fn attention(
                 }
                 for i in 0..t {
                     let q = &qkv[i * 3 * hd..i * 3 * hd + hd];
-                    for j in 0..t {
-                        let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
-                        let b = wt.biases.get(h * t + bias_index(i, j, ws));
-                        scores[j] = requant(dot_i8(0, q, kj), wt.score).saturating_add(b);
+                    // `layers::bias_index(i, j, ws)` (|dy| ws + |dx|), walked row by row: no
+                    // division per score.
+                    let (yi, xi) = (i / ws, i % ws);
+                    for yj in 0..ws {
+                        let row = h * t + yi.abs_diff(yj) * ws;
+                        for xj in 0..ws {
+                            let j = yj * ws + xj;
+                            let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
+                            let b = wt.biases.get(row + xi.abs_diff(xj));
+                            scores[j] = requant(dot_i8(0, q, kj), wt.score).saturating_add(b);
+                        }
                     }
                     softmax_q15(scores);
                     for d in 0..hd {

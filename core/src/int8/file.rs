@@ -445,7 +445,10 @@ mod tests {
         assert_eq!(crate::tvb::kind(&old), Ok(crate::tvb::Kind::Int8));
         let e = parse(&old).unwrap_err();
         assert_eq!(e, FileError::Outdated { found: 2 });
-        assert!(e.to_string().contains("quantise the f32 model again"), "{e}");
+        assert!(
+            e.to_string().contains("quantise the f32 model again"),
+            "{e}"
+        );
         let mut newer = b.clone();
         newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         assert_eq!(

@@ -59,11 +59,16 @@ pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
     let cin = cfg.in_chans as usize;
     let half = e[0] / 2;
     // A conv of plain `i8` weights (stem, depthwise) or a matrix product (`Mat`).
-    let layer = |f: &mut dyn FnMut(&str, Kind, usize), p: &str, kind: Kind, w: usize, out: usize| {
-        f(&name(format_args!("{p}.weight")), kind, w.saturating_mul(out));
-        f(&name(format_args!("{p}.bias")), I32, out);
-        f(&name(format_args!("{p}.mult")), Mul, out);
-    };
+    let layer =
+        |f: &mut dyn FnMut(&str, Kind, usize), p: &str, kind: Kind, w: usize, out: usize| {
+            f(
+                &name(format_args!("{p}.weight")),
+                kind,
+                w.saturating_mul(out),
+            );
+            f(&name(format_args!("{p}.bias")), I32, out);
+            f(&name(format_args!("{p}.mult")), Mul, out);
+        };
     layer(&mut f, "patch_embed.seq.0", I8, cin * 9, half);
     f("patch_embed.seq.1.act", Mul, 1);
     layer(&mut f, "patch_embed.seq.2", Mat, half * 9, e[0]);

@@ -56,15 +56,20 @@ pub fn requant(x: i32, k: Multiplier) -> i32 {
         let hi = ((x as i64 * k.m as i64) >> 32) as i32;
         return (hi + (1i32 << (s - 33))) >> (s - 32);
     }
-    let p = (x as i64 * k.m as i64) + (1i64 << (s - 1));
-    if s >= 32 {
-        // The same value without a 64-bit variable shift (a call-sized sequence on a 32-bit
-        // core): `|p| < 2^63`, so `p >> 32` fits `i32` exactly, and floor shifts compose:
-        // `(p >> 32) >> (s - 32) == p >> s`, which then needs no saturation.
-        ((p >> 32) as i32) >> (s - 32)
-    } else {
-        (p >> s).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    // s <= 32: the rounding constant fits 32 bits; p = hi 2^32 + lo.
+    let p = (x as i64 * k.m as i64) + (1u32 << (s - 1)) as i64;
+    let hi = (p >> 32) as i32;
+    if s == 32 {
+        // `|p| < 2^63`: `p >> 32` fits `i32` exactly and needs no saturation.
+        return hi;
     }
+    // s <= 31 without a 64-bit variable shift (a call-sized sequence on a 32-bit core):
+    // p >> s = hi 2^(32-s) + (lo >> s), which fits `i32` exactly when
+    // hi is in [-2^(s-1), 2^(s-1)), i.e. hi >> (s-1) is hi's sign; else it saturates.
+    if hi >> (s - 1) != hi >> 31 {
+        return if hi < 0 { i32::MIN } else { i32::MAX };
+    }
+    (((hi as u32) << (32 - s)) | ((p as u32) >> s)) as i32
 }
 
 /// [`requant`] as first written (one 64-bit shift, then saturation): the reference the test
@@ -368,9 +373,9 @@ pub mod mat {
         }
     }
 
-    /// [`rows4`] in assembly: per group of four inputs one `LDRD` of the prepared lanes and,
-    /// per row, one (unaligned-capable) `LDR`, `SMLAD`, `SXTB16`, `SMLAD`; two groups a loop
-    /// step (an odd group first). Twelve registers: four accumulators, the lanes, one weight
+    /// [`rows4`] in assembly, one block: per group of four inputs one `LDRD` of the prepared
+    /// lanes and, per row, one (unaligned-capable) `LDR`, `SMLAD`, `SXTB16`, `SMLAD`; two
+    /// groups a loop step (an odd group first). Twelve registers: four accumulators, the lanes, one weight
     /// word, the lane pointer and its end, two row pointers (rows 0 and 2; rows 1 and 3 at
     /// `+k`) and `k`.
     #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
@@ -411,38 +416,33 @@ pub mod mat {
                 )
             };
         }
-        if g % 2 == 1 {
-            // SAFETY: reads one group: 2 lane words at `pa` (inside `p.words`) and one word of
-            // each row at `r0`, `r0 + k`, `r2`, `r2 + k` (inside `rows`); unaligned `LDR` is
-            // architectural on Armv7-M. Registers only otherwise; no stack.
-            unsafe {
-                asm!(
-                    group!(),
-                    pa = inout(reg) pa, r0 = inout(reg) r0, r2 = inout(reg) r2, k = in(reg) k,
-                    a0 = inout(reg) a0, a1 = inout(reg) a1, a2 = inout(reg) a2,
-                    a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _, t = out(reg) _,
-                    options(readonly, nostack, preserves_flags),
-                );
-            }
-        }
-        if g >= 2 {
-            // SAFETY: `pend` = the end of `p.words`; each step reads two groups as above, all
-            // inside `p.words` and `rows` (`g - g % 2` groups remain, an even number).
-            let pend = unsafe { p.words.as_ptr().add(2 * g) };
-            unsafe {
-                asm!(
-                    "2:",
-                    group!(),
-                    group!(),
-                    "cmp {pa}, {pend}",
-                    "bne 2b",
-                    pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0,
-                    r2 = inout(reg) r2, k = in(reg) k, a0 = inout(reg) a0, a1 = inout(reg) a1,
-                    a2 = inout(reg) a2, a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _,
-                    t = out(reg) _,
-                    options(readonly, nostack),
-                );
-            }
+        // SAFETY: `pend` is the end of `p.words` (`2 g` words). The block runs one group when
+        // `g` is odd, then two groups a step until `pa == pend`; each group reads 2 lane words
+        // at `pa` (inside `p.words`) and one word of each row at `r0`, `r0 + k`, `r2`,
+        // `r2 + k` (inside `rows`, which holds `4 k` bytes as the caller asserted); unaligned
+        // `LDR` is architectural on Armv7-M. Registers only otherwise; no stack.
+        let pend = unsafe { p.words.as_ptr().add(2 * g) };
+        unsafe {
+            asm!(
+                "sub {t}, {pend}, {pa}",
+                "tst {t}, #8",
+                "beq 1f",
+                group!(),
+                "1:",
+                "cmp {pa}, {pend}",
+                "beq 3f",
+                "2:",
+                group!(),
+                group!(),
+                "cmp {pa}, {pend}",
+                "bne 2b",
+                "3:",
+                pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0,
+                r2 = inout(reg) r2, k = in(reg) k, a0 = inout(reg) a0, a1 = inout(reg) a1,
+                a2 = inout(reg) a2, a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _,
+                t = out(reg) _,
+                options(readonly, nostack),
+            );
         }
         let _ = (pa, r0, r2);
         [a0, a1, a2, a3]
@@ -965,7 +965,9 @@ mod tests {
         assert!(mat::prepare_dsp(&[1, 2, 3, 4], &mut []).is_none());
         // The public kernel agrees too, whatever path it takes.
         let x = [5i8, -7, 127, -127, 1, 2, 3, 4];
-        let w: Vec<i8> = (0..16).map(|i| mat_code((i as i32 * 15 - 120) as i8, i)).collect();
+        let w: Vec<i8> = (0..16)
+            .map(|i| mat_code((i as i32 * 15 - 120) as i8, i))
+            .collect();
         let p = mat::prepare(&x, &mut buf);
         let b = le(&[10, -20]);
         let got = mat::acc::<2>(I32s(&b), &p, &w, 0);
