@@ -256,7 +256,7 @@ fn align16(n: u64) -> u64 {
 pub enum Kind {
     /// Version 1: an f32 model, read by [`parse`].
     F32,
-    /// Version 2: an int8 model, read by [`crate::int8::parse`].
+    /// Version 3 (or an earlier int8 version): an int8 model, read by [`crate::int8::parse`].
     Int8,
 }
 
@@ -275,6 +275,8 @@ pub fn kind(bytes: &[u8]) -> Result<Kind, TvbError> {
     match u32_at(bytes, 8) {
         VERSION => Ok(Kind::F32),
         crate::int8::file::VERSION => Ok(Kind::Int8),
+        // Earlier int8 layouts: the int8 parser names them (`FileError::Outdated`).
+        v if crate::int8::file::OUTDATED_VERSIONS.contains(&v) => Ok(Kind::Int8),
         found => Err(TvbError::Version { found }),
     }
 }

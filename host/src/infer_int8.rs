@@ -1,4 +1,4 @@
-//! `tinyvit infer` on an int8 model file (`.tvb` format version 2): the core's exact integer
+//! `tinyvit infer` on an int8 model file (`.tvb` format version 3): the core's exact integer
 //! engine ([`tinyvit_core::int8::run`]) with the inputs and output of the f32 engines
 //! ([`crate::infer`]). `main.rs` sends a `tinyvit infer` here when the model file's first bytes
 //! say int8 ([`is_int8`]); the integer engine is the bit-exact reference (`--engine exact`, the
@@ -14,7 +14,7 @@ use tinyvit_core::{int8, tvb};
 
 use crate::infer::{self, Engine, InferArgs};
 
-/// Whether `path` is a readable int8 model file (magic `TINYVITB`, format version 2); any
+/// Whether `path` is a readable int8 model file (magic `TINYVITB`, int8 format version); any
 /// other file, or none, is left to the f32 loaders and their errors.
 pub fn is_int8(path: &Path) -> bool {
     crate::quantize::read_prefix(path)

@@ -49,5 +49,5 @@ pub fn run(_args: &[String]) -> Result<()> {
     )?;
 
     util::step("firmware: instructions per inference on QEMU Cortex-M4F / M7, per MAC, sizes");
-    crate::replay::bench()
+    crate::replay::bench(&[])
 }

@@ -210,7 +210,8 @@ pub struct RunOutput {
 pub const USAGE: &str = "\
 usage: cargo xtask firmware build|run|size [--board BOARD] [--mcu m4|h7] [--model FILE.tvb] [--vectors FILE.vec]
        cargo xtask firmware eval --model FILE.tvb --data idx:IMAGES[,LABELS] [--count N]
-       cargo xtask firmware bench   (the device part of `cargo xtask bench`)
+       cargo xtask firmware bench [--int8]   (the device part of `cargo xtask bench`; --int8:
+                                         the int8 models and probe only)
        cargo xtask flash --board nucleo-h743|feather-f405 [--mcu m4|h7] [--model FILE.tvb] [--vectors FILE.vec]
        --board with no name lists the boards
        a --model is held to a budget before the build: the --mcu preset's, else the board's

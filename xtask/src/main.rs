@@ -93,7 +93,7 @@ fn main() {
         Some("train") => train::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("install") => install::run(&rest),
-        Some("firmware") if rest.first().is_some_and(|c| c == "bench") => replay::bench(),
+        Some("firmware") if rest.first().is_some_and(|c| c == "bench") => replay::bench(&rest[1..]),
         Some("firmware") => firmware::run(&rest),
         Some("flash") => firmware::flash(&rest),
         Some("replay") => replay::run(&rest),

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::firmware::{self, Board, Payload, RunOutput};
-use crate::{setup, util};
+use crate::util;
 
 /// The (vector set, board) pairs that do not fit the board: `tiny_vit_mcu_h7`'s 1.3 MB of
 /// weights exceed the STM32F405's 1 MB of flash, and the augmentation known answers (views up to
@@ -237,7 +237,7 @@ pub fn make_vectors() -> Result<Vec<Case>> {
         "--out",
     ])
     .arg(&dir);
-    setup::torch_env(&mut cmd)?;
+    // tinyvit-tests links the core only: no libtorch needed.
     util::run(&mut cmd)?;
     let list = dir.join("cases.txt");
     let text =
@@ -449,8 +449,18 @@ fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
 
 /// `cargo xtask bench`'s device part: instructions per inference of every MCU preset on the
 /// emulated M4 and M7, instructions per multiply-accumulate (whole network, and the core's
-/// matmul kernel alone), and the size table for the README.
-pub fn bench() -> Result<()> {
+/// matmul kernel alone), and the size table for the README. `--int8` measures the int8 models
+/// (and the int8 matmul probe) only.
+pub fn bench(args: &[String]) -> Result<()> {
+    let mut int8_only = false;
+    for a in args {
+        match a.as_str() {
+            "--int8" => int8_only = true,
+            other => {
+                bail!("unknown argument `{other}`\nusage: cargo xtask firmware bench [--int8]")
+            }
+        }
+    }
     let cases = make_vectors()?;
     let dir = vectors_dir();
     let read = |name: &str| {
@@ -459,7 +469,10 @@ pub fn bench() -> Result<()> {
     };
     let macs_text = read("macs.txt")?;
     let mut costs = Vec::new();
-    for case in cases.iter().filter(|c| c.payload.model.is_some()) {
+    for case in cases
+        .iter()
+        .filter(|c| c.payload.model.is_some() && (!int8_only || is_int8(c)))
+    {
         let macs = macs_text
             .lines()
             .find_map(|l| {
@@ -480,6 +493,9 @@ pub fn bench() -> Result<()> {
         let [name, vectors, model, base, extra] = p.as_slice() else {
             bail!("probe.txt: expected `name vectors model base extra_macs`, got `{line}`");
         };
+        if int8_only && !base.ends_with("-int8") {
+            continue;
+        }
         let extra: u64 = extra.parse().context("probe.txt: extra_macs")?;
         let probe = measure(
             name,
@@ -559,7 +575,7 @@ pub fn bench() -> Result<()> {
     println!();
     for (probe, base, extra) in &probes {
         let kernel = if base.name.ends_with("-int8") {
-            "int8::ops::dot_i8, SXTB16/SMLAD"
+            "int8::ops::mat, SXTB16/SMLAD on sign-flipped weights"
         } else {
             "layers::linear"
         };

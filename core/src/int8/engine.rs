@@ -19,17 +19,19 @@
 //!
 //! # Arena
 //! `i32` words: regions `A` and `B` hold the `i16` stage activations (alternating as in
-//! `exact`), then one scratch region sized for the hungriest layer ([`arena_plan`]).
+//! `exact`), then one scratch region sized for the hungriest layer, then the matrix kernels'
+//! prepared activations ([`arena_plan`]).
 #![deny(clippy::float_arithmetic)]
 
 use super::file::Model;
 use super::ops::{
-    dot_i8, gelu_q12, layer_norm, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
+    dot_i8, gelu_q12, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
     Multipliers,
 };
 use crate::config::{ModelConfig, STAGES};
-use crate::engine::layers::{bias_index, stem_dims};
+use crate::engine::layers::stem_dims;
 use crate::engine::{input_len, EngineError};
+use mat::Prepared;
 
 /// Largest fan-in of any dot product: `2^16 * 2^14` plus a bias of at most `2^30` stays in
 /// `i32`.
@@ -49,12 +51,15 @@ pub struct ArenaPlan {
     pub b: usize,
     /// Words of the scratch region.
     pub scratch: usize,
+    /// Words of the matrix kernels' prepared activations ([`mat::prep_words`] of the widest
+    /// matrix fan-in).
+    pub prep: usize,
 }
 
 impl ArenaPlan {
     /// Total words.
     pub fn total(&self) -> usize {
-        self.a + self.b + self.scratch
+        self.a + self.b + self.scratch + self.prep
     }
 }
 
@@ -112,7 +117,7 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
     let a = w16(act[0].max(act[2]));
     let b = w16(act[1].max(act[3]));
     let (_, _, e0, half, w1, _) = stem_dims(cfg);
-    let mut scratch = w8(mul(mul(3, w1)?, half)?);
+    let mut scratch = add(w8(mul(mul(3, w1)?, half)?), w8(mul(9, half)?))?;
     scratch = scratch.max(add(add(w8(e0), w8(mul(mul(3, r[0])?, hid0)?))?, w8(hid0))?);
     for s in 0..STAGES {
         if s > 0 {
@@ -129,8 +134,20 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
         }
     }
     scratch = scratch.max(add(w16(e[3]), w8(e[3]))?);
-    let plan = ArenaPlan { a, b, scratch };
-    add(add(a, b)?, scratch)?;
+    // Fan-ins of the matrix products: the stem's second conv, token widths, MLP and MBConv
+    // hidden widths.
+    let mut mat_k = hid0.max(mul(9, half)?);
+    for s in 0..STAGES {
+        mat_k = mat_k.max(e[s]).max(mul(e[s], cfg.mlp_ratio as usize)?);
+    }
+    let prep = mat::prep_words(mat_k);
+    let plan = ArenaPlan {
+        a,
+        b,
+        scratch,
+        prep,
+    };
+    add(add(add(a, b)?, scratch)?, prep)?;
     Ok(plan)
 }
 
@@ -196,7 +213,7 @@ impl<'a> Reader<'a> {
     }
 
     fn muls(&mut self, n: usize) -> Result<Multipliers<'a>, EngineError> {
-        Ok(Multipliers(self.bytes(mul(n, 8)?)?))
+        Ok(Multipliers::new(self.bytes(mul(n, 5)?)?, n))
     }
 
     fn mul1(&mut self) -> Result<Multiplier, EngineError> {
@@ -221,11 +238,23 @@ impl<'a> Layer<'a> {
         })
     }
 
-    /// Accumulator of output `o` over a contiguous input `x` (`[out, in]` weights).
+    /// `f(o, accumulator)` for the outputs `o` in `outs`, in order, over the prepared input `x`
+    /// (a matrix product: `[out, in]` weights stored as `layout::Kind::Mat`); four outputs per
+    /// kernel pass.
     #[inline]
-    fn acc(&self, o: usize, x: &[i8]) -> i32 {
-        let n = x.len();
-        dot_i8(self.b.get(o), x, &self.w[o * n..(o + 1) * n])
+    fn each(&self, x: &Prepared<'_>, outs: core::ops::Range<usize>, mut f: impl FnMut(usize, i32)) {
+        let mut o = outs.start;
+        while o + 4 <= outs.end {
+            let a = mat::acc::<4>(self.b, x, self.w, o);
+            for (i, v) in a.into_iter().enumerate() {
+                f(o + i, v);
+            }
+            o += 4;
+        }
+        while o < outs.end {
+            f(o, mat::acc::<1>(self.b, x, self.w, o)[0]);
+            o += 1;
+        }
     }
 }
 
@@ -297,6 +326,7 @@ pub fn run(
     let a = carve.i16s(plan.a * 2)?;
     let b = carve.i16s(plan.b * 2)?;
     let scratch = carve.words(plan.scratch)?;
+    let prep: &mut [u32] = bytemuck::cast_slice_mut(carve.words(plan.prep)?);
     let mut rd = Reader {
         data: model.data(),
         pos: 0,
@@ -306,10 +336,19 @@ pub fn run(
     let e = cfg.embed_dims.map(|v| v as usize);
     let act = |s: usize| r[s] * r[s] * e[s];
 
-    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch)?;
+    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch, prep)?;
     let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
     for _ in 0..cfg.depths[0] {
-        mbconv(&mut rd, &mut a[..act(0)], r[0], e[0], hid0, lim, scratch)?;
+        mbconv(
+            &mut rd,
+            &mut a[..act(0)],
+            r[0],
+            e[0],
+            hid0,
+            lim,
+            scratch,
+            prep,
+        )?;
     }
     for s in 0..STAGES {
         if s > 0 {
@@ -319,7 +358,7 @@ pub fn run(
                 &mut b[..act(s)]
             };
             for _ in 0..cfg.depths[s] {
-                tinyvit_block(cfg, s, &mut rd, x, lim, scratch)?;
+                tinyvit_block(cfg, s, &mut rd, x, lim, scratch, prep)?;
             }
         }
         if s + 1 < STAGES {
@@ -328,7 +367,7 @@ pub fn run(
             } else {
                 (&b[..act(s)], &mut a[..act(s + 1)])
             };
-            patch_merging(&mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch)?;
+            patch_merging(&mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch, prep)?;
         }
     }
     let last = if (STAGES - 1).is_multiple_of(2) {
@@ -336,7 +375,7 @@ pub fn run(
     } else {
         &b[..act(3)]
     };
-    head(&mut rd, last, e[3], scratch, logits)?;
+    head(&mut rd, last, e[3], scratch, prep, logits)?;
     if rd.pos != rd.data.len() {
         return Err(EngineError::WeightsLen {
             expected: rd.pos,
@@ -371,7 +410,10 @@ fn narrow(src: &[i16], k: Multiplier, dst: &mut [i8]) {
 }
 
 /// PatchEmbed: 3x3 stride-2 conv -> GELU -> 3x3 stride-2 conv, from the `i8 [C, H, W]` input
-/// to `i16` tokens `[r0*r0, E0]`; the first conv's output streams through a ring of 3 rows.
+/// to `i16` tokens `[r0*r0, E0]`; the first conv's output streams through a ring of 3 rows. The
+/// second conv is a matrix product: each output pixel's 3x3 patch is gathered (taps outside
+/// the map as zeros, which add nothing) into one `[9 * half]` vector, the layout of its
+/// `[out, ky, kx, in]` weights.
 fn stem(
     cfg: &ModelConfig,
     rd: &mut Reader<'_>,
@@ -379,12 +421,15 @@ fn stem(
     out: &mut [i16],
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let (cin, img, e0, half, w1, r0) = stem_dims(cfg);
     let c1 = Layer::read(rd, cin * 9, half)?;
     let act1 = rd.mul1()?;
     let c2 = Layer::read(rd, half * 9, e0)?;
-    let ring = Carver { rest: scratch }.i8s(3 * w1 * half)?;
+    let mut carve = Carver { rest: scratch };
+    let ring = carve.i8s(3 * w1 * half)?;
+    let patch = carve.i8s(9 * half)?;
     let mut filled = 0;
     for oy in 0..r0 {
         let last = (2 * oy + 1).min(w1 - 1);
@@ -414,23 +459,23 @@ fn stem(
             filled += 1;
         }
         for ox in 0..r0 {
-            for o in 0..e0 {
-                let mut acc = c2.b.get(o);
-                for ky in 0..3 {
-                    let Some(iy) = tap(oy, 2, ky, 1, w1) else {
-                        continue;
-                    };
-                    for kx in 0..3 {
-                        let Some(ix) = tap(ox, 2, kx, 1, w1) else {
-                            continue;
-                        };
-                        let px = ((iy % 3) * w1 + ix) * half;
-                        let wk = ((o * 3 + ky) * 3 + kx) * half;
-                        acc = dot_i8(acc, &ring[px..px + half], &c2.w[wk..wk + half]);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let dst = &mut patch[(ky * 3 + kx) * half..(ky * 3 + kx + 1) * half];
+                    match (tap(oy, 2, ky, 1, w1), tap(ox, 2, kx, 1, w1)) {
+                        (Some(iy), Some(ix)) => {
+                            let px = ((iy % 3) * w1 + ix) * half;
+                            dst.copy_from_slice(&ring[px..px + half]);
+                        }
+                        _ => dst.fill(0),
                     }
                 }
-                out[(oy * r0 + ox) * e0 + o] = sat_i16(requant(acc, c2.m.get(o)), lim);
             }
+            let p = mat::prepare(patch, prep);
+            let t = &mut out[(oy * r0 + ox) * e0..(oy * r0 + ox + 1) * e0];
+            c2.each(&p, 0..e0, |o, acc| {
+                t[o] = sat_i16(requant(acc, c2.m.get(o)), lim);
+            });
         }
     }
     Ok(())
@@ -449,6 +494,7 @@ fn pointwise_row(
     cout: usize,
     tok: &mut [i8],
     ring: &mut [i8],
+    prep: &mut [u32],
 ) {
     let slot = y % 3;
     for x in 0..w {
@@ -458,46 +504,66 @@ fn pointwise_row(
             tok,
         );
         let dst = &mut ring[(slot * w + x) * cout..(slot * w + x + 1) * cout];
-        for (o, d) in dst.iter_mut().enumerate() {
-            *d = gelu_i8(layer.acc(o, tok), layer.m.get(o), act);
-        }
+        let p = mat::prepare(tok, prep);
+        layer.each(&p, 0..cout, |o, acc| {
+            dst[o] = gelu_i8(acc, layer.m.get(o), act);
+        });
     }
 }
 
-/// Accumulator of channel `ch` of a depthwise `k x k` conv (padding `k/2`) at output pixel
-/// `(oy, ox)`, over a ring of `k` input rows (`[k, w_in, c]`, row `y` in slot `y % k`).
-fn depthwise_acc(
+/// A depthwise 3x3 conv (padding 1) at output pixel `(oy, ox)`, every channel, then GELU to
+/// `i8` into `mid` (`[c]`), over a ring of 3 input rows (`[3, w_in, c]`, row `y` in slot
+/// `y % 3`). The taps in range are found once per pixel; a pixel whose nine taps are all inside
+/// (the interior) takes a loop with no bounds logic. Integer sums: any tap order gives the
+/// same `i32`.
+fn depthwise_pixel(
     ring: &[i8],
     h_in: usize,
     w_in: usize,
     c: usize,
-    k: usize,
     stride: usize,
     oy: usize,
     ox: usize,
     layer: &Layer<'_>,
-    ch: usize,
-) -> i32 {
-    let pad = k / 2;
-    let mut acc = layer.b.get(ch);
-    // The taps in range, in the order `ky` then `kx` (the sum is exact in any order; this is
-    // the reference's).
-    let (ky0, ky1) = tap_range(oy, stride, k, pad, h_in);
-    let (kx0, kx1) = tap_range(ox, stride, k, pad, w_in);
-    if kx0 == kx1 {
-        return acc;
-    }
-    let w = &layer.w[ch * k * k..(ch + 1) * k * k];
-    for ky in ky0..ky1 {
-        let iy = oy * stride + ky - pad;
-        let row = &ring[(iy % k) * w_in * c..(iy % k + 1) * w_in * c];
-        let wr = &w[ky * k..(ky + 1) * k];
-        let ix0 = ox * stride + kx0 - pad;
-        for (kx, px) in (kx0..kx1).zip(row[ix0 * c + ch..].iter().step_by(c)) {
-            acc = acc.wrapping_add(wr[kx] as i32 * *px as i32);
+    act: Multiplier,
+    mid: &mut [i8],
+) {
+    let (ky0, ky1) = tap_range(oy, stride, 3, 1, h_in);
+    let (kx0, kx1) = tap_range(ox, stride, 3, 1, w_in);
+    let row = |ky: usize| {
+        let iy = oy * stride + ky - 1;
+        &ring[(iy % 3) * w_in * c..(iy % 3 + 1) * w_in * c]
+    };
+    if ky1 - ky0 == 3 && kx1 - kx0 == 3 {
+        let ix0 = ox * stride - 1;
+        let span = 3 * c;
+        let rows = [0, 1, 2].map(|ky| &row(ky)[ix0 * c..ix0 * c + span]);
+        for (ch, (m, w)) in mid.iter_mut().zip(layer.w.chunks_exact(9)).enumerate() {
+            let mut acc = layer.b.get(ch);
+            for (r, wr) in rows.iter().zip(w.chunks_exact(3)) {
+                acc = acc
+                    .wrapping_add(wr[0] as i32 * r[ch] as i32)
+                    .wrapping_add(wr[1] as i32 * r[c + ch] as i32)
+                    .wrapping_add(wr[2] as i32 * r[2 * c + ch] as i32);
+            }
+            *m = gelu_i8(acc, layer.m.get(ch), act);
         }
+        return;
     }
-    acc
+    for (ch, m) in mid.iter_mut().enumerate() {
+        let mut acc = layer.b.get(ch);
+        if kx0 < kx1 {
+            let w = &layer.w[ch * 9..(ch + 1) * 9];
+            for ky in ky0..ky1 {
+                let r = row(ky);
+                let ix0 = ox * stride + kx0 - 1;
+                for (kx, px) in (kx0..kx1).zip(r[ix0 * c + ch..].iter().step_by(c)) {
+                    acc = acc.wrapping_add(w[ky * 3 + kx] as i32 * *px as i32);
+                }
+            }
+        }
+        *m = gelu_i8(acc, layer.m.get(ch), act);
+    }
 }
 
 /// MBConv in place on the stream `x: [r*r, c]`: 1x1 GELU, 3x3 depthwise GELU, 1x1, add the
@@ -510,6 +576,7 @@ fn mbconv(
     hid: usize,
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let narrow_in = rd.mul1()?;
     let c1 = Layer::read(rd, c, hid)?;
@@ -527,20 +594,18 @@ fn mbconv(
     for oy in 0..r {
         let last = (oy + 1).min(r - 1);
         while filled <= last {
-            pointwise_row(x, filled, r, c, narrow_in, &c1, act1, hid, tok, ring);
+            pointwise_row(x, filled, r, c, narrow_in, &c1, act1, hid, tok, ring, prep);
             filled += 1;
         }
         for ox in 0..r {
-            for (ch, m) in mid.iter_mut().enumerate() {
-                let acc = depthwise_acc(ring, r, r, hid, 3, 1, oy, ox, &c2, ch);
-                *m = gelu_i8(acc, c2.m.get(ch), act2);
-            }
+            depthwise_pixel(ring, r, r, hid, 1, oy, ox, &c2, act2, mid);
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
-            for (o, v) in t.iter_mut().enumerate() {
-                let sum =
-                    requant(c3.acc(o, mid), c3.m.get(o)).saturating_add(requant(*v as i32, res));
+            let p = mat::prepare(mid, prep);
+            c3.each(&p, 0..c, |o, acc| {
+                let v = &mut t[o];
+                let sum = requant(acc, c3.m.get(o)).saturating_add(requant(*v as i32, res));
                 *v = sat_i16(requant(gelu_q12(sum), out), lim);
-            }
+            });
         }
     }
     Ok(())
@@ -557,6 +622,7 @@ fn patch_merging(
     cout: usize,
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let narrow_in = rd.mul1()?;
     let c1 = Layer::read(rd, cin, cout)?;
@@ -573,18 +639,18 @@ fn patch_merging(
     for oy in 0..r2 {
         let last = (2 * oy + 1).min(r - 1);
         while filled <= last {
-            pointwise_row(src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring);
+            pointwise_row(
+                src, filled, r, cin, narrow_in, &c1, act1, cout, tok, ring, prep,
+            );
             filled += 1;
         }
         for ox in 0..r2 {
-            for (ch, m) in mid.iter_mut().enumerate() {
-                let acc = depthwise_acc(ring, r, r, cout, 3, 2, oy, ox, &c2, ch);
-                *m = gelu_i8(acc, c2.m.get(ch), act2);
-            }
+            depthwise_pixel(ring, r, r, cout, 2, oy, ox, &c2, act2, mid);
             let t = &mut dst[(oy * r2 + ox) * cout..(oy * r2 + ox + 1) * cout];
-            for (o, v) in t.iter_mut().enumerate() {
-                *v = sat_i16(requant(c3.acc(o, mid), c3.m.get(o)), lim);
-            }
+            let p = mat::prepare(mid, prep);
+            c3.each(&p, 0..cout, |o, acc| {
+                t[o] = sat_i16(requant(acc, c3.m.get(o)), lim);
+            });
         }
     }
     Ok(())
@@ -614,6 +680,7 @@ fn tinyvit_block(
     x: &mut [i16],
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let r = cfg.stage_resolutions()[s] as usize;
     let c = cfg.embed_dims[s] as usize;
@@ -636,7 +703,7 @@ fn tinyvit_block(
     let fc2 = Layer::read(rd, hid, c)?;
     let lc = Layer::read(rd, k * k, c)?;
 
-    attention(&attn, x, r, c, heads, ws, lim, scratch)?;
+    attention(&attn, x, r, c, heads, ws, lim, scratch, prep)?;
     local_conv(x, r, c, k, &lc, lim, scratch)?;
 
     let mut carve = Carver { rest: scratch };
@@ -644,13 +711,15 @@ fn tinyvit_block(
     let hidden = carve.i8s(hid)?;
     for tok in x.chunks_exact_mut(c) {
         mlp_norm.apply(tok, norm);
-        for (o, h) in hidden.iter_mut().enumerate() {
-            *h = gelu_i8(fc1.acc(o, norm), fc1.m.get(o), mlp_act);
-        }
-        for (o, v) in tok.iter_mut().enumerate() {
-            let y = requant(fc2.acc(o, hidden), fc2.m.get(o));
-            *v = sat_i16((*v as i32).saturating_add(y), lim);
-        }
+        let p = mat::prepare(norm, prep);
+        fc1.each(&p, 0..hid, |o, acc| {
+            hidden[o] = gelu_i8(acc, fc1.m.get(o), mlp_act);
+        });
+        let p = mat::prepare(hidden, prep);
+        fc2.each(&p, 0..c, |o, acc| {
+            let y = requant(acc, fc2.m.get(o));
+            tok[o] = sat_i16((tok[o] as i32).saturating_add(y), lim);
+        });
     }
     Ok(())
 }
@@ -666,6 +735,7 @@ fn attention(
     ws: usize,
     lim: i16,
     scratch: &mut [i32],
+    prep: &mut [u32],
 ) -> Result<(), EngineError> {
     let t = ws * ws;
     let hd = c / heads;
@@ -690,19 +760,26 @@ fn attention(
             }
             for h in 0..heads {
                 for i in 0..t {
-                    let tok = &win[i * c..(i + 1) * c];
-                    for o in 0..3 * hd {
-                        let ch = h * 3 * hd + o;
-                        qkv[i * 3 * hd + o] =
-                            sat_i8(requant(wt.qkv.acc(ch, tok), wt.qkv.m.get(ch)));
-                    }
+                    let p = mat::prepare(&win[i * c..(i + 1) * c], prep);
+                    let row = &mut qkv[i * 3 * hd..(i + 1) * 3 * hd];
+                    let first = h * 3 * hd;
+                    wt.qkv.each(&p, first..first + 3 * hd, |ch, acc| {
+                        row[ch - first] = sat_i8(requant(acc, wt.qkv.m.get(ch)));
+                    });
                 }
                 for i in 0..t {
                     let q = &qkv[i * 3 * hd..i * 3 * hd + hd];
-                    for j in 0..t {
-                        let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
-                        let b = wt.biases.get(h * t + bias_index(i, j, ws));
-                        scores[j] = requant(dot_i8(0, q, kj), wt.score).saturating_add(b);
+                    // `layers::bias_index(i, j, ws)` (|dy| ws + |dx|), walked row by row: no
+                    // division per score.
+                    let (yi, xi) = (i / ws, i % ws);
+                    for yj in 0..ws {
+                        let row = h * t + yi.abs_diff(yj) * ws;
+                        for xj in 0..ws {
+                            let j = yj * ws + xj;
+                            let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
+                            let b = wt.biases.get(row + xi.abs_diff(xj));
+                            scores[j] = requant(dot_i8(0, q, kj), wt.score).saturating_add(b);
+                        }
                     }
                     softmax_q15(scores);
                     for d in 0..hd {
@@ -718,12 +795,12 @@ fn attention(
             for i in 0..t {
                 let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
                 if y < r && xx < r {
-                    let o_tok = &out[i * c..(i + 1) * c];
+                    let p = mat::prepare(&out[i * c..(i + 1) * c], prep);
                     let dst = &mut x[(y * r + xx) * c..(y * r + xx + 1) * c];
-                    for (o, v) in dst.iter_mut().enumerate() {
-                        let p = requant(wt.proj.acc(o, o_tok), wt.proj.m.get(o));
-                        *v = sat_i16((*v as i32).saturating_add(p), lim);
-                    }
+                    wt.proj.each(&p, 0..c, |o, acc| {
+                        let v = requant(acc, wt.proj.m.get(o));
+                        dst[o] = sat_i16((dst[o] as i32).saturating_add(v), lim);
+                    });
                 }
             }
         }
@@ -784,6 +861,7 @@ fn head(
     x: &[i16],
     c: usize,
     scratch: &mut [i32],
+    prep: &mut [u32],
     logits: &mut [i32],
 ) -> Result<(), EngineError> {
     let norm = Norm::read(rd, c)?;
@@ -800,8 +878,9 @@ fn head(
         *p = (2 * sum + n).div_euclid(2 * n.max(1)) as i16;
     }
     norm.apply(pooled, normed);
-    for (o, l) in logits.iter_mut().enumerate() {
-        *l = requant(fc.acc(o, normed), fc.m.get(o));
-    }
+    let p = mat::prepare(normed, prep);
+    fc.each(&p, 0..logits.len(), |o, acc| {
+        logits[o] = requant(acc, fc.m.get(o));
+    });
     Ok(())
 }

@@ -1,13 +1,15 @@
-//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (2), parsed in place with
+//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (3), parsed in place with
 //! no allocator. Version-1 files are f32 models ([`crate::tvb`]); [`crate::tvb::kind`] tells
-//! the two apart from the first 12 bytes.
+//! the two apart from the first 12 bytes. Version 2 was the first int8 layout (multipliers as
+//! two `i32`, matrix weights unflipped): such files are refused with
+//! [`FileError::Outdated`], which says to quantise the model again.
 //!
 //! # Layout (all integers little-endian)
 //!
 //! ```text
 //! +----------------------------+ 0
 //! | magic  "TINYVITB"  8 bytes |
-//! | version          u32       |   = 2 (int8)
+//! | version          u32       |   = 3 (int8)
 //! | header length H  u32       |   <= 64 KiB
 //! | header crc32     u32       |   crc32 (IEEE) of the H header bytes
 //! +----------------------------+ 20
@@ -54,7 +56,11 @@ use crate::tvb::{read_prefix, Prefix};
 use crate::tvb::{MAGIC, PREFIX_LEN};
 
 /// The format version of int8 files.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+/// Earlier int8 format versions: recognised as int8 files ([`crate::tvb::kind`]) and refused
+/// by [`parse`] with [`FileError::Outdated`]. Version 2 stored each multiplier as two `i32`
+/// (8 bytes; now 5) and matrix weights without the sign flip of `layout::Kind::Mat`.
+pub const OUTDATED_VERSIONS: [u32; 1] = [2];
 /// Largest header accepted, in bytes.
 pub const MAX_HEADER: u32 = 1 << 16;
 
@@ -70,8 +76,10 @@ pub enum FileError {
     },
     /// The first 8 bytes are not `TINYVITB`.
     BadMagic,
-    /// Not version 2 (version 1 is an f32 file: [`crate::tvb::parse`]).
+    /// Not version 3 (version 1 is an f32 file: [`crate::tvb::parse`]).
     Version { found: u32 },
+    /// An earlier int8 layout ([`OUTDATED_VERSIONS`]): quantise the f32 model again.
+    Outdated { found: u32 },
     /// The header length exceeds [`MAX_HEADER`].
     HeaderTooLarge { len: u32 },
     /// The header bytes do not match their crc32.
@@ -114,6 +122,12 @@ impl core::fmt::Display for FileError {
                 f,
                 "int8 tvb: format version {found} is not an int8 model (version {VERSION}); \
                  version 1 files are f32 models"
+            ),
+            FileError::Outdated { found } => write!(
+                f,
+                "int8 tvb: format version {found} is an earlier int8 layout that this build no \
+                 longer reads (it reads version {VERSION}); quantise the f32 model again with \
+                 `tinyvit quantize`"
             ),
             FileError::HeaderTooLarge { len } => {
                 write!(f, "int8 tvb: header length {len} exceeds {MAX_HEADER}")
@@ -221,6 +235,9 @@ pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
     let (header, hend) = read_prefix(bytes, VERSION, MAX_HEADER).map_err(|e| match e {
         Prefix::Truncated { field, needed } => FileError::Truncated { field, needed, got },
         Prefix::BadMagic => FileError::BadMagic,
+        Prefix::Version { found } if OUTDATED_VERSIONS.contains(&found) => {
+            FileError::Outdated { found }
+        }
         Prefix::Version { found } => FileError::Version { found },
         Prefix::HeaderTooLarge { len } => FileError::HeaderTooLarge { len },
         Prefix::HeaderCrc => FileError::HeaderCrc,
@@ -313,14 +330,14 @@ fn check_items(cfg: &ModelConfig, data: &[u8]) -> Result<(), FileError> {
         let n = kind.bytes(len);
         let item = &data[pos..pos + n];
         let raw = match kind {
-            Kind::I8 => len,
+            Kind::I8 | Kind::Mat => len,
             Kind::I32 => 4 * len,
-            Kind::Mul => 8 * len,
+            Kind::Mul => 5 * len,
         };
         if item[raw..].iter().any(|b| *b != 0) {
             err = Some(FileError::Padding);
         } else if kind == Kind::Mul {
-            let m = Multipliers(item);
+            let m = Multipliers::new(item, len);
             for i in 0..len {
                 let s = m.get(i).shift;
                 if !(MIN_SHIFT..=MAX_SHIFT).contains(&s) {
@@ -416,12 +433,28 @@ mod tests {
         assert_eq!(crate::tvb::kind(&b), Ok(crate::tvb::Kind::Int8));
         assert_eq!(
             crate::tvb::parse(&b).unwrap_err(),
-            crate::tvb::TvbError::Version { found: 2 }
+            crate::tvb::TvbError::Version { found: VERSION }
         );
         let mut f = b.clone();
         f[8] = 1;
         assert_eq!(crate::tvb::kind(&f), Ok(crate::tvb::Kind::F32));
         assert_eq!(parse(&f).unwrap_err(), FileError::Version { found: 1 });
+        // An earlier int8 layout is still told to be int8, and refused by name.
+        let mut old = b.clone();
+        old[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(crate::tvb::kind(&old), Ok(crate::tvb::Kind::Int8));
+        let e = parse(&old).unwrap_err();
+        assert_eq!(e, FileError::Outdated { found: 2 });
+        assert!(
+            e.to_string().contains("quantise the f32 model again"),
+            "{e}"
+        );
+        let mut newer = b.clone();
+        newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert_eq!(
+            parse(&newer).unwrap_err(),
+            FileError::Version { found: VERSION + 1 }
+        );
     }
 
     #[test]
@@ -469,8 +502,10 @@ mod tests {
         assert_eq!(name.as_str(), "patch_embed.seq.0.mult");
         let dstart = b.len() - m.data().len();
         let mut x = b.clone();
-        let s = dstart + off + 2 * 8 + 4;
-        x[s..s + 4].copy_from_slice(&63i32.to_le_bytes());
+        // The multipliers' shifts follow their numerators: half = embed_dims[0] / 2 of each.
+        let half = cfg.embed_dims[0] as usize / 2;
+        let s = dstart + off + 4 * half + 2;
+        x[s] = 63;
         let crc = crc32fast::hash(&x[dstart..]);
         let x = with_header(&x, |h| {
             let n = h.len();

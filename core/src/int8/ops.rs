@@ -48,15 +48,28 @@ pub const MAX_SHIFT: u32 = 62;
 #[inline]
 pub fn requant(x: i32, k: Multiplier) -> i32 {
     let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
-    let p = (x as i64 * k.m as i64) + (1i64 << (s - 1));
-    if s >= 32 {
-        // The same value without a 64-bit variable shift (a call-sized sequence on a 32-bit
-        // core): `|p| < 2^63`, so `p >> 32` fits `i32` exactly, and floor shifts compose:
-        // `(p >> 32) >> (s - 32) == p >> s`, which then needs no saturation.
-        ((p >> 32) as i32) >> (s - 32)
-    } else {
-        (p >> s).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    if s >= 33 {
+        // The rounding constant 2^(s-1) lies wholly in the high word, and the low word of
+        // x * m adds less than one unit of it: floor((x m + 2^(s-1)) / 2^s) =
+        // floor((hi + 2^(s-33)) / 2^(s-32)) with hi = floor(x m / 2^32). |hi| <= 2^30 and the
+        // constant <= 2^29, so the sum fits `i32` (one multiply-high, an add and a shift).
+        let hi = ((x as i64 * k.m as i64) >> 32) as i32;
+        return (hi + (1i32 << (s - 33))) >> (s - 32);
     }
+    // s <= 32: the rounding constant fits 32 bits; p = hi 2^32 + lo.
+    let p = (x as i64 * k.m as i64) + (1u32 << (s - 1)) as i64;
+    let hi = (p >> 32) as i32;
+    if s == 32 {
+        // `|p| < 2^63`: `p >> 32` fits `i32` exactly and needs no saturation.
+        return hi;
+    }
+    // s <= 31 without a 64-bit variable shift (a call-sized sequence on a 32-bit core):
+    // p >> s = hi 2^(32-s) + (lo >> s), which fits `i32` exactly when
+    // hi is in [-2^(s-1), 2^(s-1)), i.e. hi >> (s-1) is hi's sign; else it saturates.
+    if hi >> (s - 1) != hi >> 31 {
+        return if hi < 0 { i32::MIN } else { i32::MAX };
+    }
+    (((hi as u32) << (32 - s)) | ((p as u32) >> s)) as i32
 }
 
 /// [`requant`] as first written (one 64-bit shift, then saturation): the reference the test
@@ -176,6 +189,286 @@ pub mod dsp {
     }
 }
 
+/// The matrix kernels: `i8` activations times `Kind::Mat` weight rows, several output
+/// channels per pass.
+///
+/// # The DSP form (Armv7E-M, feature `arm-dsp`)
+///
+/// A stored word of four weights `B0..B3` (`B0`, `B2` sign-flipped, [`mat_code`]) read as two
+/// `i16` lanes is `(w0 + 128 + 256 w1, w2 + 128 + 256 w3)`, and `SXTB16` of it rotated by 8 is
+/// `(w1, w3)`. [`prepare`] turns each group of four activations into the lanes `(x0, x2)` and
+/// `(x1 - 256 x0, x3 - 256 x2)` once per vector, so that
+///
+/// `SMLAD(word, (x0, x2)) + SMLAD(SXTB16(word ror 8), (x1 - 256 x0, x3 - 256 x2))`
+/// ` = w0 x0 + w1 x1 + w2 x2 + w3 x3 + 128 (x0 + x2)`,
+///
+/// and the last term, summed over the vector, is removed once per output (`corr`). One weight
+/// word costs one load, one `SXTB16` and two `SMLAD`s, and the prepared activations are reused
+/// by every output channel. `x1 - 256 x0` fits `i16` when `|x| <= 127`; a vector holding
+/// `-128` (which no engine op produces: [`sat_i8`] clamps to 127) takes the scalar path.
+/// Every sum is wrapping `i32` arithmetic, so the result is [`dot_mat_scalar`]'s, bit for bit;
+/// the tests run this form with the instructions emulated against the scalar loop.
+pub mod mat {
+    use super::{dot_mat_scalar, I32s};
+
+    /// `u32` words of preparation buffer for a fan-in of `k`: two per group of four inputs, or
+    /// none when `k` is not a multiple of 4 (the scalar loop runs then).
+    pub const fn prep_words(k: usize) -> usize {
+        if k.is_multiple_of(4) {
+            k / 2
+        } else {
+            0
+        }
+    }
+
+    /// An activation vector and, when the DSP form applies, its prepared lanes.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Prepared<'a> {
+        x: &'a [i8],
+        words: &'a [u32],
+        corr: i32,
+    }
+
+    impl Prepared<'_> {
+        /// The activations.
+        pub fn x(&self) -> &[i8] {
+            self.x
+        }
+    }
+
+    #[inline(always)]
+    fn lanes(lo: i32, hi: i32) -> u32 {
+        (lo as u16 as u32) | ((hi as u16 as u32) << 16)
+    }
+
+    /// Prepares `x` for the kernels in `buf` (at least [`prep_words`] words, else the scalar
+    /// loop runs). On targets without the DSP form it only wraps `x`.
+    pub fn prepare<'a>(x: &'a [i8], buf: &'a mut [u32]) -> Prepared<'a> {
+        let plain = Prepared {
+            x,
+            words: &[],
+            corr: 0,
+        };
+        if !cfg!(any(test, all(feature = "arm-dsp", target_arch = "arm"))) {
+            return plain;
+        }
+        prepare_dsp(x, buf).unwrap_or(plain)
+    }
+
+    /// The prepared lanes of `x` ([`mat`](self)'s DSP form); `None` when `x` does not allow it.
+    pub(crate) fn prepare_dsp<'a>(x: &'a [i8], buf: &'a mut [u32]) -> Option<Prepared<'a>> {
+        let n = prep_words(x.len());
+        if n == 0 || buf.len() < n || x.contains(&i8::MIN) {
+            return None;
+        }
+        let words = &mut buf[..n];
+        let mut even = 0i32;
+        for (g, w) in x.chunks_exact(4).zip(words.chunks_exact_mut(2)) {
+            let (x0, x1, x2, x3) = (g[0] as i32, g[1] as i32, g[2] as i32, g[3] as i32);
+            even = even.wrapping_add(x0 + x2);
+            w[0] = lanes(x0, x2);
+            w[1] = lanes(x1 - 256 * x0, x3 - 256 * x2);
+        }
+        Some(Prepared {
+            x,
+            words,
+            corr: even.wrapping_mul(-128),
+        })
+    }
+
+    /// `SMLAD` and `SXTB16 ror 8`: the instructions on Armv7E-M with `arm-dsp`, their exact
+    /// emulation elsewhere (used by the tests). The Arm build runs [`rows4_asm`] instead.
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
+    mod insn {
+        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+        #[allow(unsafe_code)]
+        mod imp {
+            use core::arch::asm;
+
+            /// `acc + lo(a) lo(b) + hi(a) hi(b)` on signed `i16` lanes, wrapping.
+            #[inline(always)]
+            pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+                let out: i32;
+                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the
+                // APSR Q flag it may set is never read.
+                unsafe {
+                    asm!("smlad {o}, {a}, {b}, {c}", o = lateout(reg) out, a = in(reg) a,
+                         b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack));
+                }
+                out
+            }
+
+            /// Bytes 1 and 3 of `x` sign-extended into two `i16` lanes.
+            #[inline(always)]
+            pub fn sxtb16_ror8(x: u32) -> u32 {
+                let out: u32;
+                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack, no flags.
+                unsafe {
+                    asm!("sxtb16 {o}, {x}, ror #8", o = lateout(reg) out, x = in(reg) x,
+                         options(pure, nomem, nostack, preserves_flags));
+                }
+                out
+            }
+        }
+
+        #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+        mod imp {
+            #[inline(always)]
+            pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+                let p0 = (a as i16 as i32) * (b as i16 as i32);
+                let p1 = ((a >> 16) as i16 as i32) * ((b >> 16) as i16 as i32);
+                acc.wrapping_add(p0).wrapping_add(p1)
+            }
+
+            #[inline(always)]
+            pub fn sxtb16_ror8(x: u32) -> u32 {
+                let lo = (x >> 8) as u8 as i8 as i16 as u16 as u32;
+                let hi = (x >> 24) as u8 as i8 as i16 as u16 as u32;
+                lo | (hi << 16)
+            }
+        }
+
+        pub use imp::{smlad, sxtb16_ror8};
+    }
+    use insn::{smlad, sxtb16_ror8};
+
+    /// One weight word into an accumulator (see the module doc).
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
+    #[inline(always)]
+    fn step(acc: i32, w: u32, e: u32, o: u32) -> i32 {
+        smlad(sxtb16_ror8(w), o, smlad(w, e, acc))
+    }
+
+    /// The DSP form in Rust over `R` rows of stored bytes (`rows`: `[R, 4 g]`, `g` the
+    /// prepared groups), one group a step.
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
+    pub(crate) fn dsp<const R: usize>(init: [i32; R], p: &Prepared<'_>, rows: &[i8]) -> [i32; R] {
+        let g = p.words.len() / 2;
+        let k = 4 * g;
+        let mut a = init.map(|v| v.wrapping_add(p.corr));
+        for (j, act) in p.words.chunks_exact(2).enumerate() {
+            for (i, acc) in a.iter_mut().enumerate() {
+                let b = &rows[i * k + 4 * j..i * k + 4 * j + 4];
+                let w = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                *acc = step(*acc, w, act[0], act[1]);
+            }
+        }
+        a
+    }
+
+    /// Four rows of the DSP form (`rows`: `[4, k]` stored bytes, `k = 4 g`, `g` the prepared
+    /// groups). On Armv7E-M with `arm-dsp`: [`rows4_asm`]; elsewhere the same steps in Rust
+    /// (what the tests run).
+    #[inline(always)]
+    pub(crate) fn rows4(init: [i32; 4], p: &Prepared<'_>, rows: &[i8]) -> [i32; 4] {
+        let g = p.words.len() / 2;
+        assert!(rows.len() >= 16 * g);
+        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+        {
+            rows4_asm(init, p, rows, g)
+        }
+        #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+        {
+            dsp(init, p, rows)
+        }
+    }
+
+    /// [`rows4`] in assembly, one block: per group of four inputs one `LDRD` of the prepared
+    /// lanes and, per row, one (unaligned-capable) `LDR`, `SMLAD`, `SXTB16`, `SMLAD`; two
+    /// groups a loop step (an odd group first). Twelve registers: four accumulators, the lanes, one weight
+    /// word, the lane pointer and its end, two row pointers (rows 0 and 2; rows 1 and 3 at
+    /// `+k`) and `k`.
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn rows4_asm(init: [i32; 4], p: &Prepared<'_>, rows: &[i8], g: usize) -> [i32; 4] {
+        use core::arch::asm;
+        let [mut a0, mut a1, mut a2, mut a3] = init.map(|v| v.wrapping_add(p.corr));
+        if g == 0 {
+            return [a0, a1, a2, a3];
+        }
+        let k = 4 * g;
+        let mut pa = p.words.as_ptr();
+        let mut r0 = rows.as_ptr();
+        // SAFETY: `rows` holds 4 k bytes (asserted by the caller), so rows 2 and 3 start
+        // inside it.
+        let mut r2 = unsafe { r0.add(2 * k) };
+        macro_rules! group {
+            () => {
+                concat!(
+                    "ldrd {e}, {o}, [{pa}], #8\n",
+                    "ldr {t}, [{r0}, {k}]\n",
+                    "smlad {a1}, {t}, {e}, {a1}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a1}, {t}, {o}, {a1}\n",
+                    "ldr {t}, [{r0}], #4\n",
+                    "smlad {a0}, {t}, {e}, {a0}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a0}, {t}, {o}, {a0}\n",
+                    "ldr {t}, [{r2}, {k}]\n",
+                    "smlad {a3}, {t}, {e}, {a3}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a3}, {t}, {o}, {a3}\n",
+                    "ldr {t}, [{r2}], #4\n",
+                    "smlad {a2}, {t}, {e}, {a2}\n",
+                    "sxtb16 {t}, {t}, ror #8\n",
+                    "smlad {a2}, {t}, {o}, {a2}\n",
+                )
+            };
+        }
+        // SAFETY: `pend` is the end of `p.words` (`2 g` words). The block runs one group when
+        // `g` is odd, then two groups a step until `pa == pend`; each group reads 2 lane words
+        // at `pa` (inside `p.words`) and one word of each row at `r0`, `r0 + k`, `r2`,
+        // `r2 + k` (inside `rows`, which holds `4 k` bytes as the caller asserted); unaligned
+        // `LDR` is architectural on Armv7-M. Registers only otherwise; no stack.
+        let pend = unsafe { p.words.as_ptr().add(2 * g) };
+        unsafe {
+            asm!(
+                "sub {t}, {pend}, {pa}",
+                "tst {t}, #8",
+                "beq 1f",
+                group!(),
+                "1:",
+                "cmp {pa}, {pend}",
+                "beq 3f",
+                "2:",
+                group!(),
+                group!(),
+                "cmp {pa}, {pend}",
+                "bne 2b",
+                "3:",
+                pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0,
+                r2 = inout(reg) r2, k = in(reg) k, a0 = inout(reg) a0, a1 = inout(reg) a1,
+                a2 = inout(reg) a2, a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _,
+                t = out(reg) _,
+                options(readonly, nostack),
+            );
+        }
+        let _ = (pa, r0, r2);
+        [a0, a1, a2, a3]
+    }
+
+    /// Accumulators of the outputs `o..o + R` of `w` (`[out, k]`, `Kind::Mat`, `k = x.len()`),
+    /// each starting from its bias `b`.
+    #[inline(always)]
+    pub fn acc<const R: usize>(b: I32s<'_>, p: &Prepared<'_>, w: &[i8], o: usize) -> [i32; R] {
+        let k = p.x.len();
+        let init: [i32; R] = core::array::from_fn(|i| b.get(o + i));
+        let rows = &w[o * k..(o + R) * k];
+        if cfg!(all(feature = "arm-dsp", target_arch = "arm")) && R == 4 && !p.words.is_empty() {
+            let mut i4 = [0i32; 4];
+            for (d, v) in i4.iter_mut().zip(init) {
+                *d = v;
+            }
+            let a = rows4(i4, p, rows);
+            return core::array::from_fn(|i| a[i]);
+        }
+        core::array::from_fn(|i| {
+            dot_mat_scalar(init[i], p.x, &rows[i * k..(i + 1) * k], (o + i) * k)
+        })
+    }
+}
+
 /// `2^(-k/64)` in Q30 for `k = 0..=64`.
 const EXP2_Q30: [i32; 65] = [
     1073741824, 1062175491, 1050733751, 1039415261, 1028218693, 1017142735, 1006186087, 995347464,
@@ -263,6 +556,27 @@ const PHI_Q20: [i32; 97] = [
 /// 1.08). Overflow:
 /// `|x| * 2^20 < 2^52`.
 pub fn gelu_q12(x: i32) -> i32 {
+    // The same integers as `gelu_q12_reference`, in `i32` wherever they fit (a 32-bit core
+    // then needs one 64-bit multiply): `|t1 - t0| < 2^15` and `w < 2^8`.
+    let a = x.unsigned_abs();
+    let mut phi = if a >= 96 << 8 {
+        1i32 << 20
+    } else {
+        let k = (a >> 8) as usize;
+        let w = (a & 255) as i32;
+        let (t0, t1) = (PHI_Q20[k], PHI_Q20[k + 1]);
+        t0 + (((t1 - t0) * w + 128) >> 8)
+    };
+    if x < 0 {
+        phi = (1i32 << 20) - phi;
+    }
+    ((x as i64 * phi as i64 + (1i64 << 19)) >> 20) as i32
+}
+
+/// [`gelu_q12`] as first written, all in `i64`: the reference the test
+/// `gelu_is_its_reference` holds the `i32` version to.
+#[cfg(test)]
+pub(crate) fn gelu_q12_reference(x: i32) -> i32 {
     let a = (x as i64).abs();
     let mut phi = if a >= 96 << 8 {
         1i64 << 20
@@ -308,20 +622,57 @@ impl I32s<'_> {
     }
 }
 
-/// Little-endian [`Multiplier`]s viewed in place: `(m: i32, shift: i32)` pairs.
+/// [`Multiplier`]s viewed in place: the `n` numerators as little-endian `i32`, then the `n`
+/// shifts as bytes (5 bytes a multiplier).
 #[derive(Clone, Copy, Debug)]
-pub struct Multipliers<'a>(pub(crate) &'a [u8]);
+pub struct Multipliers<'a> {
+    m: &'a [u8],
+    shift: &'a [u8],
+}
 
-impl Multipliers<'_> {
+impl<'a> Multipliers<'a> {
+    /// The view of an item of `n` multipliers (`bytes` holds at least `5 n` bytes; the caller
+    /// has checked the length).
+    pub(crate) fn new(bytes: &'a [u8], n: usize) -> Self {
+        let (m, rest) = bytes.split_at(4 * n);
+        Multipliers {
+            m,
+            shift: &rest[..n],
+        }
+    }
+
     /// Multiplier `i`.
     #[inline]
     pub fn get(&self, i: usize) -> Multiplier {
-        let v = I32s(self.0);
         Multiplier {
-            m: v.get(2 * i),
-            shift: v.get(2 * i + 1) as u32,
+            m: I32s(self.m).get(i),
+            shift: self.shift[i] as u32,
         }
     }
+}
+
+/// The stored byte of a matrix weight (item kind `Mat`): at an even offset within the item the
+/// weight's sign bit is flipped (offset binary, `w + 128` as `u8`), at an odd one it is stored
+/// as is. The flip is its own inverse, so this also decodes.
+#[inline]
+pub fn mat_code(b: i8, offset: usize) -> i8 {
+    if offset.is_multiple_of(2) {
+        b ^ i8::MIN
+    } else {
+        b
+    }
+}
+
+/// `init + sum x[i] * w[i]` over a stored matrix row `row` that starts at item offset `base`
+/// ([`mat_code`] decodes each weight), in index order with wrapping `i32` additions: the
+/// portable reference of the matrix kernels.
+#[inline]
+pub fn dot_mat_scalar(init: i32, x: &[i8], row: &[i8], base: usize) -> i32 {
+    let mut acc = init;
+    for (i, (a, b)) in x.iter().zip(row).enumerate() {
+        acc = acc.wrapping_add(*a as i32 * mat_code(*b, base + i) as i32);
+    }
+    acc
 }
 
 /// LayerNorm of one `i16` token to `i8`.
@@ -534,15 +885,18 @@ mod tests {
                 .collect();
             let eps_real = 1e-5;
             let mut gm = Vec::new();
+            let mut gs = Vec::new();
             for wi in &w {
                 let k = mult(wi * (c as f64).sqrt() / (s_out * (1u64 << 30) as f64));
-                gm.extend([k.m, k.shift as i32]);
+                gm.push(k.m);
+                gs.push(k.shift as u8);
             }
             let beta: Vec<i32> = b.iter().map(|v| (v / s_out).round() as i32).collect();
             let eps = (eps_real * c as f64 / (s_in * s_in)).round().max(1.0) as i32;
-            let (gm, bb) = (le(&gm), le(&beta));
+            let (mut gm, bb) = (le(&gm), le(&beta));
+            gm.extend(gs);
             let mut out = std::vec![0i8; c];
-            layer_norm(&x, Multipliers(&gm), I32s(&bb), eps, &mut out);
+            layer_norm(&x, Multipliers::new(&gm, c), I32s(&bb), eps, &mut out);
             // f64 LayerNorm of the real inputs.
             let xr: Vec<f64> = x.iter().map(|v| *v as f64 * s_in).collect();
             let mean = xr.iter().sum::<f64>() / c as f64;
@@ -559,11 +913,81 @@ mod tests {
 
     #[test]
     fn layer_norm_of_a_zero_token_is_the_bias() {
-        let g = le(&[1 << 30, 40, 1 << 30, 40]);
+        let mut g = le(&[1 << 30, 1 << 30]);
+        g.extend([40, 40]);
         let b = le(&[5, -7]);
         let mut out = [0i8; 2];
-        layer_norm(&[0, 0], Multipliers(&g), I32s(&b), 3, &mut out);
+        layer_norm(&[0, 0], Multipliers::new(&g, 2), I32s(&b), 3, &mut out);
         assert_eq!(out, [5, -7]);
+    }
+
+    /// The matrix kernels' DSP form, its instructions emulated, gives the scalar loop's `i32`
+    /// for every fan-in, row count and value, including the extremes; a `-128` activation
+    /// takes the scalar path.
+    #[test]
+    fn matrix_dsp_form_is_the_scalar_sum() {
+        let mut s = 9u64;
+        let mut buf = std::vec![0u32; 1024];
+        for case in 0..3000 {
+            let k = 4 * (1 + (splitmix64(&mut s) % 40) as usize);
+            let extreme = case % 5 == 0;
+            let x: Vec<i8> = (0..k)
+                .map(|_| {
+                    let v = splitmix64(&mut s);
+                    if extreme {
+                        if v % 2 == 0 {
+                            127
+                        } else {
+                            -127
+                        }
+                    } else {
+                        (v % 255) as i8 / if v % 3 == 0 { 1 } else { 8 }
+                    }
+                })
+                .collect();
+            let w: Vec<i8> = (0..4 * k)
+                .map(|i| mat_code(splitmix64(&mut s) as i8, i))
+                .collect();
+            let init: [i32; 4] =
+                core::array::from_fn(|_| (splitmix64(&mut s) as i32) >> (case % 3));
+            let p = mat::prepare_dsp(&x, &mut buf).unwrap();
+            let got = mat::dsp::<4>(init, &p, &w);
+            assert_eq!(mat::rows4(init, &p, &w), got, "case {case}");
+            for r in 0..4 {
+                let want = dot_mat_scalar(init[r], &x, &w[r * k..(r + 1) * k], r * k);
+                assert_eq!(got[r], want, "case {case} k {k} row {r}");
+            }
+            let one = mat::dsp::<1>([init[1]], &p, &w[k..2 * k]);
+            assert_eq!(one[0], dot_mat_scalar(init[1], &x, &w[k..2 * k], k));
+        }
+        assert!(mat::prepare_dsp(&[1, i8::MIN, 3, 4], &mut buf).is_none());
+        assert!(mat::prepare_dsp(&[1, 2, 3], &mut buf).is_none());
+        assert!(mat::prepare_dsp(&[1, 2, 3, 4], &mut []).is_none());
+        // The public kernel agrees too, whatever path it takes.
+        let x = [5i8, -7, 127, -127, 1, 2, 3, 4];
+        let w: Vec<i8> = (0..16)
+            .map(|i| mat_code((i as i32 * 15 - 120) as i8, i))
+            .collect();
+        let p = mat::prepare(&x, &mut buf);
+        let b = le(&[10, -20]);
+        let got = mat::acc::<2>(I32s(&b), &p, &w, 0);
+        assert_eq!(got[0], dot_mat_scalar(10, &x, &w[..8], 0));
+        assert_eq!(got[1], dot_mat_scalar(-20, &x, &w[8..], 8));
+    }
+
+    #[test]
+    fn gelu_is_its_reference() {
+        for x in -(1i32 << 22)..=(1 << 22) {
+            assert_eq!(gelu_q12(x), gelu_q12_reference(x), "{x}");
+        }
+        let mut s = 11u64;
+        for _ in 0..1_000_000 {
+            let x = splitmix64(&mut s) as i32;
+            assert_eq!(gelu_q12(x), gelu_q12_reference(x), "{x}");
+        }
+        for x in [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX] {
+            assert_eq!(gelu_q12(x), gelu_q12_reference(x), "{x}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::vec::Vec;
 use super::calib;
 use super::file::{self, FileError};
 use super::layout::{self, Kind};
-use super::ops::{Multiplier, MAX_SHIFT, MIN_SHIFT};
+use super::ops::{self, Multiplier, MAX_SHIFT, MIN_SHIFT};
 use crate::config::{ModelConfig, STAGES};
 use crate::engine::layers::LN_EPS;
 use crate::engine::{EngineError, Weights};
@@ -250,6 +250,16 @@ pub fn quantize_with(
             data.extend_from_slice(bytes);
             data.resize(data.len().div_ceil(4) * 4, 0);
         }
+        // The weights of a matrix product, stored sign-flipped at even offsets.
+        Some((Kind::I8, n, bytes)) if kind == Kind::Mat && *n == len => {
+            data.extend(
+                bytes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| ops::mat_code(*b as i8, i) as u8),
+            );
+            data.resize(data.len().div_ceil(4) * 4, 0);
+        }
         _ => {
             if missing.is_none() {
                 missing = Some(String::from(name));
@@ -312,23 +322,23 @@ impl Builder<'_> {
         self.folded.get(name).cloned().unwrap_or_default()
     }
 
-    fn put_i32(&mut self, name: &str, kind: Kind, v: &[i32]) {
-        let n = if kind == Kind::Mul {
-            v.len() / 2
-        } else {
-            v.len()
-        };
+    fn put_i32(&mut self, name: &str, v: &[i32]) {
         let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.items.insert(name.into(), (kind, n, bytes));
+        self.items.insert(name.into(), (Kind::I32, v.len(), bytes));
     }
 
+    /// Multipliers of the reals: the numerators (`i32`), then the shifts (bytes).
     fn mul(&mut self, name: &str, reals: &[f64]) -> Result<(), QuantError> {
-        let mut v = Vec::with_capacity(2 * reals.len());
+        let mut bytes = Vec::with_capacity(5 * reals.len());
+        let mut shifts = Vec::with_capacity(reals.len());
         for r in reals {
             let k = multiplier(*r).ok_or_else(|| QuantError::Multiplier(name.into()))?;
-            v.extend([k.m, k.shift as i32]);
+            bytes.extend(k.m.to_le_bytes());
+            shifts.push(k.shift as u8);
         }
-        self.put_i32(name, Kind::Mul, &v);
+        bytes.extend(shifts);
+        self.items
+            .insert(name.into(), (Kind::Mul, reals.len(), bytes));
         Ok(())
     }
 
@@ -379,7 +389,7 @@ impl Builder<'_> {
             std::format!("{p}.weight"),
             (Kind::I8, wq.len(), bytemuck::cast_slice(&wq).to_vec()),
         );
-        self.put_i32(&std::format!("{p}.bias"), Kind::I32, &bq);
+        self.put_i32(&std::format!("{p}.bias"), &bq);
         self.mul(&std::format!("{p}.mult"), &mults)
     }
 
@@ -394,11 +404,11 @@ impl Builder<'_> {
             .collect();
         self.mul(&std::format!("{p}.weight"), &g)?;
         let bq: Vec<i32> = b.iter().map(|v| i30(*v as f64 / s_out)).collect();
-        self.put_i32(&std::format!("{p}.bias"), Kind::I32, &bq);
+        self.put_i32(&std::format!("{p}.bias"), &bq);
         let eps = (LN_EPS as f64 * c / (s_in * s_in))
             .round()
             .clamp(1.0, i32::MAX as f64) as i32;
-        self.put_i32(&std::format!("{p}.eps"), Kind::I32, &[eps]);
+        self.put_i32(&std::format!("{p}.eps"), &[eps]);
         Ok(())
     }
 
@@ -435,7 +445,7 @@ impl Builder<'_> {
                     let p = |x: &str| std::format!("layers.{s}.blocks.{j}.{x}");
                     let bias = self.tensor(&p("attn.attention_biases"));
                     let bq: Vec<i32> = bias.iter().map(|v| i30(*v as f64 * 1024.0)).collect();
-                    self.put_i32(&p("attn.attention_biases"), Kind::I32, &bq);
+                    self.put_i32(&p("attn.attention_biases"), &bq);
                     let s_n = self.act(&p("attn.norm"));
                     self.norm(&p("attn.norm"), ss, s_n)?;
                     let sc = [

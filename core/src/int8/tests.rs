@@ -474,6 +474,22 @@ fn requant_fast_path_is_the_reference() {
 /// budget, the int8 arena plus the firmware's other statics and stack within the RAM budget,
 /// and three to four times the f32 preset's parameters. (The firmware's ELF is checked against
 /// the same budgets by `cargo xtask replay`.)
+/// Every preset's int8 data is at most 0.30x its folded f32 weights (issue 13's bound): `i8`
+/// weights plus `i32` biases and 5-byte multipliers per output channel.
+#[test]
+fn int8_data_is_at_most_0_30_of_f32() {
+    for name in crate::config::PRESET_NAMES {
+        let cfg = ModelConfig::preset(name).unwrap();
+        let int8 = super::layout::data_len(&cfg) as f64;
+        let f32_bytes = 4.0 * crate::params::folded_blob_len(&cfg) as f64;
+        assert!(
+            int8 <= 0.30 * f32_bytes,
+            "{name}: int8 {int8} B is {:.4}x the f32 {f32_bytes} B",
+            int8 / f32_bytes
+        );
+    }
+}
+
 #[test]
 fn int8_presets_fit_their_budgets() {
     const K: usize = 1024;
