@@ -2,6 +2,7 @@
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
 pub mod analyze;
+pub mod arch;
 pub mod augment;
 pub mod checkpoint;
 pub mod contract;

@@ -21,8 +21,9 @@ enum Command {
     Infer(tinyvit_host::infer::InferArgs),
     /// Convert a checkpoint (.safetensors, .pth) into a deployable .tvb (BatchNorm folded).
     Convert(tinyvit_host::infer::ConvertArgs),
-    /// Print parameters, weight bytes and arena bytes of every preset, in f32 and in int8.
-    Presets,
+    /// Print parameters, weight bytes and arena bytes of every preset (or of --arch PRESET or
+    /// FILE.toml), in f32 and in int8.
+    Presets(tinyvit_host::presets::PresetsArgs),
     /// Run a teacher over E augmented epochs and store its top-K probabilities + replay seeds.
     SaveLogits(tinyvit_host::save_logits::Args),
     /// Inspect a logit store: verify, stats, show.
@@ -72,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Infer(args) => tinyvit_host::infer::run(&args),
         Command::Convert(args) => tinyvit_host::infer::convert(&args),
-        Command::Presets => tinyvit_host::presets::run(),
+        Command::Presets(args) => tinyvit_host::presets::run(&args),
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
