@@ -6,6 +6,7 @@ pub mod arch;
 pub mod augment;
 pub mod checkpoint;
 pub mod contract;
+pub mod contraction;
 pub mod data;
 pub mod device;
 pub mod dist;

@@ -34,6 +34,9 @@ enum Command {
     /// Top-1 and top-5 of a model on a labelled data SPEC (its own evaluation view and
     /// normalisation).
     Eval(tinyvit_host::eval_cmd::Args),
+    /// Progressive model contraction: the best TinyViT under a device budget (flash, arena,
+    /// instructions, params, MACs), every candidate trained from one logit store.
+    Contract(Box<tinyvit_host::contraction::ContractArgs>),
     /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
     Export(tinyvit_host::export::ExportArgs),
     /// Quantise an f32 model (.tvb or checkpoint) to an int8 .tvb with calibration images;
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
         Command::Eval(args) => tinyvit_host::eval_cmd::main(args),
+        Command::Contract(args) => tinyvit_host::contraction::main(*args),
         Command::Export(args) => tinyvit_host::export::main(args),
         Command::Quantize(args) => tinyvit_host::quantize::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),
