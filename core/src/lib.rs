@@ -30,6 +30,8 @@
 pub mod aug;
 pub mod config;
 pub mod contract;
+pub mod contraction;
+pub mod cost;
 pub mod engine;
 pub mod int8;
 pub mod params;

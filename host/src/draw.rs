@@ -153,6 +153,8 @@ pub struct Series<'a> {
     pub color: [u8; 3],
     /// (x, y) points in drawing order; non-finite points are left out.
     pub points: &'a [(f64, f64)],
+    /// Each point a dot, unconnected (a scatter), instead of a line through them.
+    pub dots: bool,
 }
 
 /// Titles of a [`chart`].
@@ -283,6 +285,16 @@ pub fn chart(
             .filter(|p| p.0.is_finite() && p.1.is_finite())
         {
             let q = (px(p.0).round() as i64, py(p.1).round() as i64);
+            if s.dots {
+                c.fill(
+                    (q.0 - 2).max(0) as u32,
+                    (q.1 - 2).max(0) as u32,
+                    5,
+                    5,
+                    s.color,
+                );
+                continue;
+            }
             match prev {
                 Some(a) => {
                     c.line(a.0, a.1, q.0, q.1, s.color);
@@ -400,6 +412,7 @@ mod tests {
                 name: "val",
                 color: [200, 0, 0],
                 points: &a,
+                dots: false,
             }],
         );
         let red = (0..480)

@@ -35,8 +35,8 @@ pub struct ExportArgs {
     /// Output `.tvb` file.
     #[arg(long)]
     pub out: PathBuf,
-    /// Architecture preset: needed for checkpoints without `tinyvit.config` metadata; one
-    /// that contradicts the recorded network is an error.
+    /// Architecture preset or FILE.toml: needed for checkpoints without `tinyvit.config`
+    /// metadata; one that contradicts the recorded network is an error.
     #[arg(long)]
     pub arch: Option<String>,
     /// Verify on this data (SPEC, or `split:N` of `--data`): core engine vs tch accuracy.
@@ -107,7 +107,7 @@ pub fn main(args: ExportArgs) -> Result<()> {
 /// Runs the export (and the check, when `--val` is given).
 pub fn run(args: &ExportArgs) -> Result<ExportReport> {
     let fallback = match &args.arch {
-        Some(a) => Some(ModelConfig::preset(a).with_context(|| format!("unknown --arch `{a}`"))?),
+        Some(a) => Some(crate::arch::resolve(a)?),
         None => None,
     };
     let ck = checkpoint::load(&args.checkpoint, fallback.as_ref())?;

@@ -209,8 +209,7 @@ pub fn resolve_config(
         );
     }
     let mut cfg = if let Some(a) = arch {
-        let p = ModelConfig::preset(a)
-            .ok_or_else(|| anyhow!("unknown --arch `{a}`; presets: {}", PRESET_NAMES.join(", ")))?;
+        let p = crate::arch::resolve(a)?;
         p.with_num_classes(found.num_classes)
             .with_in_chans(found.in_chans)
     } else {
@@ -362,7 +361,7 @@ pub fn load(
         let file = tvb::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         let cfg = *file.config();
         if let Some(a) = arch {
-            let p = ModelConfig::preset(a).ok_or_else(|| anyhow!("unknown --arch `{a}`"))?;
+            let p = crate::arch::resolve(a)?;
             ensure!(
                 p.embed_dims == cfg.embed_dims
                     && p.depths == cfg.depths
@@ -497,8 +496,7 @@ fn check_recorded(
 ) -> Result<()> {
     recorded.validate().map_err(|e| anyhow!("{e}"))?;
     if let Some(a) = arch {
-        let p = ModelConfig::preset(a)
-            .ok_or_else(|| anyhow!("unknown --arch `{a}`; presets: {}", PRESET_NAMES.join(", ")))?;
+        let p = crate::arch::resolve(a)?;
         ensure!(
             same_network(&p, recorded),
             "--arch {a} (widths {:?}, depths {:?}) contradicts the recorded network (widths \

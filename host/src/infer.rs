@@ -53,7 +53,7 @@ pub struct ModelArgs {
     /// Model file: .safetensors (official or timm names), .pth/.pt, or .tvb.
     #[arg(long)]
     pub model: PathBuf,
-    /// Preset name; detected from the weight shapes when omitted.
+    /// Preset name or FILE.toml; detected from the weight shapes when omitted.
     #[arg(long)]
     pub arch: Option<String>,
     /// Class count (checked against the head).

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine;
 use tinyvit_core::{int8, tvb};
 
@@ -61,7 +60,7 @@ pub fn run(args: &InferArgs) -> Result<()> {
     let model = int8::parse(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let cfg = *model.config();
     if let Some(a) = &args.source.arch {
-        let p = ModelConfig::preset(a).with_context(|| format!("unknown --arch `{a}`"))?;
+        let p = crate::arch::resolve(a)?;
         let p = p
             .with_num_classes(cfg.num_classes)
             .with_in_chans(cfg.in_chans)

@@ -2,9 +2,11 @@
 //! The `tinyvit` binary (`main.rs`) is a thin front over these modules.
 
 pub mod analyze;
+pub mod arch;
 pub mod augment;
 pub mod checkpoint;
 pub mod contract;
+pub mod contraction;
 pub mod data;
 pub mod device;
 pub mod dist;

@@ -21,8 +21,9 @@ enum Command {
     Infer(tinyvit_host::infer::InferArgs),
     /// Convert a checkpoint (.safetensors, .pth) into a deployable .tvb (BatchNorm folded).
     Convert(tinyvit_host::infer::ConvertArgs),
-    /// Print parameters, weight bytes and arena bytes of every preset, in f32 and in int8.
-    Presets,
+    /// Print parameters, weight bytes and arena bytes of every preset (or of --arch PRESET or
+    /// FILE.toml), in f32 and in int8.
+    Presets(tinyvit_host::presets::PresetsArgs),
     /// Run a teacher over E augmented epochs and store its top-K probabilities + replay seeds.
     SaveLogits(tinyvit_host::save_logits::Args),
     /// Inspect a logit store: verify, stats, show.
@@ -33,6 +34,9 @@ enum Command {
     /// Top-1 and top-5 of a model on a labelled data SPEC (its own evaluation view and
     /// normalisation).
     Eval(tinyvit_host::eval_cmd::Args),
+    /// Progressive model contraction: the best TinyViT under a device budget (flash, arena,
+    /// instructions, params, MACs), every candidate trained from one logit store.
+    Contract(Box<tinyvit_host::contraction::ContractArgs>),
     /// Export a checkpoint to .tvb (BN folded), verified against libtorch on validation data.
     Export(tinyvit_host::export::ExportArgs),
     /// Quantise an f32 model (.tvb or checkpoint) to an int8 .tvb with calibration images;
@@ -74,11 +78,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Infer(args) => tinyvit_host::infer::run(&args),
         Command::Convert(args) => tinyvit_host::infer::convert(&args),
-        Command::Presets => tinyvit_host::presets::run(),
+        Command::Presets(args) => tinyvit_host::presets::run(&args),
         Command::SaveLogits(args) => tinyvit_host::save_logits::main(args),
         Command::Logits(args) => tinyvit_host::logits_cmd::main(args),
         Command::Train(args) => tinyvit_host::train::main(*args),
         Command::Eval(args) => tinyvit_host::eval_cmd::main(args),
+        Command::Contract(args) => tinyvit_host::contraction::main(*args),
         Command::Export(args) => tinyvit_host::export::main(args),
         Command::Quantize(args) => tinyvit_host::quantize::main(args),
         Command::Augment(args) => tinyvit_host::augment::run(&args),

@@ -1,21 +1,19 @@
 //! `tinyvit presets`: what every architecture preset of the core costs, in f32 and in int8.
 //!
-//! Computed from the core's own definitions, so a preset added there appears here: the f32
-//! weights are the folded blob ([`folded_blob_len`]) and the arena the exact engine's
-//! ([`arena_len`]); the int8 weights are the data of the int8 file's layout
-//! ([`int8::layout::data_len`]: `i8` weights, `i32` biases and multipliers) and its arena the
-//! integer engine's ([`int8::arena_len`]). File headers (a few hundred bytes) are not counted.
+//! Computed from the core's own definitions ([`cost::cost`]), so a preset added there appears
+//! here: the f32 weights are the folded blob and the arena the exact engine's; the int8 weights
+//! are the data of the int8 file's layout (`i8` weights, `i32` biases and multipliers) and its
+//! arena the integer engine's; instructions per inference are the core's model, fitted to QEMU
+//! counts of the firmware. File headers (a few hundred bytes) are not counted.
 
 use anyhow::{anyhow, Result};
 use tinyvit_core::config::{ModelConfig, PRESET_NAMES};
-use tinyvit_core::engine::arena_len;
-use tinyvit_core::int8;
-use tinyvit_core::params::{folded_blob_len, param_count};
+use tinyvit_core::cost;
 
 /// One row of `tinyvit presets`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PresetRow {
-    pub name: &'static str,
+    pub name: String,
     pub config: ModelConfig,
     pub params: u64,
     /// Folded f32 weight bytes (what a `.tvb` carries, without its header).
@@ -26,6 +24,26 @@ pub struct PresetRow {
     pub int8_bytes: u64,
     /// Int8-engine arena bytes for one image.
     pub int8_arena_bytes: u64,
+    /// Multiply-accumulates of one inference.
+    pub macs: u64,
+    /// Modelled instructions per inference on Cortex-M4 (`tinyvit_core::cost`): f32, int8.
+    pub m4_instructions: [u64; 2],
+}
+
+/// Sizes of one network, shown as `name`.
+pub fn row(name: &str, cfg: &ModelConfig) -> Result<PresetRow> {
+    let c = cost::cost(cfg).map_err(|e| anyhow!("{name}: {e}"))?;
+    Ok(PresetRow {
+        name: name.to_string(),
+        config: *cfg,
+        params: c.params,
+        weight_bytes: c.f32_bytes,
+        arena_bytes: c.f32_arena_bytes,
+        int8_bytes: c.int8_bytes,
+        int8_arena_bytes: c.int8_arena_bytes,
+        macs: c.macs,
+        m4_instructions: [c.f32_instructions[0], c.int8_instructions[0]],
+    })
 }
 
 /// Sizes of every preset.
@@ -34,19 +52,17 @@ pub fn preset_rows() -> Result<Vec<PresetRow>> {
         .iter()
         .map(|name| {
             let cfg = ModelConfig::preset(name).ok_or_else(|| anyhow!("preset {name}"))?;
-            Ok(PresetRow {
-                name,
-                config: cfg,
-                params: param_count(&cfg),
-                weight_bytes: folded_blob_len(&cfg) as u64 * 4,
-                arena_bytes: arena_len(&cfg).map_err(|e| anyhow!("{name}: {e}"))? as u64 * 4,
-                int8_bytes: int8::layout::data_len(&cfg) as u64,
-                int8_arena_bytes: int8::arena_len(&cfg).map_err(|e| anyhow!("{name}: int8: {e}"))?
-                    as u64
-                    * 4,
-            })
+            row(name, &cfg)
         })
         .collect()
+}
+
+/// `tinyvit presets`' options.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PresetsArgs {
+    /// Show only this architecture: a preset or a FILE.toml (`ModelConfig` as TOML).
+    #[arg(long)]
+    pub arch: Option<String>,
 }
 
 fn bytes(b: u64) -> String {
@@ -57,17 +73,21 @@ fn bytes(b: u64) -> String {
     }
 }
 
-/// Runs `tinyvit presets`: prints a Markdown table.
-pub fn run() -> Result<()> {
+/// Runs `tinyvit presets`: prints a Markdown table of every preset, or of `--arch` alone.
+pub fn run(args: &PresetsArgs) -> Result<()> {
+    let rows = match &args.arch {
+        Some(a) => vec![row(a, &crate::arch::resolve(a)?)?],
+        None => preset_rows()?,
+    };
     println!(
         "| preset | input | classes | params | weights f32 (folded) | exact arena | weights int8 \
-         | int8 arena |"
+         | int8 arena | MACs | instructions M4 f32 / int8 (modelled) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for r in preset_rows()? {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
         let cfg = r.config;
         println!(
-            "| {} | {}x{}x{} | {} | {} | {} | {} | {} ({:.2}x) | {} |",
+            "| {} | {}x{}x{} | {} | {} | {} | {} | {} ({:.2}x) | {} | {} | {} / {} |",
             r.name,
             cfg.in_chans,
             cfg.img_size,
@@ -79,6 +99,9 @@ pub fn run() -> Result<()> {
             bytes(r.int8_bytes),
             r.int8_bytes as f64 / r.weight_bytes as f64,
             bytes(r.int8_arena_bytes),
+            r.macs,
+            r.m4_instructions[0],
+            r.m4_instructions[1],
         );
     }
     Ok(())
@@ -87,6 +110,7 @@ pub fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tinyvit_core::int8;
 
     #[test]
     fn mcu_presets_are_within_budget_in_the_table() {
@@ -105,7 +129,7 @@ mod tests {
         let rows = preset_rows().unwrap();
         assert_eq!(rows.len(), PRESET_NAMES.len());
         for r in &rows {
-            let cfg = ModelConfig::preset(r.name).unwrap();
+            let cfg = ModelConfig::preset(&r.name).unwrap();
             assert_eq!(r.int8_bytes, int8::layout::data_len(&cfg) as u64);
             assert_eq!(
                 r.int8_arena_bytes,

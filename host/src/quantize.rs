@@ -68,7 +68,8 @@ pub struct QuantizeArgs {
     /// Checkpoints carry theirs.
     #[arg(long)]
     pub norm: Option<String>,
-    /// Architecture preset, only for checkpoints without `tinyvit.config` metadata.
+    /// Architecture preset or FILE.toml, only for checkpoints without `tinyvit.config`
+    /// metadata.
     #[arg(long)]
     pub arch: Option<String>,
     /// Activation ranges: `max`, `mse`, or a percentile of the absolute values (`p99.99`).
@@ -246,7 +247,7 @@ pub fn load_f32(path: &Path, norm: Option<&str>, arch: Option<&str>) -> Result<F
         });
     }
     let fallback = match arch {
-        Some(a) => Some(ModelConfig::preset(a).with_context(|| format!("unknown --arch `{a}`"))?),
+        Some(a) => Some(crate::arch::resolve(a)?),
         None => None,
     };
     let ck = checkpoint::load(path, fallback.as_ref())?;

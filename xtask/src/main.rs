@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks. This file only dispatches; one module a task.
 
 mod bench;
+mod cost;
 mod firmware;
 mod fuzz;
 mod install;
@@ -21,6 +22,8 @@ tasks:
   test      run every test, clippy, rustfmt and the no_std device build of the core
   train     the main job: teacher, teacher pass, distilled student, baseline, report
   bench     run the benchmarks and print each figure with its ratio to the named peer
+  cost      count firmware instructions of many configs on QEMU (--measure) and fit the core's
+            instruction model to them (--fit, the default): prints its coefficient table
   install   build the release `tinyvit` command and install it into ~/.cargo/bin
   firmware  build|run|size|eval|bench the Cortex-M firmware [--board B] [--model F.tvb]
             (cargo xtask firmware --help for the options and boards)
@@ -49,6 +52,7 @@ fn task_help(task: &str) -> Option<String> {
         "bench" => "usage: cargo xtask bench\n\nRuns the benchmarks and prints each figure with \
                     its ratio to the named peer (creates the reference Python venv once)."
             .to_string(),
+        "cost" => cost::USAGE.to_string(),
         "install" => "usage: cargo xtask install [CARGO INSTALL ARGS]\n\nBuilds the release \
                       `tinyvit` command and installs it into ~/.cargo/bin."
             .to_string(),
@@ -92,6 +96,7 @@ fn main() {
         Some("test") => test::run(&rest),
         Some("train") => train::run(&rest),
         Some("bench") => bench::run(&rest),
+        Some("cost") => cost::run(&rest),
         Some("install") => install::run(&rest),
         Some("firmware") if rest.first().is_some_and(|c| c == "bench") => replay::bench(&rest[1..]),
         Some("firmware") => firmware::run(&rest),

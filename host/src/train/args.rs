@@ -11,7 +11,8 @@ use crate::device::DeviceArg;
 /// Command-line arguments of `tinyvit train` (every recipe knob is an optional override).
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// Architecture preset (`tinyvit_core::config::PRESET_NAMES`).
+    /// Architecture: a preset (`tinyvit_core::config::PRESET_NAMES`) or a `ModelConfig` as
+    /// TOML (`FILE.toml`, e.g. `tinyvit contract`'s `best.toml`).
     #[arg(long)]
     pub arch: String,
     /// Training data SPEC (`fashion-mnist[:DIR]`, `idx:IMAGES[,LABELS]`, `folder:DIR`, ...);

@@ -189,6 +189,7 @@ pub fn plot_curves(records: &[Record], out: &Path) -> Result<()> {
             name: "train loss",
             color: [31, 119, 180],
             points: &loss,
+            dots: false,
         }],
     );
     if acc.is_empty() {
@@ -209,6 +210,7 @@ pub fn plot_curves(records: &[Record], out: &Path) -> Result<()> {
                 name: "val top-1",
                 color: [214, 39, 40],
                 points: &acc,
+                dots: false,
             }],
         );
     }

@@ -299,13 +299,7 @@ fn resolve(args: &TrainArgs) -> Result<Plan> {
         None => {}
     }
     let target = args.target()?;
-    let mut cfg = ModelConfig::preset(&args.arch).with_context(|| {
-        format!(
-            "unknown --arch `{}` (known: {})",
-            args.arch,
-            tinyvit_core::config::PRESET_NAMES.join(", ")
-        )
-    })?;
+    let mut cfg = crate::arch::resolve(&args.arch)?;
     // Shape overrides known before the data is opened.
     if let Some(n) = args.num_classes {
         cfg.num_classes = n;
