@@ -131,6 +131,22 @@ pub struct Opts {
     /// top-5): the paper's "cleaned labels" row next to labels and distillation.
     #[arg(long)]
     pub clean_baseline: bool,
+    /// Also run a small progressive contraction (`tinyvit contract`) from --contract-from
+    /// under the student preset's board budget, every candidate trained from the run's store
+    /// with the students' recipe and epochs, and report the winner against the hand-picked
+    /// student. Not part of the default run.
+    #[arg(long)]
+    pub contract: bool,
+    /// Starting architecture of --contract (larger than the board allows: the search shrinks
+    /// it into the budget).
+    #[arg(long, default_value = "tiny_vit_mcu_h7")]
+    pub contract_from: String,
+    /// Steps of --contract.
+    #[arg(long, default_value_t = 3)]
+    pub contract_steps: u32,
+    /// Candidates trained per step of --contract.
+    #[arg(long, default_value_t = 3)]
+    pub contract_candidates: u32,
     /// Train every model with N local processes (data-parallel; torchrun's variables, the
     /// rendezvous on 127.0.0.1); the binary is built with the `dist` feature.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -495,6 +511,12 @@ impl Pipeline<'_> {
             ));
         }
 
+        let contraction = if o.contract {
+            Some(self.contract_stage(&store, &data, &kd_s)?)
+        } else {
+            None
+        };
+
         // Export and the device.
         let eval_split = data.test.clone().unwrap_or_else(|| data.val.clone());
         let tvb = self.out.join("student.tvb");
@@ -550,6 +572,9 @@ impl Pipeline<'_> {
             start,
         )?;
         report.push_str(&analysis_section(&analysis.dir)?);
+        if let Some(c) = &contraction {
+            report.push_str(c);
+        }
         let path = self.out.join("report.md");
         std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
         println!("\n{report}");
@@ -562,6 +587,124 @@ impl Pipeline<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `tinyvit contract` from `--contract-from` under the student preset's board budget, from
+    /// the run's store with the students' recipe, epochs and seed; returns the report section
+    /// comparing the winner with the hand-picked student (`kd`, trained from the same store).
+    fn contract_stage(&self, store: &Done, data: &Data, kd: &serde_json::Value) -> Result<String> {
+        let (o, plan) = (self.o, self.plan);
+        if tinyvit_core::config::mcu_budget(&o.arch).is_none() {
+            bail!(
+                "--contract needs an MCU student preset (its board budget), not `{}`",
+                o.arch
+            );
+        }
+        let mut args: Vec<String> = vec![
+            "contract".into(),
+            "--from".into(),
+            o.contract_from.clone(),
+            "--logits".into(),
+            store.dir.display().to_string(),
+            "--data".into(),
+            data.train.clone(),
+            "--val".into(),
+            data.val.clone(),
+            "--mcu".into(),
+            o.arch.clone(),
+            "--img-size".into(),
+            plan.img_size.to_string(),
+            "--epochs".into(),
+            plan.epochs.to_string(),
+            "--batch-size".into(),
+            plan.batch_size.to_string(),
+            "--seed".into(),
+            o.seed.to_string(),
+            "--steps".into(),
+            o.contract_steps.to_string(),
+            "--candidates".into(),
+            o.contract_candidates.to_string(),
+            "--quiet".into(),
+        ];
+        if o.data.is_none() {
+            args.extend(["--num-classes".into(), "10".into()]);
+        }
+        if let Some(r) = &o.recipe {
+            args.extend(["--recipe".into(), r.clone()]);
+        }
+        if let Some(lr) = o.lr {
+            args.extend(["--lr".into(), lr.to_string()]);
+        }
+        args.extend(self.common());
+        let key = format!("{} | {} | {}", data.key, args.join(" "), store.key);
+        let dir = self.out.join("contraction");
+        let done = self.stage("progressive contraction", &dir, &key, |d| {
+            let mut a = args.clone();
+            a.extend(["--out".into(), d.display().to_string()]);
+            self.tinyvit(&a)
+        })?;
+        let state = read_json(&done.dir.join("state.json"))?;
+        let entries = state["entries"]
+            .as_array()
+            .context("contraction/state.json has no entries")?;
+        let val = |e: &serde_json::Value| e["status"]["trained"]["val_top1"].as_f64();
+        let best = entries
+            .iter()
+            .filter(|e| val(e).is_some())
+            .fold(None::<&serde_json::Value>, |b, e| match b {
+                Some(b)
+                    if val(b) > val(e)
+                        || (val(b) == val(e)
+                            && b["figures"]["instructions"].as_u64()
+                                <= e["figures"]["instructions"].as_u64()) =>
+                {
+                    Some(b)
+                }
+                _ => Some(e),
+            })
+            .context("the contraction trained no candidate within budget")?;
+        let student = tinyvit_core::config::ModelConfig::preset(&o.arch)
+            .context("student preset")?
+            .with_img_size(plan.img_size);
+        let sc = tinyvit_core::cost::cost(&student).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut s = String::new();
+        writeln!(
+            s,
+            "\n## Progressive contraction (`tinyvit contract`)\n\nFrom `{}` under the `{}` \
+             board budget (f32 exact engine, Cortex-M4 instructions modelled by \
+             `tinyvit_core::cost`), {} steps of up to {} candidates, each trained from the \
+             store for {} epochs with seed {}: `contraction/report.md`, `contraction/best.toml`, \
+             `contraction/pareto.png`.\n",
+            o.contract_from, o.arch, o.contract_steps, o.contract_candidates, plan.epochs, o.seed
+        )?;
+        writeln!(
+            s,
+            "| model | val top-1 % | params | model bytes | arena bytes | instructions (M4) |"
+        )?;
+        writeln!(s, "|---|---|---|---|---|---|")?;
+        writeln!(
+            s,
+            "| hand-picked `{}` (student-distilled) | {} | {} | {} | {} | {} |",
+            o.arch,
+            f(kd, "val_top1").map_or("-".into(), |v| format!("{v:.2}")),
+            sc.params,
+            sc.f32_bytes,
+            sc.f32_arena_bytes,
+            sc.f32_instructions[0]
+        )?;
+        let fg = &best["figures"];
+        writeln!(
+            s,
+            "| contracted winner (step {}, `{}`) | {:.2} | {} | {} | {} | {} |",
+            best["step"],
+            best["moves"].as_str().unwrap_or(""),
+            val(best).unwrap_or(f64::NAN),
+            fg["params"],
+            fg["model_bytes"],
+            fg["arena_bytes"],
+            fg["instructions"]
+        )?;
+        Ok(s)
     }
 
     fn data(&self) -> Result<Data> {
