@@ -363,7 +363,7 @@ fn a_store_run_measures_unlabelled_validation_against_the_stores_teacher() {
     };
     let e = fails(export("0"));
     assert!(
-        e.contains("holds no images: the export cannot be checked"),
+        e.contains("holds no images") && !e.contains("\"checked\""),
         "{e}"
     );
     let o = ok(export("5"));
