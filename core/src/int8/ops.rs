@@ -935,13 +935,13 @@ mod tests {
                 .map(|_| {
                     let v = splitmix64(&mut s);
                     if extreme {
-                        if v % 2 == 0 {
+                        if v.is_multiple_of(2) {
                             127
                         } else {
                             -127
                         }
                     } else {
-                        (v % 255) as i8 / if v % 3 == 0 { 1 } else { 8 }
+                        (v % 255) as i8 / if v.is_multiple_of(3) { 1 } else { 8 }
                     }
                 })
                 .collect();
