@@ -1301,7 +1301,7 @@ impl Pipeline<'_> {
     /// `tinyvit plot` from `k_sweep.json` (both in the run folder).
     fn k_sweep_png(&self, k_table: &[(u32, Option<f64>, Option<f64>)]) -> Result<()> {
         let json = self.out.join("k_sweep.json");
-        let spec = k_sweep_spec(k_table, &test_name(self.o));
+        let spec = k_sweep_spec(k_table, test_name(self.o));
         std::fs::write(&json, serde_json::to_string_pretty(&spec)?)
             .with_context(|| format!("writing {}", json.display()))?;
         let png = self.out.join("k_sweep.png");
@@ -1373,10 +1373,13 @@ impl Pipeline<'_> {
 }
 
 /// Which split the report's second accuracy column is.
+/// One row of the K sweep: K, validation and test top-1.
+type KRow = (u32, Option<f64>, Option<f64>);
+
 /// The chart description `tinyvit plot` draws as `k_sweep.png`: one series per split, a point
 /// per K with a measured top-1.
-fn k_sweep_spec(k_table: &[(u32, Option<f64>, Option<f64>)], test_name: &str) -> Value {
-    let series = |name: &str, pick: fn(&(u32, Option<f64>, Option<f64>)) -> Option<f64>| {
+fn k_sweep_spec(k_table: &[KRow], test_name: &str) -> Value {
+    let series = |name: &str, pick: fn(&KRow) -> Option<f64>| {
         let points: Vec<Value> = k_table
             .iter()
             .filter_map(|row| pick(row).map(|v| serde_json::json!([row.0, v])))
