@@ -124,6 +124,7 @@ impl Chart {
                 name,
                 color,
                 points,
+                dots: false,
             })
             .collect();
         chart(
