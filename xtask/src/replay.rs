@@ -291,7 +291,7 @@ fn corrupt_copies(case: &Case, prefix: &str) -> Result<Vec<Case>> {
     flipped[mid] ^= 0x40;
     let truncated = bytes[..bytes.len() / 2].to_vec();
     // The format version (u32 after the 8-byte magic) of a future file: past the newest the
-    // core knows (2, int8).
+    // core knows (int8::file::VERSION).
     let mut newer = bytes.clone();
     newer[8..12].copy_from_slice(&(tinyvit_core::int8::file::VERSION + 1).to_le_bytes());
     let mut out = Vec::new();
