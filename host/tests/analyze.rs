@@ -8,13 +8,10 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{fails, ok, tmpdir, BIN};
-use tch::{Device, Kind, Tensor};
+use support::{brightness_pass, fails, ok, tmpdir, BIN};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::engine::fold::fold_state_dict;
 use tinyvit_core::params::synthetic_state_dict;
-use tinyvit_host::save_logits;
-use tinyvit_host::teacher::{Identity, Teacher};
 
 /// Writes a `.tvb` of the `tiny_vit_mcu_m4` preset with synthetic weights from `seed`.
 fn synthetic_tvb(path: &Path, seed: u64) {
@@ -117,36 +114,6 @@ fn correlation_refuses_a_model_with_other_classes() {
     );
 }
 
-/// A teacher that reads the class from an image's brightness (class `c` images are the grey
-/// level `20 c + 10`) and answers a peaked distribution around it.
-struct BrightnessTeacher {
-    mean: f32,
-    std: f32,
-}
-
-impl Teacher for BrightnessTeacher {
-    fn logits(&self, batch: &Tensor) -> anyhow::Result<Tensor> {
-        let m = batch.mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
-        let level = (m * f64::from(self.std) + f64::from(self.mean)) * 255.0;
-        let class = ((level - 10.0) / 20.0).round().clamp(0.0, 9.0);
-        let classes = Tensor::arange(10, (Kind::Float, Device::Cpu)).view([1, 10]);
-        // Logits fall with the distance from the class: the top-5 are the class and its
-        // nearest neighbours, never a class 5 away.
-        let dist = (classes - class.view([-1, 1])).abs();
-        Ok(dist * -2.0)
-    }
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-    fn identity(&self) -> Identity {
-        Identity {
-            kind: "test".into(),
-            file: "brightness".into(),
-            sha256: "0".repeat(64),
-        }
-    }
-}
-
 /// IDX files of `n` 28x28 images, class `i % 10` drawn as grey level `20 c + 10` with a faint
 /// texture, labelled `i % 10` except for `planted`, whose labels are moved 5 classes away.
 fn planted_idx(dir: &Path, n: u32, planted: &[u32]) -> String {
@@ -182,17 +149,7 @@ fn hard_samples_are_the_planted_label_errors() {
     let planted = [3u32, 17, 42, 58, 99, 111];
     let data = planted_idx(&d, 120, &planted);
     let store = d.join("store");
-    let mut cfg = save_logits::PassConfig::new(&data, &store, 2, 5);
-    cfg.aug_preset = "plain".into();
-    cfg.aug = tinyvit_core::aug::preset("plain").unwrap();
-    cfg.aug.size = 28;
-    cfg.progress = false;
-    cfg.workers = 1;
-    let teacher = BrightnessTeacher {
-        mean: cfg.aug.mean[0],
-        std: cfg.aug.std[0],
-    };
-    save_logits::run(&cfg, &teacher).unwrap();
+    brightness_pass(&data, &store, 2, 5);
 
     let out = d.join("hard");
     let mut c = Command::new(BIN);

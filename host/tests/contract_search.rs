@@ -10,38 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{ok, tmpdir, BIN, CPU_QUIET};
-use tch::{Device, Kind, Tensor};
+use support::{brightness_pass, ok, tmpdir, BIN, CPU_QUIET};
 use tinyvit_core::config::ModelConfig;
 use tinyvit_core::params::param_count;
-use tinyvit_host::save_logits;
-use tinyvit_host::teacher::{Identity, Teacher};
-
-/// Reads the class from the image's brightness (class `c` images are grey level `20 c + 10`).
-struct BrightnessTeacher {
-    mean: f32,
-    std: f32,
-}
-
-impl Teacher for BrightnessTeacher {
-    fn logits(&self, batch: &Tensor) -> anyhow::Result<Tensor> {
-        let m = batch.mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
-        let level = (m * f64::from(self.std) + f64::from(self.mean)) * 255.0;
-        let class = ((level - 10.0) / 20.0).round().clamp(0.0, 9.0);
-        let classes = Tensor::arange(10, (Kind::Float, Device::Cpu)).view([1, 10]);
-        Ok((classes - class.view([-1, 1])).abs() * -2.0)
-    }
-    fn device(&self) -> Device {
-        Device::Cpu
-    }
-    fn identity(&self) -> Identity {
-        Identity {
-            kind: "test".into(),
-            file: "brightness".into(),
-            sha256: "0".repeat(64),
-        }
-    }
-}
 
 /// Labelled IDX files of `n` 28x28 images, class `i % 10` drawn as grey level `20 c + 10`.
 fn brightness_idx(dir: &Path, name: &str, n: u32, offset: u32) -> String {
@@ -84,17 +55,7 @@ fn task(name: &str) -> Task {
     let data = brightness_idx(&dir, "train", 40, 0);
     let val = brightness_idx(&dir, "val", 20, 3);
     let store = dir.join("store");
-    let mut cfg = save_logits::PassConfig::new(&data, &store, 1, 3);
-    cfg.aug_preset = "plain".into();
-    cfg.aug = tinyvit_core::aug::preset("plain").unwrap();
-    cfg.aug.size = 28;
-    cfg.progress = false;
-    cfg.workers = 1;
-    let teacher = BrightnessTeacher {
-        mean: cfg.aug.mean[0],
-        std: cfg.aug.std[0],
-    };
-    save_logits::run(&cfg, &teacher).unwrap();
+    brightness_pass(&data, &store, 1, 3);
     let from_cfg = ModelConfig {
         in_chans: 1,
         img_size: 28,
@@ -120,9 +81,9 @@ fn task(name: &str) -> Task {
     }
 }
 
-/// `tinyvit contract` over the task: `steps` steps of 2 candidates, 1 epoch, and a parameter
-/// budget one below the starting config's (so that it is over budget and never trained).
-fn contract(t: &Task, out: &Path, steps: u32) -> Command {
+/// `tinyvit contract` over the task under `budget`: `steps` steps of `candidates` candidates,
+/// 1 epoch each.
+fn search(t: &Task, out: &Path, budget: &[&str], steps: u32, candidates: u32) -> Command {
     let mut c = Command::new(BIN);
     c.arg("contract")
         .arg("--from")
@@ -130,13 +91,21 @@ fn contract(t: &Task, out: &Path, steps: u32) -> Command {
         .arg("--logits")
         .arg(&t.store)
         .args(["--data", &t.data, "--val", &t.val])
-        .args(["--max-params", &(param_count(&t.from_cfg) - 1).to_string()])
-        .args(["--steps", &steps.to_string(), "--candidates", "2"])
+        .args(budget)
+        .args(["--steps", &steps.to_string()])
+        .args(["--candidates", &candidates.to_string()])
         .args(["--epochs", "1", "--batch-size", "8", "--seed", "5"])
         .args(CPU_QUIET)
         .arg("--out")
         .arg(out);
     c
+}
+
+/// `tinyvit contract` over the task: `steps` steps of 2 candidates, 1 epoch, and a parameter
+/// budget one below the starting config's (so that it is over budget and never trained).
+fn contract(t: &Task, out: &Path, steps: u32) -> Command {
+    let max = (param_count(&t.from_cfg) - 1).to_string();
+    search(t, out, &["--max-params", &max], steps, 2)
 }
 
 fn state(out: &Path) -> serde_json::Value {
@@ -268,4 +237,68 @@ fn resume_after_sigkill_gives_the_same_best() {
             .unwrap()
             .replace(whole.to_str().unwrap(), killed.to_str().unwrap())
     );
+    // Two candidates at once, each in its own `tinyvit train` process: the same search.
+    let par = t.dir.join("parallel");
+    let mut p = contract(&t, &par, 2);
+    p.args(["--jobs", "2"]);
+    ok(p);
+    assert_eq!(state(&par)["entries"], b["entries"]);
+    assert_eq!(
+        std::fs::read_to_string(par.join("best.toml")).unwrap(),
+        std::fs::read_to_string(whole.join("best.toml")).unwrap()
+    );
+    assert!(par.join("logs").read_dir().unwrap().count() >= 2);
+}
+
+/// `tinyvit contract` over the task with only a host latency budget: one step, one candidate.
+fn contract_latency(t: &Task, out: &Path, ms: &str) -> Command {
+    search(
+        t,
+        out,
+        &["--max-latency-ms", ms, "--latency-engine", "exact"],
+        1,
+        1,
+    )
+}
+
+#[test]
+fn a_latency_budget_is_measured_and_enforced() {
+    let t = task("latency");
+    // A budget no model meets: every config is measured, listed over it, never trained.
+    let tight = t.dir.join("tight");
+    let err = support::fails(contract_latency(&t, &tight, "0.001"));
+    assert!(err.contains("no candidate within budget"), "{err}");
+    let s = state(&tight);
+    let entries = s["entries"].as_array().unwrap();
+    assert!(entries.len() > 1, "{s}");
+    for e in entries {
+        assert_eq!(e["status"]["over_budget"]["limits"][0], "latency", "{e}");
+        assert!(e["figures"]["latency_us"].as_u64().unwrap() > 1, "{e}");
+    }
+    assert!(!tight.join("runs").exists());
+    // A budget every model meets: trained, with the measured latency in the report.
+    let loose = t.dir.join("loose");
+    ok(contract_latency(&t, &loose, "100000"));
+    let s = state(&loose);
+    let trained: Vec<_> = s["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"]["trained"].is_object())
+        .collect();
+    assert_eq!(trained.len(), 2, "{s}");
+    for e in &trained {
+        assert!(e["figures"]["latency_us"].as_u64().unwrap() > 1, "{e}");
+    }
+    let report = std::fs::read_to_string(loose.join("report.md")).unwrap();
+    assert!(report.contains("latency us"), "{report}");
+    assert!(
+        report.contains("on the `exact` engine (measured)"),
+        "{report}"
+    );
+    // A resume reuses the recorded measurements, so it decides exactly as the search did.
+    let mut again = contract_latency(&t, &loose, "100000");
+    again.arg("--resume");
+    ok(again);
+    assert_eq!(state(&loose)["entries"], s["entries"]);
 }

@@ -147,6 +147,11 @@ pub struct Opts {
     /// Candidates trained per step of --contract.
     #[arg(long, default_value_t = 3)]
     pub contract_candidates: u32,
+    /// The device engine --contract prices candidates for (`f32` or `int8`): the board budget
+    /// then holds the engine's model bytes, arena and instructions. int8 writes
+    /// `contraction-int8/`, so both searches can sit in one run.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
+    pub contract_engine: String,
     /// Train every model with N local processes (data-parallel; torchrun's variables, the
     /// rendezvous on 127.0.0.1); the binary is built with the `dist` feature.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -624,6 +629,8 @@ impl Pipeline<'_> {
             o.contract_steps.to_string(),
             "--candidates".into(),
             o.contract_candidates.to_string(),
+            "--engine".into(),
+            o.contract_engine.clone(),
             "--quiet".into(),
         ];
         if o.data.is_none() {
@@ -637,7 +644,13 @@ impl Pipeline<'_> {
         }
         args.extend(self.common());
         let key = format!("{} | {} | {}", data.key, args.join(" "), store.key);
-        let dir = self.out.join("contraction");
+        let int8 = o.contract_engine == "int8";
+        let dir_name = if int8 {
+            "contraction-int8"
+        } else {
+            "contraction"
+        };
+        let dir = self.out.join(dir_name);
         let done = self.stage("progressive contraction", &dir, &key, |d| {
             let mut a = args.clone();
             a.extend(["--out".into(), d.display().to_string()]);
@@ -646,7 +659,7 @@ impl Pipeline<'_> {
         let state = read_json(&done.dir.join("state.json"))?;
         let entries = state["entries"]
             .as_array()
-            .context("contraction/state.json has no entries")?;
+            .with_context(|| format!("{dir_name}/state.json has no entries"))?;
         let val = |e: &serde_json::Value| e["status"]["trained"]["val_top1"].as_f64();
         let best = entries
             .iter()
@@ -667,15 +680,29 @@ impl Pipeline<'_> {
             .context("student preset")?
             .with_img_size(plan.img_size);
         let sc = tinyvit_core::cost::cost(&student).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (bytes, arena, instr) = if int8 {
+            (sc.int8_bytes, sc.int8_arena_bytes, sc.int8_instructions[0])
+        } else {
+            (sc.f32_bytes, sc.f32_arena_bytes, sc.f32_instructions[0])
+        };
         let mut s = String::new();
         writeln!(
             s,
-            "\n## Progressive contraction (`tinyvit contract`)\n\nFrom `{}` under the `{}` \
-             board budget (f32 exact engine, Cortex-M4 instructions modelled by \
-             `tinyvit_core::cost`), {} steps of up to {} candidates, each trained from the \
-             store for {} epochs with seed {}: `contraction/report.md`, `contraction/best.toml`, \
-             `contraction/pareto.png`.\n",
-            o.contract_from, o.arch, o.contract_steps, o.contract_candidates, plan.epochs, o.seed
+            "\n## Progressive contraction (`tinyvit contract`, {} engine)\n\nFrom `{}` under the \
+             `{}` board budget ({} device engine: its model bytes, arena and Cortex-M4 \
+             instructions, modelled by `tinyvit_core::cost`), {} steps of up to {} candidates, \
+             each trained from the store for {} epochs with seed {}: `{dir_name}/report.md`, \
+             `{dir_name}/best.toml`, `{dir_name}/pareto.png`. Figures below are the {} \
+             engine's.\n",
+            o.contract_engine,
+            o.contract_from,
+            o.arch,
+            o.contract_engine,
+            o.contract_steps,
+            o.contract_candidates,
+            plan.epochs,
+            o.seed,
+            o.contract_engine
         )?;
         writeln!(
             s,
@@ -688,9 +715,9 @@ impl Pipeline<'_> {
             o.arch,
             f(kd, "val_top1").map_or("-".into(), |v| format!("{v:.2}")),
             sc.params,
-            sc.f32_bytes,
-            sc.f32_arena_bytes,
-            sc.f32_instructions[0]
+            bytes,
+            arena,
+            instr
         )?;
         let fg = &best["figures"];
         writeln!(
@@ -1655,6 +1682,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--profile full and --quick"), "{e}");
+    }
+
+    #[test]
+    fn the_contraction_engine_is_f32_or_int8() {
+        assert_eq!(opts(&["--contract"]).unwrap().contract_engine, "f32");
+        let o = opts(&["--contract", "--contract-engine", "int8"]).unwrap();
+        assert_eq!(o.contract_engine, "int8");
+        let e = opts(&["--contract", "--contract-engine", "fp16"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fp16"), "{e}");
     }
 
     #[test]

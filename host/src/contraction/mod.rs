@@ -5,9 +5,12 @@
 //! (`tinyvit_core::contraction`), prices each with the core's cost model
 //! (`tinyvit_core::cost`), lists those over budget without training them, and trains up to
 //! `--candidates` of the others with `tinyvit train`'s own code, from the same store with the
-//! same recipe, seed and epochs. The candidate with the best val top-1 seeds the next step
-//! (when none fits the budget, the one nearest to it does, untrained). The `--from` config is
-//! trained too when it fits, as the reference.
+//! same recipe, seed and epochs: one after another in this process, or `--jobs` at once, each a
+//! child `tinyvit train` on its own device of `--devices`. The candidate with the best val
+//! top-1 seeds the next step (when none fits the budget, the one nearest to it does,
+//! untrained). The `--from` config is trained too when it fits, as the reference. A host
+//! latency limit (`--max-latency-ms`) is measured once per config on `--latency-engine` and
+//! recorded with the config's figures.
 //!
 //! `DIR/state.json` is rewritten atomically after every candidate; `--resume` replays the same
 //! deterministic search and trains only what the state does not hold (a candidate whose
@@ -64,6 +67,15 @@ pub struct ContractArgs {
     /// Most arena bytes (of --engine); overrides --mcu's RAM.
     #[arg(long)]
     pub max_arena_bytes: Option<u64>,
+    /// Most milliseconds per single-image inference on the host engine --latency-engine
+    /// (median of 5 timed runs after a warm-up, synthetic weights); measured once per config
+    /// and recorded, so a resumed search decides as the first did.
+    #[arg(long)]
+    pub max_latency_ms: Option<f64>,
+    /// The host engine --max-latency-ms is measured on: `fast` (GEMM) or `exact` (the scalar
+    /// engine the device runs).
+    #[arg(long, default_value = "fast")]
+    pub latency_engine: String,
     /// The device engine the budget is for: `f32` (exact) or `int8`.
     #[arg(long, default_value = "f32")]
     pub engine: String,
@@ -107,8 +119,18 @@ pub struct ContractArgs {
     #[arg(long)]
     pub lr: Option<f64>,
     /// Passed to every `tinyvit train` run (`auto`, `cpu`, `cuda`, `cuda:N`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "devices")]
     pub device: Option<String>,
+    /// Train a step's candidates in parallel, one `tinyvit train` process per device of this
+    /// comma-separated list (`cuda:0,cuda:1`); sets --jobs to the list's length unless given.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Candidates trained at once, each in its own `tinyvit train` process (1: one after
+    /// another, in this process). The results do not depend on it: every run has its own seed
+    /// and the state lists candidates in the search's order. On a CPU, give --threads so the
+    /// jobs share the cores.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
     /// Passed to every `tinyvit train` run.
     #[arg(long)]
     pub threads: Option<i32>,
@@ -128,6 +150,9 @@ pub struct Budget {
     pub model_bytes: Option<u64>,
     pub arena_bytes: Option<u64>,
     pub instructions: Option<u64>,
+    /// Microseconds per inference on the host latency engine.
+    #[serde(default)]
+    pub latency_us: Option<u64>,
 }
 
 /// The figures of one config the budget and the report use.
@@ -141,6 +166,10 @@ pub struct Figures {
     pub arena_bytes: u64,
     /// Modelled instructions of the budget's engine on the budget's core.
     pub instructions: u64,
+    /// Measured microseconds per inference on the host latency engine (only when the budget
+    /// has a latency limit).
+    #[serde(default)]
+    pub latency_us: Option<u64>,
 }
 
 /// What the search prices configs with.
@@ -179,6 +208,7 @@ impl Pricing {
                 model_bytes: c.f32_bytes,
                 arena_bytes: c.f32_arena_bytes,
                 instructions: c.f32_instructions[k],
+                latency_us: None,
             },
             Engine::Int8 => Figures {
                 params: c.params,
@@ -186,6 +216,7 @@ impl Pricing {
                 model_bytes: c.int8_bytes,
                 arena_bytes: c.int8_arena_bytes,
                 instructions: c.int8_instructions[k],
+                latency_us: None,
             },
         })
     }
@@ -221,6 +252,11 @@ impl Budget {
                 v.push(name);
             }
         }
+        if let (Some(l), Some(us)) = (self.latency_us, f.latency_us) {
+            if us > l {
+                v.push("latency");
+            }
+        }
         v
     }
 
@@ -232,6 +268,7 @@ impl Budget {
             (self.model_bytes, f.model_bytes),
             (self.arena_bytes, f.arena_bytes),
             (self.instructions, f.instructions),
+            (self.latency_us, f.latency_us.unwrap_or(0)),
         ]
         .iter()
         .filter_map(|(l, v)| l.map(|l| *v as f64 / l.max(1) as f64))
@@ -307,10 +344,18 @@ pub fn budget_of(args: &ContractArgs, from: &ModelConfig) -> Result<(Budget, Pri
             *slot = v;
         }
     }
+    if let Some(ms) = args.max_latency_ms {
+        ensure!(
+            ms.is_finite() && ms > 0.0,
+            "--max-latency-ms {ms}: give a positive number of milliseconds"
+        );
+        latency_engine(&args.latency_engine)?;
+        b.latency_us = Some((ms * 1000.0).round() as u64);
+    }
     ensure!(
         !b.is_empty(),
         "give a budget: --mcu BOARD and/or --max-params, --max-macs, --max-instructions, \
-         --max-model-bytes, --max-arena-bytes"
+         --max-model-bytes, --max-arena-bytes, --max-latency-ms"
     );
     Ok((b, pricing))
 }
@@ -363,7 +408,7 @@ fn key_of(args: &ContractArgs, from: &ModelConfig, budget: &Budget, pricing: &Pr
     format!(
         "from {:?} | logits {} | data {:?} | val {} | budget {budget:?} | pricing {pricing:?} | \
          steps {} | candidates {} | epochs {} | seed {} | batch {:?} | recipe {:?} | lr {:?} | \
-         threads {:?}",
+         threads {:?}{}",
         from,
         args.logits.display(),
         args.data,
@@ -375,7 +420,12 @@ fn key_of(args: &ContractArgs, from: &ModelConfig, budget: &Budget, pricing: &Pr
         args.batch_size,
         args.recipe,
         args.lr,
-        args.threads
+        args.threads,
+        if budget.latency_us.is_some() {
+            format!(" | latency engine {}", args.latency_engine)
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -403,6 +453,18 @@ fn from_config(args: &ContractArgs) -> Result<ModelConfig> {
     Ok(c)
 }
 
+/// The order of a step's candidates when its config is over budget, by their ratio to the
+/// budget ([`Budget::ratio`]): those that fit first, the largest first; then the rest, the
+/// nearest to the budget first.
+fn over_budget_order(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a <= 1.0, b <= 1.0) {
+        (true, true) => b.total_cmp(&a),
+        (false, false) => a.total_cmp(&b),
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+    }
+}
+
 /// SplitMix64-driven Fisher-Yates shuffle (the candidate order of a step).
 fn shuffle<T>(v: &mut [T], seed: u64) {
     let mut s = seed;
@@ -420,8 +482,14 @@ fn save(dir: &Path, state: &State) -> Result<()> {
     )
 }
 
-/// Trains `cfg` (written to `DIR/configs/ID.toml`) with the search's recipe; returns val top-1.
-fn train(args: &ContractArgs, cfg: &ModelConfig) -> Result<f64> {
+/// The `tinyvit train` arguments (after `train`) that train `cfg` with the search's recipe on
+/// `device`, after writing `DIR/configs/ID.toml` and removing any earlier, cut-off run of it;
+/// returns them with the run folder.
+fn train_args(
+    args: &ContractArgs,
+    cfg: &ModelConfig,
+    device: Option<&str>,
+) -> Result<(Vec<String>, PathBuf)> {
     let id = config_id(cfg);
     let cfg_dir = args.out.join("configs");
     std::fs::create_dir_all(&cfg_dir)?;
@@ -460,12 +528,23 @@ fn train(args: &ContractArgs, cfg: &ModelConfig) -> Result<f64> {
     );
     opt(&mut a, "--recipe", args.recipe.clone());
     opt(&mut a, "--lr", args.lr.map(|v| v.to_string()));
-    opt(&mut a, "--device", args.device.clone());
+    opt(
+        &mut a,
+        "--device",
+        device.map(str::to_string).or_else(|| args.device.clone()),
+    );
     opt(&mut a, "--threads", args.threads.map(|v| v.to_string()));
     opt(&mut a, "--workers", args.workers.map(|v| v.to_string()));
     if args.quiet {
         a.push("--quiet".into());
     }
+    Ok((a, run))
+}
+
+/// Trains `cfg` in this process with the search's recipe; returns val top-1.
+fn train(args: &ContractArgs, cfg: &ModelConfig) -> Result<f64> {
+    let (a, _) = train_args(args, cfg, None)?;
+    let toml = &a[2];
     #[derive(Parser)]
     struct One {
         #[command(subcommand)]
@@ -477,12 +556,202 @@ fn train(args: &ContractArgs, cfg: &ModelConfig) -> Result<f64> {
     }
     let One {
         cmd: Sub::Train(targs),
-    } = One::try_parse_from(std::iter::once("tinyvit".to_string()).chain(a))
+    } = One::try_parse_from(std::iter::once("tinyvit".to_string()).chain(a.iter().cloned()))
         .map_err(|e| anyhow!("the training flags: {e}"))?;
-    eprintln!("contract: training {} ({id})", toml.display());
-    let s = crate::train::run(&targs).with_context(|| format!("training {}", toml.display()))?;
+    eprintln!("contract: training {toml} ({})", config_id(cfg));
+    let s = crate::train::run(&targs).with_context(|| format!("training {toml}"))?;
     s.val_top1
-        .with_context(|| format!("training {} reported no val top-1", toml.display()))
+        .with_context(|| format!("training {toml} reported no val top-1"))
+}
+
+/// Trains `cfg` in a child `tinyvit train` process on `device` (its output in
+/// `DIR/logs/ID.log`); returns val top-1 from the run's `summary.json`.
+fn train_child(args: &ContractArgs, cfg: &ModelConfig, device: Option<&str>) -> Result<f64> {
+    let (a, run) = train_args(args, cfg, device)?;
+    let id = config_id(cfg);
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log_path = logs.join(format!("{id}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("finding the tinyvit binary")?;
+    eprintln!(
+        "contract: training {} ({id}) on {}, log {}",
+        a[2],
+        device.unwrap_or("the default device"),
+        log_path.display()
+    );
+    let status = std::process::Command::new(&exe)
+        .args(&a)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .with_context(|| format!("starting {} {}", exe.display(), a.join(" ")))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "training {} failed ({status}); the end of {}:\n{}",
+            a[2],
+            log_path.display(),
+            tail.join("\n")
+        );
+    }
+    let summary = run.join("summary.json");
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&summary)
+            .with_context(|| format!("reading {}", summary.display()))?,
+    )
+    .with_context(|| format!("parsing {}", summary.display()))?;
+    v["val_top1"]
+        .as_f64()
+        .with_context(|| format!("{}: no `val_top1`", summary.display()))
+}
+
+/// The host engine a latency budget is measured on.
+fn latency_engine(name: &str) -> Result<crate::infer::Engine> {
+    match name {
+        "fast" => Ok(crate::infer::Engine::Fast),
+        "exact" => Ok(crate::infer::Engine::Exact),
+        e => bail!("--latency-engine `{e}`: use fast or exact"),
+    }
+}
+
+/// Median microseconds of one single-image inference of `cfg` on the host `engine`: synthetic
+/// weights, one warm-up run, then 5 timed runs (the weights packed before timing).
+pub fn measure_latency_us(cfg: &ModelConfig, engine: crate::infer::Engine) -> Result<u64> {
+    use tinyvit_core::engine::{exact, fast::FastModel, input_len, Weights};
+    let sd = tinyvit_core::params::synthetic_state_dict(cfg, 1);
+    let blob = tinyvit_core::engine::fold::fold_state_dict(cfg, |name| {
+        sd.iter()
+            .find(|t| t.name == name)
+            .map(|t| t.values.as_slice())
+    })
+    .map_err(|e| anyhow!("folding synthetic weights: {e}"))?;
+    let w = Weights::new(cfg, &blob).map_err(|e| anyhow!("{e}"))?;
+    let input = vec![0.1f32; input_len(cfg).map_err(|e| anyhow!("{e}"))?];
+    let mut logits = vec![0f32; cfg.num_classes as usize];
+    let mut times = Vec::with_capacity(6);
+    match engine {
+        crate::infer::Engine::Fast => {
+            let m = FastModel::new(&w).map_err(|e| anyhow!("{e}"))?;
+            for _ in 0..6 {
+                let t = std::time::Instant::now();
+                m.forward(&input, &mut logits).map_err(|e| anyhow!("{e}"))?;
+                times.push(t.elapsed());
+            }
+        }
+        crate::infer::Engine::Exact => {
+            let plan = w.limits().check_exact(cfg).map_err(|e| anyhow!("{e}"))?;
+            let mut arena = vec![0f32; plan.total()];
+            for _ in 0..6 {
+                let t = std::time::Instant::now();
+                exact::forward(&w, &input, &mut arena, &mut logits).map_err(|e| anyhow!("{e}"))?;
+                times.push(t.elapsed());
+            }
+        }
+        crate::infer::Engine::Tch => bail!("latency is measured on the fast or exact engine"),
+    }
+    let mut timed: Vec<u128> = times[1..].iter().map(|d| d.as_micros()).collect();
+    timed.sort_unstable();
+    Ok(u64::try_from(timed[timed.len() / 2])
+        .unwrap_or(u64::MAX)
+        .max(1))
+}
+
+/// A candidate of the current step: priced, trained or not yet.
+struct Row {
+    step: u32,
+    moves: String,
+    config: ModelConfig,
+    figures: Figures,
+    /// `None` until trained.
+    status: Option<Status>,
+}
+
+impl Row {
+    fn entry(&self) -> Option<Entry> {
+        Some(Entry {
+            step: self.step,
+            moves: self.moves.clone(),
+            config: self.config,
+            figures: self.figures,
+            status: self.status.clone()?,
+            chosen: false,
+        })
+    }
+}
+
+/// Trains the rows not yet trained (one after another in this process, or `--jobs` child
+/// processes at once over `--devices`), writes `state.json` after each, and appends the rows
+/// to `state` in their order.
+fn settle(args: &ContractArgs, state: &mut State, mut rows: Vec<Row>) -> Result<()> {
+    let snapshot = |state: &State, rows: &[Row]| -> Result<()> {
+        let mut s = state.clone();
+        s.entries.extend(rows.iter().filter_map(Row::entry));
+        save(&args.out, &s)
+    };
+    let pending: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].status.is_none())
+        .collect();
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| u32::try_from(args.devices.len()).unwrap_or(1).max(1))
+        as usize;
+    if jobs == 1 && args.devices.len() <= 1 {
+        for &i in &pending {
+            let val_top1 = if args.devices.is_empty() {
+                train(args, &rows[i].config)?
+            } else {
+                train_child(args, &rows[i].config, Some(&args.devices[0]))?
+            };
+            rows[i].status = Some(Status::Trained { val_top1 });
+            snapshot(state, &rows)?;
+        }
+    } else if !pending.is_empty() {
+        let cfgs: Vec<ModelConfig> = rows.iter().map(|r| r.config).collect();
+        let queue = std::sync::Mutex::new(
+            pending
+                .iter()
+                .copied()
+                .collect::<std::collections::VecDeque<_>>(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<f64>)>();
+        let mut failed: Option<anyhow::Error> = None;
+        std::thread::scope(|sc| {
+            for slot in 0..jobs.min(pending.len()) {
+                let (tx, queue, cfgs) = (tx.clone(), &queue, &cfgs);
+                let device = (!args.devices.is_empty())
+                    .then(|| args.devices[slot % args.devices.len()].as_str());
+                sc.spawn(move || loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some(i) = next else { break };
+                    if tx.send((i, train_child(args, &cfgs[i], device))).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            for (i, r) in rx {
+                let saved = r.and_then(|val_top1| {
+                    rows[i].status = Some(Status::Trained { val_top1 });
+                    snapshot(state, &rows)
+                });
+                if let Err(e) = saved {
+                    // No new candidate starts; those running finish and are recorded.
+                    queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    failed.get_or_insert(e);
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    state.entries.extend(rows.iter().filter_map(Row::entry));
+    save(&args.out, state)
 }
 
 /// Runs `tinyvit contract`.
@@ -567,34 +836,51 @@ pub fn run(args: &ContractArgs) -> Result<State> {
             .find(|e| e.step == step && e.config == *cfg)
             .map(|e| e.status.clone())
     };
-    let evaluate =
-        |state: &mut State, step: u32, moves: String, cfg: ModelConfig| -> Result<bool> {
-            let figures = pricing.figures(&cfg)?;
-            let over = budget.over(&figures);
-            let status = if !over.is_empty() {
-                Status::OverBudget {
-                    limits: over.iter().map(|s| s.to_string()).collect(),
-                }
-            } else if let Some(s @ Status::Trained { .. }) = known(step, &cfg) {
-                s
-            } else {
-                Status::Trained {
-                    val_top1: train(args, &cfg)?,
-                }
-            };
-            let trained = matches!(status, Status::Trained { .. });
-            state.entries.push(Entry {
-                step,
-                moves,
-                config: cfg,
-                figures,
-                status,
-                chosen: false,
-            });
-            save(&args.out, state)?;
-            Ok(trained)
+    let lat_engine = match budget.latency_us {
+        Some(_) => Some(latency_engine(&args.latency_engine)?),
+        None => None,
+    };
+    // The figures of `cfg`; with a latency limit, its host latency too when the modelled
+    // figures fit (measured once per config: a recorded measurement is reused).
+    let price = |state: &State, cfg: &ModelConfig| -> Result<Figures> {
+        let mut f = pricing.figures(cfg)?;
+        if let Some(engine) = lat_engine {
+            if budget.over(&f).is_empty() {
+                let recorded = state
+                    .entries
+                    .iter()
+                    .chain(old.iter().flat_map(|o| o.entries.iter()))
+                    .find(|e| e.config == *cfg)
+                    .and_then(|e| e.figures.latency_us);
+                f.latency_us = Some(match recorded {
+                    Some(us) => us,
+                    None => measure_latency_us(cfg, engine)?,
+                });
+            }
+        }
+        Ok(f)
+    };
+    // A row of the current step: a candidate priced, its status once known.
+    let row = |state: &State, step: u32, moves: String, cfg: ModelConfig| -> Result<Row> {
+        let figures = price(state, &cfg)?;
+        let over = budget.over(&figures);
+        let status = if !over.is_empty() {
+            Some(Status::OverBudget {
+                limits: over.iter().map(|s| s.to_string()).collect(),
+            })
+        } else {
+            known(step, &cfg).filter(|s| matches!(s, Status::Trained { .. }))
         };
-    evaluate(&mut state, 0, "from".into(), from)?;
+        Ok(Row {
+            step,
+            moves,
+            config: cfg,
+            figures,
+            status,
+        })
+    };
+    let from_row = row(&state, 0, "from".into(), from)?;
+    settle(args, &mut state, vec![from_row])?;
     let mut current = from;
     for step in 1..=args.steps {
         let mut cands: Vec<Candidate> = Vec::new();
@@ -620,27 +906,34 @@ pub fn run(args: &ContractArgs) -> Result<State> {
             shuffle(ones, args.seed ^ u64::from(step));
             shuffle(twos, args.seed ^ u64::from(step) ^ 0x9e37_79b9);
         } else {
-            // Over budget: the moves that bring it nearest to the budget first.
+            // Over budget: first the candidates that fit, the largest (nearest the budget from
+            // below) first; then the others, nearest the budget first.
             let mut keyed: Vec<(f64, Candidate)> = cands
                 .into_iter()
                 .map(|c| Ok((budget.ratio(&pricing.figures(&c.config)?), c)))
                 .collect::<Result<_>>()?;
-            keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+            keyed.sort_by(|a, b| over_budget_order(a.0, b.0));
             cands = keyed.into_iter().map(|(_, c)| c).collect();
         }
+        // The step's rows: candidates in order, those over budget listed, until `candidates`
+        // within budget are taken; then the untrained ones are trained.
         let first = state.entries.len();
-        let mut trained = 0;
+        let mut rows = Vec::new();
+        let mut taken = 0;
         for c in &cands {
-            if trained >= args.candidates {
+            if taken >= args.candidates {
                 break;
             }
             let mut label = String::new();
             c.label(&mut label)
                 .map_err(|_| anyhow!("formatting a label"))?;
-            if evaluate(&mut state, step, label, c.config)? {
-                trained += 1;
+            let r = row(&state, step, label, c.config)?;
+            if !matches!(r.status, Some(Status::OverBudget { .. })) {
+                taken += 1;
             }
+            rows.push(r);
         }
+        settle(args, &mut state, rows)?;
         // The step's choice: the best trained, else the one nearest to the budget.
         let rows = &state.entries[first..];
         let pick = best(rows)
@@ -684,7 +977,7 @@ pub fn report(args: &ContractArgs, state: &State) -> String {
     let mut s = format!(
         "# Progressive contraction from `{}`\n\nBudget ({:?} engine, instructions on {:?}, \
          modelled by `tinyvit_core::cost`): params {}, MACs {}, model bytes {}, arena bytes {}, \
-         instructions {}.\nEvery candidate trained from `{}` for {} epochs with seed {}; val \
+         instructions {}{}.\nEvery candidate trained from `{}` for {} epochs with seed {}; val \
          top-1 on `{}`.\n\n",
         args.from,
         state.pricing.engine,
@@ -694,16 +987,28 @@ pub fn report(args: &ContractArgs, state: &State) -> String {
         show(b.model_bytes),
         show(b.arena_bytes),
         show(b.instructions),
+        match b.latency_us {
+            Some(us) => format!(
+                ", host latency {us} us per image on the `{}` engine (measured)",
+                args.latency_engine
+            ),
+            None => String::new(),
+        },
         args.logits.display(),
         args.epochs,
         args.seed,
         args.val
     );
+    let lat = b.latency_us.is_some();
     s.push_str(
         "| step | moves | D1-D4 | N1-N4 | heads | W2-W4 | R | M | params | MACs | model bytes \
-         | arena bytes | instructions | val top-1 | status |\n",
+         | arena bytes | instructions |",
     );
-    s.push_str("|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    s.push_str(if lat { " latency us |" } else { "" });
+    s.push_str(" val top-1 | status |\n");
+    s.push_str("|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    s.push_str(if lat { "---:|" } else { "" });
+    s.push_str("---:|---|\n");
     let best_cfg = best(&state.entries).map(|e| e.config);
     for e in &state.entries {
         let c = &e.config;
@@ -721,8 +1026,13 @@ pub fn report(args: &ContractArgs, state: &State) -> String {
         if Some(e.config) == best_cfg && e.val().is_some() {
             status.push_str(", **best**");
         }
+        let latency = match (lat, f.latency_us) {
+            (false, _) => String::new(),
+            (true, Some(us)) => format!(" {us} |"),
+            (true, None) => " - |".to_string(),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {val} | {status} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{latency} {val} | {status} |\n",
             e.step,
             e.moves,
             list(&c.embed_dims),
@@ -816,6 +1126,7 @@ mod tests {
             model_bytes: 1000,
             arena_bytes: 500,
             instructions: instr,
+            latency_us: None,
         }
     }
 
@@ -830,6 +1141,28 @@ mod tests {
         assert_eq!(b.over(&figures(40)), vec!["flash"]);
         assert_eq!(b.over(&figures(60)), vec!["flash", "instructions"]);
         assert!((b.ratio(&figures(100)) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn over_budget_steps_try_the_largest_fitting_candidates_first() {
+        let mut r = vec![0.6, 1.2, 0.95, 1.05, 1.0, 3.0];
+        r.sort_by(|a, b| over_budget_order(*a, *b));
+        assert_eq!(r, vec![1.0, 0.95, 0.6, 1.05, 1.2, 3.0]);
+    }
+
+    #[test]
+    fn a_latency_limit_is_checked_only_when_measured() {
+        let b = Budget {
+            latency_us: Some(500),
+            ..Budget::default()
+        };
+        let mut f = figures(1);
+        assert!(b.over(&f).is_empty());
+        f.latency_us = Some(501);
+        assert_eq!(b.over(&f), vec!["latency"]);
+        assert!((b.ratio(&f) - 501.0 / 500.0).abs() < 1e-12);
+        f.latency_us = Some(500);
+        assert!(b.over(&f).is_empty());
     }
 
     #[test]

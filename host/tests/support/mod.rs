@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use tch::{Device, Kind, Tensor};
 use tinyvit_host::data::read_maybe_gz;
-use tinyvit_host::save_logits::PassConfig;
+use tinyvit_host::save_logits::{self, PassConfig};
+use tinyvit_host::teacher::{Identity, Teacher};
 
 /// The `tinyvit` binary cargo built for this test or bench.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tinyvit");
@@ -115,4 +117,49 @@ pub fn light_pass(data: &str, out: &Path, epochs: u32, topk: u16, size: u32) -> 
     cfg.aug.size = size;
     cfg.progress = false;
     cfg
+}
+
+/// A teacher that reads the class from an image's brightness (class `c` images are the grey
+/// level `20 c + 10`) and answers a peaked distribution around it: logits fall with the distance
+/// from the class, so the top-5 are the class and its nearest neighbours, never a class 5 away.
+pub struct BrightnessTeacher {
+    /// The normalisation the pass applies, undone to recover the grey level.
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Teacher for BrightnessTeacher {
+    fn logits(&self, batch: &Tensor) -> anyhow::Result<Tensor> {
+        let m = batch.mean_dim([1i64, 2, 3].as_slice(), false, Kind::Float);
+        let level = (m * f64::from(self.std) + f64::from(self.mean)) * 255.0;
+        let class = ((level - 10.0) / 20.0).round().clamp(0.0, 9.0);
+        let classes = Tensor::arange(10, (Kind::Float, Device::Cpu)).view([1, 10]);
+        Ok((classes - class.view([-1, 1])).abs() * -2.0)
+    }
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+    fn identity(&self) -> Identity {
+        Identity {
+            kind: "test".into(),
+            file: "brightness".into(),
+            sha256: "0".repeat(64),
+        }
+    }
+}
+
+/// A [`BrightnessTeacher`] pass of `epochs` epochs and top-`topk` over the 28 px grey `data`
+/// into `out`: the `plain` augmentation at 28 px, one worker, no progress bar.
+pub fn brightness_pass(data: &str, out: &Path, epochs: u32, topk: u16) {
+    let mut cfg = PassConfig::new(data, out, epochs, topk);
+    cfg.aug_preset = "plain".into();
+    cfg.aug = tinyvit_core::aug::preset("plain").unwrap();
+    cfg.aug.size = 28;
+    cfg.progress = false;
+    cfg.workers = 1;
+    let teacher = BrightnessTeacher {
+        mean: cfg.aug.mean[0],
+        std: cfg.aug.std[0],
+    };
+    save_logits::run(&cfg, &teacher).unwrap();
 }
