@@ -731,7 +731,97 @@ impl Pipeline<'_> {
             fg["arena_bytes"],
             fg["instructions"]
         )?;
+        if !o.no_firmware {
+            let run = self.contract_winner_on_device(&done, data, int8)?;
+            let modelled = fg["instructions"].as_u64().unwrap_or(0);
+            let measured = run.instructions_per_image;
+            writeln!(
+                s,
+                "\nOn QEMU (`{}`) the winner's {} file took {measured} instructions per image \
+                 (modelled {modelled}: the cost model is {:+.1} % off), {} of {} test images \
+                 bit for bit with the host; model {} bytes, arena {} bytes.",
+                run.board,
+                o.contract_engine,
+                (modelled as f64 / measured.max(1) as f64 - 1.0) * 100.0,
+                run.agree,
+                run.images,
+                run.model_bytes,
+                run.arena_bytes
+            )?;
+        }
         Ok(s)
+    }
+
+    /// The contraction winner (`DIR/best.toml`, trained in `DIR/runs/ID`) written as the
+    /// search's engine runs it (`export` for f32, `quantize` for int8) and run on QEMU: the
+    /// measured instructions next to the cost model's.
+    fn contract_winner_on_device(
+        &self,
+        search: &Done,
+        data: &Data,
+        int8: bool,
+    ) -> Result<firmware::DeviceRun> {
+        let best = std::fs::read_to_string(search.dir.join("best.toml"))
+            .with_context(|| format!("reading {}/best.toml", search.dir.display()))?;
+        let configs = search.dir.join("configs");
+        let mut id = None;
+        for e in
+            std::fs::read_dir(&configs).with_context(|| format!("listing {}", configs.display()))?
+        {
+            let path = e?.path();
+            if std::fs::read_to_string(&path).ok().as_deref() == Some(best.as_str()) {
+                id = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            }
+        }
+        let id = id.with_context(|| {
+            format!("no file in {} holds best.toml's config", configs.display())
+        })?;
+        let model = search.dir.join("runs").join(&id).join("model.safetensors");
+        let name = format!(
+            "{}-winner",
+            search.dir.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let dir = self.out.join(&name);
+        let split = data.test.clone().unwrap_or_else(|| data.val.clone());
+        let n = self.plan.device_images;
+        let key = format!("{} | {id} | {split} | {n}", search.key);
+        let tinyvit = self.tinyvit.clone();
+        self.stage(
+            &format!("contraction winner under QEMU ({name})"),
+            &dir,
+            &key,
+            |d| {
+                let file = d.join(if int8 { "winner.q8.tvb" } else { "winner.tvb" });
+                let mut a: Vec<String> = if int8 {
+                    vec![
+                        "quantize".into(),
+                        "--model".into(),
+                        model.display().to_string(),
+                        "--calib".into(),
+                        data.train.clone(),
+                        "--calib-images".into(),
+                        self.plan.calib_images.to_string(),
+                    ]
+                } else {
+                    vec![
+                        "export".into(),
+                        "--checkpoint".into(),
+                        model.display().to_string(),
+                    ]
+                };
+                a.extend(["--out".into(), file.display().to_string()]);
+                self.tinyvit_output(&a)?;
+                let run = firmware::run_eval(&tinyvit, &file, &split, n, d)?;
+                std::fs::write(
+                    d.join("device.json"),
+                    serde_json::to_string_pretty(&run.to_json())?,
+                )?;
+                Ok(())
+            },
+        )?;
+        firmware::DeviceRun::from_json(&serde_json::from_str(&std::fs::read_to_string(
+            dir.join("device.json"),
+        )?)?)
     }
 
     fn data(&self) -> Result<Data> {
