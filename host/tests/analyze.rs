@@ -10,19 +10,12 @@ use std::process::Command;
 
 use support::{brightness_pass, fails, ok, tmpdir, BIN};
 use tinyvit_core::config::ModelConfig;
-use tinyvit_core::engine::fold::fold_state_dict;
-use tinyvit_core::params::synthetic_state_dict;
+use tinyvit_core::engine::fold::synthetic_blob;
 
 /// Writes a `.tvb` of the `tiny_vit_mcu_m4` preset with synthetic weights from `seed`.
 fn synthetic_tvb(path: &Path, seed: u64) {
     let cfg = ModelConfig::preset("tiny_vit_mcu_m4").unwrap();
-    let sd = synthetic_state_dict(&cfg, seed);
-    let blob = fold_state_dict(&cfg, |name| {
-        sd.iter()
-            .find(|t| t.name == name)
-            .map(|t| t.values.as_slice())
-    })
-    .unwrap();
+    let blob = synthetic_blob(&cfg, seed).unwrap();
     std::fs::write(path, tinyvit_core::tvb::write(&cfg, &blob).unwrap()).unwrap();
 }
 
@@ -93,13 +86,7 @@ fn correlation_refuses_a_model_with_other_classes() {
     let a = d.join("a.tvb");
     let mut cfg = ModelConfig::preset("tiny_vit_mcu_m4").unwrap();
     cfg.num_classes = 7;
-    let sd = synthetic_state_dict(&cfg, 1);
-    let blob = fold_state_dict(&cfg, |name| {
-        sd.iter()
-            .find(|t| t.name == name)
-            .map(|t| t.values.as_slice())
-    })
-    .unwrap();
+    let blob = synthetic_blob(&cfg, 1).unwrap();
     std::fs::write(&a, tinyvit_core::tvb::write(&cfg, &blob).unwrap()).unwrap();
     let mut c = Command::new(BIN);
     c.args(["analyze", "correlation", "--model"])

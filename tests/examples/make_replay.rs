@@ -11,7 +11,7 @@
 //!   sizes) and seeds go through `aug::replay` under the `light` and `in22k-distill` presets;
 //!   the FNV-1a 64 of each u8 view is stored.
 //! - for each MCU preset `P`: `P.tvb`, the preset with seeded synthetic weights
-//!   (`params::synthetic_state_dict`, BN folded), and `P.vec`: grey sources and seeds ->
+//!   (`engine::fold::synthetic_blob`: synthetic weights, BN folded), and `P.vec`: grey sources and seeds ->
 //!   the augmentation (`light`, output at the model's input size) -> normalisation -> the core
 //!   `exact` engine -> logits hash and class (`infer` vectors); `evalview` vectors (the
 //!   evaluation transform of a 28x28 source) and `eval` vectors (model-sized sources, no
@@ -43,9 +43,9 @@ use std::path::{Path, PathBuf};
 
 use tinyvit_core::aug;
 use tinyvit_core::config::ModelConfig;
-use tinyvit_core::engine::{self, fold::fold_state_dict, Weights};
+use tinyvit_core::engine::{self, fold::synthetic_blob, Weights};
 use tinyvit_core::int8;
-use tinyvit_core::params::{splitmix64, synthetic_state_dict};
+use tinyvit_core::params::splitmix64;
 use tinyvit_core::vectors::{self, Classifier, Exact, Int8, Kind, Record};
 use tinyvit_tests::aug_golden;
 
@@ -196,11 +196,7 @@ fn run(out: &Path) -> Result<(), String> {
 
 /// The preset with deterministic synthetic weights, BN folded: the packed blob.
 fn seeded_blob(cfg: &ModelConfig, seed: u64) -> Result<Vec<f32>, String> {
-    let sd = synthetic_state_dict(cfg, seed);
-    fold_state_dict(cfg, |n| {
-        sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
-    })
-    .map_err(|e| e.to_string())
+    synthetic_blob(cfg, seed).map_err(|e| e.to_string())
 }
 
 /// A deterministic image with structure (a gradient, a bright disc, a dark bar) and noise, so

@@ -18,9 +18,9 @@ use tinyvit_core::config::ModelConfig;
 use tinyvit_core::cost::{
     self, Coefficients, Cpu, DeviceEngine, Features, Measured, ALL_KINDS, KINDS,
 };
-use tinyvit_core::engine::fold::fold_state_dict;
+use tinyvit_core::engine::fold::synthetic_blob;
 use tinyvit_core::int8;
-use tinyvit_core::params::{splitmix64, synthetic_state_dict};
+use tinyvit_core::params::splitmix64;
 
 use crate::firmware::{self, Board, Payload};
 use crate::util;
@@ -207,11 +207,7 @@ pub fn parse_fixture(text: &str) -> Result<Vec<Row>> {
 
 /// The seeded, folded f32 blob of `cfg`.
 fn seeded_blob(cfg: &ModelConfig, seed: u64) -> Result<Vec<f32>> {
-    let sd = synthetic_state_dict(cfg, seed);
-    fold_state_dict(cfg, |n| {
-        sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
-    })
-    .map_err(|e| anyhow::anyhow!("folding: {e}"))
+    synthetic_blob(cfg, seed).map_err(|e| anyhow::anyhow!("folding: {e}"))
 }
 
 /// Calibration images for the int8 file: deterministic values in [-2, 2).

@@ -783,15 +783,13 @@ impl Pipeline<'_> {
         );
         let dir = self.out.join(&name);
         let split = data.test.clone().unwrap_or_else(|| data.val.clone());
-        let n = self.plan.device_images;
-        let key = format!("{} | {id} | {split} | {n}", search.key);
-        let tinyvit = self.tinyvit.clone();
-        self.stage(
-            &format!("contraction winner under QEMU ({name})"),
+        let key = format!("{} | {id}", search.key);
+        let file = dir.join(if int8 { "winner.q8.tvb" } else { "winner.tvb" });
+        let written = self.stage(
+            &format!("contraction winner as a device file ({name})"),
             &dir,
             &key,
-            |d| {
-                let file = d.join(if int8 { "winner.q8.tvb" } else { "winner.tvb" });
+            |_| {
                 let mut a: Vec<String> = if int8 {
                     vec![
                         "quantize".into(),
@@ -810,18 +808,10 @@ impl Pipeline<'_> {
                     ]
                 };
                 a.extend(["--out".into(), file.display().to_string()]);
-                self.tinyvit_output(&a)?;
-                let run = firmware::run_eval(&tinyvit, &file, &split, n, d)?;
-                std::fs::write(
-                    d.join("device.json"),
-                    serde_json::to_string_pretty(&run.to_json())?,
-                )?;
-                Ok(())
+                self.tinyvit_output(&a).map(drop)
             },
         )?;
-        firmware::DeviceRun::from_json(&serde_json::from_str(&std::fs::read_to_string(
-            dir.join("device.json"),
-        )?)?)
+        self.firmware_stage(&format!("{name}-device"), &written, &file, &split)
     }
 
     fn data(&self) -> Result<Data> {
@@ -1489,7 +1479,6 @@ impl Pipeline<'_> {
     }
 }
 
-/// Which split the report's second accuracy column is.
 /// One row of the K sweep: K, validation and test top-1.
 type KRow = (u32, Option<f64>, Option<f64>);
 
@@ -1511,6 +1500,7 @@ fn k_sweep_spec(k_table: &[KRow], test_name: &str) -> Value {
     })
 }
 
+/// Which split the report's second accuracy column is.
 fn test_name(o: &Opts) -> &'static str {
     if o.data.is_some() && o.test.is_none() {
         "val"

@@ -519,17 +519,12 @@ fn head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{arena_len, fold::fold_state_dict};
-    use crate::params::synthetic_state_dict;
+    use crate::engine::{arena_len, fold::synthetic_blob};
     use std::vec;
     use std::vec::Vec;
 
     fn blob(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
-        let sd = synthetic_state_dict(cfg, seed);
-        fold_state_dict(cfg, |n| {
-            sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
-        })
-        .unwrap()
+        synthetic_blob(cfg, seed).unwrap()
     }
 
     fn image(cfg: &ModelConfig) -> Vec<f32> {

@@ -113,6 +113,16 @@ pub fn fold_state_dict<'a>(
     })
 }
 
+/// The folded blob of `cfg` with [`synthetic_state_dict`](crate::params::synthetic_state_dict)'s
+/// deterministic weights for `seed`: what tests, benchmarks, fuzz seeds, replay vectors and
+/// the host's latency and cost measurements run a config with.
+pub fn synthetic_blob(cfg: &ModelConfig, seed: u64) -> Result<Vec<f32>, FoldError> {
+    let sd = crate::params::synthetic_state_dict(cfg, seed);
+    fold_state_dict(cfg, |n| {
+        sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
+    })
+}
+
 /// Whether a folded-tensor prefix names a Conv2d_BN (its weight is 4-D).
 fn is_conv_prefix(prefix: &str) -> bool {
     prefix.starts_with("patch_embed.seq.")

@@ -7,17 +7,13 @@ use std::vec::Vec;
 use super::quantize::{quantize, Options, RangeMethod, Ranges};
 use super::*;
 use crate::config::ModelConfig;
-use crate::engine::fold::fold_state_dict;
+use crate::engine::fold::synthetic_blob;
 use crate::engine::{self as f32engine, Weights};
-use crate::params::{splitmix64, synthetic_state_dict};
+use crate::params::splitmix64;
 use proptest::prelude::*;
 
 pub(crate) fn blob(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
-    let sd = synthetic_state_dict(cfg, seed);
-    fold_state_dict(cfg, |n| {
-        sd.iter().find(|t| t.name == n).map(|t| &t.values[..])
-    })
-    .unwrap()
+    synthetic_blob(cfg, seed).unwrap()
 }
 
 /// `n` images of uniform noise, each with its own contrast and offset.

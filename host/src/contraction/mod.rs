@@ -484,12 +484,12 @@ fn save(dir: &Path, state: &State) -> Result<()> {
 
 /// The `tinyvit train` arguments (after `train`) that train `cfg` with the search's recipe on
 /// `device`, after writing `DIR/configs/ID.toml` and removing any earlier, cut-off run of it;
-/// returns them with the run folder.
+/// returns them with that config file and the run folder.
 fn train_args(
     args: &ContractArgs,
     cfg: &ModelConfig,
     device: Option<&str>,
-) -> Result<(Vec<String>, PathBuf)> {
+) -> Result<(Vec<String>, PathBuf, PathBuf)> {
     let id = config_id(cfg);
     let cfg_dir = args.out.join("configs");
     std::fs::create_dir_all(&cfg_dir)?;
@@ -538,13 +538,13 @@ fn train_args(
     if args.quiet {
         a.push("--quiet".into());
     }
-    Ok((a, run))
+    Ok((a, toml, run))
 }
 
 /// Trains `cfg` in this process with the search's recipe; returns val top-1.
 fn train(args: &ContractArgs, cfg: &ModelConfig) -> Result<f64> {
-    let (a, _) = train_args(args, cfg, None)?;
-    let toml = &a[2];
+    let (a, toml, _) = train_args(args, cfg, None)?;
+    let toml = toml.display();
     #[derive(Parser)]
     struct One {
         #[command(subcommand)]
@@ -567,7 +567,7 @@ fn train(args: &ContractArgs, cfg: &ModelConfig) -> Result<f64> {
 /// Trains `cfg` in a child `tinyvit train` process on `device` (its output in
 /// `DIR/logs/ID.log`); returns val top-1 from the run's `summary.json`.
 fn train_child(args: &ContractArgs, cfg: &ModelConfig, device: Option<&str>) -> Result<f64> {
-    let (a, run) = train_args(args, cfg, device)?;
+    let (a, toml, run) = train_args(args, cfg, device)?;
     let id = config_id(cfg);
     let logs = args.out.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -577,7 +577,7 @@ fn train_child(args: &ContractArgs, cfg: &ModelConfig, device: Option<&str>) -> 
     let exe = std::env::current_exe().context("finding the tinyvit binary")?;
     eprintln!(
         "contract: training {} ({id}) on {}, log {}",
-        a[2],
+        toml.display(),
         device.unwrap_or("the default device"),
         log_path.display()
     );
@@ -594,7 +594,7 @@ fn train_child(args: &ContractArgs, cfg: &ModelConfig, device: Option<&str>) -> 
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!(
             "training {} failed ({status}); the end of {}:\n{}",
-            a[2],
+            toml.display(),
             log_path.display(),
             tail.join("\n")
         );
@@ -623,13 +623,8 @@ fn latency_engine(name: &str) -> Result<crate::infer::Engine> {
 /// weights, one warm-up run, then 5 timed runs (the weights packed before timing).
 pub fn measure_latency_us(cfg: &ModelConfig, engine: crate::infer::Engine) -> Result<u64> {
     use tinyvit_core::engine::{exact, fast::FastModel, input_len, Weights};
-    let sd = tinyvit_core::params::synthetic_state_dict(cfg, 1);
-    let blob = tinyvit_core::engine::fold::fold_state_dict(cfg, |name| {
-        sd.iter()
-            .find(|t| t.name == name)
-            .map(|t| t.values.as_slice())
-    })
-    .map_err(|e| anyhow!("folding synthetic weights: {e}"))?;
+    let blob = tinyvit_core::engine::fold::synthetic_blob(cfg, 1)
+        .map_err(|e| anyhow!("folding synthetic weights: {e}"))?;
     let w = Weights::new(cfg, &blob).map_err(|e| anyhow!("{e}"))?;
     let input = vec![0.1f32; input_len(cfg).map_err(|e| anyhow!("{e}"))?];
     let mut logits = vec![0f32; cfg.num_classes as usize];
