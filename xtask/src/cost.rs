@@ -113,6 +113,44 @@ pub fn configs() -> Vec<(String, ModelConfig)> {
     });
     add7("h7_mlp2", &|c| c.mlp_ratio = 2);
     add7("h7_img28", &|c| c.img_size = 28);
+    // The int8 presets at 28 px and the wide, shallow configs that an int8 contraction from
+    // them reaches (few deep blocks, wide late stages, smaller windows): the region where the
+    // int8 search of the main job decides, so that its instruction budget holds on the board.
+    let q8 = ModelConfig::tiny_vit_mcu_h7_q8().with_img_size(28);
+    let mut addq = |name: &str, f: &dyn Fn(&mut ModelConfig)| {
+        let mut c = q8;
+        f(&mut c);
+        v.push((name.to_string(), c));
+    };
+    addq("h7q8_img28", &|_| {});
+    addq("m4q8_img28", &|c| *c = ModelConfig::tiny_vit_mcu_m4_q8().with_img_size(28));
+    addq("h7q8_28_n2121_m3_w2", &|c| {
+        c.depths = [2, 1, 2, 1];
+        c.mlp_ratio = 3;
+        c.window_sizes = [4, 2, 4, 2];
+    });
+    addq("h7q8_28_d48_n2111", &|c| {
+        c.embed_dims = [32, 48, 128, 160];
+        c.num_heads = [1, 3, 8, 10];
+        c.depths = [2, 1, 1, 1];
+    });
+    addq("h7q8_28_d48_n2111_w2", &|c| {
+        c.embed_dims = [32, 48, 128, 160];
+        c.num_heads = [1, 3, 8, 10];
+        c.depths = [2, 1, 1, 1];
+        c.window_sizes = [4, 2, 4, 2];
+    });
+    addq("h7q8_28_d96_n1111_r3", &|c| {
+        c.embed_dims = [24, 48, 96, 160];
+        c.num_heads = [1, 3, 6, 10];
+        c.depths = [1, 1, 1, 1];
+        c.mbconv_expand_ratio = 3;
+    });
+    addq("h7q8_28_n2211_m2_e32", &|c| {
+        c.depths = [2, 2, 1, 1];
+        c.mlp_ratio = 2;
+        c.num_heads = [1, 2, 4, 5];
+    });
     v
 }
 
