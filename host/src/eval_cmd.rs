@@ -1,5 +1,6 @@
 //! `tinyvit eval`: top-1 and top-5 of a model on every sample of a labelled data SPEC, through
-//! the model's own evaluation view and normalisation, on the core's `fast` engine.
+//! the model's own evaluation view and normalisation, on the core's `fast` engine (an int8
+//! file on the exact integer engine).
 //!
 //! This is how a model trained elsewhere (or committed, like the main job's teacher) is
 //! measured with no training run: the figures are those the trainer's `--val`/`--test` report
@@ -12,7 +13,7 @@ use clap::Args as ClapArgs;
 
 use crate::analyze::{labels, EvalModel};
 use crate::data;
-use crate::infer::{run_engine, topk, Engine};
+use crate::infer::topk;
 
 /// Images run through the engine at once (bounds the input buffer).
 const CHUNK: usize = 256;
@@ -58,7 +59,8 @@ pub fn run(a: &Args) -> Result<Figures> {
     let all: Vec<usize> = (0..labels.len()).collect();
     for picked in all.chunks(CHUNK) {
         let input = m.inputs(&ds, picked)?;
-        let logits = run_engine(Engine::Fast, &m.config, &m.blob, &input, picked.len())
+        let logits = m
+            .logits(&input, picked.len())
             .with_context(|| format!("running {}", a.model.display()))?;
         for (row, &i) in logits.chunks_exact(nc).zip(picked) {
             let label = labels[i] as usize;

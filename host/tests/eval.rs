@@ -1,6 +1,7 @@
 //! `tinyvit eval` through the binary: on the validation split a trained checkpoint scores what
-//! the trainer itself reported for it (libtorch there, the core's fast engine here), its JSON
-//! says the same, and unusable input is refused with the file named.
+//! the trainer itself reported for it (libtorch there, the core's fast engine here), its int8
+//! file what `quantize --val` reported for it, its JSON says the same, and unusable input is
+//! refused with the file named.
 
 mod support;
 
@@ -54,6 +55,41 @@ fn eval_matches_the_trainers_validation_figure() {
     assert!(top5 >= top1 && top5 <= 100.0);
     assert!(trainer > 40.0, "three epochs learn something: {trainer}");
     assert!(out.contains("400 images"), "{out}");
+
+    // The int8 file of the same model: `eval` runs it on the integer engine and scores exactly
+    // what `quantize --val` reported for it on the same images (one engine, one input path).
+    let q8 = d.join("model.q8.tvb");
+    let mut c = Command::new(BIN);
+    c.args(["quantize", "--model"])
+        .arg(run.join("model.safetensors"))
+        .args([
+            "--calib",
+            &train,
+            "--calib-images",
+            "32",
+            "--val",
+            &val,
+            "--out",
+        ])
+        .arg(&q8);
+    let q = ok(c);
+    let text = String::from_utf8_lossy(&q.stdout);
+    let r: serde_json::Value = serde_json::from_str(text.trim().lines().last().unwrap()).unwrap();
+    let js8 = d.join("eval-q8.json");
+    let mut c = Command::new(BIN);
+    c.args(["eval", "--model"])
+        .arg(&q8)
+        .args(["--data", &val, "--json"])
+        .arg(&js8);
+    let out8 = String::from_utf8(ok(c).stdout).unwrap();
+    let v8 = json(&js8);
+    assert_eq!(v8["images"], 400);
+    assert_eq!(
+        v8["top1"].as_f64(),
+        r["int8_top1"].as_f64(),
+        "eval of the int8 file against quantize's int8 top-1\n{out8}\n{r}"
+    );
+    assert!((v8["top1"].as_f64().unwrap() - top1).abs() <= 5.0, "{out8}");
 }
 
 #[test]

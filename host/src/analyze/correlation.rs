@@ -16,7 +16,6 @@ use anyhow::{bail, ensure, Context, Result};
 use super::ClassNames;
 use crate::data::{self, Dataset};
 use crate::draw::{self, Canvas};
-use crate::infer::{run_engine, Engine};
 
 /// Arguments of `tinyvit analyze correlation`.
 #[derive(clap::Args, Debug)]
@@ -154,7 +153,8 @@ fn model_logits(
 ) -> Result<(Vec<f32>, usize)> {
     let m = super::EvalModel::load(model, mean, std)?;
     let input = m.inputs(ds, picked)?;
-    let logits = run_engine(Engine::Fast, &m.config, &m.blob, &input, picked.len())
+    let logits = m
+        .logits(&input, picked.len())
         .with_context(|| format!("running {}", model.display()))?;
     Ok((logits, m.config.num_classes as usize))
 }

@@ -107,13 +107,23 @@ impl ClassNames {
     }
 }
 
-/// A model file ready for the core's engine, with the input contract it was trained with.
+/// A model file ready for the core's engines, with the input contract it was trained with: an
+/// f32 model runs on the `fast` engine, an int8 file (`tinyvit quantize`) on the exact integer
+/// engine, as `tinyvit infer` runs them.
 pub struct EvalModel {
     pub config: ModelConfig,
-    /// Folded weights ([`tinyvit_core::engine::Weights::new`]).
-    pub blob: Vec<f32>,
+    /// The weights.
+    pub weights: EvalWeights,
     /// The model's input contract (its file's, with the `--mean`/`--std` overrides).
     pub contract: tinyvit_core::contract::Contract,
+}
+
+/// The weights of an [`EvalModel`].
+pub enum EvalWeights {
+    /// Folded f32 weights ([`tinyvit_core::engine::Weights::new`]).
+    F32(Vec<f32>),
+    /// The bytes of an int8 model file (parsed when loaded, so known to be valid).
+    Int8(Vec<u8>),
 }
 
 impl EvalModel {
@@ -121,19 +131,49 @@ impl EvalModel {
     /// and input contract; `mean`/`std` (`r,g,b` on the 0..1 scale) override the file's
     /// normalisation, and files that record none use them or ImageNet's.
     pub fn load(path: &Path, mean: Option<&str>, std: Option<&str>) -> Result<EvalModel> {
-        let l = crate::import::load(path, None, None, None)?;
         let flags = crate::contract::ContractArgs {
             mean: mean.map(String::from),
             std: std.map(String::from),
             ..Default::default()
         };
-        let contract =
-            flags.resolve(l.contract, &l.config, &format!("model {}", path.display()))?;
+        let what = format!("model {}", path.display());
+        if crate::infer_int8::is_int8(path) {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let m = tinyvit_core::int8::parse(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let config = *m.config();
+            let recorded = m
+                .contract()
+                .map(|c| tinyvit_core::contract::Contract::from_parts(c, m.class_names()));
+            let contract = flags.resolve(recorded, &config, &what)?;
+            return Ok(EvalModel {
+                config,
+                weights: EvalWeights::Int8(bytes),
+                contract,
+            });
+        }
+        let l = crate::import::load(path, None, None, None)?;
+        let contract = flags.resolve(l.contract, &l.config, &what)?;
         Ok(EvalModel {
             config: l.config,
-            blob: l.blob,
+            weights: EvalWeights::F32(l.blob),
             contract,
         })
+    }
+
+    /// The logits `[n, classes]` of `n` normalised inputs (from [`Self::inputs`]): the f32
+    /// `fast` engine, or the int8 engine's logits dequantised to reals.
+    pub fn logits(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        match &self.weights {
+            EvalWeights::F32(blob) => {
+                crate::infer::run_engine(crate::infer::Engine::Fast, &self.config, blob, input, n)
+            }
+            EvalWeights::Int8(bytes) => {
+                let m = tinyvit_core::int8::parse(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(crate::infer_int8::int8_logits(&m, input, n)?.0)
+            }
+        }
     }
 
     /// The evaluation views of samples `picked` of `ds`, normalised: `[n, C, S, S]` f32.
