@@ -123,7 +123,9 @@ pub fn configs() -> Vec<(String, ModelConfig)> {
         v.push((name.to_string(), c));
     };
     addq("h7q8_img28", &|_| {});
-    addq("m4q8_img28", &|c| *c = ModelConfig::tiny_vit_mcu_m4_q8().with_img_size(28));
+    addq("m4q8_img28", &|c| {
+        *c = ModelConfig::tiny_vit_mcu_m4_q8().with_img_size(28)
+    });
     addq("h7q8_28_n2121_m3_w2", &|c| {
         c.depths = [2, 1, 2, 1];
         c.mlp_ratio = 3;

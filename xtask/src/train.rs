@@ -516,12 +516,6 @@ impl Pipeline<'_> {
             ));
         }
 
-        let contraction = if o.contract {
-            Some(self.contract_stage(&store, &data, &kd_s)?)
-        } else {
-            None
-        };
-
         // Export and the device.
         let eval_split = data.test.clone().unwrap_or_else(|| data.val.clone());
         let tvb = self.out.join("student.tvb");
@@ -537,6 +531,12 @@ impl Pipeline<'_> {
             Some(self.firmware_stage("device", &export, &tvb, &eval_split)?)
         } else {
             notes.push("firmware stage skipped (not an MCU preset, or --no-firmware)".to_string());
+            None
+        };
+
+        let contraction = if o.contract {
+            Some(self.contract_stage(&store, &data, &kd_s, device.as_ref())?)
+        } else {
             None
         };
 
@@ -597,7 +597,15 @@ impl Pipeline<'_> {
     /// `tinyvit contract` from `--contract-from` under the student preset's board budget, from
     /// the run's store with the students' recipe, epochs and seed; returns the report section
     /// comparing the winner with the hand-picked student (`kd`, trained from the same store).
-    fn contract_stage(&self, store: &Done, data: &Data, kd: &serde_json::Value) -> Result<String> {
+    /// `device` is the f32 student's device run, whose measured instructions the winner's are
+    /// set against.
+    fn contract_stage(
+        &self,
+        store: &Done,
+        data: &Data,
+        kd: &serde_json::Value,
+        device: Option<&firmware::DeviceRun>,
+    ) -> Result<String> {
         let (o, plan) = (self.o, self.plan);
         if tinyvit_core::config::mcu_budget(&o.arch).is_none() {
             bail!(
@@ -642,9 +650,21 @@ impl Pipeline<'_> {
         if let Some(lr) = o.lr {
             args.extend(["--lr".into(), lr.to_string()]);
         }
+        let int8 = o.contract_engine == "int8";
+        let student = tinyvit_core::config::ModelConfig::preset(&o.arch)
+            .context("student preset")?
+            .with_img_size(plan.img_size);
+        let sc = tinyvit_core::cost::cost(&student).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if int8 {
+            // The same board budget as the f32 search: the board's flash and RAM for the int8
+            // file, and no more instructions than the f32 student spends (the board's time).
+            args.extend([
+                "--max-instructions".into(),
+                sc.f32_instructions[0].to_string(),
+            ]);
+        }
         args.extend(self.common());
         let key = format!("{} | {} | {}", data.key, args.join(" "), store.key);
-        let int8 = o.contract_engine == "int8";
         let dir_name = if int8 {
             "contraction-int8"
         } else {
@@ -676,24 +696,20 @@ impl Pipeline<'_> {
                 _ => Some(e),
             })
             .context("the contraction trained no candidate within budget")?;
-        let student = tinyvit_core::config::ModelConfig::preset(&o.arch)
-            .context("student preset")?
-            .with_img_size(plan.img_size);
-        let sc = tinyvit_core::cost::cost(&student).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let (bytes, arena, instr) = if int8 {
-            (sc.int8_bytes, sc.int8_arena_bytes, sc.int8_instructions[0])
-        } else {
-            (sc.f32_bytes, sc.f32_arena_bytes, sc.f32_instructions[0])
-        };
         let mut s = String::new();
+        let budget = if int8 {
+            "the board's flash and RAM for the int8 file and, as the board's time, at most the \
+             f32 student's modelled Cortex-M4 instructions"
+        } else {
+            "its model bytes, arena and Cortex-M4 instructions"
+        };
         writeln!(
             s,
             "\n## Progressive contraction (`tinyvit contract`, {} engine)\n\nFrom `{}` under the \
-             `{}` board budget ({} device engine: its model bytes, arena and Cortex-M4 \
-             instructions, modelled by `tinyvit_core::cost`), {} steps of up to {} candidates, \
-             each trained from the store for {} epochs with seed {}: `{dir_name}/report.md`, \
-             `{dir_name}/best.toml`, `{dir_name}/pareto.png`. Figures below are the {} \
-             engine's.\n",
+             `{}` board budget ({} device engine: {budget}, modelled by `tinyvit_core::cost`), \
+             {} steps of up to {} candidates, each trained from the store for {} epochs with \
+             seed {}: `{dir_name}/report.md`, `{dir_name}/best.toml`, `{dir_name}/pareto.png`. \
+             Each row's bytes, arena and instructions are those of its own engine.\n",
             o.contract_engine,
             o.contract_from,
             o.arch,
@@ -702,29 +718,55 @@ impl Pipeline<'_> {
             o.contract_candidates,
             plan.epochs,
             o.seed,
-            o.contract_engine
         )?;
         writeln!(
             s,
-            "| model | val top-1 % | params | model bytes | arena bytes | instructions (M4) |"
+            "| model | engine | val top-1 % | params | model bytes | arena bytes | instructions (M4, modelled) |"
         )?;
-        writeln!(s, "|---|---|---|---|---|---|")?;
+        writeln!(s, "|---|---|---|---|---|---|---|")?;
         writeln!(
             s,
-            "| hand-picked `{}` (student-distilled) | {} | {} | {} | {} | {} |",
+            "| hand-picked `{}` (student-distilled) | f32 | {} | {} | {} | {} | {} |",
             o.arch,
             f(kd, "val_top1").map_or("-".into(), |v| format!("{v:.2}")),
             sc.params,
-            bytes,
-            arena,
-            instr
+            sc.f32_bytes,
+            sc.f32_arena_bytes,
+            sc.f32_instructions[0]
         )?;
+        let q8_arch = format!("{}_q8", o.arch);
+        if let (true, Some(q8)) = (int8, tinyvit_core::config::ModelConfig::preset(&q8_arch)) {
+            // The board's hand-picked int8 preset, trained from the same store, recipe, epochs
+            // and seed: the int8 search's like-for-like reference.
+            let q8 = q8.with_img_size(plan.img_size);
+            let qc = tinyvit_core::cost::cost(&q8).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let dir = store.dir.display().to_string();
+            let d = self.train_stage(
+                "student-q8-preset",
+                &q8_arch,
+                &["--logits", &dir],
+                plan.epochs,
+                data,
+                Some(&store.key),
+            )?;
+            let q8s = summary(&d.dir)?;
+            writeln!(
+                s,
+                "| hand-picked `{q8_arch}` (student-q8-preset) | int8 | {} | {} | {} | {} | {} |",
+                f(&q8s, "val_top1").map_or("-".into(), |v| format!("{v:.2}")),
+                qc.params,
+                qc.int8_bytes,
+                qc.int8_arena_bytes,
+                qc.int8_instructions[0]
+            )?;
+        }
         let fg = &best["figures"];
         writeln!(
             s,
-            "| contracted winner (step {}, `{}`) | {:.2} | {} | {} | {} | {} |",
+            "| contracted winner (step {}, `{}`) | {} | {:.2} | {} | {} | {} | {} |",
             best["step"],
             best["moves"].as_str().unwrap_or(""),
+            o.contract_engine,
             val(best).unwrap_or(f64::NAN),
             fg["params"],
             fg["model_bytes"],
@@ -748,6 +790,15 @@ impl Pipeline<'_> {
                 run.model_bytes,
                 run.arena_bytes
             )?;
+            if let Some(d) = device {
+                let ours = d.instructions_per_image;
+                writeln!(
+                    s,
+                    "The hand-picked f32 student took {ours} instructions per image on the same \
+                     board: the winner takes {:+.1} %.",
+                    (measured as f64 / ours.max(1) as f64 - 1.0) * 100.0
+                )?;
+            }
         }
         Ok(s)
     }
