@@ -148,8 +148,9 @@ pub struct Opts {
     #[arg(long, default_value_t = 3)]
     pub contract_candidates: u32,
     /// The device engine --contract prices candidates for (`f32` or `int8`): the board budget
-    /// then holds the engine's model bytes, arena and instructions. int8 writes
-    /// `contraction-int8/`, so both searches can sit in one run.
+    /// then holds the engine's model bytes and arena, and the instructions stay at most the
+    /// f32 student's (the board's time). int8 writes `contraction-int8/`, so both searches can
+    /// sit in one run, and trains the board's hand-picked int8 preset as its reference.
     #[arg(long, default_value = "f32", value_parser = ["f32", "int8"])]
     pub contract_engine: String,
     /// Train every model with N local processes (data-parallel; torchrun's variables, the
