@@ -624,8 +624,11 @@ impl Pipeline<'_> {
             data.train.clone(),
             "--val".into(),
             data.val.clone(),
-            "--mcu".into(),
-            o.arch.clone(),
+        ];
+        let int8 = o.contract_engine == "int8";
+        let (budget, sc) = contract_budget(&o.arch, plan.img_size, int8)?;
+        args.extend(budget);
+        args.extend([
             "--img-size".into(),
             plan.img_size.to_string(),
             "--epochs".into(),
@@ -641,7 +644,7 @@ impl Pipeline<'_> {
             "--engine".into(),
             o.contract_engine.clone(),
             "--quiet".into(),
-        ];
+        ]);
         if o.data.is_none() {
             args.extend(["--num-classes".into(), "10".into()]);
         }
@@ -650,19 +653,6 @@ impl Pipeline<'_> {
         }
         if let Some(lr) = o.lr {
             args.extend(["--lr".into(), lr.to_string()]);
-        }
-        let int8 = o.contract_engine == "int8";
-        let student = tinyvit_core::config::ModelConfig::preset(&o.arch)
-            .context("student preset")?
-            .with_img_size(plan.img_size);
-        let sc = tinyvit_core::cost::cost(&student).map_err(|e| anyhow::anyhow!("{e}"))?;
-        if int8 {
-            // The same board budget as the f32 search: the board's flash and RAM for the int8
-            // file, and no more instructions than the f32 student spends (the board's time).
-            args.extend([
-                "--max-instructions".into(),
-                sc.f32_instructions[0].to_string(),
-            ]);
         }
         args.extend(self.common());
         let key = format!("{} | {} | {}", data.key, args.join(" "), store.key);
@@ -1722,6 +1712,29 @@ fn read_json(p: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 
+/// The flags that hold `tinyvit contract` to the board budget of the student preset `arch` at
+/// `img_size`, and the student's cost. f32: the board's budget as `--mcu` prices it. int8: the
+/// same board budget, the int8 file in the board's flash and RAM and no more instructions than
+/// the f32 student spends (the board's time), so both engines' winners answer one budget.
+fn contract_budget(
+    arch: &str,
+    img_size: u32,
+    int8: bool,
+) -> Result<(Vec<String>, tinyvit_core::cost::Cost)> {
+    let student = tinyvit_core::config::ModelConfig::preset(arch)
+        .with_context(|| format!("`{arch}` is not a preset"))?
+        .with_img_size(img_size);
+    let sc = tinyvit_core::cost::cost(&student).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut args = vec!["--mcu".to_string(), arch.to_string()];
+    if int8 {
+        args.extend([
+            "--max-instructions".into(),
+            sc.f32_instructions[0].to_string(),
+        ]);
+    }
+    Ok((args, sc))
+}
+
 fn summary(dir: &Path) -> Result<Value> {
     read_json(&dir.join("summary.json"))
 }
@@ -1825,6 +1838,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn the_int8_contraction_answers_the_f32_students_board_budget() {
+        let m4 = tinyvit_core::config::ModelConfig::tiny_vit_mcu_m4().with_img_size(28);
+        let f32_instr = tinyvit_core::cost::cost(&m4).unwrap().f32_instructions[0];
+        let (f32_args, _) = super::contract_budget("tiny_vit_mcu_m4", 28, false).unwrap();
+        assert_eq!(f32_args, ["--mcu", "tiny_vit_mcu_m4"]);
+        let (q8_args, sc) = super::contract_budget("tiny_vit_mcu_m4", 28, true).unwrap();
+        assert_eq!(
+            q8_args,
+            [
+                "--mcu".to_string(),
+                "tiny_vit_mcu_m4".into(),
+                "--max-instructions".into(),
+                f32_instr.to_string()
+            ]
+        );
+        assert_eq!(sc.f32_instructions[0], f32_instr);
+        // The int8 preset of the board spends more than that: it is no candidate of the search.
+        let q8 = tinyvit_core::config::ModelConfig::tiny_vit_mcu_m4_q8().with_img_size(28);
+        assert!(tinyvit_core::cost::cost(&q8).unwrap().int8_instructions[0] > f32_instr);
+        assert!(super::contract_budget("nope", 28, true).is_err());
     }
 
     #[test]
