@@ -197,7 +197,9 @@ pub fn tick_label(v: f64, step: f64) -> String {
 
 /// Draws a line chart in the `w` x `h` rectangle at (`x`, `y`): the title, a frame, ticks with
 /// their values on both axes, the axis labels and a legend. Both axes are scaled to the data
-/// (y with a 5 % margin), so small changes stay visible.
+/// (y with a 5 % margin, and headroom so that no point lies under the legend; x with a 4 %
+/// margin when a series is drawn as dots, so that no dot is cut by the frame), so small changes
+/// stay visible. The title sits above the y axis's label, which reads along the top of the axis.
 pub fn chart(
     c: &mut Canvas,
     x: u32,
@@ -226,13 +228,23 @@ pub fn chart(
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
     if x1 - x0 < 1e-12 {
-        x1 = x0 + 1.0;
+        (x0, x1) = (x0 - 0.5, x0 + 0.5);
+    }
+    if series.iter().any(|s| s.dots) {
+        let pad = (x1 - x0) * 0.04;
+        (x0, x1) = (x0 - pad, x1 + pad);
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     (y0, y1) = (y0 - pad, y1 + pad);
-    // Plot area inside the rectangle: room for tick values (left), labels (bottom), title (top).
-    let (left, right, top, bottom) = (x + 64, x + w - 12, y + 24, y + h - 40);
+    // Plot area inside the rectangle: room for tick values (left), labels (bottom), the title
+    // and the y label above it (top).
+    let (left, right, top, bottom) = (x + 64, x + w - 12, y + 36, y + h - 40);
     let (pw, ph) = ((right - left) as f64, (bottom - top) as f64);
+    // Headroom for the legend (top right, one row a series): the data stays below it.
+    let legend = (8 + 12 * series.len() as u32) as f64;
+    if legend < ph * 0.5 {
+        y1 += (y1 - y0) * legend / (ph - legend);
+    }
     let px = |v: f64| left as f64 + (v - x0) / (x1 - x0) * pw;
     let py = |v: f64| bottom as f64 - (v - y0) / (y1 - y0) * ph;
     c.text(left, y + 6, axes.title, 1, INK);
@@ -425,6 +437,42 @@ mod tests {
         // Auto-scaled: the lowest point sits near the bottom, the highest near the top.
         let lowest_y = (0..400).find(|&y| c.get(65, 399 - y) == [200, 0, 0]);
         assert!(lowest_y.is_some());
+    }
+
+    #[test]
+    fn dots_at_the_extremes_stay_inside_the_frame_and_below_the_legend() {
+        let mut c = Canvas::new(480, 400, [255; 3]);
+        let pts = [(0.0, 0.0), (10.0, 1.0), (5.0, 0.5)];
+        chart(
+            &mut c,
+            0,
+            0,
+            480,
+            400,
+            &Axes {
+                title: "a title as long as the plot is wide",
+                x_label: "x",
+                y_label: "a long y label",
+            },
+            &[Series {
+                name: "points",
+                color: [0, 0, 200],
+                points: &pts,
+                dots: true,
+            }],
+        );
+        // Frame: left 64, right 468, top 36, bottom 360; the legend swatch is the row pair at
+        // top + 6 + 3.
+        let swatch = 45..47;
+        let dots: Vec<(u32, u32)> = (0..480)
+            .flat_map(|x| (0..400).map(move |y| (x, y)))
+            .filter(|&(x, y)| c.get(x, y) == [0, 0, 200] && !swatch.contains(&y))
+            .collect();
+        assert_eq!(dots.len(), 3 * 25, "three whole 5x5 dots");
+        for &(x, y) in &dots {
+            assert!(x > 64 && x < 468 && y < 360, "({x}, {y}) on or outside the frame");
+            assert!(y >= 36 + 6 + 12, "({x}, {y}) under the legend");
+        }
     }
 
     #[test]
