@@ -231,6 +231,18 @@ pub fn contract_of(md: &HashMap<String, String>, config: &ModelConfig) -> Result
 #[allow(clippy::type_complexity)]
 pub fn read_tensors(path: &Path) -> Result<(HashMap<String, String>, HashMap<String, Tensor>)> {
     let bytes = fs::read(path).with_context(|| format!("read checkpoint {}", path.display()))?;
+    if let Ok(kind) = tinyvit_core::tvb::kind(&bytes) {
+        let what = match kind {
+            tinyvit_core::tvb::Kind::F32 => "an exported f32 model (BatchNorm folded)",
+            tinyvit_core::tvb::Kind::Int8 => "an int8 model",
+        };
+        bail!(
+            "checkpoint {}: this is a .tvb file, {what}, not a training checkpoint: `tinyvit \
+             infer` and `eval` run it; this command needs the trained weights (a run's \
+             model.safetensors, or a .pth)",
+            path.display()
+        );
+    }
     let (md, raw) = crate::import::safetensors_file::parse(&bytes)
         .with_context(|| format!("checkpoint {}", path.display()))?;
     let naming = detect_naming(

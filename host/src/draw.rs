@@ -470,7 +470,10 @@ mod tests {
             .collect();
         assert_eq!(dots.len(), 3 * 25, "three whole 5x5 dots");
         for &(x, y) in &dots {
-            assert!(x > 64 && x < 468 && y < 360, "({x}, {y}) on or outside the frame");
+            assert!(
+                x > 64 && x < 468 && y < 360,
+                "({x}, {y}) on or outside the frame"
+            );
             assert!(y >= 36 + 6 + 12, "({x}, {y}) under the legend");
         }
     }

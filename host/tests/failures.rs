@@ -165,3 +165,41 @@ fn unlabelled_validation_without_a_teacher_is_refused_before_training() {
     assert!(!out.join("model.safetensors").exists());
     assert!(!out.join("metrics.jsonl").exists(), "no epoch ran");
 }
+
+/// A `.tvb` model file given where a training checkpoint is needed (`export`, a teacher) is
+/// refused in one sentence that says what the file is and what takes it, not as a damaged
+/// safetensors header; nothing is written.
+#[test]
+fn a_model_file_where_a_checkpoint_is_needed_is_named_as_such() {
+    let d = tmpdir("failures", "tvb-as-checkpoint");
+    let cfg = ModelConfig::tiny_vit_mcu_m4().with_img_size(28);
+    let blob = tinyvit_core::engine::fold::synthetic_blob(&cfg, 3).unwrap();
+    let f32_tvb = tinyvit_core::tvb::write(&cfg, &blob).unwrap();
+    let calib = vec![0.25f32; 28 * 28 * 2];
+    let q8 = tinyvit_core::int8::quantize::quantize_tvb(
+        &f32_tvb,
+        &calib,
+        &tinyvit_core::int8::quantize::Options::default(),
+    )
+    .unwrap();
+    let (m32, m8) = (d.join("m.tvb"), d.join("m.q8.tvb"));
+    std::fs::write(&m32, &f32_tvb).unwrap();
+    std::fs::write(&m8, &q8).unwrap();
+    for (file, what) in [(&m32, "an exported f32 model"), (&m8, "an int8 model")] {
+        let out = d.join("out.tvb");
+        let mut c = Command::new(BIN);
+        c.args(["export", "--checkpoint"])
+            .arg(file)
+            .arg("--out")
+            .arg(&out);
+        let msg = fails(c);
+        assert!(
+            msg.contains(&file.display().to_string())
+                && msg.contains(what)
+                && msg.contains("not a training checkpoint")
+                && !msg.contains("HeaderTooLarge"),
+            "{msg}"
+        );
+        assert!(!out.exists());
+    }
+}
