@@ -247,8 +247,86 @@ pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(w)
 }
 
-fn align16(n: u64) -> u64 {
+/// `n` rounded up to a multiple of 16 (where both formats start their data region).
+pub(crate) fn align16(n: u64) -> u64 {
     n.div_ceil(16) * 16
+}
+
+/// What can be wrong after the header's fixed fields, in both formats: the optional input
+/// contract section, bytes after it, and the data region's framing. Each parser turns it into
+/// its own error.
+pub(crate) enum Tail {
+    Contract(ContractError),
+    TrailingHeader,
+    Truncated { needed: u64, got: u64 },
+    DataLen { expected: u64, got: u64 },
+    Padding,
+    DataCrc,
+}
+
+/// The end of a header, `rest`: nothing, or one input-contract section ([`contract`]) and
+/// nothing after it.
+pub(crate) fn contract_tail<'a>(
+    rest: &'a [u8],
+    cfg: &ModelConfig,
+) -> Result<(Option<InputContract>, ClassNames<'a>), Tail> {
+    if rest.is_empty() {
+        return Ok((None, ClassNames::default()));
+    }
+    let (c, names, rest) = contract::decode_section(rest, cfg).map_err(Tail::Contract)?;
+    if !rest.is_empty() {
+        return Err(Tail::TrailingHeader);
+    }
+    Ok((Some(c), names))
+}
+
+/// The data region of a file whose header ends at `hend`: it starts at the next multiple of
+/// 16 after zero padding, holds exactly `data_len` bytes up to the end of the file, and its
+/// crc32 is `crc`.
+pub(crate) fn data_region(
+    bytes: &[u8],
+    hend: usize,
+    data_len: u64,
+    crc: u32,
+) -> Result<&[u8], Tail> {
+    let got = bytes.len() as u64;
+    let dstart = align16(hend as u64);
+    let end = dstart.saturating_add(data_len);
+    if got != end {
+        return Err(if got < end {
+            Tail::Truncated { needed: end, got }
+        } else {
+            Tail::DataLen {
+                expected: end - dstart,
+                got: got - dstart,
+            }
+        });
+    }
+    if bytes[hend..dstart as usize].iter().any(|b| *b != 0) {
+        return Err(Tail::Padding);
+    }
+    let data = &bytes[dstart as usize..];
+    if crc32fast::hash(data) != crc {
+        return Err(Tail::DataCrc);
+    }
+    Ok(data)
+}
+
+impl From<Tail> for TvbError {
+    fn from(t: Tail) -> Self {
+        match t {
+            Tail::Contract(e) => TvbError::Contract(e),
+            Tail::TrailingHeader => TvbError::TrailingHeader,
+            Tail::Truncated { needed, got } => TvbError::Truncated {
+                field: "data",
+                needed,
+                got,
+            },
+            Tail::DataLen { expected, got } => TvbError::DataLen { expected, got },
+            Tail::Padding => TvbError::Padding,
+            Tail::DataCrc => TvbError::DataCrc,
+        }
+    }
 }
 
 /// What a `.tvb` file holds, by its format version.
@@ -359,17 +437,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tvb<'_>, TvbError> {
     if let Some(e) = err {
         return Err(e);
     }
-    let mut input = None;
-    let mut class_names = ClassNames::default();
-    if !rest.is_empty() {
-        let (c, n, r) = contract::decode_section(rest, &cfg).map_err(TvbError::Contract)?;
-        input = Some(c);
-        class_names = n;
-        rest = r;
-    }
-    if !rest.is_empty() {
-        return Err(TvbError::TrailingHeader);
-    }
+    let (input, class_names) = contract_tail(rest, &cfg)?;
     let expected_data = (params::folded_blob_len(&cfg) as u64).saturating_mul(4);
     if h.data_len != expected_data || offset != expected_data {
         return Err(TvbError::DataLen {
@@ -377,29 +445,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tvb<'_>, TvbError> {
             got: h.data_len,
         });
     }
-    let dstart = align16(hend as u64);
-    let end = dstart.saturating_add(h.data_len);
-    if got != end {
-        return Err(if got < end {
-            TvbError::Truncated {
-                field: "data",
-                needed: end,
-                got,
-            }
-        } else {
-            TvbError::DataLen {
-                expected: end - dstart,
-                got: got - dstart,
-            }
-        });
-    }
-    if bytes[hend..dstart as usize].iter().any(|b| *b != 0) {
-        return Err(TvbError::Padding);
-    }
-    let data = &bytes[dstart as usize..];
-    if crc32fast::hash(data) != h.data_crc32 {
-        return Err(TvbError::DataCrc);
-    }
+    let data = data_region(bytes, hend, h.data_len, h.data_crc32)?;
     Ok(Tvb {
         config: cfg,
         data,

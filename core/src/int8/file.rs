@@ -51,7 +51,7 @@ use crate::config::{ConfigError, ModelConfig};
 use crate::contract::{self, ClassNames, ContractError, InputContract};
 use crate::engine::EngineError;
 use crate::params::Name;
-use crate::tvb::{read_prefix, Prefix};
+use crate::tvb::{align16, contract_tail, data_region, read_prefix, Prefix, Tail};
 #[cfg(feature = "std")]
 use crate::tvb::{MAGIC, PREFIX_LEN};
 
@@ -108,6 +108,23 @@ pub enum FileError {
     DataCrc,
     /// Multiplier `index` of item `item` has a shift outside `1..=62`.
     Shift { item: Name, index: u32 },
+}
+
+impl From<Tail> for FileError {
+    fn from(t: Tail) -> Self {
+        match t {
+            Tail::Contract(e) => FileError::Contract(e),
+            Tail::TrailingHeader => FileError::TrailingHeader,
+            Tail::Truncated { needed, got } => FileError::Truncated {
+                field: "data",
+                needed,
+                got,
+            },
+            Tail::DataLen { expected, got } => FileError::DataLen { expected, got },
+            Tail::Padding => FileError::Padding,
+            Tail::DataCrc => FileError::DataCrc,
+        }
+    }
 }
 
 impl core::fmt::Display for FileError {
@@ -225,10 +242,6 @@ impl<'a> Model<'a> {
     }
 }
 
-fn align16(n: u64) -> u64 {
-    n.div_ceil(16) * 16
-}
-
 /// Parses and fully validates an int8 model file (see the module doc for every check).
 pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
     let got = bytes.len() as u64;
@@ -242,21 +255,11 @@ pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
         Prefix::HeaderTooLarge { len } => FileError::HeaderTooLarge { len },
         Prefix::HeaderCrc => FileError::HeaderCrc,
     })?;
-    let (h, mut rest): (Header, &[u8]) =
+    let (h, rest): (Header, &[u8]) =
         postcard::take_from_bytes(header).map_err(|_| FileError::Decode)?;
     let cfg = h.config;
     cfg.validate().map_err(FileError::Config)?;
-    let mut input = None;
-    let mut class_names = ClassNames::default();
-    if !rest.is_empty() {
-        let (c, n, r) = contract::decode_section(rest, &cfg).map_err(FileError::Contract)?;
-        input = Some(c);
-        class_names = n;
-        rest = r;
-    }
-    if !rest.is_empty() {
-        return Err(FileError::TrailingHeader);
-    }
+    let (input, class_names) = contract_tail(rest, &cfg)?;
     super::engine::arena_plan(&cfg).map_err(FileError::Engine)?;
     if h.res_max == 0 || h.res_max > i16::MAX as u16 {
         return Err(FileError::ResMax { found: h.res_max });
@@ -283,29 +286,7 @@ pub fn parse(bytes: &[u8]) -> Result<Model<'_>, FileError> {
             got: h.data_len,
         });
     }
-    let dstart = align16(hend as u64);
-    let end = dstart.saturating_add(h.data_len);
-    if got != end {
-        return Err(if got < end {
-            FileError::Truncated {
-                field: "data",
-                needed: end,
-                got,
-            }
-        } else {
-            FileError::DataLen {
-                expected: end - dstart,
-                got: got - dstart,
-            }
-        });
-    }
-    if bytes[hend..dstart as usize].iter().any(|b| *b != 0) {
-        return Err(FileError::Padding);
-    }
-    let data = &bytes[dstart as usize..];
-    if crc32fast::hash(data) != h.data_crc32 {
-        return Err(FileError::DataCrc);
-    }
+    let data = data_region(bytes, hend, h.data_len, h.data_crc32)?;
     check_items(&cfg, data)?;
     Ok(Model {
         config: cfg,
