@@ -12,7 +12,7 @@
 use super::layers::{
     bias_index, dot, gelu, gelu_inplace, layer_norm, layer_norm_into, linear, stem_dims,
 };
-use super::{input_len, EngineError, Reader, Weights};
+use super::{check_buffers, EngineError, Reader, Weights};
 use crate::config::{ModelConfig, STAGES};
 
 /// Runs one image through the network.
@@ -33,25 +33,7 @@ pub fn forward(
 ) -> Result<(), EngineError> {
     let cfg = weights.config();
     let plan = weights.limits().check_exact(cfg)?;
-    let n_in = input_len(cfg)?;
-    if input.len() != n_in {
-        return Err(EngineError::InputLen {
-            expected: n_in,
-            got: input.len(),
-        });
-    }
-    if logits.len() != cfg.num_classes as usize {
-        return Err(EngineError::LogitsLen {
-            expected: cfg.num_classes as usize,
-            got: logits.len(),
-        });
-    }
-    if arena.len() < plan.total() {
-        return Err(EngineError::ArenaTooSmall {
-            needed: plan.total(),
-            got: arena.len(),
-        });
-    }
+    check_buffers(cfg, input.len(), logits.len(), arena.len(), plan.total())?;
     let (a, rest) = arena.split_at_mut(plan.a);
     let (b, rest) = rest.split_at_mut(plan.b);
     let scratch = &mut rest[..plan.scratch];
@@ -519,7 +501,7 @@ fn head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{arena_len, fold::synthetic_blob};
+    use crate::engine::{arena_len, fold::synthetic_blob, input_len};
     use std::vec;
     use std::vec::Vec;
 

@@ -298,6 +298,36 @@ where
     }
 }
 
+/// Checks the buffers of a one-image run of `cfg` (the f32 `exact` engine's and the int8
+/// engine's, in that order): `input` values of one image ([`input_len`]), `logits` values of
+/// one row of classes, and an arena of at least `needed` values.
+pub fn check_buffers(
+    cfg: &ModelConfig,
+    input: usize,
+    logits: usize,
+    arena: usize,
+    needed: usize,
+) -> Result<(), EngineError> {
+    let n_in = input_len(cfg)?;
+    if input != n_in {
+        return Err(EngineError::InputLen {
+            expected: n_in,
+            got: input,
+        });
+    }
+    let classes = cfg.num_classes as usize;
+    if logits != classes {
+        return Err(EngineError::LogitsLen {
+            expected: classes,
+            got: logits,
+        });
+    }
+    if arena < needed {
+        return Err(EngineError::ArenaTooSmall { needed, got: arena });
+    }
+    Ok(())
+}
+
 /// Number of f32 values of one input image, `in_chans * img_size * img_size`.
 pub fn input_len(cfg: &ModelConfig) -> Result<usize, EngineError> {
     let s = cfg.img_size as usize;

@@ -30,7 +30,7 @@ use super::ops::{
 };
 use crate::config::{ModelConfig, STAGES};
 use crate::engine::layers::stem_dims;
-use crate::engine::{input_len, EngineError};
+use crate::engine::{check_buffers, EngineError};
 use mat::Prepared;
 
 /// Largest fan-in of any dot product: `2^16 * 2^14` plus a bias of at most `2^30` stays in
@@ -303,25 +303,7 @@ pub fn run(
 ) -> Result<(), EngineError> {
     let cfg = model.config();
     let plan = arena_plan(cfg)?;
-    let n_in = input_len(cfg)?;
-    if input.len() != n_in {
-        return Err(EngineError::InputLen {
-            expected: n_in,
-            got: input.len(),
-        });
-    }
-    if logits.len() != cfg.num_classes as usize {
-        return Err(EngineError::LogitsLen {
-            expected: cfg.num_classes as usize,
-            got: logits.len(),
-        });
-    }
-    if arena.len() < plan.total() {
-        return Err(EngineError::ArenaTooSmall {
-            needed: plan.total(),
-            got: arena.len(),
-        });
-    }
+    check_buffers(cfg, input.len(), logits.len(), arena.len(), plan.total())?;
     let mut carve = Carver { rest: arena };
     let a = carve.i16s(plan.a * 2)?;
     let b = carve.i16s(plan.b * 2)?;
