@@ -43,6 +43,14 @@ pub fn int8_logits(
     Ok((real, raw))
 }
 
+/// The input contract and class names an int8 file records (`quantize` writes the f32
+/// model's), if any.
+pub fn recorded_contract(model: &int8::Model<'_>) -> Option<tinyvit_core::contract::Contract> {
+    model
+        .contract()
+        .map(|c| tinyvit_core::contract::Contract::from_parts(c, model.class_names()))
+}
+
 /// `tinyvit infer` on an int8 model file: the exact integer engine, the output of the f32
 /// engines (one line of top-k per input, the logits as `.npy` with `--out`).
 pub fn run(args: &InferArgs) -> Result<()> {
@@ -100,10 +108,9 @@ pub fn run(args: &InferArgs) -> Result<()> {
     let what = format!("model {}", path.display());
     // The file's own contract (written by `quantize` from the f32 model's); flags override it,
     // and files without one use ImageNet's normalisation with a note.
-    let recorded = model
-        .contract()
-        .map(|c| tinyvit_core::contract::Contract::from_parts(c, model.class_names()));
-    let contract = args.contract.resolve(recorded, &cfg, &what)?;
+    let contract = args
+        .contract
+        .resolve(recorded_contract(&model), &cfg, &what)?;
     let (input, names) = match (&args.npy, args.images.is_empty()) {
         (Some(p), true) => {
             let (x, n) = infer::read_input_npy(p, &cfg)?;

@@ -687,6 +687,7 @@ impl Pipeline<'_> {
                 _ => Some(e),
             })
             .context("the contraction trained no candidate within budget")?;
+        let val_pct = |v: &Value| f(v, "val_top1").map_or("-".to_string(), |v| format!("{v:.2}"));
         let mut s = String::new();
         let budget = if int8 {
             "the board's flash and RAM for the int8 file and, as the board's time, at most the \
@@ -719,7 +720,7 @@ impl Pipeline<'_> {
             s,
             "| hand-picked `{}` (student-distilled) | f32 | {} | {} | {} | {} | {} |",
             o.arch,
-            f(kd, "val_top1").map_or("-".into(), |v| format!("{v:.2}")),
+            val_pct(kd),
             sc.params,
             sc.f32_bytes,
             sc.f32_arena_bytes,
@@ -731,20 +732,12 @@ impl Pipeline<'_> {
             // and seed: the int8 search's like-for-like reference.
             let q8 = q8.with_img_size(plan.img_size);
             let qc = tinyvit_core::cost::cost(&q8).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let dir = store.dir.display().to_string();
-            let d = self.train_stage(
-                "student-q8-preset",
-                &q8_arch,
-                &["--logits", &dir],
-                plan.epochs,
-                data,
-                Some(&store.key),
-            )?;
+            let d = self.distill_arch_stage("student-q8-preset", &q8_arch, store, data)?;
             let q8s = summary(&d.dir)?;
             writeln!(
                 s,
                 "| hand-picked `{q8_arch}` (student-q8-preset) | int8 | {} | {} | {} | {} | {} |",
-                f(&q8s, "val_top1").map_or("-".into(), |v| format!("{v:.2}")),
+                val_pct(&q8s),
                 qc.params,
                 qc.int8_bytes,
                 qc.int8_arena_bytes,
@@ -1064,13 +1057,23 @@ impl Pipeline<'_> {
 
     /// The student trained from the store in `store`.
     fn distill_stage(&self, name: &str, store: &Done, data: &Data) -> Result<Done> {
+        self.distill_arch_stage(name, &self.o.arch, store, data)
+    }
+
+    /// A student of `arch` distilled from `store` with the run's recipe and epochs.
+    fn distill_arch_stage(
+        &self,
+        name: &str,
+        arch: &str,
+        store: &Done,
+        data: &Data,
+    ) -> Result<Done> {
         let dir = store.dir.display().to_string();
-        let (arch, epochs) = (&self.o.arch, self.plan.epochs);
         self.train_stage(
             name,
             arch,
             &["--logits", &dir],
-            epochs,
+            self.plan.epochs,
             data,
             Some(&store.key),
         )

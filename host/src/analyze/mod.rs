@@ -143,9 +143,7 @@ impl EvalModel {
             let m = tinyvit_core::int8::parse(&bytes)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let config = *m.config();
-            let recorded = m
-                .contract()
-                .map(|c| tinyvit_core::contract::Contract::from_parts(c, m.class_names()));
+            let recorded = crate::infer_int8::recorded_contract(&m);
             let contract = flags.resolve(recorded, &config, &what)?;
             return Ok(EvalModel {
                 config,
