@@ -48,12 +48,14 @@ use serde::{Deserialize, Serialize};
 use super::layout::{self, Kind};
 use super::ops::{Multipliers, MAX_SHIFT, MIN_SHIFT};
 use crate::config::{ConfigError, ModelConfig};
-use crate::contract::{self, ClassNames, ContractError, InputContract};
+#[cfg(feature = "std")]
+use crate::contract;
+use crate::contract::{ClassNames, ContractError, InputContract};
 use crate::engine::EngineError;
 use crate::params::Name;
-use crate::tvb::{align16, contract_tail, data_region, read_prefix, Prefix, Tail};
 #[cfg(feature = "std")]
-use crate::tvb::{MAGIC, PREFIX_LEN};
+use crate::tvb::{align16, MAGIC, PREFIX_LEN};
+use crate::tvb::{contract_tail, data_region, read_prefix, Prefix, Tail};
 
 /// The format version of int8 files.
 pub const VERSION: u32 = 3;
