@@ -22,6 +22,21 @@ pub fn run(_args: &[String]) -> Result<()> {
         "--target",
         DEVICE_TARGET,
     ]))?;
+    // The device build's own lints: imports and code that only the std build uses show up
+    // here, and nowhere else.
+    util::run(util::cargo().args([
+        "clippy",
+        "-p",
+        "tinyvit-core",
+        "--no-default-features",
+        "--features",
+        "arm-dsp",
+        "--target",
+        DEVICE_TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
 
     util::step("core: tests (no libtorch involved)");
     util::run(util::cargo().args(["test", "-p", "tinyvit-core", "--all-features"]))?;
