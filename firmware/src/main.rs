@@ -186,7 +186,9 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
                     weights = Some(open_model(blob, arena, input)?)
                 }
                 tvb::Kind::Int8 if cfg!(tinyvit_engine = "int8") => {
-                    quant = Some(open_int8(blob, arena_i32, input)?)
+                    let m = open_int8(blob, arena_i32, input)?;
+                    kernel_bench(m.data(), arena_i32);
+                    quant = Some(m)
                 }
                 kind => {
                     let what = if kind == tvb::Kind::F32 {
@@ -329,6 +331,54 @@ fn open_int8(
         need * 4
     );
     Ok(model)
+}
+
+/// Fan-in and rows of the matrix kernel benchmark.
+const BENCH_K: usize = 256;
+const BENCH_ROWS: usize = 64;
+
+/// The int8 matrix kernels alone, as the engine calls them (`int8::ops::mat::probe_pair` and
+/// `probe_single`): `BENCH_ROWS x BENCH_K` weights (the model's first bytes, read in place
+/// from flash) times two vectors, then times one; prints `kernel: int8 pair|single macs=N
+/// instr=N` (cycles on a board). The arena, not yet in use, holds the vectors and the
+/// prepared lanes.
+fn kernel_bench(data: &[u8], arena: &mut [i32]) {
+    use tinyvit_core::int8::ops::mat;
+    let n = BENCH_ROWS * BENCH_K;
+    let words = 2 * BENCH_K / 4 + mat::pair_words(BENCH_K);
+    if data.len() < n + 4 * BENCH_ROWS || arena.len() < words {
+        say!("kernel: model or arena too small for the kernel benchmark");
+        return;
+    }
+    let (w, b) = (&data[..n], &data[n..n + 4 * BENCH_ROWS]);
+    let (xy, prep) = arena[..words].split_at_mut(2 * BENCH_K / 4);
+    let xy: &mut [i8] = bytemuck::cast_slice_mut(xy);
+    for (i, v) in xy.iter_mut().enumerate() {
+        // Any values in [-127, 127] (the engine's activation range).
+        *v = ((i * 37) % 255) as i8;
+        if *v == i8::MIN {
+            *v = 0;
+        }
+    }
+    let (x, y) = xy.split_at(BENCH_K);
+    let prep: &mut [u32] = bytemuck::cast_slice_mut(prep);
+    // The assembly against the portable sums on this core, for every group count modulo 4.
+    if let Err(k) = mat::self_check(w, b, x, y, prep) {
+        say!("error: kernel: the DSP matrix kernels disagree with the portable sum at fan-in {k}");
+        out::exit(EXIT_FAILED);
+    }
+    say!("kernel: self-check ok (fan-ins 4 to 64 and {BENCH_K})");
+    let (sum, count) = counter::measure(|| mat::probe_pair(w, b, x, y, prep));
+    say!(
+        "kernel: int8 pair macs={} {}={count} sum={sum}",
+        2 * n,
+        counter::UNIT
+    );
+    let (sum, count) = counter::measure(|| mat::probe_single(w, b, x, prep));
+    say!(
+        "kernel: int8 single macs={n} {}={count} sum={sum}",
+        counter::UNIT
+    );
 }
 
 /// One inference on the all-zero (mean-grey) input, to report what the model alone costs on this

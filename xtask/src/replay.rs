@@ -405,6 +405,9 @@ struct Cost {
     /// Instructions of one inference (the first `eval` vector) on M4 and M7.
     instr: [Option<u64>; 2],
     macs: u64,
+    /// The firmware's int8 matrix kernel benchmark (`kernel:` lines): per kernel form
+    /// (`pair`, `single`) its MACs and its instructions on M4 and M7.
+    kernel: Vec<(String, u64, [Option<u64>; 2])>,
 }
 
 /// The value of `key=` in a firmware line.
@@ -435,6 +438,19 @@ fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
             }
             if line.starts_with("eval ") && cost.instr[k].is_none() {
                 cost.instr[k] = field(line, "instr");
+            }
+            if let Some(rest) = line.strip_prefix("kernel: int8 ") {
+                let form = rest.split(' ').next().unwrap_or("").to_string();
+                if let (Some(macs), Some(instr)) = (field(line, "macs"), field(line, "instr")) {
+                    match cost.kernel.iter_mut().find(|e| e.0 == form) {
+                        Some(e) => e.2[k] = Some(instr),
+                        None => {
+                            let mut i = [None; 2];
+                            i[k] = Some(instr);
+                            cost.kernel.push((form, macs, i));
+                        }
+                    }
+                }
             }
         }
         if cost.stack == 0 {
@@ -573,6 +589,26 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
     }
     println!();
+    // The firmware's kernel benchmark: the same kernels and matrix in every int8 build, so the
+    // first preset that printed them speaks for all.
+    if let Some(c) = costs.iter().find(|c| !c.kernel.is_empty()) {
+        for (form, macs, instr) in &c.kernel {
+            let what = if form == "pair" {
+                "two tokens a pass (int8::ops::mat::acc_pair: 2 rows x 2 columns)"
+            } else {
+                "one token (int8::ops::mat::acc: 4 rows)"
+            };
+            for (k, board) in ["Cortex-M4F", "Cortex-M7"].into_iter().enumerate() {
+                if let Some(i) = instr[k] {
+                    println!(
+                        "int8 matmul kernel alone, {what}, 64 x 256 weights read from flash, \
+                         on {board}: {i} instructions for {macs} MACs -> {:.3} instructions per MAC",
+                        i as f64 / (*macs).max(1) as f64
+                    );
+                }
+            }
+        }
+    }
     for (probe, base, extra) in &probes {
         let kernel = if base.name.ends_with("-int8") {
             "int8::ops::mat, SXTB16/SMLAD on sign-flipped weights"

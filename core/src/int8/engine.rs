@@ -21,6 +21,12 @@
 //! `i32` words: regions `A` and `B` hold the `i16` stage activations (alternating as in
 //! `exact`), then one scratch region sized for the hungriest layer, then the matrix kernels'
 //! prepared activations ([`arena_plan`]).
+//!
+//! # Matrix products two tokens at a time
+//! Wherever two tokens go through the same matrix (the stem's second conv, MBConv and
+//! PatchMerging 1x1s, qkv, proj, the MLP) they are prepared as a [`Pair`] and each weight
+//! word read serves both ([`mat::acc_pair`]); a last odd token takes the one-vector kernels.
+//! Integer sums: the grouping changes no bit.
 #![deny(clippy::float_arithmetic)]
 
 use super::file::Model;
@@ -31,7 +37,7 @@ use super::ops::{
 use crate::config::{ModelConfig, STAGES};
 use crate::engine::layers::stem_dims;
 use crate::engine::{check_buffers, EngineError};
-use mat::Prepared;
+use mat::{Pair, Prepared};
 
 /// Largest fan-in of any dot product: `2^16 * 2^14` plus a bias of at most `2^30` stays in
 /// `i32`.
@@ -51,7 +57,7 @@ pub struct ArenaPlan {
     pub b: usize,
     /// Words of the scratch region.
     pub scratch: usize,
-    /// Words of the matrix kernels' prepared activations ([`mat::prep_words`] of the widest
+    /// Words of the matrix kernels' prepared activations ([`mat::pair_words`] of the widest
     /// matrix fan-in).
     pub prep: usize,
 }
@@ -116,9 +122,15 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
     }
     let a = w16(act[0].max(act[2]));
     let b = w16(act[1].max(act[3]));
-    let (_, _, e0, half, w1, _) = stem_dims(cfg);
-    let mut scratch = add(w8(mul(mul(3, w1)?, half)?), w8(mul(9, half)?))?;
-    scratch = scratch.max(add(add(w8(e0), w8(mul(mul(3, r[0])?, hid0)?))?, w8(hid0))?);
+    let (cin, _, e0, half, w1, _) = stem_dims(cfg);
+    // Pairs of tokens (module doc): two stem patches, two MBConv and PatchMerging inputs and
+    // intermediates, two MLP rows.
+    let mut scratch = add(w8(mul(mul(3, w1)?, half)?), w8(mul(18, half)?))?;
+    scratch = add(scratch, w8(mul(9, cin)?))?;
+    scratch = scratch.max(add(
+        add(w8(mul(2, e0)?), w8(mul(mul(3, r[0])?, hid0)?))?,
+        w8(mul(2, hid0)?),
+    )?);
     for s in 0..STAGES {
         if s > 0 {
             let ws = cfg.window_sizes[s] as usize;
@@ -126,11 +138,11 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
             scratch = scratch.max(attention_words(mul(ws, ws)?, e[s], hd)?);
             scratch = scratch.max(w16(mul(mul(k, r[s])?, e[s])?));
             let hid = mul(e[s], cfg.mlp_ratio as usize)?;
-            scratch = scratch.max(add(w8(e[s]), w8(hid))?);
+            scratch = scratch.max(add(w8(mul(2, e[s])?), w8(mul(2, hid)?))?);
         }
         if s + 1 < STAGES {
-            let pm = add(w8(e[s]), w8(mul(mul(3, r[s])?, e[s + 1])?))?;
-            scratch = scratch.max(add(pm, w8(e[s + 1]))?);
+            let pm = add(w8(mul(2, e[s])?), w8(mul(mul(3, r[s])?, e[s + 1])?))?;
+            scratch = scratch.max(add(pm, w8(mul(2, e[s + 1])?))?);
         }
     }
     scratch = scratch.max(add(w16(e[3]), w8(e[3]))?);
@@ -140,7 +152,7 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
     for s in 0..STAGES {
         mat_k = mat_k.max(e[s]).max(mul(e[s], cfg.mlp_ratio as usize)?);
     }
-    let prep = mat::prep_words(mat_k);
+    let prep = mat::pair_words(mat_k);
     let plan = ArenaPlan {
         a,
         b,
@@ -256,6 +268,33 @@ impl<'a> Layer<'a> {
             o += 1;
         }
     }
+
+    /// `f(o, [accumulator of x, accumulator of y])` for the outputs `o` in `outs`, in order,
+    /// over the pair `p`; two outputs by two vectors per kernel pass.
+    #[inline]
+    fn each_pair(
+        &self,
+        p: &Pair<'_>,
+        outs: core::ops::Range<usize>,
+        mut f: impl FnMut(usize, [i32; 2]),
+    ) {
+        let mut o = outs.start;
+        while o + 2 <= outs.end {
+            let [a, b] = mat::acc_pair(self.b, p, self.w, o);
+            f(o, a);
+            f(o + 1, b);
+            o += 2;
+        }
+        if o < outs.end {
+            f(o, mat::acc_pair1(self.b, p, self.w, o));
+        }
+    }
+}
+
+/// Two disjoint mutable tokens `[a*c, (a+1)*c)` and `[b*c, (b+1)*c)` of `x`, `a < b`.
+fn two_tokens<T>(x: &mut [T], c: usize, a: usize, b: usize) -> (&mut [T], &mut [T]) {
+    let (lo, hi) = x.split_at_mut(b * c);
+    (&mut lo[a * c..(a + 1) * c], &mut hi[..c])
 }
 
 /// `acc -> Q12 -> GELU -> i8`.
@@ -411,7 +450,24 @@ fn stem(
     let c2 = Layer::read(rd, half * 9, e0)?;
     let mut carve = Carver { rest: scratch };
     let ring = carve.i8s(3 * w1 * half)?;
-    let patch = carve.i8s(9 * half)?;
+    let patch_in = carve.i8s(9 * cin)?;
+    let patches = carve.i8s(18 * half)?;
+    let (patch0, patch1) = patches.split_at_mut(9 * half);
+    // Output pixel `ox`'s 3x3 patch of the ring's first-conv outputs.
+    let gather = |ring: &[i8], oy: usize, ox: usize, patch: &mut [i8]| {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let dst = &mut patch[(ky * 3 + kx) * half..(ky * 3 + kx + 1) * half];
+                match (tap(oy, 2, ky, 1, w1), tap(ox, 2, kx, 1, w1)) {
+                    (Some(iy), Some(ix)) => {
+                        let px = ((iy % 3) * w1 + ix) * half;
+                        dst.copy_from_slice(&ring[px..px + half]);
+                    }
+                    _ => dst.fill(0),
+                }
+            }
+        }
+    };
     let mut filled = 0;
     for oy in 0..r0 {
         let last = (2 * oy + 1).min(w1 - 1);
@@ -419,41 +475,46 @@ fn stem(
             let y1 = filled;
             let row = &mut ring[(y1 % 3) * w1 * half..(y1 % 3 + 1) * w1 * half];
             for x1 in 0..w1 {
-                for o in 0..half {
-                    let mut acc = c1.b.get(o);
-                    for ky in 0..3 {
-                        let Some(iy) = tap(y1, 2, ky, 1, img) else {
-                            continue;
-                        };
-                        for kx in 0..3 {
-                            let Some(ix) = tap(x1, 2, kx, 1, img) else {
-                                continue;
-                            };
-                            for i in 0..cin {
-                                let w = c1.w[((o * 3 + ky) * 3 + kx) * cin + i] as i32;
-                                acc = acc.wrapping_add(w * input[(i * img + iy) * img + ix] as i32);
+                // The input patch in the weights' `[ky, kx, in]` order, taps outside the image
+                // as zeros (they add nothing), gathered once for every output channel.
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let dst = &mut patch_in[(ky * 3 + kx) * cin..(ky * 3 + kx + 1) * cin];
+                        match (tap(y1, 2, ky, 1, img), tap(x1, 2, kx, 1, img)) {
+                            (Some(iy), Some(ix)) => {
+                                for (i, d) in dst.iter_mut().enumerate() {
+                                    *d = input[(i * img + iy) * img + ix];
+                                }
                             }
+                            _ => dst.fill(0),
                         }
                     }
-                    row[x1 * half + o] = gelu_i8(acc, c1.m.get(o), act1);
+                }
+                let dst = &mut row[x1 * half..(x1 + 1) * half];
+                for (o, (d, w)) in dst.iter_mut().zip(c1.w.chunks_exact(9 * cin)).enumerate() {
+                    let acc = dot_i8(c1.b.get(o), w, patch_in);
+                    *d = gelu_i8(acc, c1.m.get(o), act1);
                 }
             }
             filled += 1;
         }
-        for ox in 0..r0 {
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let dst = &mut patch[(ky * 3 + kx) * half..(ky * 3 + kx + 1) * half];
-                    match (tap(oy, 2, ky, 1, w1), tap(ox, 2, kx, 1, w1)) {
-                        (Some(iy), Some(ix)) => {
-                            let px = ((iy % 3) * w1 + ix) * half;
-                            dst.copy_from_slice(&ring[px..px + half]);
-                        }
-                        _ => dst.fill(0),
-                    }
-                }
-            }
-            let p = mat::prepare(patch, prep);
+        let mut ox = 0;
+        while ox + 2 <= r0 {
+            gather(ring, oy, ox, patch0);
+            gather(ring, oy, ox + 1, patch1);
+            let p = mat::prepare_pair(patch0, patch1, prep);
+            let at = oy * r0 + ox;
+            let (t0, t1) = two_tokens(out, e0, at, at + 1);
+            c2.each_pair(&p, 0..e0, |o, [a0, a1]| {
+                let m = c2.m.get(o);
+                t0[o] = sat_i16(requant(a0, m), lim);
+                t1[o] = sat_i16(requant(a1, m), lim);
+            });
+            ox += 2;
+        }
+        if ox < r0 {
+            gather(ring, oy, ox, patch0);
+            let p = mat::prepare(patch0, prep);
             let t = &mut out[(oy * r0 + ox) * e0..(oy * r0 + ox + 1) * e0];
             c2.each(&p, 0..e0, |o, acc| {
                 t[o] = sat_i16(requant(acc, c2.m.get(o)), lim);
@@ -464,7 +525,8 @@ fn stem(
 }
 
 /// 1x1 conv + GELU of token row `y` of the stream `src` (`[h*w, cin]`, narrowed to `i8`
-/// through `tok`) into slot `y % 3` of `ring` (`[3, w, cout]`).
+/// through `tok`, `[2, cin]`, two tokens at a time) into slot `y % 3` of `ring`
+/// (`[3, w, cout]`).
 fn pointwise_row(
     src: &[i16],
     y: usize,
@@ -479,14 +541,26 @@ fn pointwise_row(
     prep: &mut [u32],
 ) {
     let slot = y % 3;
-    for x in 0..w {
-        narrow(
-            &src[(y * w + x) * cin..(y * w + x + 1) * cin],
-            narrow_in,
-            tok,
-        );
-        let dst = &mut ring[(slot * w + x) * cout..(slot * w + x + 1) * cout];
-        let p = mat::prepare(tok, prep);
+    let (t0, t1) = tok.split_at_mut(cin);
+    let row = &mut ring[slot * w * cout..(slot + 1) * w * cout];
+    let token = |x: usize| &src[(y * w + x) * cin..(y * w + x + 1) * cin];
+    let mut x = 0;
+    while x + 2 <= w {
+        narrow(token(x), narrow_in, t0);
+        narrow(token(x + 1), narrow_in, t1);
+        let (d0, d1) = two_tokens(row, cout, x, x + 1);
+        let p = mat::prepare_pair(t0, t1, prep);
+        layer.each_pair(&p, 0..cout, |o, [a0, a1]| {
+            let m = layer.m.get(o);
+            d0[o] = gelu_i8(a0, m, act);
+            d1[o] = gelu_i8(a1, m, act);
+        });
+        x += 2;
+    }
+    if x < w {
+        narrow(token(x), narrow_in, t0);
+        let dst = &mut row[x * cout..(x + 1) * cout];
+        let p = mat::prepare(t0, prep);
         layer.each(&p, 0..cout, |o, acc| {
             dst[o] = gelu_i8(acc, layer.m.get(o), act);
         });
@@ -532,19 +606,68 @@ fn depthwise_pixel(
         }
         return;
     }
-    for (ch, m) in mid.iter_mut().enumerate() {
+    // A border pixel: the taps inside the map, as (the tap pixel's channels in the ring, the
+    // tap's weight index), listed once for every channel.
+    let mut taps: [(&[i8], usize); 9] = [(&[], 0); 9];
+    let mut n = 0;
+    for ky in ky0..ky1 {
+        let r = row(ky);
+        for kx in kx0..kx1 {
+            let ix = ox * stride + kx - 1;
+            taps[n] = (&r[ix * c..(ix + 1) * c], ky * 3 + kx);
+            n += 1;
+        }
+    }
+    let taps = &taps[..n];
+    for (ch, (m, w)) in mid.iter_mut().zip(layer.w.chunks_exact(9)).enumerate() {
         let mut acc = layer.b.get(ch);
-        if kx0 < kx1 {
-            let w = &layer.w[ch * 9..(ch + 1) * 9];
-            for ky in ky0..ky1 {
-                let r = row(ky);
-                let ix0 = ox * stride + kx0 - 1;
-                for (kx, px) in (kx0..kx1).zip(r[ix0 * c + ch..].iter().step_by(c)) {
-                    acc = acc.wrapping_add(w[ky * 3 + kx] as i32 * *px as i32);
-                }
-            }
+        for (px, k) in taps {
+            acc = acc.wrapping_add(w[*k] as i32 * px[ch] as i32);
         }
         *m = gelu_i8(acc, layer.m.get(ch), act);
+    }
+}
+
+/// Output row `oy` of a 3x3 depthwise conv + GELU ([`depthwise_pixel`], over `ring` of
+/// `c`-channel pixels) followed by the 1x1 `pw` to `cout` channels, two pixels at a time
+/// (`mid`: `[2, c]`); `f(&mut value, accumulator, multiplier)` stores each output channel of a
+/// pixel into `row` (`[w_out, cout]`, the row's tokens).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_pointwise_row(
+    ring: &[i8],
+    h_in: usize,
+    c: usize,
+    stride: usize,
+    oy: usize,
+    dw: &Layer<'_>,
+    act: Multiplier,
+    pw: &Layer<'_>,
+    mid: &mut [i8],
+    prep: &mut [u32],
+    row: &mut [i16],
+    cout: usize,
+    mut f: impl FnMut(&mut i16, i32, Multiplier),
+) {
+    let w_out = row.len() / cout;
+    let (m0, m1) = mid.split_at_mut(c);
+    let mut ox = 0;
+    while ox + 2 <= w_out {
+        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0);
+        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox + 1, dw, act, m1);
+        let (t0, t1) = two_tokens(row, cout, ox, ox + 1);
+        let p = mat::prepare_pair(m0, m1, prep);
+        pw.each_pair(&p, 0..cout, |o, [a0, a1]| {
+            let m = pw.m.get(o);
+            f(&mut t0[o], a0, m);
+            f(&mut t1[o], a1, m);
+        });
+        ox += 2;
+    }
+    if ox < w_out {
+        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0);
+        let t = &mut row[ox * cout..(ox + 1) * cout];
+        let p = mat::prepare(m0, prep);
+        pw.each(&p, 0..cout, |o, acc| f(&mut t[o], acc, pw.m.get(o)));
     }
 }
 
@@ -569,9 +692,9 @@ fn mbconv(
     let res = rd.mul1()?;
     let out = rd.mul1()?;
     let mut carve = Carver { rest: scratch };
-    let tok = carve.i8s(c)?;
+    let tok = carve.i8s(2 * c)?;
     let ring = carve.i8s(3 * r * hid)?;
-    let mid = carve.i8s(hid)?;
+    let mid = carve.i8s(2 * hid)?;
     let mut filled = 0;
     for oy in 0..r {
         let last = (oy + 1).min(r - 1);
@@ -579,16 +702,25 @@ fn mbconv(
             pointwise_row(x, filled, r, c, narrow_in, &c1, act1, hid, tok, ring, prep);
             filled += 1;
         }
-        for ox in 0..r {
-            depthwise_pixel(ring, r, r, hid, 1, oy, ox, &c2, act2, mid);
-            let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
-            let p = mat::prepare(mid, prep);
-            c3.each(&p, 0..c, |o, acc| {
-                let v = &mut t[o];
-                let sum = requant(acc, c3.m.get(o)).saturating_add(requant(*v as i32, res));
+        let row = &mut x[oy * r * c..(oy + 1) * r * c];
+        depthwise_pointwise_row(
+            ring,
+            r,
+            hid,
+            1,
+            oy,
+            &c2,
+            act2,
+            &c3,
+            mid,
+            prep,
+            row,
+            c,
+            |v, acc, m| {
+                let sum = requant(acc, m).saturating_add(requant(*v as i32, res));
                 *v = sat_i16(requant(gelu_q12(sum), out), lim);
-            });
-        }
+            },
+        );
     }
     Ok(())
 }
@@ -614,9 +746,9 @@ fn patch_merging(
     let c3 = Layer::read(rd, cout, cout)?;
     let r2 = r.div_ceil(2);
     let mut carve = Carver { rest: scratch };
-    let tok = carve.i8s(cin)?;
+    let tok = carve.i8s(2 * cin)?;
     let ring = carve.i8s(3 * r * cout)?;
-    let mid = carve.i8s(cout)?;
+    let mid = carve.i8s(2 * cout)?;
     let mut filled = 0;
     for oy in 0..r2 {
         let last = (2 * oy + 1).min(r - 1);
@@ -626,14 +758,22 @@ fn patch_merging(
             );
             filled += 1;
         }
-        for ox in 0..r2 {
-            depthwise_pixel(ring, r, r, cout, 2, oy, ox, &c2, act2, mid);
-            let t = &mut dst[(oy * r2 + ox) * cout..(oy * r2 + ox + 1) * cout];
-            let p = mat::prepare(mid, prep);
-            c3.each(&p, 0..cout, |o, acc| {
-                t[o] = sat_i16(requant(acc, c3.m.get(o)), lim);
-            });
-        }
+        let row = &mut dst[oy * r2 * cout..(oy + 1) * r2 * cout];
+        depthwise_pointwise_row(
+            ring,
+            r,
+            cout,
+            2,
+            oy,
+            &c2,
+            act2,
+            &c3,
+            mid,
+            prep,
+            row,
+            cout,
+            |v, acc, m| *v = sat_i16(requant(acc, m), lim),
+        );
     }
     Ok(())
 }
@@ -689,19 +829,37 @@ fn tinyvit_block(
     local_conv(x, r, c, k, &lc, lim, scratch)?;
 
     let mut carve = Carver { rest: scratch };
-    let norm = carve.i8s(c)?;
-    let hidden = carve.i8s(hid)?;
-    for tok in x.chunks_exact_mut(c) {
-        mlp_norm.apply(tok, norm);
-        let p = mat::prepare(norm, prep);
+    let (n0, n1) = carve.i8s(2 * c)?.split_at_mut(c);
+    let (h0, h1) = carve.i8s(2 * hid)?.split_at_mut(hid);
+    let residual = |t: &mut i16, acc: i32, m: Multiplier| {
+        *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
+    };
+    let mut pairs = x.chunks_exact_mut(2 * c);
+    for pair in &mut pairs {
+        let (t0, t1) = pair.split_at_mut(c);
+        mlp_norm.apply(t0, n0);
+        mlp_norm.apply(t1, n1);
+        let p = mat::prepare_pair(n0, n1, prep);
+        fc1.each_pair(&p, 0..hid, |o, [a0, a1]| {
+            let m = fc1.m.get(o);
+            h0[o] = gelu_i8(a0, m, mlp_act);
+            h1[o] = gelu_i8(a1, m, mlp_act);
+        });
+        let p = mat::prepare_pair(h0, h1, prep);
+        fc2.each_pair(&p, 0..c, |o, [a0, a1]| {
+            let m = fc2.m.get(o);
+            residual(&mut t0[o], a0, m);
+            residual(&mut t1[o], a1, m);
+        });
+    }
+    for tok in pairs.into_remainder().chunks_exact_mut(c) {
+        mlp_norm.apply(tok, n0);
+        let p = mat::prepare(n0, prep);
         fc1.each(&p, 0..hid, |o, acc| {
-            hidden[o] = gelu_i8(acc, fc1.m.get(o), mlp_act);
+            h0[o] = gelu_i8(acc, fc1.m.get(o), mlp_act);
         });
-        let p = mat::prepare(hidden, prep);
-        fc2.each(&p, 0..c, |o, acc| {
-            let y = requant(acc, fc2.m.get(o));
-            tok[o] = sat_i16((tok[o] as i32).saturating_add(y), lim);
-        });
+        let p = mat::prepare(h0, prep);
+        fc2.each(&p, 0..c, |o, acc| residual(&mut tok[o], acc, fc2.m.get(o)));
     }
     Ok(())
 }
@@ -741,11 +899,27 @@ fn attention(
                 wt.norm.apply(src, &mut win[i * c..(i + 1) * c]);
             }
             for h in 0..heads {
-                for i in 0..t {
+                let first = h * 3 * hd;
+                let outs = first..first + 3 * hd;
+                let mut i = 0;
+                while i + 2 <= t {
+                    let p = mat::prepare_pair(
+                        &win[i * c..(i + 1) * c],
+                        &win[(i + 1) * c..(i + 2) * c],
+                        prep,
+                    );
+                    let (r0, r1) = two_tokens(qkv, 3 * hd, i, i + 1);
+                    wt.qkv.each_pair(&p, outs.clone(), |ch, [a0, a1]| {
+                        let m = wt.qkv.m.get(ch);
+                        r0[ch - first] = sat_i8(requant(a0, m));
+                        r1[ch - first] = sat_i8(requant(a1, m));
+                    });
+                    i += 2;
+                }
+                if i < t {
                     let p = mat::prepare(&win[i * c..(i + 1) * c], prep);
                     let row = &mut qkv[i * 3 * hd..(i + 1) * 3 * hd];
-                    let first = h * 3 * hd;
-                    wt.qkv.each(&p, first..first + 3 * hd, |ch, acc| {
+                    wt.qkv.each(&p, outs.clone(), |ch, acc| {
                         row[ch - first] = sat_i8(requant(acc, wt.qkv.m.get(ch)));
                     });
                 }
@@ -774,16 +948,35 @@ fn attention(
                     }
                 }
             }
+            // The window's tokens inside the map, two at a time.
+            let residual = |t: &mut i16, acc: i32, m: Multiplier| {
+                *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
+            };
+            let mut pending: Option<(usize, usize)> = None;
             for i in 0..t {
                 let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
-                if y < r && xx < r {
-                    let p = mat::prepare(&out[i * c..(i + 1) * c], prep);
-                    let dst = &mut x[(y * r + xx) * c..(y * r + xx + 1) * c];
-                    wt.proj.each(&p, 0..c, |o, acc| {
-                        let v = requant(acc, wt.proj.m.get(o));
-                        dst[o] = sat_i16((dst[o] as i32).saturating_add(v), lim);
-                    });
+                if y >= r || xx >= r {
+                    continue;
                 }
+                let Some((i0, at0)) = pending.take() else {
+                    pending = Some((i, y * r + xx));
+                    continue;
+                };
+                let p =
+                    mat::prepare_pair(&out[i0 * c..(i0 + 1) * c], &out[i * c..(i + 1) * c], prep);
+                let (d0, d1) = two_tokens(x, c, at0, y * r + xx);
+                wt.proj.each_pair(&p, 0..c, |o, [a0, a1]| {
+                    let m = wt.proj.m.get(o);
+                    residual(&mut d0[o], a0, m);
+                    residual(&mut d1[o], a1, m);
+                });
+            }
+            if let Some((i, at)) = pending {
+                let p = mat::prepare(&out[i * c..(i + 1) * c], prep);
+                let dst = &mut x[at * c..(at + 1) * c];
+                wt.proj.each(&p, 0..c, |o, acc| {
+                    residual(&mut dst[o], acc, wt.proj.m.get(o))
+                });
             }
         }
     }

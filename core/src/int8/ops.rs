@@ -264,15 +264,87 @@ pub mod mat {
         let words = &mut buf[..n];
         let mut even = 0i32;
         for (g, w) in x.chunks_exact(4).zip(words.chunks_exact_mut(2)) {
-            let (x0, x1, x2, x3) = (g[0] as i32, g[1] as i32, g[2] as i32, g[3] as i32);
-            even = even.wrapping_add(x0 + x2);
-            w[0] = lanes(x0, x2);
-            w[1] = lanes(x1 - 256 * x0, x3 - 256 * x2);
+            let (e, o, s) = group_lanes(g);
+            even = even.wrapping_add(s);
+            w[0] = e;
+            w[1] = o;
         }
         Some(Prepared {
             x,
             words,
             corr: even.wrapping_mul(-128),
+        })
+    }
+
+    /// The lanes `(x0, x2)` and `(x1 - 256 x0, x3 - 256 x2)` of a group of four inputs, and
+    /// `x0 + x2` (what the correction removes).
+    #[inline(always)]
+    fn group_lanes(g: &[i8]) -> (u32, u32, i32) {
+        let (x0, x1, x2, x3) = (g[0] as i32, g[1] as i32, g[2] as i32, g[3] as i32);
+        (lanes(x0, x2), lanes(x1 - 256 * x0, x3 - 256 * x2), x0 + x2)
+    }
+
+    /// `u32` words of preparation buffer for a pair of vectors of fan-in `k` (the two-column
+    /// kernels): twice [`prep_words`].
+    pub const fn pair_words(k: usize) -> usize {
+        2 * prep_words(k)
+    }
+
+    /// Two activation vectors of one fan-in and, when the DSP form applies to both, their
+    /// lanes interleaved per group of four inputs as `[e(x), e(y), o(x), o(y)]` (`e`, `o` the
+    /// two lane words [`prepare`] makes), so that one `LDRD` feeds both columns.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Pair<'a> {
+        x: [&'a [i8]; 2],
+        words: &'a [u32],
+        corr: [i32; 2],
+    }
+
+    /// Prepares `x` and `y` (same length) for the two-column kernels in `buf` (at least
+    /// [`pair_words`] words, else the scalar loop runs). On targets without the DSP form it
+    /// only wraps them.
+    pub fn prepare_pair<'a>(x: &'a [i8], y: &'a [i8], buf: &'a mut [u32]) -> Pair<'a> {
+        let plain = Pair {
+            x: [x, y],
+            words: &[],
+            corr: [0; 2],
+        };
+        if !cfg!(any(test, all(feature = "arm-dsp", target_arch = "arm"))) {
+            return plain;
+        }
+        prepare_pair_dsp(x, y, buf).unwrap_or(plain)
+    }
+
+    /// The interleaved lanes of `x` and `y`; `None` when either does not allow the DSP form.
+    pub(crate) fn prepare_pair_dsp<'a>(
+        x: &'a [i8],
+        y: &'a [i8],
+        buf: &'a mut [u32],
+    ) -> Option<Pair<'a>> {
+        let n = pair_words(x.len());
+        if n == 0 || x.len() != y.len() || buf.len() < n || x.contains(&i8::MIN) {
+            return None;
+        }
+        if y.contains(&i8::MIN) {
+            return None;
+        }
+        let words = &mut buf[..n];
+        let mut even = [0i32; 2];
+        for ((gx, gy), w) in x
+            .chunks_exact(4)
+            .zip(y.chunks_exact(4))
+            .zip(words.chunks_exact_mut(4))
+        {
+            let (ex, ox, sx) = group_lanes(gx);
+            let (ey, oy, sy) = group_lanes(gy);
+            even[0] = even[0].wrapping_add(sx);
+            even[1] = even[1].wrapping_add(sy);
+            w.copy_from_slice(&[ex, ey, ox, oy]);
+        }
+        Some(Pair {
+            x: [x, y],
+            words,
+            corr: even.map(|e| e.wrapping_mul(-128)),
         })
     }
 
@@ -467,6 +539,236 @@ pub mod mat {
             dot_mat_scalar(init[i], p.x, &rows[i * k..(i + 1) * k], (o + i) * k)
         })
     }
+
+    /// The two-column DSP form in Rust over `R` rows of stored bytes (`rows`: `[R, 4 g]`):
+    /// `[row][column]` accumulators, one group a step.
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
+    pub(crate) fn dsp_pair<const R: usize>(
+        init: [[i32; 2]; R],
+        p: &Pair<'_>,
+        rows: &[i8],
+    ) -> [[i32; 2]; R] {
+        let g = p.words.len() / 4;
+        let k = 4 * g;
+        let mut a = init.map(|r| [0, 1].map(|c| r[c].wrapping_add(p.corr[c])));
+        for (j, l) in p.words.chunks_exact(4).enumerate() {
+            for (i, acc) in a.iter_mut().enumerate() {
+                let b = &rows[i * k + 4 * j..i * k + 4 * j + 4];
+                let w = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                for (c, v) in acc.iter_mut().enumerate() {
+                    *v = step(*v, w, l[c], l[2 + c]);
+                }
+            }
+        }
+        a
+    }
+
+    /// Two rows by two columns of the DSP form (`rows`: `[2, k]` stored bytes, `k = 4 g`).
+    /// On Armv7E-M with `arm-dsp`: [`rows2x2_asm`]; elsewhere [`dsp_pair`] (what the tests
+    /// run).
+    #[inline(always)]
+    pub(crate) fn rows2x2(init: [[i32; 2]; 2], p: &Pair<'_>, rows: &[i8]) -> [[i32; 2]; 2] {
+        let g = p.words.len() / 4;
+        assert!(rows.len() >= 8 * g);
+        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+        {
+            rows2x2_asm(init, p, rows, g)
+        }
+        #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+        {
+            dsp_pair(init, p, rows)
+        }
+    }
+
+    /// [`rows2x2`] in assembly: per group of four inputs one (unaligned-capable) `LDR` of
+    /// each row's weight word, two `LDRD`s of the interleaved lanes (the even lanes of both
+    /// columns, then the odd ones), two `SXTB16` and eight `SMLAD`s: 14 instructions for 16
+    /// multiply-accumulates, every weight word used by both columns. Four groups a loop step
+    /// (`g mod 4` groups first: two if `g mod 4 >= 2`, then one if `g` is odd). Twelve registers: four accumulators, two weight words, two lane
+    /// words, the lane pointer and its end, the row pointer (row 1 at `+k`) and `k`.
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn rows2x2_asm(init: [[i32; 2]; 2], p: &Pair<'_>, rows: &[i8], g: usize) -> [[i32; 2]; 2] {
+        use core::arch::asm;
+        let (c0, c1) = (p.corr[0], p.corr[1]);
+        let mut a00 = init[0][0].wrapping_add(c0);
+        let mut a01 = init[0][1].wrapping_add(c1);
+        let mut a10 = init[1][0].wrapping_add(c0);
+        let mut a11 = init[1][1].wrapping_add(c1);
+        if g == 0 {
+            return [[a00, a01], [a10, a11]];
+        }
+        let k = 4 * g;
+        let mut pa = p.words.as_ptr();
+        let mut r0 = rows.as_ptr();
+        macro_rules! group {
+            () => {
+                concat!(
+                    "ldr {wb}, [{r0}, {k}]\n",
+                    "ldr {wa}, [{r0}], #4\n",
+                    "ldrd {e0}, {e1}, [{pa}], #8\n",
+                    "smlad {a00}, {wa}, {e0}, {a00}\n",
+                    "smlad {a01}, {wa}, {e1}, {a01}\n",
+                    "smlad {a10}, {wb}, {e0}, {a10}\n",
+                    "smlad {a11}, {wb}, {e1}, {a11}\n",
+                    "ldrd {e0}, {e1}, [{pa}], #8\n",
+                    "sxtb16 {wa}, {wa}, ror #8\n",
+                    "sxtb16 {wb}, {wb}, ror #8\n",
+                    "smlad {a00}, {wa}, {e0}, {a00}\n",
+                    "smlad {a01}, {wa}, {e1}, {a01}\n",
+                    "smlad {a10}, {wb}, {e0}, {a10}\n",
+                    "smlad {a11}, {wb}, {e1}, {a11}\n",
+                )
+            };
+        }
+        // SAFETY: `pend` is the end of `p.words` (`4 g` words, word-aligned as `u32`s, so
+        // `LDRD` may read them; `pend - pa = 16 g` bytes). The block runs two groups when bit 5
+        // of `16 g` is set, one more when bit 4 is (read again after the two), then four groups
+        // a step until `pa == pend`; each group reads 4 lane words at `pa` (inside `p.words`)
+        // and one word of each row at `r0` and `r0 + k` (inside `rows`, which holds `2 k`
+        // bytes as the caller asserted); unaligned `LDR` is architectural on Armv7-M.
+        // Registers only otherwise; no stack.
+        let pend = unsafe { p.words.as_ptr().add(4 * g) };
+        unsafe {
+            asm!(
+                "sub {wa}, {pend}, {pa}",
+                "tst {wa}, #32",
+                "beq 1f",
+                group!(),
+                group!(),
+                "1:",
+                // Two groups (32 bytes) leave bit 4 of the remaining length as it was.
+                "sub {wa}, {pend}, {pa}",
+                "tst {wa}, #16",
+                "beq 2f",
+                group!(),
+                "2:",
+                "cmp {pa}, {pend}",
+                "beq 4f",
+                "3:",
+                group!(),
+                group!(),
+                group!(),
+                group!(),
+                "cmp {pa}, {pend}",
+                "bne 3b",
+                "4:",
+                pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0, k = in(reg) k,
+                a00 = inout(reg) a00, a01 = inout(reg) a01, a10 = inout(reg) a10,
+                a11 = inout(reg) a11, wa = out(reg) _, wb = out(reg) _, e0 = out(reg) _,
+                e1 = out(reg) _,
+                options(readonly, nostack),
+            );
+        }
+        let _ = (pa, r0);
+        [[a00, a01], [a10, a11]]
+    }
+
+    /// Accumulators of outputs `o` and `o + 1` of `w` (`[out, k]`, `Kind::Mat`) for both
+    /// vectors of `p` (`[row][column]`), each starting from its bias `b`.
+    #[inline(always)]
+    pub fn acc_pair(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [[i32; 2]; 2] {
+        let k = p.x[0].len();
+        let (b0, b1) = (b.get(o), b.get(o + 1));
+        let init = [[b0, b0], [b1, b1]];
+        let rows = &w[o * k..(o + 2) * k];
+        if !p.words.is_empty() {
+            return rows2x2(init, p, rows);
+        }
+        [0, 1].map(|i| {
+            [0, 1]
+                .map(|c| dot_mat_scalar(init[i][c], p.x[c], &rows[i * k..(i + 1) * k], (o + i) * k))
+        })
+    }
+
+    /// Accumulators of output `o` of `w` for both vectors of `p`, from its bias `b`.
+    #[inline(always)]
+    pub fn acc_pair1(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [i32; 2] {
+        let k = p.x[0].len();
+        let init = [b.get(o); 2];
+        let row = &w[o * k..(o + 1) * k];
+        if !p.words.is_empty() {
+            return dsp_pair::<1>([init], p, row)[0];
+        }
+        [0, 1].map(|c| dot_mat_scalar(init[c], p.x[c], row, o * k))
+    }
+
+    /// The matrix kernel as the engine calls it, alone, for the device's kernel benchmark:
+    /// the `[rows, k]` weights `w` (any bytes; `rows` even) times the vectors `x` and `y`
+    /// (`k` each) through [`prepare_pair`] and [`acc_pair`], biases read from `b` (`4 rows`
+    /// bytes). Returns a checksum of the accumulators (so that nothing is left out).
+    pub fn probe_pair(w: &[u8], b: &[u8], x: &[i8], y: &[i8], prep: &mut [u32]) -> i32 {
+        let w: &[i8] = bytemuck::cast_slice(w);
+        let k = x.len();
+        let rows = w.len().checked_div(k).unwrap_or(0);
+        let p = prepare_pair(x, y, prep);
+        let mut sum = 0i32;
+        let mut o = 0;
+        while o + 2 <= rows {
+            for r in acc_pair(I32s(b), &p, w, o) {
+                sum = sum.wrapping_add(r[0]).wrapping_add(r[1]);
+            }
+            o += 2;
+        }
+        sum
+    }
+
+    /// The device's check of its own kernels: for fan-ins `4, 8, ..., 64` (every group count
+    /// modulo 4, which the assembly treats apart) and `x.len()`, the one- and two-vector
+    /// kernels over `4` rows of `w` (any bytes, at least `4 x.len()`) against
+    /// [`dot_mat_scalar`]. Returns the first fan-in that disagrees. `x`, `y`: equal lengths,
+    /// a multiple of 4, no `-128`; `b`: at least 16 bytes.
+    pub fn self_check(
+        w: &[u8],
+        b: &[u8],
+        x: &[i8],
+        y: &[i8],
+        prep: &mut [u32],
+    ) -> Result<(), usize> {
+        let w: &[i8] = bytemuck::cast_slice(w);
+        let b = I32s(b);
+        let n = x.len().min(y.len());
+        for k in (4..=64.min(n)).step_by(4).chain(core::iter::once(n)) {
+            if w.len() < 4 * k {
+                return Err(k);
+            }
+            let (x, y) = (&x[..k], &y[..k]);
+            let want =
+                |v: &[i8], o: usize| dot_mat_scalar(b.get(o), v, &w[o * k..(o + 1) * k], o * k);
+            let single = acc::<4>(b, &prepare(x, prep), w, 0);
+            if (0..4).any(|o| single[o] != want(x, o)) {
+                return Err(k);
+            }
+            let p = prepare_pair(x, y, prep);
+            for o in [0, 2] {
+                let got = acc_pair(b, &p, w, o);
+                for (i, r) in got.iter().enumerate() {
+                    if r[0] != want(x, o + i) || r[1] != want(y, o + i) {
+                        return Err(k);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`probe_pair`] for the one-vector kernel ([`prepare`], four rows per [`acc`]).
+    pub fn probe_single(w: &[u8], b: &[u8], x: &[i8], prep: &mut [u32]) -> i32 {
+        let w: &[i8] = bytemuck::cast_slice(w);
+        let k = x.len();
+        let rows = w.len().checked_div(k).unwrap_or(0);
+        let p = prepare(x, prep);
+        let mut sum = 0i32;
+        let mut o = 0;
+        while o + 4 <= rows {
+            for v in acc::<4>(I32s(b), &p, w, o) {
+                sum = sum.wrapping_add(v);
+            }
+            o += 4;
+        }
+        sum
+    }
 }
 
 /// `2^(-k/64)` in Q30 for `k = 0..=64`.
@@ -592,8 +894,57 @@ pub(crate) fn gelu_q12_reference(x: i32) -> i32 {
     ((x as i64 * phi + (1i64 << 19)) >> 20) as i32
 }
 
-/// `floor(sqrt(n))` by the bit-by-bit method: exactly 32 iterations whatever `n`.
+/// `floor(sqrt(n))`, exactly.
+///
+/// Below `2^62` (LayerNorm's range) without a 64-bit division or a 64-bit loop: `n` is scaled
+/// by `4^k` into `v` in `[2^60, 2^62)`; `s = floor(sqrt(v / 2^32))` (16 steps in `u32`) gives
+/// `a = s 2^16` with `a^2 <= v < (a + 2^16)^2`, one `u32` division gives the Newton step
+/// `r = a + floor((v - a^2) / 2^16 / 2s)`, within a few units of the root (its error is at
+/// most `2^31 / a <= 2`, plus the floors), and the root is then stepped to the exact floor
+/// (`r^2 <= v < (r + 1)^2`) and scaled back by `2^k`
+/// (`floor(floor(sqrt(v)) / 2^k) = floor(sqrt(n))`). From `2^62` up: the bit-by-bit method.
 pub fn isqrt_u64(n: u64) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    if n >= 1 << 62 {
+        return isqrt_bits(n);
+    }
+    let k = (62 - (64 - n.leading_zeros())) / 2;
+    let v = n << (2 * k);
+    let s = isqrt_u32((v >> 32) as u32);
+    let a = s << 16;
+    // `v - a^2 < (2s + 1) 2^32`, so the shifted remainder fits `u32` (`s < 2^15`).
+    let rem = ((v - (a as u64) * (a as u64)) >> 16) as u32;
+    let mut r = a + rem / (2 * s);
+    while (r as u64) * (r as u64) > v {
+        r -= 1;
+    }
+    while ((r + 1) as u64) * ((r + 1) as u64) <= v {
+        r += 1;
+    }
+    r >> k
+}
+
+/// `floor(sqrt(n))` of a `u32` by the bit-by-bit method (16 steps).
+fn isqrt_u32(n: u32) -> u32 {
+    let mut rem = n;
+    let mut root = 0u32;
+    let mut bit = 1u32 << 30;
+    for _ in 0..16 {
+        if rem >= root + bit {
+            rem -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    root
+}
+
+/// `floor(sqrt(n))` by the bit-by-bit method: exactly 32 iterations whatever `n`.
+fn isqrt_bits(n: u64) -> u32 {
     let mut rem = n;
     let mut root = 0u64;
     let mut bit = 1u64 << 62;
@@ -702,25 +1053,40 @@ pub fn layer_norm(x: &[i16], gamma: Multipliers<'_>, beta: I32s<'_>, eps: i32, o
     }
     // The rounded mean m, its remainder t = sum - n m (|t| <= n / 2), and the exactly centred
     // sum of squares sum (x - mean)^2 = sum (x - m)^2 - t^2 / n.
-    let m = (2 * sum + n).div_euclid(2 * n);
+    let m = floor_div(2 * sum + n, 2 * n);
     let t = sum - n * m;
-    let mut sq = 0i64;
+    // `|m| <= 2^15`, so `|x - m| < 2^16` and its square fits `u32` (one multiply-accumulate
+    // into the `u64` sum on a 32-bit core).
+    let m32 = m as i32;
+    let mut sq = 0u64;
     for v in x {
-        let d = *v as i64 - m;
-        sq += d * d;
+        let d = (*v as i32 - m32).unsigned_abs();
+        sq += d as u64 * d as u64;
     }
-    let var = sq - (2 * t * t + n).div_euclid(2 * n);
+    let var = sq as i64 - floor_div(2 * t * t + n, 2 * n);
     let v = (var.max(0) + eps.max(0) as i64).max(1) as u64;
     let bits = 64 - v.leading_zeros();
     let p = (62 - bits) / 2;
     let r = isqrt_u64(v << (2 * p)) as i64;
     let inv = (1i64 << 60) / r;
     // (mean - m) 2^p, rounded.
-    let c = (2 * (t << p) + n).div_euclid(2 * n);
+    let c = floor_div(2 * (t << p) + n, 2 * n);
+    // `p <= 30`: `(x - m) 2^p` is one 32 x 32 -> 64 multiply.
+    let pow = 1i32 << p;
     for (i, (o, xv)) in out.iter_mut().zip(x).enumerate() {
-        let u = ((*xv as i64 - m) << p) - c;
+        let u = (*xv as i32 - m32) as i64 * pow as i64 - c;
         let z = ((u * inv + (1i64 << 29)) >> 30).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
         *o = sat_i8(requant(z, gamma.get(i)).saturating_add(beta.get(i)));
+    }
+}
+
+/// `floor(a / b)` for `b > 0`, by a 32-bit division when both fit (one instruction on
+/// Cortex-M4/M7, where a 64-bit one is a library call).
+#[inline]
+fn floor_div(a: i64, b: i64) -> i64 {
+    match (i32::try_from(a), i32::try_from(b)) {
+        (Ok(a), Ok(b)) => a.div_euclid(b) as i64,
+        _ => a.div_euclid(b),
     }
 }
 
@@ -793,6 +1159,88 @@ mod tests {
         let mut s = 2u64;
         for _ in 0..100_000 {
             check(splitmix64(&mut s) >> (splitmix64(&mut s) % 64));
+            // Around exact squares, where a root one too high or low shows.
+            let r = splitmix64(&mut s) >> (32 + splitmix64(&mut s) % 32);
+            for n in [
+                r * r,
+                (r * r).saturating_sub(1),
+                r * r + 1,
+                (r + 1) * (r + 1) - 1,
+            ] {
+                check(n);
+            }
+        }
+        for n in [1u64 << 60, (1 << 60) - 1, (1 << 62) - 1, 1 << 62, 3 << 60] {
+            check(n);
+            assert_eq!(isqrt_u64(n), isqrt_bits(n));
+        }
+    }
+
+    /// [`layer_norm`] as first written (64-bit divisions and products throughout): the fast
+    /// version must give the same bytes.
+    fn layer_norm_reference(
+        x: &[i16],
+        gamma: Multipliers<'_>,
+        beta: I32s<'_>,
+        eps: i32,
+        out: &mut [i8],
+    ) {
+        let n = x.len() as i64;
+        let mut sum = 0i64;
+        for v in x {
+            sum += *v as i64;
+        }
+        let m = (2 * sum + n).div_euclid(2 * n);
+        let t = sum - n * m;
+        let mut sq = 0i64;
+        for v in x {
+            let d = *v as i64 - m;
+            sq += d * d;
+        }
+        let var = sq - (2 * t * t + n).div_euclid(2 * n);
+        let v = (var.max(0) + eps.max(0) as i64).max(1) as u64;
+        let bits = 64 - v.leading_zeros();
+        let p = (62 - bits) / 2;
+        let r = isqrt_bits(v << (2 * p)) as i64;
+        let inv = (1i64 << 60) / r;
+        let c = (2 * (t << p) + n).div_euclid(2 * n);
+        for (i, (o, xv)) in out.iter_mut().zip(x).enumerate() {
+            let u = ((*xv as i64 - m) << p) - c;
+            let z = ((u * inv + (1i64 << 29)) >> 30).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            *o = sat_i8(requant(z, gamma.get(i)).saturating_add(beta.get(i)));
+        }
+    }
+
+    #[test]
+    fn layer_norm_is_its_reference_bit_for_bit() {
+        let mut s = 21u64;
+        for case in 0..4000 {
+            let c = 1 + (splitmix64(&mut s) % 300) as usize;
+            let scale = 1i64 << (splitmix64(&mut s) % 16);
+            let centre = (splitmix64(&mut s) % 65536) as i64 - 32768;
+            let x: Vec<i16> = (0..c)
+                .map(|_| {
+                    let v = centre + (splitmix64(&mut s) % (2 * scale as u64 + 1)) as i64 - scale;
+                    if case % 9 == 0 {
+                        [i16::MIN, i16::MAX][(splitmix64(&mut s) % 2) as usize]
+                    } else {
+                        v.clamp(i16::MIN as i64, i16::MAX as i64) as i16
+                    }
+                })
+                .collect();
+            let mut g = le(&(0..c)
+                .map(|_| (splitmix64(&mut s) as i32) >> 1)
+                .collect::<Vec<_>>());
+            g.extend((0..c).map(|_| 20 + (splitmix64(&mut s) % 40) as u8));
+            let b = le(&(0..c)
+                .map(|_| (splitmix64(&mut s) % 61) as i32 - 30)
+                .collect::<Vec<_>>());
+            let eps = [0, 1, 1000, i32::MAX][case % 4];
+            let (gamma, beta) = (Multipliers::new(&g, c), I32s(&b));
+            let (mut got, mut want) = (std::vec![0i8; c], std::vec![0i8; c]);
+            layer_norm(&x, gamma, beta, eps, &mut got);
+            layer_norm_reference(&x, gamma, beta, eps, &mut want);
+            assert_eq!(got, want, "case {case} c {c}");
         }
     }
 
@@ -973,6 +1421,94 @@ mod tests {
         let got = mat::acc::<2>(I32s(&b), &p, &w, 0);
         assert_eq!(got[0], dot_mat_scalar(10, &x, &w[..8], 0));
         assert_eq!(got[1], dot_mat_scalar(-20, &x, &w[8..], 8));
+    }
+
+    #[test]
+    fn two_column_dsp_form_is_the_scalar_sum() {
+        let mut s = 11u64;
+        let mut buf = std::vec![0u32; 1024];
+        let vector = |s: &mut u64, k: usize, extreme: bool| -> Vec<i8> {
+            (0..k)
+                .map(|_| {
+                    let v = splitmix64(s);
+                    if extreme {
+                        if v.is_multiple_of(2) {
+                            127
+                        } else {
+                            -127
+                        }
+                    } else {
+                        (v % 255) as i8 / if v.is_multiple_of(3) { 1 } else { 8 }
+                    }
+                })
+                .collect()
+        };
+        for case in 0..3000 {
+            // Odd and even group counts: the assembly runs an odd group before its loop.
+            let k = 4 * (1 + (splitmix64(&mut s) % 40) as usize);
+            let x = vector(&mut s, k, case % 5 == 0);
+            let y = vector(&mut s, k, case % 7 == 0);
+            let w: Vec<i8> = (0..2 * k)
+                .map(|i| mat_code(splitmix64(&mut s) as i8, i))
+                .collect();
+            let init: [[i32; 2]; 2] = core::array::from_fn(|_| {
+                core::array::from_fn(|_| (splitmix64(&mut s) as i32) >> (case % 3))
+            });
+            let p = mat::prepare_pair_dsp(&x, &y, &mut buf).unwrap();
+            let got = mat::dsp_pair::<2>(init, &p, &w);
+            assert_eq!(mat::rows2x2(init, &p, &w), got, "case {case}");
+            for r in 0..2 {
+                for (c, v) in [&x, &y].into_iter().enumerate() {
+                    let want = dot_mat_scalar(init[r][c], v, &w[r * k..(r + 1) * k], r * k);
+                    assert_eq!(got[r][c], want, "case {case} k {k} row {r} column {c}");
+                }
+            }
+        }
+        assert!(mat::prepare_pair_dsp(&[1, 2, 3, 4], &[1, i8::MIN, 3, 4], &mut buf).is_none());
+        assert!(mat::prepare_pair_dsp(&[1, i8::MIN, 3, 4], &[1, 2, 3, 4], &mut buf).is_none());
+        assert!(mat::prepare_pair_dsp(&[1, 2, 3], &[1, 2, 3], &mut buf).is_none());
+        assert!(mat::prepare_pair_dsp(&[1, 2, 3, 4], &[1, 2, 3, 4], &mut buf[..3]).is_none());
+        // The device benchmark's entry points compute the same sums.
+        let (k, rows) = (64, 8);
+        let x = vector(&mut s, k, false);
+        let y = vector(&mut s, k, false);
+        let w: Vec<i8> = (0..rows * k)
+            .map(|i| mat_code(splitmix64(&mut s) as i8, i))
+            .collect();
+        let bias: Vec<i32> = (0..rows as i32).map(|i| 100 * i - 300).collect();
+        let (mut want_pair, mut want_single) = (0i32, 0i32);
+        for r in 0..rows {
+            let row = &w[r * k..(r + 1) * k];
+            let (dx, dy) = (
+                dot_mat_scalar(bias[r], &x, row, r * k),
+                dot_mat_scalar(bias[r], &y, row, r * k),
+            );
+            want_pair = want_pair.wrapping_add(dx).wrapping_add(dy);
+            want_single = want_single.wrapping_add(dx);
+        }
+        let wb: &[u8] = bytemuck::cast_slice(&w);
+        assert_eq!(mat::probe_pair(wb, &le(&bias), &x, &y, &mut buf), want_pair);
+        assert_eq!(mat::probe_single(wb, &le(&bias), &x, &mut buf), want_single);
+        assert_eq!(mat::self_check(wb, &le(&bias), &x, &y, &mut buf), Ok(()));
+        // The public kernels agree on every path: prepared, and scalar (a -128 input).
+        let b = le(&[10, -20, 30]);
+        for y in [
+            [9i8, 8, -7, 6, 5, 4, 3, 2],
+            [9i8, 8, -7, 6, 5, i8::MIN, 3, 2],
+        ] {
+            let x = [5i8, -7, 127, -127, 1, 2, 3, 4];
+            let w: Vec<i8> = (0..24)
+                .map(|i| mat_code((i as i32 * 11 - 120) as i8, i))
+                .collect();
+            let p = mat::prepare_pair(&x, &y, &mut buf);
+            let got = mat::acc_pair(I32s(&b), &p, &w, 0);
+            let last = mat::acc_pair1(I32s(&b), &p, &w, 2);
+            for (c, v) in [&x[..], &y[..]].into_iter().enumerate() {
+                assert_eq!(got[0][c], dot_mat_scalar(10, v, &w[..8], 0));
+                assert_eq!(got[1][c], dot_mat_scalar(-20, v, &w[8..16], 8));
+                assert_eq!(last[c], dot_mat_scalar(30, v, &w[16..], 16));
+            }
+        }
     }
 
     #[test]
