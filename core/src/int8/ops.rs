@@ -236,7 +236,8 @@ pub mod mat {
         }
     }
 
-    #[inline(always)]
+    /// Two `i16` lanes (each value modulo `2^16`), `lo` in the low half.
+    #[cfg(test)]
     fn lanes(lo: i32, hi: i32) -> u32 {
         (lo as u16 as u32) | ((hi as u16 as u32) << 16)
     }
@@ -258,16 +259,21 @@ pub mod mat {
     /// The prepared lanes of `x` ([`mat`](self)'s DSP form); `None` when `x` does not allow it.
     pub(crate) fn prepare_dsp<'a>(x: &'a [i8], buf: &'a mut [u32]) -> Option<Prepared<'a>> {
         let n = prep_words(x.len());
-        if n == 0 || buf.len() < n || x.contains(&i8::MIN) {
+        if n == 0 || buf.len() < n {
             return None;
         }
         let words = &mut buf[..n];
-        let mut even = 0i32;
+        let (mut even, mut bad) = (0i32, 0u32);
         for (g, w) in x.chunks_exact(4).zip(words.chunks_exact_mut(2)) {
-            let (e, o, s) = group_lanes(g);
-            even = even.wrapping_add(s);
+            let v = word(g);
+            bad |= has_min(v);
+            let (e, o) = word_lanes(v);
+            even = smlad(e, EVEN_SUM, even);
             w[0] = e;
             w[1] = o;
+        }
+        if bad != 0 {
+            return None;
         }
         Some(Prepared {
             x,
@@ -276,12 +282,47 @@ pub mod mat {
         })
     }
 
-    /// The lanes `(x0, x2)` and `(x1 - 256 x0, x3 - 256 x2)` of a group of four inputs, and
-    /// `x0 + x2` (what the correction removes).
-    #[inline(always)]
-    fn group_lanes(g: &[i8]) -> (u32, u32, i32) {
+    /// The lanes `(x0, x2)` and `(x1 - 256 x0, x3 - 256 x2)` of a group of four inputs, from
+    /// scalars: the reference [`word_lanes`] is tested against.
+    #[cfg(test)]
+    pub(crate) fn group_lanes(g: &[i8]) -> (u32, u32) {
         let (x0, x1, x2, x3) = (g[0] as i32, g[1] as i32, g[2] as i32, g[3] as i32);
-        (lanes(x0, x2), lanes(x1 - 256 * x0, x3 - 256 * x2), x0 + x2)
+        (lanes(x0, x2), lanes(x1 - 256 * x0, x3 - 256 * x2))
+    }
+
+    /// Four inputs as one little-endian word (one `LDR` on Armv7E-M).
+    #[inline(always)]
+    fn word(g: &[i8]) -> u32 {
+        u32::from_le_bytes([g[0] as u8, g[1] as u8, g[2] as u8, g[3] as u8])
+    }
+
+    /// Non-zero when a byte of `v` is `0x80` (-128): the zero-byte test on `v ^ 0x80808080`
+    /// (exact as to whether there is one).
+    #[inline(always)]
+    fn has_min(v: u32) -> u32 {
+        let z = v ^ 0x8080_8080;
+        z.wrapping_sub(0x0101_0101) & !z & 0x8080_8080
+    }
+
+    /// `SMLAD` with these lanes `(1, 1)` adds `x0 + x2` of the even lanes to the sum the
+    /// correction removes.
+    const EVEN_SUM: u32 = 0x0001_0001;
+
+    /// [`word_lanes`] for the tests.
+    #[cfg(test)]
+    pub(crate) fn word_lanes_for_test(v: u32) -> (u32, u32) {
+        word_lanes(v)
+    }
+
+    /// [`group_lanes`] of the word `v` (bytes `x0..x3`) in four DSP instructions: `SXTB16`
+    /// gives `e = (x0, x2)`; `(e << 8) & 0xff00ff00` is `(256 x0, 256 x2)` modulo `2^16` a lane
+    /// (each lane's low byte moved up; the sign bits lane 0 shifts into lane 1 fall in the
+    /// masked byte); `SSUB16` of it from `SXTB16(v ror 8) = (x1, x3)` is
+    /// `(x1 - 256 x0, x3 - 256 x2)` modulo `2^16` a lane, which is what [`lanes`] stores.
+    #[inline(always)]
+    fn word_lanes(v: u32) -> (u32, u32) {
+        let e = sxtb16(v);
+        (e, ssub16(sxtb16_ror8(v), (e << 8) & 0xff00_ff00))
     }
 
     /// `u32` words of preparation buffer for a pair of vectors of fan-in `k` (the two-column
@@ -322,24 +363,26 @@ pub mod mat {
         buf: &'a mut [u32],
     ) -> Option<Pair<'a>> {
         let n = pair_words(x.len());
-        if n == 0 || x.len() != y.len() || buf.len() < n || x.contains(&i8::MIN) {
-            return None;
-        }
-        if y.contains(&i8::MIN) {
+        if n == 0 || x.len() != y.len() || buf.len() < n {
             return None;
         }
         let words = &mut buf[..n];
-        let mut even = [0i32; 2];
+        let (mut even, mut bad) = ([0i32; 2], 0u32);
         for ((gx, gy), w) in x
             .chunks_exact(4)
             .zip(y.chunks_exact(4))
             .zip(words.chunks_exact_mut(4))
         {
-            let (ex, ox, sx) = group_lanes(gx);
-            let (ey, oy, sy) = group_lanes(gy);
-            even[0] = even[0].wrapping_add(sx);
-            even[1] = even[1].wrapping_add(sy);
+            let (vx, vy) = (word(gx), word(gy));
+            bad |= has_min(vx) | has_min(vy);
+            let (ex, ox) = word_lanes(vx);
+            let (ey, oy) = word_lanes(vy);
+            even[0] = smlad(ex, EVEN_SUM, even[0]);
+            even[1] = smlad(ey, EVEN_SUM, even[1]);
             w.copy_from_slice(&[ex, ey, ox, oy]);
+        }
+        if bad != 0 {
+            return None;
         }
         Some(Pair {
             x: [x, y],
@@ -381,6 +424,31 @@ pub mod mat {
                 }
                 out
             }
+
+            /// Bytes 0 and 2 of `x` sign-extended into two `i16` lanes.
+            #[inline(always)]
+            pub fn sxtb16(x: u32) -> u32 {
+                let out: u32;
+                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack, no flags.
+                unsafe {
+                    asm!("sxtb16 {o}, {x}", o = lateout(reg) out, x = in(reg) x,
+                         options(pure, nomem, nostack, preserves_flags));
+                }
+                out
+            }
+
+            /// `a - b` on each `i16` lane, modulo `2^16`.
+            #[inline(always)]
+            pub fn ssub16(a: u32, b: u32) -> u32 {
+                let out: u32;
+                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the
+                // APSR GE flags it sets are never read.
+                unsafe {
+                    asm!("ssub16 {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a,
+                         b = in(reg) b, options(pure, nomem, nostack));
+                }
+                out
+            }
         }
 
         #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
@@ -394,15 +462,27 @@ pub mod mat {
 
             #[inline(always)]
             pub fn sxtb16_ror8(x: u32) -> u32 {
-                let lo = (x >> 8) as u8 as i8 as i16 as u16 as u32;
-                let hi = (x >> 24) as u8 as i8 as i16 as u16 as u32;
+                sxtb16(x >> 8)
+            }
+
+            #[inline(always)]
+            pub fn sxtb16(x: u32) -> u32 {
+                let lo = x as u8 as i8 as i16 as u16 as u32;
+                let hi = (x >> 16) as u8 as i8 as i16 as u16 as u32;
+                lo | (hi << 16)
+            }
+
+            #[inline(always)]
+            pub fn ssub16(a: u32, b: u32) -> u32 {
+                let lo = (a as u16).wrapping_sub(b as u16) as u32;
+                let hi = ((a >> 16) as u16).wrapping_sub((b >> 16) as u16) as u32;
                 lo | (hi << 16)
             }
         }
 
-        pub use imp::{smlad, sxtb16_ror8};
+        pub use imp::{smlad, ssub16, sxtb16, sxtb16_ror8};
     }
-    use insn::{smlad, sxtb16_ror8};
+    use insn::{smlad, ssub16, sxtb16, sxtb16_ror8};
 
     /// One weight word into an accumulator (see the module doc).
     #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
@@ -1421,6 +1501,21 @@ mod tests {
         let got = mat::acc::<2>(I32s(&b), &p, &w, 0);
         assert_eq!(got[0], dot_mat_scalar(10, &x, &w[..8], 0));
         assert_eq!(got[1], dot_mat_scalar(-20, &x, &w[8..], 8));
+    }
+
+    #[test]
+    fn word_lanes_are_the_scalar_lanes() {
+        // Every value of bytes 0 and 1 (lane 0), with bytes 2 and 3 drawn at random.
+        let mut s = 5u64;
+        for lo in 0..=u16::MAX as u32 {
+            let v = lo | ((splitmix64(&mut s) as u32) << 16);
+            let g = v.to_le_bytes().map(|b| b as i8);
+            assert_eq!(
+                mat::word_lanes_for_test(v),
+                mat::group_lanes(&g),
+                "{v:#010x}"
+            );
+        }
     }
 
     #[test]
