@@ -153,6 +153,18 @@ pub fn configs() -> Vec<(String, ModelConfig)> {
         c.mlp_ratio = 2;
         c.num_heads = [1, 2, 4, 5];
     });
+    // The two winners of the main job's int8 contraction (README, seeds 0 and 1).
+    addq("contracted_int8_seed0", &|c| {
+        c.depths = [1, 1, 2, 1];
+        c.window_sizes = [4, 4, 2, 2];
+        c.mlp_ratio = 3;
+    });
+    addq("contracted_int8_seed1", &|c| {
+        c.embed_dims = [24, 64, 128, 160];
+        c.depths = [1, 1, 2, 1];
+        c.window_sizes = [4, 4, 2, 1];
+        c.mlp_ratio = 3;
+    });
     v
 }
 
