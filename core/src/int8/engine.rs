@@ -270,24 +270,16 @@ impl<'a> Layer<'a> {
     }
 
     /// `f(o, [accumulator of x, accumulator of y])` for the outputs `o` in `outs`, in order,
-    /// over the pair `p`; two outputs by two vectors per kernel pass.
+    /// over the pair `p`; two outputs by two vectors per kernel pass, a block of passes per
+    /// kernel call ([`mat::pair_rows`]).
     #[inline]
     fn each_pair(
         &self,
         p: &Pair<'_>,
         outs: core::ops::Range<usize>,
-        mut f: impl FnMut(usize, [i32; 2]),
+        f: impl FnMut(usize, [i32; 2]),
     ) {
-        let mut o = outs.start;
-        while o + 2 <= outs.end {
-            let [a, b] = mat::acc_pair(self.b, p, self.w, o);
-            f(o, a);
-            f(o + 1, b);
-            o += 2;
-        }
-        if o < outs.end {
-            f(o, mat::acc_pair1(self.b, p, self.w, o));
-        }
+        mat::pair_rows(self.b, p, self.w, outs, f);
     }
 }
 

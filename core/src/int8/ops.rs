@@ -762,6 +762,175 @@ pub mod mat {
         })
     }
 
+    /// Rows a [`pair_rows`] block holds at most.
+    pub const BLOCK_ROWS: usize = 16;
+
+    /// `f(o, [accumulator of x, accumulator of y])` for the outputs `o` in `outs` of `w`
+    /// (`[out, k]`, `Kind::Mat`), in order, over the pair `p`: up to [`BLOCK_ROWS`] rows a
+    /// kernel call ([`acc_pair_block`]), a last odd row by [`acc_pair1`].
+    #[inline(always)]
+    pub fn pair_rows(
+        b: I32s<'_>,
+        p: &Pair<'_>,
+        w: &[i8],
+        outs: core::ops::Range<usize>,
+        mut f: impl FnMut(usize, [i32; 2]),
+    ) {
+        let mut buf = [[0i32; 2]; BLOCK_ROWS];
+        let mut o = outs.start;
+        while o + 2 <= outs.end {
+            let n = (outs.end - o).min(BLOCK_ROWS) & !1;
+            acc_pair_block(b, p, w, o, &mut buf[..n]);
+            for (i, a) in buf[..n].iter().enumerate() {
+                f(o + i, *a);
+            }
+            o += n;
+        }
+        if o < outs.end {
+            f(o, acc_pair1(b, p, w, o));
+        }
+    }
+
+    /// Accumulators of outputs `o..o + out.len()` of `w` (an even count; `[out, k]`,
+    /// `Kind::Mat`) for both vectors of `p` into `out` (`[row][column]`), each from its bias
+    /// `b`: two rows a pass, all passes in one [`block_asm`] call on Armv7E-M with `arm-dsp`
+    /// (word-aligned rows, as a file's items are), else [`acc_pair`] a pass.
+    #[inline(always)]
+    pub fn acc_pair_block(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize, out: &mut [[i32; 2]]) {
+        let rows = out.len() & !1;
+        let k = p.x[0].len();
+        let wr = &w[o * k..(o + rows) * k];
+        let br = &b.0[4 * o..4 * (o + rows)];
+        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+        {
+            let g = p.words.len() / 4;
+            if g > 0 && rows > 0 && (wr.as_ptr() as usize).is_multiple_of(4) {
+                assert!(wr.len() >= rows * 4 * g);
+                block_asm(p, wr, br, g, &mut out[..rows]);
+                return;
+            }
+        }
+        let _ = (wr, br);
+        for i in (0..rows).step_by(2) {
+            let [r0, r1] = acc_pair(b, p, w, o + i);
+            out[i] = r0;
+            out[i + 1] = r1;
+        }
+    }
+
+    /// [`acc_pair_block`] in assembly: the [`rows2x2_asm`] inner loop for each pair of rows,
+    /// and between pairs, in the block itself, the next two biases plus the columns'
+    /// corrections into the accumulators, the four sums stored, the lanes rewound and the row
+    /// pointer moved on. The out pointer, bias pointer, pairs left and the corrections live in
+    /// `st`, whose address waits on the stack; the same twelve registers as [`rows2x2_asm`].
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn block_asm(p: &Pair<'_>, rows: &[i8], bias: &[u8], g: usize, out: &mut [[i32; 2]]) {
+        use core::arch::asm;
+        let k = 4 * g;
+        // [out, bias, pairs left, corr x, corr y, -] (u32 words: LDRD-aligned).
+        let mut st: [u32; 6] = [
+            out.as_mut_ptr() as u32,
+            bias.as_ptr() as u32,
+            (out.len() / 2) as u32,
+            p.corr[0] as u32,
+            p.corr[1] as u32,
+            0,
+        ];
+        let pa = p.words.as_ptr();
+        let r0 = rows.as_ptr();
+        macro_rules! group {
+            () => {
+                concat!(
+                    "ldr {wb}, [{r0}, {k}]\n",
+                    "ldr {wa}, [{r0}], #4\n",
+                    "ldrd {e0}, {e1}, [{pa}], #8\n",
+                    "smlad {a00}, {wa}, {e0}, {a00}\n",
+                    "smlad {a01}, {wa}, {e1}, {a01}\n",
+                    "smlad {a10}, {wb}, {e0}, {a10}\n",
+                    "smlad {a11}, {wb}, {e1}, {a11}\n",
+                    "ldrd {e0}, {e1}, [{pa}], #8\n",
+                    "sxtb16 {wa}, {wa}, ror #8\n",
+                    "sxtb16 {wb}, {wb}, ror #8\n",
+                    "smlad {a00}, {wa}, {e0}, {a00}\n",
+                    "smlad {a01}, {wa}, {e1}, {a01}\n",
+                    "smlad {a10}, {wb}, {e0}, {a10}\n",
+                    "smlad {a11}, {wb}, {e1}, {a11}\n",
+                )
+            };
+        }
+        // SAFETY: `pend` is the end of `p.words` (`4 g` words, word-aligned as `u32`s, so
+        // `LDRD` may read them; `pend - pa = 16 g = 4 k` bytes). For each of the row pairs
+        // (`st[2]`, at least one) the block reads two biases at the bias pointer (inside
+        // `bias`, 8 bytes a pair; unaligned `LDR` is architectural on Armv7-M), runs two
+        // groups when bit 5 of `16 g` is set, one more when bit 4 is (read again after the
+        // two), then four a step until `pa == pend` (`g` groups, each reading 4 lane words at
+        // `pa` and one word of each row at `r0` and `r0 + k`, inside `rows`, `2 k` bytes a
+        // pair as the caller asserted), stores four `i32` at the out pointer (inside `out`,
+        // two entries a pair, word-aligned), rewinds `pa` by `4 k` to the start of the lanes
+        // and moves `r0` past the pair's second row. `st` (word-aligned, 24 bytes) is read
+        // and written through its address, which is pushed on the stack (8 bytes, keeping
+        // its alignment) and popped before the block ends.
+        let pend = unsafe { pa.add(4 * g) };
+        unsafe {
+            asm!(
+                "str {wa}, [sp, #-8]!",
+                "5:",
+                "ldr {wa}, [sp]",
+                "ldr {wb}, [{wa}, #4]",
+                "ldr {a00}, [{wb}]",
+                "ldr {a10}, [{wb}, #4]",
+                "add {wb}, {wb}, #8",
+                "str {wb}, [{wa}, #4]",
+                "ldrd {e0}, {e1}, [{wa}, #12]",
+                "add {a01}, {a00}, {e1}",
+                "add {a00}, {a00}, {e0}",
+                "add {a11}, {a10}, {e1}",
+                "add {a10}, {a10}, {e0}",
+                "sub {wa}, {pend}, {pa}",
+                "tst {wa}, #32",
+                "beq 1f",
+                group!(),
+                group!(),
+                "1:",
+                // Two groups (32 bytes) leave bit 4 of the remaining length as it was.
+                "sub {wa}, {pend}, {pa}",
+                "tst {wa}, #16",
+                "beq 2f",
+                group!(),
+                "2:",
+                "cmp {pa}, {pend}",
+                "beq 4f",
+                "3:",
+                group!(),
+                group!(),
+                group!(),
+                group!(),
+                "cmp {pa}, {pend}",
+                "bne 3b",
+                "4:",
+                "ldr {wa}, [sp]",
+                "ldr {wb}, [{wa}]",
+                "strd {a00}, {a01}, [{wb}], #8",
+                "strd {a10}, {a11}, [{wb}], #8",
+                "str {wb}, [{wa}]",
+                "sub {pa}, {pend}, {k}, lsl #2",
+                "add {r0}, {r0}, {k}",
+                "ldr {wb}, [{wa}, #8]",
+                "subs {wb}, {wb}, #1",
+                "str {wb}, [{wa}, #8]",
+                "bne 5b",
+                "add sp, sp, #8",
+                pa = inout(reg) pa => _, pend = in(reg) pend, r0 = inout(reg) r0 => _,
+                k = in(reg) k, a00 = out(reg) _, a01 = out(reg) _, a10 = out(reg) _,
+                a11 = out(reg) _, wa = inout(reg) st.as_mut_ptr() => _, wb = out(reg) _,
+                e0 = out(reg) _, e1 = out(reg) _,
+            );
+        }
+        let _ = &mut st;
+    }
+
     /// Accumulators of output `o` of `w` for both vectors of `p`, from its bias `b`.
     #[inline(always)]
     pub fn acc_pair1(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [i32; 2] {
@@ -776,29 +945,36 @@ pub mod mat {
 
     /// The matrix kernel as the engine calls it, alone, for the device's kernel benchmark:
     /// the `[rows, k]` weights `w` (any bytes; `rows` even) times the vectors `x` and `y`
-    /// (`k` each) through [`prepare_pair`] and [`acc_pair`], biases read from `b` (`4 rows`
-    /// bytes). Returns a checksum of the accumulators (so that nothing is left out).
+    /// (`k` each): [`prepare_pair`], then [`acc_pair_block`] over blocks of [`BLOCK_ROWS`]
+    /// rows (accumulators from the biases in `b`, `4 rows` bytes, stored to memory). Returns a
+    /// checksum of the last block.
     pub fn probe_pair(w: &[u8], b: &[u8], x: &[i8], y: &[i8], prep: &mut [u32]) -> i32 {
         let w: &[i8] = bytemuck::cast_slice(w);
         let k = x.len();
         let rows = w.len().checked_div(k).unwrap_or(0);
         let p = prepare_pair(x, y, prep);
+        let mut buf = [[0i32; 2]; BLOCK_ROWS];
         let mut sum = 0i32;
         let mut o = 0;
         while o + 2 <= rows {
-            for r in acc_pair(I32s(b), &p, w, o) {
-                sum = sum.wrapping_add(r[0]).wrapping_add(r[1]);
-            }
-            o += 2;
+            let n = (rows - o).min(BLOCK_ROWS) & !1;
+            acc_pair_block(I32s(b), &p, w, o, &mut buf[..n]);
+            o += n;
+        }
+        // The last block's sums (every block is a kernel call with its stores; reading all of
+        // them back would time the consumer, not the kernel).
+        for r in buf {
+            sum = sum.wrapping_add(r[0]).wrapping_add(r[1]);
         }
         sum
     }
 
     /// The device's check of its own kernels: for fan-ins `4, 8, ..., 64` (every group count
-    /// modulo 4, which the assembly treats apart) and `x.len()`, the one- and two-vector
-    /// kernels over `4` rows of `w` (any bytes, at least `4 x.len()`) against
-    /// [`dot_mat_scalar`]. Returns the first fan-in that disagrees. `x`, `y`: equal lengths,
-    /// a multiple of 4, no `-128`; `b`: at least 16 bytes.
+    /// modulo 4, which the assembly treats apart) and `x.len()`, the one-vector kernel over
+    /// `4` rows of `w` and the two-vector one over `5` (a block of three row pairs, then an odd
+    /// row) against [`dot_mat_scalar`] (`w`: any bytes, at least `6 x.len()`). Returns the
+    /// first fan-in that disagrees. `x`, `y`: equal lengths, a multiple of 4, no `-128`; `b`:
+    /// at least 24 bytes.
     pub fn self_check(
         w: &[u8],
         b: &[u8],
@@ -810,7 +986,7 @@ pub mod mat {
         let b = I32s(b);
         let n = x.len().min(y.len());
         for k in (4..=64.min(n)).step_by(4).chain(core::iter::once(n)) {
-            if w.len() < 4 * k {
+            if w.len() < 6 * k || b.0.len() < 24 {
                 return Err(k);
             }
             let (x, y) = (&x[..k], &y[..k]);
@@ -821,13 +997,13 @@ pub mod mat {
                 return Err(k);
             }
             let p = prepare_pair(x, y, prep);
-            for o in [0, 2] {
-                let got = acc_pair(b, &p, w, o);
-                for (i, r) in got.iter().enumerate() {
-                    if r[0] != want(x, o + i) || r[1] != want(y, o + i) {
-                        return Err(k);
-                    }
-                }
+            let mut bad = false;
+            // Three row pairs in one block, then a last odd row.
+            pair_rows(b, &p, w, 0..5, |o, r| {
+                bad |= r[0] != want(x, o) || r[1] != want(y, o);
+            });
+            if bad {
+                return Err(k);
             }
         }
         Ok(())
