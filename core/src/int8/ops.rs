@@ -643,118 +643,26 @@ pub mod mat {
         a
     }
 
-    /// Two rows by two columns of the DSP form (`rows`: `[2, k]` stored bytes, `k = 4 g`).
-    /// On Armv7E-M with `arm-dsp`: [`rows2x2_asm`]; elsewhere [`dsp_pair`] (what the tests
-    /// run).
-    #[inline(always)]
-    pub(crate) fn rows2x2(init: [[i32; 2]; 2], p: &Pair<'_>, rows: &[i8]) -> [[i32; 2]; 2] {
-        let g = p.words.len() / 4;
-        assert!(rows.len() >= 8 * g);
-        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
-        {
-            rows2x2_asm(init, p, rows, g)
-        }
-        #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
-        {
-            dsp_pair(init, p, rows)
-        }
-    }
-
-    /// [`rows2x2`] in assembly: per group of four inputs one (unaligned-capable) `LDR` of
-    /// each row's weight word, two `LDRD`s of the interleaved lanes (the even lanes of both
-    /// columns, then the odd ones), two `SXTB16` and eight `SMLAD`s: 14 instructions for 16
-    /// multiply-accumulates, every weight word used by both columns. Four groups a loop step
-    /// (`g mod 4` groups first: two if `g mod 4 >= 2`, then one if `g` is odd). Twelve registers: four accumulators, two weight words, two lane
-    /// words, the lane pointer and its end, the row pointer (row 1 at `+k`) and `k`.
-    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
-    #[allow(unsafe_code)]
-    #[inline(always)]
-    fn rows2x2_asm(init: [[i32; 2]; 2], p: &Pair<'_>, rows: &[i8], g: usize) -> [[i32; 2]; 2] {
-        use core::arch::asm;
-        let (c0, c1) = (p.corr[0], p.corr[1]);
-        let mut a00 = init[0][0].wrapping_add(c0);
-        let mut a01 = init[0][1].wrapping_add(c1);
-        let mut a10 = init[1][0].wrapping_add(c0);
-        let mut a11 = init[1][1].wrapping_add(c1);
-        if g == 0 {
-            return [[a00, a01], [a10, a11]];
-        }
-        let k = 4 * g;
-        let mut pa = p.words.as_ptr();
-        let mut r0 = rows.as_ptr();
-        macro_rules! group {
-            () => {
-                concat!(
-                    "ldr {wb}, [{r0}, {k}]\n",
-                    "ldr {wa}, [{r0}], #4\n",
-                    "ldrd {e0}, {e1}, [{pa}], #8\n",
-                    "smlad {a00}, {wa}, {e0}, {a00}\n",
-                    "smlad {a01}, {wa}, {e1}, {a01}\n",
-                    "smlad {a10}, {wb}, {e0}, {a10}\n",
-                    "smlad {a11}, {wb}, {e1}, {a11}\n",
-                    "ldrd {e0}, {e1}, [{pa}], #8\n",
-                    "sxtb16 {wa}, {wa}, ror #8\n",
-                    "sxtb16 {wb}, {wb}, ror #8\n",
-                    "smlad {a00}, {wa}, {e0}, {a00}\n",
-                    "smlad {a01}, {wa}, {e1}, {a01}\n",
-                    "smlad {a10}, {wb}, {e0}, {a10}\n",
-                    "smlad {a11}, {wb}, {e1}, {a11}\n",
-                )
-            };
-        }
-        // SAFETY: `pend` is the end of `p.words` (`4 g` words, word-aligned as `u32`s, so
-        // `LDRD` may read them; `pend - pa = 16 g` bytes). The block runs two groups when bit 5
-        // of `16 g` is set, one more when bit 4 is (read again after the two), then four groups
-        // a step until `pa == pend`; each group reads 4 lane words at `pa` (inside `p.words`)
-        // and one word of each row at `r0` and `r0 + k` (inside `rows`, which holds `2 k`
-        // bytes as the caller asserted); unaligned `LDR` is architectural on Armv7-M.
-        // Registers only otherwise; no stack.
-        let pend = unsafe { p.words.as_ptr().add(4 * g) };
-        unsafe {
-            asm!(
-                "sub {wa}, {pend}, {pa}",
-                "tst {wa}, #32",
-                "beq 1f",
-                group!(),
-                group!(),
-                "1:",
-                // Two groups (32 bytes) leave bit 4 of the remaining length as it was.
-                "sub {wa}, {pend}, {pa}",
-                "tst {wa}, #16",
-                "beq 2f",
-                group!(),
-                "2:",
-                "cmp {pa}, {pend}",
-                "beq 4f",
-                "3:",
-                group!(),
-                group!(),
-                group!(),
-                group!(),
-                "cmp {pa}, {pend}",
-                "bne 3b",
-                "4:",
-                pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0, k = in(reg) k,
-                a00 = inout(reg) a00, a01 = inout(reg) a01, a10 = inout(reg) a10,
-                a11 = inout(reg) a11, wa = out(reg) _, wb = out(reg) _, e0 = out(reg) _,
-                e1 = out(reg) _,
-                options(readonly, nostack),
-            );
-        }
-        let _ = (pa, r0);
-        [[a00, a01], [a10, a11]]
-    }
-
     /// Accumulators of outputs `o` and `o + 1` of `w` (`[out, k]`, `Kind::Mat`) for both
-    /// vectors of `p` (`[row][column]`), each starting from its bias `b`.
+    /// vectors of `p` (`[row][column]`), each starting from its bias `b`: a block of one
+    /// pass ([`acc_pair_block`]).
     #[inline(always)]
     pub fn acc_pair(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [[i32; 2]; 2] {
+        let mut out = [[0i32; 2]; 2];
+        acc_pair_block(b, p, w, o, &mut out);
+        out
+    }
+
+    /// [`acc_pair`] without the DSP assembly: [`dsp_pair`] when `p` is prepared, else the
+    /// scalar loop.
+    #[inline(always)]
+    fn acc_pair_portable(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [[i32; 2]; 2] {
         let k = p.x[0].len();
         let (b0, b1) = (b.get(o), b.get(o + 1));
         let init = [[b0, b0], [b1, b1]];
         let rows = &w[o * k..(o + 2) * k];
         if !p.words.is_empty() {
-            return rows2x2(init, p, rows);
+            return dsp_pair(init, p, rows);
         }
         [0, 1].map(|i| {
             [0, 1]
@@ -793,8 +701,8 @@ pub mod mat {
 
     /// Accumulators of outputs `o..o + out.len()` of `w` (an even count; `[out, k]`,
     /// `Kind::Mat`) for both vectors of `p` into `out` (`[row][column]`), each from its bias
-    /// `b`: two rows a pass, all passes in one [`block_asm`] call on Armv7E-M with `arm-dsp`
-    /// (word-aligned rows, as a file's items are), else [`acc_pair`] a pass.
+    /// `b`: two rows a pass, all passes in one [`block_asm`] call on Armv7E-M with `arm-dsp`,
+    /// else [`dsp_pair`] a pass (what the tests run).
     #[inline(always)]
     pub fn acc_pair_block(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize, out: &mut [[i32; 2]]) {
         let rows = out.len() & !1;
@@ -804,7 +712,7 @@ pub mod mat {
         #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
         {
             let g = p.words.len() / 4;
-            if g > 0 && rows > 0 && (wr.as_ptr() as usize).is_multiple_of(4) {
+            if g > 0 && rows > 0 {
                 assert!(wr.len() >= rows * 4 * g);
                 block_asm(p, wr, br, g, &mut out[..rows]);
                 return;
@@ -812,17 +720,23 @@ pub mod mat {
         }
         let _ = (wr, br);
         for i in (0..rows).step_by(2) {
-            let [r0, r1] = acc_pair(b, p, w, o + i);
+            let [r0, r1] = acc_pair_portable(b, p, w, o + i);
             out[i] = r0;
             out[i + 1] = r1;
         }
     }
 
-    /// [`acc_pair_block`] in assembly: the [`rows2x2_asm`] inner loop for each pair of rows,
-    /// and between pairs, in the block itself, the next two biases plus the columns'
-    /// corrections into the accumulators, the four sums stored, the lanes rewound and the row
-    /// pointer moved on. The out pointer, bias pointer, pairs left and the corrections live in
-    /// `st`, whose address waits on the stack; the same twelve registers as [`rows2x2_asm`].
+    /// [`acc_pair_block`] in assembly. For each pair of rows: per group of four inputs one
+    /// (unaligned-capable) `LDR` of each row's weight word, two `LDRD`s of the interleaved
+    /// lanes (the even lanes of both columns, then the odd ones), two `SXTB16` and eight
+    /// `SMLAD`s: 14 instructions for 16 multiply-accumulates, every weight word used by both
+    /// columns; four groups a loop step (`g mod 4` groups first: two if `g mod 4 >= 2`, then
+    /// one if `g` is odd). Between pairs, in the block itself: the next two biases plus the
+    /// columns' corrections into the accumulators, the four sums stored, the lanes rewound
+    /// and the row pointer moved on. The out pointer, bias pointer, pairs left and the
+    /// corrections live in `st`, whose address waits on the stack. Twelve registers: four
+    /// accumulators, two weight words, two lane words, the lane pointer and its end, the row
+    /// pointer (row 1 at `+k`) and `k`.
     #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
     #[allow(unsafe_code)]
     #[inline(always)]
@@ -1727,7 +1641,6 @@ mod tests {
             });
             let p = mat::prepare_pair_dsp(&x, &y, &mut buf).unwrap();
             let got = mat::dsp_pair::<2>(init, &p, &w);
-            assert_eq!(mat::rows2x2(init, &p, &w), got, "case {case}");
             for r in 0..2 {
                 for (c, v) in [&x, &y].into_iter().enumerate() {
                     let want = dot_mat_scalar(init[r][c], v, &w[r * k..(r + 1) * k], r * k);
