@@ -594,7 +594,8 @@ pub fn bench(args: &[String]) -> Result<()> {
     if let Some(c) = costs.iter().find(|c| !c.kernel.is_empty()) {
         for (form, macs, instr) in &c.kernel {
             let what = if form == "pair" {
-                "two tokens a pass (int8::ops::mat::acc_pair: 2 rows x 2 columns)"
+                "two tokens a pass (int8::ops::mat::acc_pair_block: 2 rows x 2 tokens a pass, \
+                 up to 16 rows a call)"
             } else {
                 "one token (int8::ops::mat::acc: 4 rows)"
             };
