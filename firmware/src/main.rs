@@ -339,8 +339,9 @@ const BENCH_ROWS: usize = 64;
 
 /// The int8 matrix kernels alone, as the engine calls them (`int8::ops::mat::probe_pair` and
 /// `probe_single`): `BENCH_ROWS x BENCH_K` weights (the model's first bytes, read in place
-/// from flash) times two vectors, then times one; prints `kernel: int8 pair|single macs=N
-/// instr=N` (cycles on a board). The arena, not yet in use, holds the vectors and the
+/// from flash) times two vectors (their lanes prepared once, timed apart), then times one;
+/// prints `kernel: int8 pair|single macs=N instr=N` (cycles on a board; the pair line also
+/// `kernel_instr=` and `prepare_instr=`). The arena, not yet in use, holds the vectors and the
 /// prepared lanes.
 fn kernel_bench(data: &[u8], arena: &mut [i32]) {
     use tinyvit_core::int8::ops::mat;
@@ -368,11 +369,13 @@ fn kernel_bench(data: &[u8], arena: &mut [i32]) {
         out::exit(EXIT_FAILED);
     }
     say!("kernel: self-check ok (fan-ins 4 to 64 and {BENCH_K})");
-    let (sum, count) = counter::measure(|| mat::probe_pair(w, b, x, y, prep));
+    let (p, prepare) = counter::measure(|| mat::prepare_pair(x, y, prep));
+    let (sum, kernel) = counter::measure(|| mat::probe_pair(w, b, &p));
     say!(
-        "kernel: int8 pair macs={} {}={count} sum={sum}",
+        "kernel: int8 pair macs={} {unit}={} kernel_{unit}={kernel} prepare_{unit}={prepare} sum={sum}",
         2 * n,
-        counter::UNIT
+        prepare + kernel,
+        unit = counter::UNIT
     );
     let (sum, count) = counter::measure(|| mat::probe_single(w, b, x, prep));
     say!(

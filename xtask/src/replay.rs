@@ -406,7 +406,8 @@ struct Cost {
     instr: [Option<u64>; 2],
     macs: u64,
     /// The firmware's int8 matrix kernel benchmark (`kernel:` lines): per kernel form
-    /// (`pair`, `single`) its MACs and its instructions on M4 and M7.
+    /// (`pair`, `single`, and `pair-kernel`: the pair's blocks without its lane preparation)
+    /// its MACs and its instructions on M4 and M7.
     kernel: Vec<(String, u64, [Option<u64>; 2])>,
 }
 
@@ -440,14 +441,21 @@ fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
                 cost.instr[k] = field(line, "instr");
             }
             if let Some(rest) = line.strip_prefix("kernel: int8 ") {
-                let form = rest.split(' ').next().unwrap_or("").to_string();
-                if let (Some(macs), Some(instr)) = (field(line, "macs"), field(line, "instr")) {
-                    match cost.kernel.iter_mut().find(|e| e.0 == form) {
+                let form = rest.split(' ').next().unwrap_or("");
+                let macs = field(line, "macs");
+                for (name, key) in [
+                    (form.to_string(), "instr"),
+                    (format!("{form}-kernel"), "kernel_instr"),
+                ] {
+                    let (Some(macs), Some(instr)) = (macs, field(line, key)) else {
+                        continue;
+                    };
+                    match cost.kernel.iter_mut().find(|e| e.0 == name) {
                         Some(e) => e.2[k] = Some(instr),
                         None => {
                             let mut i = [None; 2];
                             i[k] = Some(instr);
-                            cost.kernel.push((form, macs, i));
+                            cost.kernel.push((name, macs, i));
                         }
                     }
                 }
@@ -593,11 +601,13 @@ pub fn bench(args: &[String]) -> Result<()> {
     // first preset that printed them speaks for all.
     if let Some(c) = costs.iter().find(|c| !c.kernel.is_empty()) {
         for (form, macs, instr) in &c.kernel {
-            let what = if form == "pair" {
-                "two tokens a pass (int8::ops::mat::acc_pair_block: 2 rows x 2 tokens a pass, \
-                 up to 16 rows a call)"
-            } else {
-                "one token (int8::ops::mat::acc: 4 rows)"
+            let what = match form.as_str() {
+                "pair" => {
+                    "two tokens a pass (int8::ops::mat::acc_pair_block: 2 rows x 2 tokens a \
+                     pass, up to 16 rows a call), with the lane preparation of the two vectors"
+                }
+                "pair-kernel" => "two tokens a pass, the blocks alone on prepared lanes",
+                _ => "one token (int8::ops::mat::acc: 4 rows)",
             };
             for (k, board) in ["Cortex-M4F", "Cortex-M7"].into_iter().enumerate() {
                 if let Some(i) = instr[k] {

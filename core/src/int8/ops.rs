@@ -858,21 +858,20 @@ pub mod mat {
     }
 
     /// The matrix kernel as the engine calls it, alone, for the device's kernel benchmark:
-    /// the `[rows, k]` weights `w` (any bytes; `rows` even) times the vectors `x` and `y`
-    /// (`k` each): [`prepare_pair`], then [`acc_pair_block`] over blocks of [`BLOCK_ROWS`]
-    /// rows (accumulators from the biases in `b`, `4 rows` bytes, stored to memory). Returns a
-    /// checksum of the last block.
-    pub fn probe_pair(w: &[u8], b: &[u8], x: &[i8], y: &[i8], prep: &mut [u32]) -> i32 {
+    /// the `[rows, k]` weights `w` (any bytes; `rows` even) times the two vectors prepared in
+    /// `p` ([`prepare_pair`], timed apart by the caller), by [`acc_pair_block`] over blocks of
+    /// [`BLOCK_ROWS`] rows (accumulators from the biases in `b`, `4 rows` bytes, stored to
+    /// memory). Returns a checksum of the last block.
+    pub fn probe_pair(w: &[u8], b: &[u8], p: &Pair<'_>) -> i32 {
         let w: &[i8] = bytemuck::cast_slice(w);
-        let k = x.len();
+        let k = p.x[0].len();
         let rows = w.len().checked_div(k).unwrap_or(0);
-        let p = prepare_pair(x, y, prep);
         let mut buf = [[0i32; 2]; BLOCK_ROWS];
         let mut sum = 0i32;
         let mut o = 0;
         while o + 2 <= rows {
             let n = (rows - o).min(BLOCK_ROWS) & !1;
-            acc_pair_block(I32s(b), &p, w, o, &mut buf[..n]);
+            acc_pair_block(I32s(b), p, w, o, &mut buf[..n]);
             o += n;
         }
         // The last block's sums (every block is a kernel call with its stores; reading all of
@@ -1671,7 +1670,8 @@ mod tests {
             want_single = want_single.wrapping_add(dx);
         }
         let wb: &[u8] = bytemuck::cast_slice(&w);
-        assert_eq!(mat::probe_pair(wb, &le(&bias), &x, &y, &mut buf), want_pair);
+        let p = mat::prepare_pair(&x, &y, &mut buf);
+        assert_eq!(mat::probe_pair(wb, &le(&bias), &p), want_pair);
         assert_eq!(mat::probe_single(wb, &le(&bias), &x, &mut buf), want_single);
         assert_eq!(mat::self_check(wb, &le(&bias), &x, &y, &mut buf), Ok(()));
         // The public kernels agree on every path: prepared, and scalar (a -128 input).
