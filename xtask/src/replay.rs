@@ -418,6 +418,33 @@ fn field(line: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Adds a firmware `kernel: int8 FORM macs=N instr=N [kernel_instr=N ...]` line of board `k`
+/// (0: M4, 1: M7) to `kernels`: the form's total, and `FORM-kernel` when the line times the
+/// blocks apart from their preparation. Other lines are left alone.
+fn kernel_line(line: &str, k: usize, kernels: &mut Vec<(String, u64, [Option<u64>; 2])>) {
+    let Some(rest) = line.strip_prefix("kernel: int8 ") else {
+        return;
+    };
+    let form = rest.split(' ').next().unwrap_or("");
+    let macs = field(line, "macs");
+    for (name, key) in [
+        (form.to_string(), "instr"),
+        (format!("{form}-kernel"), "kernel_instr"),
+    ] {
+        let (Some(macs), Some(instr)) = (macs, field(line, key)) else {
+            continue;
+        };
+        match kernels.iter_mut().find(|e| e.0 == name) {
+            Some(e) => e.2[k] = Some(instr),
+            None => {
+                let mut i = [None; 2];
+                i[k] = Some(instr);
+                kernels.push((name, macs, i));
+            }
+        }
+    }
+}
+
 /// Builds a model + vectors, runs it on both MPS2 machines, and collects its figures.
 fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
     let elf = firmware::build(Board::QemuM4, payload)?;
@@ -440,26 +467,7 @@ fn measure(name: &str, payload: &Payload, macs: u64) -> Result<Cost> {
             if line.starts_with("eval ") && cost.instr[k].is_none() {
                 cost.instr[k] = field(line, "instr");
             }
-            if let Some(rest) = line.strip_prefix("kernel: int8 ") {
-                let form = rest.split(' ').next().unwrap_or("");
-                let macs = field(line, "macs");
-                for (name, key) in [
-                    (form.to_string(), "instr"),
-                    (format!("{form}-kernel"), "kernel_instr"),
-                ] {
-                    let (Some(macs), Some(instr)) = (macs, field(line, key)) else {
-                        continue;
-                    };
-                    match cost.kernel.iter_mut().find(|e| e.0 == name) {
-                        Some(e) => e.2[k] = Some(instr),
-                        None => {
-                            let mut i = [None; 2];
-                            i[k] = Some(instr);
-                            cost.kernel.push((name, macs, i));
-                        }
-                    }
-                }
-            }
+            kernel_line(line, k, &mut cost.kernel);
         }
         if cost.stack == 0 {
             bail!("{name} printed no `cost:` line on {}", board.name());
@@ -645,4 +653,33 @@ pub fn bench(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod kernel_line_tests {
+    #[test]
+    fn kernel_lines_of_both_boards_fill_one_entry_per_form() {
+        let mut k = Vec::new();
+        let m4 =
+            "kernel: int8 pair macs=32768 instr=33200 kernel_instr=31080 prepare_instr=2120 sum=-5";
+        let m7 =
+            "kernel: int8 pair macs=32768 instr=33160 kernel_instr=31080 prepare_instr=2080 sum=-5";
+        super::kernel_line(m4, 0, &mut k);
+        super::kernel_line(
+            "kernel: int8 single macs=16384 instr=20360 sum=1",
+            0,
+            &mut k,
+        );
+        super::kernel_line(m7, 1, &mut k);
+        super::kernel_line("kernel: self-check ok (fan-ins 4 to 64 and 256)", 1, &mut k);
+        super::kernel_line("cost: zero input class=8 instr=5 stack=3", 1, &mut k);
+        assert_eq!(
+            k,
+            vec![
+                ("pair".to_string(), 32768, [Some(33200), Some(33160)]),
+                ("pair-kernel".to_string(), 32768, [Some(31080), Some(31080)]),
+                ("single".to_string(), 16384, [Some(20360), None]),
+            ]
+        );
+    }
 }
