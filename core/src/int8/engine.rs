@@ -561,8 +561,7 @@ fn pointwise_row(
 
 /// A depthwise 3x3 conv (padding 1) at output pixel `(oy, ox)`, every channel, then GELU to
 /// `i8` into `mid` (`[c]`), over a ring of 3 input rows (`[3, w_in, c]`, row `y` in slot
-/// `y % 3`). The taps in range are found once per pixel; a pixel whose nine taps are all inside
-/// (the interior) takes a loop with no bounds logic. Integer sums: any tap order gives the
+/// `y % 3`). The taps in range are found once per pixel. Integer sums: any tap order gives the
 /// same `i32`.
 fn depthwise_pixel(
     ring: &[i8],
@@ -578,47 +577,84 @@ fn depthwise_pixel(
 ) {
     let (ky0, ky1) = tap_range(oy, stride, 3, 1, h_in);
     let (kx0, kx1) = tap_range(ox, stride, 3, 1, w_in);
-    let row = |ky: usize| {
-        let iy = oy * stride + ky - 1;
-        &ring[(iy % 3) * w_in * c..(iy % 3 + 1) * w_in * c]
-    };
-    if ky1 - ky0 == 3 && kx1 - kx0 == 3 {
-        let ix0 = ox * stride - 1;
-        let span = 3 * c;
-        let rows = [0, 1, 2].map(|ky| &row(ky)[ix0 * c..ix0 * c + span]);
-        for (ch, (m, w)) in mid.iter_mut().zip(layer.w.chunks_exact(9)).enumerate() {
-            let mut acc = layer.b.get(ch);
-            for (r, wr) in rows.iter().zip(w.chunks_exact(3)) {
-                acc = acc
-                    .wrapping_add(wr[0] as i32 * r[ch] as i32)
-                    .wrapping_add(wr[1] as i32 * r[c + ch] as i32)
-                    .wrapping_add(wr[2] as i32 * r[2 * c + ch] as i32);
-            }
-            *m = gelu_i8(acc, layer.m.get(ch), act);
-        }
-        return;
-    }
-    // A border pixel: the taps inside the map, as (the tap pixel's channels in the ring, the
-    // tap's weight index), listed once for every channel.
-    let mut taps: [(&[i8], usize); 9] = [(&[], 0); 9];
-    let mut n = 0;
+    // The nine taps' pixels in the ring (`[c]` each), found once for every channel; a tap
+    // outside the map reads zeros (which add nothing), so that interior and border pixels
+    // run the same unrolled loop.
+    let mut taps: [Option<&[i8]>; 9] = [None; 9];
     for ky in ky0..ky1 {
-        let r = row(ky);
+        let iy = oy * stride + ky - 1;
+        let r = &ring[(iy % 3) * w_in * c..(iy % 3 + 1) * w_in * c];
         for kx in kx0..kx1 {
             let ix = ox * stride + kx - 1;
-            taps[n] = (&r[ix * c..(ix + 1) * c], ky * 3 + kx);
-            n += 1;
+            taps[ky * 3 + kx] = Some(&r[ix * c..(ix + 1) * c]);
         }
     }
-    let taps = &taps[..n];
-    for (ch, (m, w)) in mid.iter_mut().zip(layer.w.chunks_exact(9)).enumerate() {
-        let mut acc = layer.b.get(ch);
-        for (px, k) in taps {
-            acc = acc.wrapping_add(w[*k] as i32 * px[ch] as i32);
-        }
-        *m = gelu_i8(acc, layer.m.get(ch), act);
+    let mut start = 0;
+    while start < c {
+        let n = (c - start).min(ZERO_PIXEL.len());
+        let t = taps.map(|t| t.map_or(&ZERO_PIXEL[..n], |p| &p[start..start + n]));
+        let out = &mut mid[start..start + n];
+        taps3x3(
+            t,
+            &layer.w[9 * start..9 * (start + n)],
+            layer.b,
+            start,
+            |i, acc| {
+                out[i] = gelu_i8(acc, layer.m.get(start + i), act);
+            },
+        );
+        start += n;
     }
 }
+
+/// `f(i, b[first + i] + sum_k w[i][k] taps[k][i])` for every channel `i` of nine tap pixels
+/// (`taps`: `[n]` each; `w`: `[n, 9]`, tap-minor): one zipped walk over the nine, so no
+/// index into them and no bounds checks. Integer sums, the taps in order.
+#[inline(always)]
+fn taps3x3<T: Copy + Into<i32>>(
+    taps: [&[T]; 9],
+    w: &[i8],
+    b: I32s<'_>,
+    first: usize,
+    mut f: impl FnMut(usize, i32),
+) {
+    let [t0, t1, t2, t3, t4, t5, t6, t7, t8] = taps;
+    let zipped = t0
+        .iter()
+        .zip(t1)
+        .zip(t2)
+        .zip(t3)
+        .zip(t4)
+        .zip(t5)
+        .zip(t6)
+        .zip(t7)
+        .zip(t8);
+    for (i, (w, ((((((((a0, a1), a2), a3), a4), a5), a6), a7), a8))) in
+        w.chunks_exact(9).zip(zipped).enumerate()
+    {
+        let &[w0, w1, w2, w3, w4, w5, w6, w7, w8] = w else {
+            continue;
+        };
+        let p = |w: i8, a: &T| w as i32 * (*a).into();
+        let acc = b
+            .get(first + i)
+            .wrapping_add(p(w0, a0))
+            .wrapping_add(p(w1, a1))
+            .wrapping_add(p(w2, a2))
+            .wrapping_add(p(w3, a3))
+            .wrapping_add(p(w4, a4))
+            .wrapping_add(p(w5, a5))
+            .wrapping_add(p(w6, a6))
+            .wrapping_add(p(w7, a7))
+            .wrapping_add(p(w8, a8));
+        f(i, acc);
+    }
+}
+
+/// Zeros standing in for a depthwise tap outside the map (channels taken 256 at a time).
+const ZERO_PIXEL: [i8; 256] = [0; 256];
+/// The same for the local conv, which reads the `i16` stream.
+const ZERO_PIXEL_I16: [i16; 256] = [0; 256];
 
 /// Output row `oy` of a 3x3 depthwise conv + GELU ([`depthwise_pixel`], over `ring` of
 /// `c`-channel pixels) followed by the 1x1 `pw` to `cout` channels, two pixels at a time
@@ -930,13 +966,14 @@ fn attention(
                         }
                     }
                     softmax_q15(scores);
-                    for d in 0..hd {
+                    let dst = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
+                    for (d, o) in dst.iter_mut().enumerate() {
+                        // Column `2 hd + d` of every token's qkv row: one check, hoisted.
                         let mut acc = 0i32;
-                        for j in 0..t {
-                            let v = qkv[j * 3 * hd + 2 * hd + d] as i32;
-                            acc = acc.wrapping_add(scores[j] * v);
+                        for (p, row) in scores.iter().zip(qkv.chunks_exact(3 * hd)) {
+                            acc = acc.wrapping_add(*p * row[2 * hd + d] as i32);
                         }
-                        out[i * c + h * hd + d] = sat_i8(requant(acc, wt.out));
+                        *o = sat_i8(requant(acc, wt.out));
                     }
                 }
             }
@@ -1002,6 +1039,36 @@ fn local_conv(
         for ox in 0..r {
             let (kx0, kx1) = tap_range(ox, 1, k, pad, r);
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
+            if k == 3 {
+                // The official kernel size: the nine taps' pixels found once, a tap outside
+                // the map reading zeros, one zipped walk ([`taps3x3`]).
+                let mut taps: [Option<&[i16]>; 9] = [None; 9];
+                for ky in ky0..ky1 {
+                    let iy = oy + ky - 1;
+                    let row = &ring[(iy % 3) * r * c..(iy % 3 + 1) * r * c];
+                    for kx in kx0..kx1 {
+                        let ix = ox + kx - 1;
+                        taps[ky * 3 + kx] = Some(&row[ix * c..(ix + 1) * c]);
+                    }
+                }
+                let mut start = 0;
+                while start < c {
+                    let n = (c - start).min(ZERO_PIXEL_I16.len());
+                    let tp = taps.map(|t| t.map_or(&ZERO_PIXEL_I16[..n], |p| &p[start..start + n]));
+                    let out = &mut t[start..start + n];
+                    taps3x3(
+                        tp,
+                        &layer.w[9 * start..9 * (start + n)],
+                        layer.b,
+                        start,
+                        |i, acc| {
+                            out[i] = sat_i16(requant(acc, layer.m.get(start + i)), lim);
+                        },
+                    );
+                    start += n;
+                }
+                continue;
+            }
             for (ch, v) in t.iter_mut().enumerate() {
                 let mut acc = layer.b.get(ch);
                 let w = &layer.w[ch * k * k..(ch + 1) * k * k];
