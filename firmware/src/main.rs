@@ -38,8 +38,10 @@ use core::fmt::Write;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use tinyvit_core::aug::Fnv64;
 use tinyvit_core::engine::{self, Weights};
-use tinyvit_core::vectors::{self, Classifier, Exact, Int8, Kind, Meter, Outcome, Stage};
-use tinyvit_core::{int8, tvb};
+use tinyvit_core::tvb;
+use tinyvit_core::vectors::{self, Classifier, Exact, Kind, Meter, Outcome, Stage};
+#[cfg(tinyvit_engine = "int8")]
+use tinyvit_core::{int8, vectors::Int8};
 
 /// Flash-resident bytes with the alignment the `.tvb` reader needs for zero-copy f32 access.
 #[repr(C, align(16))]
@@ -171,8 +173,14 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
         EXIT_FAILED
     };
     // The one place an engine is chosen, by the blob's format version: the exact f32 engine
-    // (version 1) or the int8 engine (version 2), each over its static arena.
-    let (mut weights, mut quant) = (None, None);
+    // (version 1) or the int8 engine (version 3), each over its static arena. The int8 arms are
+    // compiled only into a build whose blob is int8 (or unreadable), so that an f32 build
+    // carries no int8 code (the f32 M4 preset with its vectors fills the F405's 1 MB).
+    let mut weights = None;
+    #[cfg(tinyvit_engine = "int8")]
+    let mut quant: Option<int8::Model<'static>> = None;
+    #[cfg(not(tinyvit_engine = "int8"))]
+    let _ = (arena_i32, input_i8, logits_i32);
     match MODEL {
         // black_box: the blob is read at run time from flash, as a blob written by a flasher
         // would be; without it LTO may evaluate the header checks of a constant at build time
@@ -185,7 +193,8 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
                 tvb::Kind::F32 if cfg!(tinyvit_engine = "f32") => {
                     weights = Some(open_model(blob, arena, input)?)
                 }
-                tvb::Kind::Int8 if cfg!(tinyvit_engine = "int8") => {
+                #[cfg(tinyvit_engine = "int8")]
+                tvb::Kind::Int8 => {
                     let m = open_int8(blob, arena_i32, input)?;
                     kernel_bench(m.data(), arena_i32);
                     quant = Some(m)
@@ -203,18 +212,25 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
         }
         None => say!("model: none embedded"),
     }
-    let (mut exact, mut int8) = (None, None);
+    let mut exact = None;
+    #[cfg(tinyvit_engine = "int8")]
+    let mut int8: Option<Int8<'_, '_>> = None;
     if let Some(w) = &weights {
         exact = Some(Exact::new(w, arena, logits).map_err(|e| fail(&e))?);
-    } else if let Some(m) = &quant {
-        let i = Int8::new(m, input_i8, arena_i32, logits_i32, logits).map_err(|e| fail(&e))?;
-        int8 = Some(i);
+    } else {
+        #[cfg(tinyvit_engine = "int8")]
+        if let Some(m) = &quant {
+            let i = Int8::new(m, input_i8, arena_i32, logits_i32, logits).map_err(|e| fail(&e))?;
+            int8 = Some(i);
+        }
     }
-    let mut model: Option<&mut dyn Classifier> = match (&mut exact, &mut int8) {
-        (Some(m), _) => Some(m),
-        (None, Some(m)) => Some(m),
-        (None, None) => None,
-    };
+    // The int8 classifier's vtable, and with it the int8 engine, only in an int8 build.
+    #[cfg_attr(not(tinyvit_engine = "int8"), allow(unused_mut))]
+    let mut model: Option<&mut dyn Classifier> = exact.as_mut().map(|m| m as &mut dyn Classifier);
+    #[cfg(tinyvit_engine = "int8")]
+    if let Some(m) = int8.as_mut() {
+        model = Some(m);
+    }
     if let Some(m) = &mut model {
         cost_only(&mut **m, input, plan)?;
     }
@@ -291,6 +307,7 @@ fn open_model(blob: &'static [u8], arena: &[f32], input: &[f32]) -> Result<Weigh
     Ok(weights)
 }
 
+#[cfg(tinyvit_engine = "int8")]
 /// Opens the int8 `.tvb` in flash ([`int8::parse`]: header, checksums, sizes, every multiplier)
 /// and checks it against the static buffers, as [`open_model`] does for an f32 blob.
 fn open_int8(
@@ -334,7 +351,9 @@ fn open_int8(
 }
 
 /// Fan-in and rows of the matrix kernel benchmark.
+#[cfg(tinyvit_engine = "int8")]
 const BENCH_K: usize = 256;
+#[cfg(tinyvit_engine = "int8")]
 const BENCH_ROWS: usize = 64;
 
 /// The int8 matrix kernels alone, as the engine calls them (`int8::ops::mat::probe_pair` and
@@ -343,6 +362,7 @@ const BENCH_ROWS: usize = 64;
 /// prints `kernel: int8 pair|single macs=N instr=N` (cycles on a board; the pair line also
 /// `kernel_instr=` and `prepare_instr=`). The arena, not yet in use, holds the vectors and the
 /// prepared lanes.
+#[cfg(tinyvit_engine = "int8")]
 fn kernel_bench(data: &[u8], arena: &mut [i32]) {
     use tinyvit_core::int8::ops::mat;
     let n = BENCH_ROWS * BENCH_K;
