@@ -25,7 +25,7 @@
 //! # Matrix products two tokens at a time
 //! Wherever two tokens go through the same matrix (the stem's second conv, MBConv and
 //! PatchMerging 1x1s, qkv, proj, the MLP) they are prepared as a [`Pair`] and each weight
-//! word read serves both ([`mat::acc_pair`]); a last odd token takes the one-vector kernels.
+//! word read serves both ([`mat::pair_rows`]); a last odd token takes the one-vector kernels.
 //! Integer sums: the grouping changes no bit.
 #![deny(clippy::float_arithmetic)]
 

@@ -644,17 +644,8 @@ pub mod mat {
     }
 
     /// Accumulators of outputs `o` and `o + 1` of `w` (`[out, k]`, `Kind::Mat`) for both
-    /// vectors of `p` (`[row][column]`), each starting from its bias `b`: a block of one
-    /// pass ([`acc_pair_block`]).
-    #[inline(always)]
-    pub fn acc_pair(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [[i32; 2]; 2] {
-        let mut out = [[0i32; 2]; 2];
-        acc_pair_block(b, p, w, o, &mut out);
-        out
-    }
-
-    /// [`acc_pair`] without the DSP assembly: [`dsp_pair`] when `p` is prepared, else the
-    /// scalar loop.
+    /// vectors of `p` (`[row][column]`), each from its bias `b`, without the DSP assembly:
+    /// [`dsp_pair`] when `p` is prepared, else the scalar loop.
     #[inline(always)]
     fn acc_pair_portable(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [[i32; 2]; 2] {
         let k = p.x[0].len();
@@ -1685,7 +1676,8 @@ mod tests {
                 .map(|i| mat_code((i as i32 * 11 - 120) as i8, i))
                 .collect();
             let p = mat::prepare_pair(&x, &y, &mut buf);
-            let got = mat::acc_pair(I32s(&b), &p, &w, 0);
+            let mut got = [[0i32; 2]; 2];
+            mat::acc_pair_block(I32s(&b), &p, &w, 0, &mut got);
             let last = mat::acc_pair1(I32s(&b), &p, &w, 2);
             for (c, v) in [&x[..], &y[..]].into_iter().enumerate() {
                 assert_eq!(got[0][c], dot_mat_scalar(10, v, &w[..8], 0));
