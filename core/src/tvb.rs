@@ -334,7 +334,7 @@ impl From<Tail> for TvbError {
 pub enum Kind {
     /// Version 1: an f32 model, read by [`parse`].
     F32,
-    /// Version 3 (or an earlier int8 version): an int8 model, read by [`crate::int8::parse`].
+    /// Version 4 (or an earlier int8 version): an int8 model, read by [`crate::int8::parse`].
     Int8,
 }
 

@@ -173,7 +173,7 @@ fn run(b: Buffers, plan: Option<&'static clocks::Plan>) -> Result<i32, i32> {
         EXIT_FAILED
     };
     // The one place an engine is chosen, by the blob's format version: the exact f32 engine
-    // (version 1) or the int8 engine (version 3), each over its static arena. The int8 arms are
+    // (version 1) or the int8 engine (version 4), each over its static arena. The int8 arms are
     // compiled only into a build whose blob is int8 (or unreadable), so that an f32 build
     // carries no int8 code (the f32 M4 preset with its vectors fills the F405's 1 MB).
     let mut weights = None;

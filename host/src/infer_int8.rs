@@ -1,4 +1,4 @@
-//! `tinyvit infer` on an int8 model file (`.tvb` format version 3): the core's exact integer
+//! `tinyvit infer` on an int8 model file (`.tvb` format version 4): the core's exact integer
 //! engine ([`tinyvit_core::int8::run`]) with the inputs and output of the f32 engines
 //! ([`crate::infer`]). `main.rs` sends a `tinyvit infer` here when the model file's first bytes
 //! say int8 ([`is_int8`]); the integer engine is the bit-exact reference (`--engine exact`, the

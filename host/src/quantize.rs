@@ -1,4 +1,4 @@
-//! `tinyvit quantize`: an f32 model to the int8 `.tvb` (format version 3) of
+//! `tinyvit quantize`: an f32 model to the int8 `.tvb` (format version 4) of
 //! [`tinyvit_core::int8`].
 //!
 //! Steps of the command, in order:

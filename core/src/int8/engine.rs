@@ -9,7 +9,10 @@
 //!   requantisation to `i8` (MBConv and PatchMerging inputs).
 //! - Everything a matrix product reads is `i8`: LayerNorm and GELU outputs, q/k/v, attention
 //!   outputs, MBConv and PatchMerging intermediates.
-//! - GELU runs on Q12 (`acc -> Q12 -> gelu_q12 -> i8`, two [`requant`]s); scores are Q10
+//! - GELU reads a table: the accumulator is requantised to an `i8` pre-activation (one scale
+//!   per tensor) that indexes the layer's 255-entry table of `i8` outputs ([`gelu_table`],
+//!   built in the arena from the file's two multipliers before the layer runs); MBConv's last
+//!   GELU, on the residual sum, runs [`gelu_q12`] on Q12 per value. Scores are Q10
 //!   (`q.k` requantised plus the Q10 bias table) and the softmax gives Q15 probabilities that
 //!   weight `v` in an `i32` sum (`sum p_j <= 2^15 + T/2`, so `|sum p_j v_j| < 2^23`).
 //! - Logits are `i32` in units of the file's logit scale.
@@ -30,8 +33,9 @@
 #![deny(clippy::float_arithmetic)]
 
 use super::file::Model;
+use super::layout::GELU_TABLE;
 use super::ops::{
-    dot_i8, gelu_q12, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
+    dot_i8, gelu_q12, gelu_table, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
     Multipliers,
 };
 use crate::config::{ModelConfig, STAGES};
@@ -60,12 +64,14 @@ pub struct ArenaPlan {
     /// Words of the matrix kernels' prepared activations ([`mat::pair_words`] of the widest
     /// matrix fan-in).
     pub prep: usize,
+    /// Words of the two GELU tables.
+    pub gelu: usize,
 }
 
 impl ArenaPlan {
     /// Total words.
     pub fn total(&self) -> usize {
-        self.a + self.b + self.scratch + self.prep
+        self.a + self.b + self.scratch + self.prep + self.gelu
     }
 }
 
@@ -153,13 +159,15 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
         mat_k = mat_k.max(e[s]).max(mul(e[s], cfg.mlp_ratio as usize)?);
     }
     let prep = mat::pair_words(mat_k);
+    let gelu = 2 * w8(GELU_TABLE);
     let plan = ArenaPlan {
         a,
         b,
         scratch,
         prep,
+        gelu,
     };
-    add(add(add(a, b)?, scratch)?, prep)?;
+    add(add(add(add(a, b)?, scratch)?, prep)?, gelu)?;
     Ok(plan)
 }
 
@@ -189,6 +197,11 @@ impl<'a> Carver<'a> {
 
     fn i8s(&mut self, n: usize) -> Result<&'a mut [i8], EngineError> {
         Ok(&mut bytemuck::cast_slice_mut::<i32, i8>(self.words(w8(n))?)[..n])
+    }
+
+    fn table(&mut self) -> Result<&'a mut [i8; GELU_TABLE], EngineError> {
+        let t = self.i8s(GELU_TABLE)?;
+        t.try_into().map_err(|_| EngineError::TooLarge)
     }
 
     fn i16s(&mut self, n: usize) -> Result<&'a mut [i16], EngineError> {
@@ -230,6 +243,13 @@ impl<'a> Reader<'a> {
 
     fn mul1(&mut self) -> Result<Multiplier, EngineError> {
         Ok(self.muls(1)?.get(0))
+    }
+
+    /// Reads a GELU's two multipliers and builds its table in `table`.
+    fn gelu<'t>(&mut self, table: &'t mut [i8; GELU_TABLE]) -> Result<Gelu<'t>, EngineError> {
+        let m = self.muls(2)?;
+        gelu_table(m.get(0), m.get(1), table);
+        Ok(Gelu(table))
     }
 }
 
@@ -289,10 +309,19 @@ fn two_tokens<T>(x: &mut [T], c: usize, a: usize, b: usize) -> (&mut [T], &mut [
     (&mut lo[a * c..(a + 1) * c], &mut hi[..c])
 }
 
-/// `acc -> Q12 -> GELU -> i8`.
+/// A GELU layer's table: the `i8` output for each `i8` pre-activation `-127..=127` (index
+/// `pre + 127`), built in the arena from the layer's two multipliers ([`gelu_table`]) before
+/// the layer runs.
+#[derive(Clone, Copy)]
+struct Gelu<'a>(&'a [i8; GELU_TABLE]);
+
+/// The arena's two GELU tables (MBConv and PatchMerging interleave two GELU layers row by row).
+struct Tables<'a>([&'a mut [i8; GELU_TABLE]; 2]);
+
+/// `acc -> i8 pre-activation -> table -> i8`: one [`requant`] and one load.
 #[inline]
-fn gelu_i8(acc: i32, to_q12: Multiplier, act: Multiplier) -> i8 {
-    sat_i8(requant(gelu_q12(requant(acc, to_q12)), act))
+fn gelu_i8(acc: i32, to_pre: Multiplier, table: Gelu<'_>) -> i8 {
+    table.0[(sat_i8(requant(acc, to_pre)) as i32 + 127) as usize]
 }
 
 /// A LayerNorm's parameters.
@@ -340,6 +369,7 @@ pub fn run(
     let b = carve.i16s(plan.b * 2)?;
     let scratch = carve.words(plan.scratch)?;
     let prep: &mut [u32] = bytemuck::cast_slice_mut(carve.words(plan.prep)?);
+    let tables = &mut Tables([carve.table()?, carve.table()?]);
     let mut rd = Reader {
         data: model.data(),
         pos: 0,
@@ -349,7 +379,7 @@ pub fn run(
     let e = cfg.embed_dims.map(|v| v as usize);
     let act = |s: usize| r[s] * r[s] * e[s];
 
-    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch, prep)?;
+    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch, prep, tables)?;
     let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
     for _ in 0..cfg.depths[0] {
         mbconv(
@@ -361,6 +391,7 @@ pub fn run(
             lim,
             scratch,
             prep,
+            tables,
         )?;
     }
     for s in 0..STAGES {
@@ -371,7 +402,7 @@ pub fn run(
                 &mut b[..act(s)]
             };
             for _ in 0..cfg.depths[s] {
-                tinyvit_block(cfg, s, &mut rd, x, lim, scratch, prep)?;
+                tinyvit_block(cfg, s, &mut rd, x, lim, scratch, prep, tables)?;
             }
         }
         if s + 1 < STAGES {
@@ -380,7 +411,9 @@ pub fn run(
             } else {
                 (&b[..act(s)], &mut a[..act(s + 1)])
             };
-            patch_merging(&mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch, prep)?;
+            patch_merging(
+                &mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch, prep, tables,
+            )?;
         }
     }
     let last = if (STAGES - 1).is_multiple_of(2) {
@@ -435,10 +468,11 @@ fn stem(
     lim: i16,
     scratch: &mut [i32],
     prep: &mut [u32],
+    tables: &mut Tables<'_>,
 ) -> Result<(), EngineError> {
     let (cin, img, e0, half, w1, r0) = stem_dims(cfg);
     let c1 = Layer::read(rd, cin * 9, half)?;
-    let act1 = rd.mul1()?;
+    let act1 = rd.gelu(tables.0[0])?;
     let c2 = Layer::read(rd, half * 9, e0)?;
     let mut carve = Carver { rest: scratch };
     let ring = carve.i8s(3 * w1 * half)?;
@@ -526,7 +560,7 @@ fn pointwise_row(
     cin: usize,
     narrow_in: Multiplier,
     layer: &Layer<'_>,
-    act: Multiplier,
+    act: Gelu<'_>,
     cout: usize,
     tok: &mut [i8],
     ring: &mut [i8],
@@ -572,7 +606,7 @@ fn depthwise_pixel(
     oy: usize,
     ox: usize,
     layer: &Layer<'_>,
-    act: Multiplier,
+    act: Gelu<'_>,
     mid: &mut [i8],
 ) {
     let (ky0, ky1) = tap_range(oy, stride, 3, 1, h_in);
@@ -668,7 +702,7 @@ fn depthwise_pointwise_row(
     stride: usize,
     oy: usize,
     dw: &Layer<'_>,
-    act: Multiplier,
+    act: Gelu<'_>,
     pw: &Layer<'_>,
     mid: &mut [i8],
     prep: &mut [u32],
@@ -710,12 +744,14 @@ fn mbconv(
     lim: i16,
     scratch: &mut [i32],
     prep: &mut [u32],
+    tables: &mut Tables<'_>,
 ) -> Result<(), EngineError> {
     let narrow_in = rd.mul1()?;
     let c1 = Layer::read(rd, c, hid)?;
-    let act1 = rd.mul1()?;
+    let [t1, t2] = &mut tables.0;
+    let act1 = rd.gelu(t1)?;
     let c2 = Layer::read(rd, 9, hid)?;
-    let act2 = rd.mul1()?;
+    let act2 = rd.gelu(t2)?;
     let c3 = Layer::read(rd, hid, c)?;
     let res = rd.mul1()?;
     let out = rd.mul1()?;
@@ -765,12 +801,14 @@ fn patch_merging(
     lim: i16,
     scratch: &mut [i32],
     prep: &mut [u32],
+    tables: &mut Tables<'_>,
 ) -> Result<(), EngineError> {
     let narrow_in = rd.mul1()?;
     let c1 = Layer::read(rd, cin, cout)?;
-    let act1 = rd.mul1()?;
+    let [t1, t2] = &mut tables.0;
+    let act1 = rd.gelu(t1)?;
     let c2 = Layer::read(rd, 9, cout)?;
-    let act2 = rd.mul1()?;
+    let act2 = rd.gelu(t2)?;
     let c3 = Layer::read(rd, cout, cout)?;
     let r2 = r.div_ceil(2);
     let mut carve = Carver { rest: scratch };
@@ -831,6 +869,7 @@ fn tinyvit_block(
     lim: i16,
     scratch: &mut [i32],
     prep: &mut [u32],
+    tables: &mut Tables<'_>,
 ) -> Result<(), EngineError> {
     let r = cfg.stage_resolutions()[s] as usize;
     let c = cfg.embed_dims[s] as usize;
@@ -849,7 +888,7 @@ fn tinyvit_block(
     };
     let mlp_norm = Norm::read(rd, c)?;
     let fc1 = Layer::read(rd, c, hid)?;
-    let mlp_act = rd.mul1()?;
+    let mlp_act = rd.gelu(tables.0[0])?;
     let fc2 = Layer::read(rd, hid, c)?;
     let lc = Layer::read(rd, k * k, c)?;
 

@@ -1,15 +1,16 @@
-//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (3), parsed in place with
+//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (4), parsed in place with
 //! no allocator. Version-1 files are f32 models ([`crate::tvb`]); [`crate::tvb::kind`] tells
-//! the two apart from the first 12 bytes. Version 2 was the first int8 layout (multipliers as
-//! two `i32`, matrix weights unflipped): such files are refused with
-//! [`FileError::Outdated`], which says to quantise the model again.
+//! the two apart from the first 12 bytes. Versions 2 and 3 were earlier int8 layouts (2:
+//! multipliers as two `i32`, matrix weights unflipped; 3: GELU on Q12 through a multiplier
+//! where version 4 has a table): such files are refused with [`FileError::Outdated`], which
+//! says to quantise the model again.
 //!
 //! # Layout (all integers little-endian)
 //!
 //! ```text
 //! +----------------------------+ 0
 //! | magic  "TINYVITB"  8 bytes |
-//! | version          u32       |   = 3 (int8)
+//! | version          u32       |   = 4 (int8)
 //! | header length H  u32       |   <= 64 KiB
 //! | header crc32     u32       |   crc32 (IEEE) of the H header bytes
 //! +----------------------------+ 20
@@ -58,11 +59,13 @@ use crate::tvb::{align16, MAGIC, PREFIX_LEN};
 use crate::tvb::{contract_tail, data_region, read_prefix, Prefix, Tail};
 
 /// The format version of int8 files.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Earlier int8 format versions: recognised as int8 files ([`crate::tvb::kind`]) and refused
 /// by [`parse`] with [`FileError::Outdated`]. Version 2 stored each multiplier as two `i32`
-/// (8 bytes; now 5) and matrix weights without the sign flip of `layout::Kind::Mat`.
-pub const OUTDATED_VERSIONS: [u32; 1] = [2];
+/// (8 bytes; now 5) and matrix weights without the sign flip of `layout::Kind::Mat`; version 3
+/// requantised GELU inputs per channel to Q12 and outputs by a multiplier (the items that are
+/// GELU tables now, see `layout`).
+pub const OUTDATED_VERSIONS: [u32; 2] = [2, 3];
 /// Largest header accepted, in bytes.
 pub const MAX_HEADER: u32 = 1 << 16;
 
@@ -78,7 +81,7 @@ pub enum FileError {
     },
     /// The first 8 bytes are not `TINYVITB`.
     BadMagic,
-    /// Not version 3 (version 1 is an f32 file: [`crate::tvb::parse`]).
+    /// Not version 4 (version 1 is an f32 file: [`crate::tvb::parse`]).
     Version { found: u32 },
     /// An earlier int8 layout ([`OUTDATED_VERSIONS`]): quantise the f32 model again.
     Outdated { found: u32 },
@@ -426,12 +429,16 @@ mod tests {
         let mut old = b.clone();
         old[8..12].copy_from_slice(&2u32.to_le_bytes());
         assert_eq!(crate::tvb::kind(&old), Ok(crate::tvb::Kind::Int8));
-        let e = parse(&old).unwrap_err();
-        assert_eq!(e, FileError::Outdated { found: 2 });
-        assert!(
-            e.to_string().contains("quantise the f32 model again"),
-            "{e}"
-        );
+        for v in OUTDATED_VERSIONS {
+            old[8..12].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(crate::tvb::kind(&old), Ok(crate::tvb::Kind::Int8));
+            let e = parse(&old).unwrap_err();
+            assert_eq!(e, FileError::Outdated { found: v });
+            assert!(
+                e.to_string().contains("quantise the f32 model again"),
+                "{e}"
+            );
+        }
         let mut newer = b.clone();
         newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         assert_eq!(

@@ -11,6 +11,11 @@
 //! - `Mul`: [`Multiplier`](super::ops::Multiplier)s, `(m: i32, shift: i32)` pairs, one per
 //!   output channel or one per tensor.
 //!
+//! A GELU (items named after the activation it produces: `.act`, `.act1`, `.act2`) is two
+//! multipliers: the layer before it requantises its accumulators to an `i8` pre-activation
+//! `p` (`.mult`, one scale per tensor), and the GELU's item holds `p -> Q12` and `Q12 -> i8`
+//! for the engine's table of the 255 values of `p` ([`super::ops::gelu_table`]).
+//!
 //! Item names extend the folded tensor names of [`crate::params::for_each_folded`]:
 //! `<layer>.weight`, `<layer>.bias`, `<layer>.mult` (accumulator to the next format), and
 //! per-tensor requantisations named after the activation they produce (`.act1`, `.in`, ...).
@@ -19,6 +24,11 @@ use core::fmt::Write;
 
 use crate::config::{ModelConfig, STAGES};
 use crate::params::Name;
+
+/// Entries of a GELU table: one per `i8` pre-activation `-127..=127`.
+pub const GELU_TABLE: usize = 255;
+/// Multipliers of a GELU item: pre-activation to Q12, Q12 to the output.
+pub const GELU_MULS: usize = 2;
 
 /// How an item is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,16 +80,16 @@ pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
             f(&name(format_args!("{p}.mult")), Mul, out);
         };
     layer(&mut f, "patch_embed.seq.0", I8, cin * 9, half);
-    f("patch_embed.seq.1.act", Mul, 1);
+    f("patch_embed.seq.1.act", Mul, GELU_MULS);
     layer(&mut f, "patch_embed.seq.2", Mat, half * 9, e[0]);
     let hid0 = e[0].saturating_mul(cfg.mbconv_expand_ratio as usize);
     for j in 0..cfg.depths[0] {
         let p = |s: &str| name(format_args!("layers.0.blocks.{j}.{s}"));
         f(&p("in"), Mul, 1);
         layer(&mut f, &p("conv1"), Mat, e[0], hid0);
-        f(&p("act1"), Mul, 1);
+        f(&p("act1"), Mul, GELU_MULS);
         layer(&mut f, &p("conv2"), I8, 9, hid0);
-        f(&p("act2"), Mul, 1);
+        f(&p("act2"), Mul, GELU_MULS);
         layer(&mut f, &p("conv3"), Mat, hid0, e[0]);
         f(&p("res"), Mul, 1);
         f(&p("out"), Mul, 1);
@@ -105,7 +115,7 @@ pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
                 layer(&mut f, &p("attn.proj"), Mat, c, c);
                 norm(&mut f, &p("mlp.norm"), c);
                 layer(&mut f, &p("mlp.fc1"), Mat, c, hid);
-                f(&p("mlp.act"), Mul, 1);
+                f(&p("mlp.act"), Mul, GELU_MULS);
                 layer(&mut f, &p("mlp.fc2"), Mat, hid, c);
                 layer(&mut f, &p("local_conv"), I8, k * k, c);
             }
@@ -115,9 +125,9 @@ pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
             let p = |x: &str| name(format_args!("layers.{s}.downsample.{x}"));
             f(&p("in"), Mul, 1);
             layer(&mut f, &p("conv1"), Mat, cin, cout);
-            f(&p("act1"), Mul, 1);
+            f(&p("act1"), Mul, GELU_MULS);
             layer(&mut f, &p("conv2"), I8, 9, cout);
-            f(&p("act2"), Mul, 1);
+            f(&p("act2"), Mul, GELU_MULS);
             layer(&mut f, &p("conv3"), Mat, cout, cout);
         }
     }

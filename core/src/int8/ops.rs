@@ -20,11 +20,14 @@
 //! | [`exp_q10`]      | `[-2^31, 0]` (Q10)           | 2 LSB of Q16 (1.57)           |
 //! | [`softmax_q15`]  | rows of Q10 scores           | 2 LSB of Q15 per prob. (0.71) |
 //! | [`gelu_q12`]     | `[-2^20, 2^20]` (Q12)        | 1.5 LSB of Q12 (1.08)         |
+//! | [`gelu_table`]   | `i8` pre-activations         | 1/2 + 2.07 Q12 LSB of the `i8` output |
 //! | [`layer_norm`]   | `i16` tokens, `C <= 2^16`    | 1 LSB of the `i8` output (0.99)|
 //!
 //! The worst-seen figures are printed by
 //! `cargo test -p tinyvit-core --all-features --lib int8::ops -- --nocapture`.
 #![deny(clippy::float_arithmetic)]
+
+use super::layout::GELU_TABLE;
 
 /// A real multiplier `m / 2^shift`, `shift` in `1..=62`, `m` any `i32` (negative for a
 /// negative LayerNorm weight). Files are checked for the shift range when parsed.
@@ -1035,6 +1038,21 @@ pub fn gelu_q12(x: i32) -> i32 {
     ((x as i64 * phi as i64 + (1i64 << 19)) >> 20) as i32
 }
 
+/// A GELU layer's table: entry `i` is the `i8` output for the `i8` pre-activation
+/// `p = i - 127`, `sat_i8(requant(gelu_q12(requant(p, to_q12)), act))` (the one integer GELU,
+/// [`gelu_q12`], on Q12; the table only saves evaluating it per value).
+///
+/// Error against `GELU(p s_pre) / s_act` (exact erf GELU, `to_q12 = s_pre 2^12` and
+/// `act = 2^-12 / s_act` as reals): the first rounding moves the Q12 input by at most 1/2 LSB,
+/// which GELU's slope (at most 1.13) passes on, and [`gelu_q12`] adds at most 1.5 LSB, so at
+/// most `2.07 * 2^-12 / s_act` output LSB before the final rounding's 1/2 LSB (tested over
+/// scales from `2^-9` to 1).
+pub fn gelu_table(to_q12: Multiplier, act: Multiplier, out: &mut [i8; GELU_TABLE]) {
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = sat_i8(requant(gelu_q12(requant(i as i32 - 127, to_q12)), act));
+    }
+}
+
 /// [`gelu_q12`] as first written, all in `i64`: the reference the test
 /// `gelu_is_its_reference` holds the `i32` version to.
 #[cfg(test)]
@@ -1446,6 +1464,28 @@ mod tests {
         }
         std::println!("softmax worst error {worst} LSB");
         assert!(worst <= 2.0, "softmax worst error {worst} LSB");
+    }
+
+    #[test]
+    fn gelu_table_within_its_bound_of_f64() {
+        let gelu = |x: f64| 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        let mut worst = 0.0f64;
+        let mut t = [0i8; GELU_TABLE];
+        // Pre-activation ranges 1/4 to 64, output ranges 1/8 to 64 (scales = range / 127).
+        for pre in [0.25, 1.0, 3.0, 7.5, 16.0, 64.0] {
+            for out in [0.125, 0.9, 4.0, 7.3, 64.0] {
+                let (s_pre, s_act) = (pre / 127.0, out / 127.0);
+                gelu_table(mult(s_pre * 4096.0), mult(1.0 / 4096.0 / s_act), &mut t);
+                let bound = 0.5 + 2.07 / 4096.0 / s_act;
+                for (i, v) in t.iter().enumerate() {
+                    let want = (gelu((i as f64 - 127.0) * s_pre) / s_act).clamp(-127.0, 127.0);
+                    let err = (*v as f64 - want).abs();
+                    assert!(err <= bound, "pre {pre} out {out} entry {i}: {v} vs {want}");
+                    worst = worst.max(err - 0.5);
+                }
+            }
+        }
+        std::println!("gelu table worst error 0.5 + {worst} LSB");
     }
 
     #[test]

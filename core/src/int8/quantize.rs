@@ -289,7 +289,7 @@ const Q12: f64 = 1.0 / 4096.0;
 
 /// What a layer's accumulators are requantised to.
 enum Target<'t> {
-    /// GELU's Q12 input.
+    /// Q12 (MBConv's residual sum, which its last GELU reads).
     Q12,
     /// One scale for every output channel.
     Scale(f64),
@@ -393,6 +393,16 @@ impl Builder<'_> {
         self.mul(&std::format!("{p}.mult"), &mults)
     }
 
+    /// The GELU `key` after the layer `p`: `p` requantises to the `i8` pre-activation (the
+    /// scale of the calibrated point `<key>.pre`), and `key` holds that scale to Q12 and Q12
+    /// to `key`'s own scale (the engine's table, [`ops::gelu_table`]).
+    fn gelu_layer(&mut self, p: &str, s_in: f64, key: &str, stem: bool) -> Result<(), QuantError> {
+        let s_pre = self.act(&std::format!("{key}.pre"));
+        self.layer(p, s_in, Target::Scale(s_pre), stem)?;
+        let s_act = self.act(key);
+        self.mul(key, &[s_pre / Q12, Q12 / s_act])
+    }
+
     /// A LayerNorm `p` over `i16` values of scale `s_in`, output `i8` of scale `s_out`.
     fn norm(&mut self, p: &str, s_in: f64, s_out: f64) -> Result<(), QuantError> {
         let w = self.tensor(&std::format!("{p}.weight"));
@@ -416,8 +426,7 @@ impl Builder<'_> {
         let e = cfg.embed_dims.map(|v| v as usize);
         let s_in = self.act("input");
         let s_g = self.act("patch_embed.seq.1.act");
-        self.layer("patch_embed.seq.0", s_in, Target::Q12, true)?;
-        self.mul("patch_embed.seq.1.act", &[Q12 / s_g])?;
+        self.gelu_layer("patch_embed.seq.0", s_in, "patch_embed.seq.1.act", true)?;
         let ss0 = self.stream(0);
         self.layer("patch_embed.seq.2", s_g, Target::Scale(ss0), true)?;
         for j in 0..cfg.depths[0] {
@@ -428,10 +437,8 @@ impl Builder<'_> {
                 self.act(&p("act2")),
             );
             self.mul(&p("in"), &[ss0 / s_x])?;
-            self.layer(&p("conv1"), s_x, Target::Q12, false)?;
-            self.mul(&p("act1"), &[Q12 / s_1])?;
-            self.layer(&p("conv2"), s_1, Target::Q12, false)?;
-            self.mul(&p("act2"), &[Q12 / s_2])?;
+            self.gelu_layer(&p("conv1"), s_x, &p("act1"), false)?;
+            self.gelu_layer(&p("conv2"), s_1, &p("act2"), false)?;
             self.layer(&p("conv3"), s_2, Target::Q12, false)?;
             self.mul(&p("res"), &[ss0 / Q12])?;
             self.mul(&p("out"), &[Q12 / ss0])?;
@@ -464,9 +471,8 @@ impl Builder<'_> {
                     self.layer(&p("attn.proj"), s_o, Target::Scale(ss), false)?;
                     let s_m = self.act(&p("mlp.norm"));
                     self.norm(&p("mlp.norm"), ss, s_m)?;
-                    self.layer(&p("mlp.fc1"), s_m, Target::Q12, false)?;
+                    self.gelu_layer(&p("mlp.fc1"), s_m, &p("mlp.act"), false)?;
                     let s_h = self.act(&p("mlp.act"));
-                    self.mul(&p("mlp.act"), &[Q12 / s_h])?;
                     self.layer(&p("mlp.fc2"), s_h, Target::Scale(ss), false)?;
                     self.layer(&p("local_conv"), ss, Target::Scale(ss), false)?;
                 }
@@ -479,10 +485,8 @@ impl Builder<'_> {
                     self.act(&p("act2")),
                 );
                 self.mul(&p("in"), &[ss / s_x])?;
-                self.layer(&p("conv1"), s_x, Target::Q12, false)?;
-                self.mul(&p("act1"), &[Q12 / s_1])?;
-                self.layer(&p("conv2"), s_1, Target::Q12, false)?;
-                self.mul(&p("act2"), &[Q12 / s_2])?;
+                self.gelu_layer(&p("conv1"), s_x, &p("act1"), false)?;
+                self.gelu_layer(&p("conv2"), s_1, &p("act2"), false)?;
                 let next = self.stream(s + 1);
                 self.layer(&p("conv3"), s_2, Target::Scale(next), false)?;
             }

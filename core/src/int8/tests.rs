@@ -390,6 +390,7 @@ fn fake_quantisation_by_point_explains_the_engine_error() {
         "attn.out",
         "mlp.norm",
         "mlp.act",
+        ".pre",
         "norm_head",
         "",
     ];
