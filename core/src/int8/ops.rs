@@ -50,14 +50,22 @@ pub const MAX_SHIFT: u32 = 62;
 /// Overflow: `|x * m| <= 2^62`, plus `2^61`, stays below `2^63`.
 #[inline]
 pub fn requant(x: i32, k: Multiplier) -> i32 {
-    let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
-    if s >= 33 {
+    // The common case first (accumulators to a coarser scale: shifts 33..=62), tested without
+    // clamping the shift.
+    let t = k.shift.wrapping_sub(33);
+    if t < 30 {
         // The rounding constant 2^(s-1) lies wholly in the high word, and the low word of
         // x * m adds less than one unit of it: floor((x m + 2^(s-1)) / 2^s) =
-        // floor((hi + 2^(s-33)) / 2^(s-32)) with hi = floor(x m / 2^32). |hi| <= 2^30 and the
-        // constant <= 2^29, so the sum fits `i32` (one multiply-high, an add and a shift).
-        let hi = ((x as i64 * k.m as i64) >> 32) as i32;
-        return (hi + (1i32 << (s - 33))) >> (s - 32);
+        // floor((hi + 2^(t-1+1)) / 2^(t+1)) with hi = floor(x m / 2^32), t = s - 33. That is
+        // floor((floor(hi / 2^t) + 1) / 2): with hi = q 2^t + r (0 <= r < 2^t) the sum is
+        // (q + 1) / 2 + r / 2^(t+1), whose fraction part stays below one either way q's
+        // parity goes. One multiply-high, two shifts and an add.
+        return requant_high(x, k.m, t);
+    }
+    let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
+    if s >= 33 {
+        // A shift above 62, clamped to 62.
+        return requant_high(x, k.m, s - 33);
     }
     // s <= 32: the rounding constant fits 32 bits; p = hi 2^32 + lo.
     let p = (x as i64 * k.m as i64) + (1u32 << (s - 1)) as i64;
@@ -73,6 +81,13 @@ pub fn requant(x: i32, k: Multiplier) -> i32 {
         return if hi < 0 { i32::MIN } else { i32::MAX };
     }
     (((hi as u32) << (32 - s)) | ((p as u32) >> s)) as i32
+}
+
+/// [`requant`] for shifts `t + 33` (`t < 30`): `((floor(x m / 2^32) >> t) + 1) >> 1`.
+#[inline(always)]
+fn requant_high(x: i32, m: i32, t: u32) -> i32 {
+    let hi = ((x as i64 * m as i64) >> 32) as i32;
+    ((hi >> t) + 1) >> 1
 }
 
 /// [`requant`] as first written (one 64-bit shift, then saturation): the reference the test

@@ -464,6 +464,15 @@ fn requant_fast_path_is_the_reference() {
             checked += 1;
         }
     }
+    // Shifts outside `1..=62` (no valid file has one) are clamped, by both forms alike.
+    for shift in [0, 63, 64, 95, 255, u32::MAX] {
+        for &m in &edges {
+            for &x in &edges {
+                let k = Multiplier { m, shift };
+                assert_eq!(requant(x, k), requant_reference(x, k), "x={x} {k:?}");
+            }
+        }
+    }
     assert!(checked > 1_000_000);
 }
 
