@@ -33,10 +33,9 @@
 #![deny(clippy::float_arithmetic)]
 
 use super::file::Model;
-use super::layout::GELU_TABLE;
 use super::ops::{
-    dot_i8, gelu_q12, gelu_table, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s, Multiplier,
-    Multipliers,
+    dot_i8, gelu_q12, gelu_table, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s,
+    Multiplier, Multipliers, GELU_TABLE,
 };
 use crate::config::{ModelConfig, STAGES};
 use crate::engine::layers::stem_dims;
@@ -309,8 +308,8 @@ fn two_tokens<T>(x: &mut [T], c: usize, a: usize, b: usize) -> (&mut [T], &mut [
     (&mut lo[a * c..(a + 1) * c], &mut hi[..c])
 }
 
-/// A GELU layer's table: the `i8` output for each `i8` pre-activation `-127..=127` (index
-/// `pre + 127`), built in the arena from the layer's two multipliers ([`gelu_table`]) before
+/// A GELU layer's table: the `i8` output for each `i8` pre-activation (index `pre + 128`),
+/// built in the arena from the layer's two multipliers ([`gelu_table`]) before
 /// the layer runs.
 #[derive(Clone, Copy)]
 struct Gelu<'a>(&'a [i8; GELU_TABLE]);
@@ -318,10 +317,11 @@ struct Gelu<'a>(&'a [i8; GELU_TABLE]);
 /// The arena's two GELU tables (MBConv and PatchMerging interleave two GELU layers row by row).
 struct Tables<'a>([&'a mut [i8; GELU_TABLE]; 2]);
 
-/// `acc -> i8 pre-activation -> table -> i8`: one [`requant`] and one load.
+/// `acc -> i8 pre-activation -> table -> i8`: one [`requant`], one `SSAT` and one load (the
+/// table's entry for -128 is its entry for -127, so this is `sat_i8` of the pre-activation).
 #[inline]
 fn gelu_i8(acc: i32, to_pre: Multiplier, table: Gelu<'_>) -> i8 {
-    table.0[(sat_i8(requant(acc, to_pre)) as i32 + 127) as usize]
+    table.0[(requant(acc, to_pre).clamp(-128, 127) + 128) as usize]
 }
 
 /// A LayerNorm's parameters.
@@ -379,7 +379,16 @@ pub fn run(
     let e = cfg.embed_dims.map(|v| v as usize);
     let act = |s: usize| r[s] * r[s] * e[s];
 
-    stem(cfg, &mut rd, input, &mut a[..act(0)], lim, scratch, prep, tables)?;
+    stem(
+        cfg,
+        &mut rd,
+        input,
+        &mut a[..act(0)],
+        lim,
+        scratch,
+        prep,
+        tables,
+    )?;
     let hid0 = e[0] * cfg.mbconv_expand_ratio as usize;
     for _ in 0..cfg.depths[0] {
         mbconv(
@@ -412,7 +421,16 @@ pub fn run(
                 (&b[..act(s)], &mut a[..act(s + 1)])
             };
             patch_merging(
-                &mut rd, src, r[s], e[s], dst, e[s + 1], lim, scratch, prep, tables,
+                &mut rd,
+                src,
+                r[s],
+                e[s],
+                dst,
+                e[s + 1],
+                lim,
+                scratch,
+                prep,
+                tables,
             )?;
         }
     }

@@ -14,7 +14,7 @@
 //! A GELU (items named after the activation it produces: `.act`, `.act1`, `.act2`) is two
 //! multipliers: the layer before it requantises its accumulators to an `i8` pre-activation
 //! `p` (`.mult`, one scale per tensor), and the GELU's item holds `p -> Q12` and `Q12 -> i8`
-//! for the engine's table of the 255 values of `p` ([`super::ops::gelu_table`]).
+//! for the engine's table of the values of `p` ([`super::ops::gelu_table`]).
 //!
 //! Item names extend the folded tensor names of [`crate::params::for_each_folded`]:
 //! `<layer>.weight`, `<layer>.bias`, `<layer>.mult` (accumulator to the next format), and
@@ -25,8 +25,6 @@ use core::fmt::Write;
 use crate::config::{ModelConfig, STAGES};
 use crate::params::Name;
 
-/// Entries of a GELU table: one per `i8` pre-activation `-127..=127`.
-pub const GELU_TABLE: usize = 255;
 /// Multipliers of a GELU item: pre-activation to Q12, Q12 to the output.
 pub const GELU_MULS: usize = 2;
 

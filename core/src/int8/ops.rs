@@ -27,8 +27,6 @@
 //! `cargo test -p tinyvit-core --all-features --lib int8::ops -- --nocapture`.
 #![deny(clippy::float_arithmetic)]
 
-use super::layout::GELU_TABLE;
-
 /// A real multiplier `m / 2^shift`, `shift` in `1..=62`, `m` any `i32` (negative for a
 /// negative LayerNorm weight). Files are checked for the shift range when parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,10 +97,11 @@ pub(crate) fn requant_reference(x: i32, k: Multiplier) -> i32 {
     v.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
-/// Saturates to `i8`.
+/// Saturates to `[-127, 127]` (`i8` without -128): to `[-128, 127]` first, one `SSAT` on
+/// Armv7E-M.
 #[inline]
 pub fn sat_i8(v: i32) -> i8 {
-    v.clamp(-127, 127) as i8
+    v.clamp(-128, 127).max(-127) as i8
 }
 
 /// Saturates to `[-max, max]` as `i16` (`max` = the residual stream's bound, at most 32767).
@@ -1053,9 +1052,14 @@ pub fn gelu_q12(x: i32) -> i32 {
     ((x as i64 * phi as i64 + (1i64 << 19)) >> 20) as i32
 }
 
-/// A GELU layer's table: entry `i` is the `i8` output for the `i8` pre-activation
-/// `p = i - 127`, `sat_i8(requant(gelu_q12(requant(p, to_q12)), act))` (the one integer GELU,
-/// [`gelu_q12`], on Q12; the table only saves evaluating it per value).
+/// Entries of a GELU table: one per `i8` value `-128..=127`.
+pub const GELU_TABLE: usize = 256;
+
+/// A GELU layer's table: entry `i` is the `i8` output for the pre-activation
+/// `p = max(i - 128, -127)` (pre-activations are saturated to `[-127, 127]` like every `i8`
+/// value; entry 0 repeats entry 1 so that a saturation to `[-128, 127]`, one `SSAT`, can index
+/// it), `sat_i8(requant(gelu_q12(requant(p, to_q12)), act))`: the one integer GELU,
+/// [`gelu_q12`], on Q12; the table only saves evaluating it per value.
 ///
 /// Error against `GELU(p s_pre) / s_act` (exact erf GELU, `to_q12 = s_pre 2^12` and
 /// `act = 2^-12 / s_act` as reals): the first rounding moves the Q12 input by at most 1/2 LSB,
@@ -1064,7 +1068,8 @@ pub fn gelu_q12(x: i32) -> i32 {
 /// scales from `2^-9` to 1).
 pub fn gelu_table(to_q12: Multiplier, act: Multiplier, out: &mut [i8; GELU_TABLE]) {
     for (i, v) in out.iter_mut().enumerate() {
-        *v = sat_i8(requant(gelu_q12(requant(i as i32 - 127, to_q12)), act));
+        let p = (i as i32 - 128).max(-127);
+        *v = sat_i8(requant(gelu_q12(requant(p, to_q12)), act));
     }
 }
 
@@ -1493,7 +1498,8 @@ mod tests {
                 gelu_table(mult(s_pre * 4096.0), mult(1.0 / 4096.0 / s_act), &mut t);
                 let bound = 0.5 + 2.07 / 4096.0 / s_act;
                 for (i, v) in t.iter().enumerate() {
-                    let want = (gelu((i as f64 - 127.0) * s_pre) / s_act).clamp(-127.0, 127.0);
+                    let p = (i as f64 - 128.0).max(-127.0);
+                    let want = (gelu(p * s_pre) / s_act).clamp(-127.0, 127.0);
                     let err = (*v as f64 - want).abs();
                     assert!(err <= bound, "pre {pre} out {out} entry {i}: {v} vs {want}");
                     worst = worst.max(err - 0.5);
