@@ -1024,14 +1024,9 @@ fn attention(
                     }
                     softmax_q15(scores);
                     let dst = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
-                    for (d, o) in dst.iter_mut().enumerate() {
-                        // Column `2 hd + d` of every token's qkv row: one check, hoisted.
-                        let mut acc = 0i32;
-                        for (p, row) in scores.iter().zip(qkv.chunks_exact(3 * hd)) {
-                            acc = acc.wrapping_add(*p * row[2 * hd + d] as i32);
-                        }
-                        *o = sat_i8(requant(acc, wt.out));
-                    }
+                    weighted_sum(scores, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
+                        dst[d] = sat_i8(requant(acc, wt.out));
+                    });
                 }
             }
             // The window's tokens inside the map, two at a time.
@@ -1067,6 +1062,49 @@ fn attention(
         }
     }
     Ok(())
+}
+
+/// `f(d, sum_j p[j] v_j[d])` for the `n` columns `d` of the vectors `v_j` at offset `off` of
+/// the rows of `rows` (`[p.len(), stride]`; attention's `p v` with the value vectors inside the
+/// qkv rows), in column order; columns past a row's end are left out. Four columns a pass: one word of four
+/// `i8` values per row, each value sign-extended by a shift pair (`SXTB` or `SBFX` on
+/// Armv7E-M), four sums in registers; the same wrapping `i32` sums in row order as one column
+/// at a time.
+fn weighted_sum(
+    p: &[i32],
+    rows: &[i8],
+    stride: usize,
+    off: usize,
+    n: usize,
+    mut f: impl FnMut(usize, i32),
+) {
+    let n = n.min(stride.saturating_sub(off));
+    let from = |d: usize| rows.get(off + d..).unwrap_or(&[]).chunks(stride.max(1));
+    let mut d = 0;
+    while d + 4 <= n {
+        let mut acc = [0i32; 4];
+        for (p, row) in p.iter().zip(from(d)) {
+            let &[v0, v1, v2, v3, ..] = row else {
+                break;
+            };
+            let w = u32::from_le_bytes([v0 as u8, v1 as u8, v2 as u8, v3 as u8]) as i32;
+            acc[0] = acc[0].wrapping_add(p.wrapping_mul((w << 24) >> 24));
+            acc[1] = acc[1].wrapping_add(p.wrapping_mul((w << 16) >> 24));
+            acc[2] = acc[2].wrapping_add(p.wrapping_mul((w << 8) >> 24));
+            acc[3] = acc[3].wrapping_add(p.wrapping_mul(w >> 24));
+        }
+        for (k, a) in acc.into_iter().enumerate() {
+            f(d + k, a);
+        }
+        d += 4;
+    }
+    for d in d..n {
+        let mut acc = 0i32;
+        for (p, row) in p.iter().zip(from(d)) {
+            acc = acc.wrapping_add(p.wrapping_mul(row[0] as i32));
+        }
+        f(d, acc);
+    }
 }
 
 /// Depthwise `k x k` conv (padding `k/2`) in place on the stream `x: [r*r, c]`, reading the
@@ -1174,4 +1212,46 @@ fn head(
         logits[o] = requant(acc, fc.m.get(o));
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::weighted_sum;
+    use crate::params::splitmix64;
+    use std::vec::Vec;
+
+    /// Four columns a pass gives every column's one-at-a-time sum, for every width (a tail of
+    /// 0 to 3 columns), offsets, value extremes and probabilities up to 2^15.
+    #[test]
+    fn weighted_sum_is_the_column_sum() {
+        let mut s = 7u64;
+        for hd in 1..=19 {
+            for t in [1usize, 2, 5, 16] {
+                let stride = 3 * hd;
+                let rows: Vec<i8> = (0..t * stride)
+                    .map(|i| match i % 7 {
+                        0 => -128,
+                        1 => 127,
+                        _ => splitmix64(&mut s) as i8,
+                    })
+                    .collect();
+                let p: Vec<i32> = (0..t)
+                    .map(|j| if j == 0 { 1 << 15 } else { (splitmix64(&mut s) % 32769) as i32 })
+                    .collect();
+                for off in [0, hd, 2 * hd] {
+                    let mut got = std::vec![None; hd];
+                    weighted_sum(&p, &rows, stride, off, hd, |d, a| {
+                        assert!(got[d].is_none(), "column {d} twice");
+                        got[d] = Some(a);
+                    });
+                    for d in 0..hd {
+                        let want = (0..t).fold(0i32, |a, j| {
+                            a.wrapping_add(p[j] * rows[j * stride + off + d] as i32)
+                        });
+                        assert_eq!(got[d], Some(want), "hd {hd} t {t} off {off} column {d}");
+                    }
+                }
+            }
+        }
+    }
 }
