@@ -1236,7 +1236,13 @@ mod tests {
                     })
                     .collect();
                 let p: Vec<i32> = (0..t)
-                    .map(|j| if j == 0 { 1 << 15 } else { (splitmix64(&mut s) % 32769) as i32 })
+                    .map(|j| {
+                        if j == 0 {
+                            1 << 15
+                        } else {
+                            (splitmix64(&mut s) % 32769) as i32
+                        }
+                    })
                     .collect();
                 for off in [0, hd, 2 * hd] {
                     let mut got = std::vec![None; hd];
