@@ -466,11 +466,13 @@ fn eval_command(args: &[String]) -> Result<()> {
     let r = run_eval(Path::new("tinyvit"), &model, &data, count, &dir)?;
     println!(
         "{}: {} of {} images agree with the host bit for bit; {} instructions per inference \
-         (M4F); model {} bytes, arena {} bytes; outputs in {}",
+         (M4F), {} (M7); model {} bytes, arena {} bytes; outputs in {}",
         r.board,
         r.agree,
         r.images,
         r.instructions_per_image,
+        r.instructions_per_image_m7
+            .map_or("-".to_string(), |v| v.to_string()),
         r.model_bytes,
         r.arena_bytes,
         dir.display()
@@ -1049,6 +1051,8 @@ pub struct DeviceRun {
     pub agree: u64,
     /// Mean instructions of one inference (engine only) on the Cortex-M4F.
     pub instructions_per_image: u64,
+    /// The same on the Cortex-M7 (`None` in records written before it was kept).
+    pub instructions_per_image_m7: Option<u64>,
     /// Bytes of the `.tvb` in flash.
     pub model_bytes: u64,
     /// Bytes of the exact engine's static arena.
@@ -1062,6 +1066,7 @@ impl DeviceRun {
             "images": self.images,
             "agree": self.agree,
             "instructions_per_image": self.instructions_per_image,
+            "instructions_per_image_m7": self.instructions_per_image_m7,
             "model_bytes": self.model_bytes,
             "arena_bytes": self.arena_bytes,
         })
@@ -1086,6 +1091,9 @@ impl DeviceRun {
             images: num("images")?,
             agree: num("agree")?,
             instructions_per_image: num("instructions_per_image")?,
+            instructions_per_image_m7: v
+                .get("instructions_per_image_m7")
+                .and_then(serde_json::Value::as_u64),
             model_bytes: num("model_bytes")?,
             arena_bytes: num("arena_bytes")?,
         })
@@ -1128,7 +1136,7 @@ pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) ->
     };
     let elf = build(Board::QemuM4, &payload)?;
     let mut agree_all: Option<Vec<bool>> = None;
-    let (mut instr, mut arena) = (Vec::new(), 0u64);
+    let (mut instr, mut instr_m7, mut arena) = (Vec::new(), Vec::new(), 0u64);
     for board in Board::MPS2 {
         let out = run_qemu(board, &elf)?;
         std::fs::write(
@@ -1145,9 +1153,12 @@ pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) ->
             }
             if line.starts_with("evalview ") {
                 agree.push(line.ends_with(" ok"));
-                if board == Board::QemuM4 {
-                    if let Some(i) = line.split(' ').find_map(|w| w.strip_prefix("instr=")) {
-                        instr.push(i.parse::<u64>().unwrap_or(0));
+                if let Some(i) = line.split(' ').find_map(|w| w.strip_prefix("instr=")) {
+                    let i = i.parse::<u64>().unwrap_or(0);
+                    if board == Board::QemuM4 {
+                        instr.push(i);
+                    } else {
+                        instr_m7.push(i);
                     }
                 }
             }
@@ -1163,6 +1174,8 @@ pub fn run_eval(_tinyvit: &Path, tvb: &Path, split: &str, n: u32, dir: &Path) ->
         images: agree.len() as u64,
         agree: agree.iter().filter(|a| **a).count() as u64,
         instructions_per_image: instr.iter().sum::<u64>() / instr.len().max(1) as u64,
+        instructions_per_image_m7: (!instr_m7.is_empty())
+            .then(|| instr_m7.iter().sum::<u64>() / instr_m7.len() as u64),
         model_bytes: std::fs::metadata(&tvb)?.len(),
         arena_bytes: arena,
     };

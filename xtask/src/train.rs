@@ -1317,8 +1317,16 @@ impl Pipeline<'_> {
             writeln!(
                 r,
                 "Device (QEMU {}): {} test images, {} agree with the host bit for bit \
-                 (class and logits hash); {} instructions per image; model {} bytes, arena {} bytes.",
-                d.board, d.images, d.agree, d.instructions_per_image, d.model_bytes, d.arena_bytes
+                 (class and logits hash); {} instructions per image on the M4F, {} on the M7; \
+                 model {} bytes, arena {} bytes.",
+                d.board,
+                d.images,
+                d.agree,
+                d.instructions_per_image,
+                d.instructions_per_image_m7
+                    .map_or("-".to_string(), |v| v.to_string()),
+                d.model_bytes,
+                d.arena_bytes
             )?;
         }
         r.push_str(int8);
@@ -1577,13 +1585,11 @@ impl Int8Figures<'_> {
         let f32_arena =
             tinyvit_core::engine::arena_len(&cfg).map_err(|e| anyhow::anyhow!("{e}"))? as u64 * 4;
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let per_mac = |n: u64| format!("{n} ({:.2} / MAC)", n as f64 / macs as f64);
         let instr = |d: Option<&firmware::DeviceRun>| {
             d.map_or("-".to_string(), |d| {
-                format!(
-                    "{} ({:.2} / MAC)",
-                    d.instructions_per_image,
-                    d.instructions_per_image as f64 / macs as f64
-                )
+                let m7 = d.instructions_per_image_m7.map_or("-".to_string(), per_mac);
+                format!("{} / {m7}", per_mac(d.instructions_per_image))
             })
         };
         let agree = |d: Option<&firmware::DeviceRun>| {
@@ -1597,7 +1603,7 @@ impl Int8Figures<'_> {
         writeln!(
             r,
             "| student | {test_name} top-1 % | top-1 agreement with f32 % | model bytes | RAM \
-             (engine arena) bytes | instructions / inference (QEMU M4F) | \
+             (engine arena) bytes | instructions / inference (QEMU M4F / M7) | \
              device = host |"
         )?;
         writeln!(r, "|---|---|---|---|---|---|---|")?;
@@ -1892,6 +1898,7 @@ mod tests {
             images: 32,
             agree,
             instructions_per_image: instr,
+            instructions_per_image_m7: Some(instr + 40),
             model_bytes: 1,
             arena_bytes: 1,
         }
@@ -1922,7 +1929,14 @@ mod tests {
         let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| ")).collect();
         assert_eq!(rows.len(), 3, "{s}");
         assert!(rows[1].contains("| 76.88 | 100 | 745168 | 29888 | "), "{s}");
-        assert!(rows[1].contains("(10.00 / MAC) | 32 / 32 |"), "{s}");
+        assert!(
+            rows[1].contains(&std::format!(
+                "| {} (10.00 / MAC) / {} (10.00 / MAC) | 32 / 32 |",
+                macs * 10,
+                macs * 10 + 40
+            )),
+            "{s}"
+        );
         assert!(
             rows[2].ends_with("| 76.97 | 99.10 | 230388 | 12176 | - | - |"),
             "{s}"
@@ -1937,6 +1951,19 @@ mod tests {
         };
         let s = fig.section("test").unwrap();
         assert!(s.contains("(1.50 / MAC) | 31 / 32 |"), "{s}");
+        // A record written before the M7 count was kept says so.
+        let old = firmware::DeviceRun {
+            instructions_per_image_m7: None,
+            ..device(macs * 2, 32)
+        };
+        let fig = Int8Figures {
+            quant: serde_json::json!({"f32_bytes": 1, "int8_bytes": 1}),
+            f32_tvb: tvb.clone(),
+            device: None,
+            device_q8: Some(&old),
+        };
+        let s = fig.section("test").unwrap();
+        assert!(s.contains("(2.00 / MAC) / - | 32 / 32 |"), "{s}");
         std::fs::remove_file(&tvb).unwrap();
     }
 }
