@@ -1162,12 +1162,20 @@ fn isqrt_bits(n: u64) -> u32 {
 #[derive(Clone, Copy, Debug)]
 pub struct I32s<'a>(pub(crate) &'a [u8]);
 
-impl I32s<'_> {
+impl<'a> I32s<'a> {
     /// Value `i` (the caller stays below the length it asked the file for).
     #[inline]
     pub fn get(&self, i: usize) -> i32 {
         let b = &self.0[4 * i..4 * i + 4];
         i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The values in order (no index checks).
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
+        self.0
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
@@ -1197,6 +1205,18 @@ impl<'a> Multipliers<'a> {
             m: I32s(self.m).get(i),
             shift: self.shift[i] as u32,
         }
+    }
+
+    /// The multipliers in order (no index checks).
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = Multiplier> + 'a {
+        I32s(self.m)
+            .iter()
+            .zip(self.shift)
+            .map(|(m, s)| Multiplier {
+                m,
+                shift: *s as u32,
+            })
     }
 }
 
@@ -1231,8 +1251,10 @@ pub fn dot_mat_scalar(init: i32, x: &[i8], row: &[i8], base: usize) -> i32 {
 /// mean is kept exactly as a rounded integer `m` plus a remainder `t / C`, and
 /// `sum d_i^2 = sum (x_i - m)^2 - t^2 / C`. `z_i = d_i * 2^30 / sqrt(V)` is computed by scaling
 /// `V` by `4^p` into `[2^60, 2^62)`, `r = isqrt(V 4^p)` in `[2^30, 2^31)`, one division
-/// `inv = 2^60 / r` and then `z_i = round(d_i 2^p * inv / 2^30)`; `|d_i 2^p| <= r + 1`, so
-/// `|z_i| <= 2^30 + 2^29`. The output is
+/// `inv = 2^60 / r` and then `z_i = round(d_i 2^p * inv / 2^30)`. The integer `V` (the
+/// `t^2 / C` term rounded, at least 1) is at most 1/2 below the exact one, so
+/// `d_i^2 <= 1.5 V`, `|d_i 2^p| <= 1.23 (r + 1)` and `|z_i| <= 1.23 * 2^30 + 2 < 2^31`: `z_i`
+/// fits `i32` without a clamp. The output is
 /// `sat_i8(requant(z_i, gamma_i) + beta_i)`, where `gamma_i` holds
 /// `weight_i sqrt(C) / (2^30 s_out)` and `beta_i = round(bias_i / s_out)`.
 ///
@@ -1271,10 +1293,12 @@ pub fn layer_norm(x: &[i16], gamma: Multipliers<'_>, beta: I32s<'_>, eps: i32, o
     let c = floor_div(2 * (t << p) + n, 2 * n);
     // `p <= 30`: `(x - m) 2^p` is one 32 x 32 -> 64 multiply.
     let pow = 1i32 << p;
-    for (i, (o, xv)) in out.iter_mut().zip(x).enumerate() {
+    let params = gamma.iter().zip(beta.iter());
+    for ((o, xv), (g, b)) in out.iter_mut().zip(x).zip(params) {
         let u = (*xv as i32 - m32) as i64 * pow as i64 - c;
-        let z = ((u * inv + (1i64 << 29)) >> 30).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
-        *o = sat_i8(requant(z, gamma.get(i)).saturating_add(beta.get(i)));
+        // `|z| < 2^31` (doc above), so the cast keeps the value.
+        let z = ((u * inv + (1i64 << 29)) >> 30) as i32;
+        *o = sat_i8(requant(z, g).saturating_add(b));
     }
 }
 
