@@ -269,49 +269,36 @@ impl<'a> Layer<'a> {
         })
     }
 
-    /// `f(o, accumulator, multiplier)` for the outputs `o` in `outs`, in order, over the
-    /// prepared input `x` (a matrix product: `[out, in]` weights stored as `layout::Kind::Mat`);
-    /// four outputs per kernel pass. The multipliers are walked alongside, not indexed.
+    /// `f(o, accumulator)` for the outputs `o` in `outs`, in order, over the prepared input `x`
+    /// (a matrix product: `[out, in]` weights stored as `layout::Kind::Mat`); four outputs per
+    /// kernel pass.
     #[inline]
-    fn each(
-        &self,
-        x: &Prepared<'_>,
-        outs: core::ops::Range<usize>,
-        mut f: impl FnMut(usize, i32, Multiplier),
-    ) {
-        let mut ms = self.m.skip(outs.start).iter();
+    fn each(&self, x: &Prepared<'_>, outs: core::ops::Range<usize>, mut f: impl FnMut(usize, i32)) {
         let mut o = outs.start;
         while o + 4 <= outs.end {
             let a = mat::acc::<4>(self.b, x, self.w, o);
             for (i, v) in a.into_iter().enumerate() {
-                let Some(m) = ms.next() else { return };
-                f(o + i, v, m);
+                f(o + i, v);
             }
             o += 4;
         }
         while o < outs.end {
-            let Some(m) = ms.next() else { return };
-            f(o, mat::acc::<1>(self.b, x, self.w, o)[0], m);
+            f(o, mat::acc::<1>(self.b, x, self.w, o)[0]);
             o += 1;
         }
     }
 
-    /// `f(o, [accumulator of x, accumulator of y], multiplier)` for the outputs `o` in `outs`,
-    /// in order, over the pair `p`; two outputs by two vectors per kernel pass, a block of
-    /// passes per kernel call ([`mat::pair_rows`]).
+    /// `f(o, [accumulator of x, accumulator of y])` for the outputs `o` in `outs`, in order,
+    /// over the pair `p`; two outputs by two vectors per kernel pass, a block of passes per
+    /// kernel call ([`mat::pair_rows`]).
     #[inline]
     fn each_pair(
         &self,
         p: &Pair<'_>,
         outs: core::ops::Range<usize>,
-        mut f: impl FnMut(usize, [i32; 2], Multiplier),
+        f: impl FnMut(usize, [i32; 2]),
     ) {
-        let mut ms = self.m.skip(outs.start).iter();
-        mat::pair_rows(self.b, p, self.w, outs, |o, a| {
-            if let Some(m) = ms.next() {
-                f(o, a, m);
-            }
-        });
+        mat::pair_rows(self.b, p, self.w, outs, f);
     }
 }
 
@@ -562,7 +549,8 @@ fn stem(
             let p = mat::prepare_pair(patch0, patch1, prep);
             let at = oy * r0 + ox;
             let (t0, t1) = two_tokens(out, e0, at, at + 1);
-            c2.each_pair(&p, 0..e0, |o, [a0, a1], m| {
+            c2.each_pair(&p, 0..e0, |o, [a0, a1]| {
+                let m = c2.m.get(o);
                 t0[o] = sat_i16(requant(a0, m), lim);
                 t1[o] = sat_i16(requant(a1, m), lim);
             });
@@ -572,8 +560,8 @@ fn stem(
             gather(ring, oy, ox, patch0);
             let p = mat::prepare(patch0, prep);
             let t = &mut out[(oy * r0 + ox) * e0..(oy * r0 + ox + 1) * e0];
-            c2.each(&p, 0..e0, |o, acc, m| {
-                t[o] = sat_i16(requant(acc, m), lim);
+            c2.each(&p, 0..e0, |o, acc| {
+                t[o] = sat_i16(requant(acc, c2.m.get(o)), lim);
             });
         }
     }
@@ -606,7 +594,8 @@ fn pointwise_row(
         narrow(token(x + 1), narrow_in, t1);
         let (d0, d1) = two_tokens(row, cout, x, x + 1);
         let p = mat::prepare_pair(t0, t1, prep);
-        layer.each_pair(&p, 0..cout, |o, [a0, a1], m| {
+        layer.each_pair(&p, 0..cout, |o, [a0, a1]| {
+            let m = layer.m.get(o);
             d0[o] = gelu_i8(a0, m, act);
             d1[o] = gelu_i8(a1, m, act);
         });
@@ -616,8 +605,8 @@ fn pointwise_row(
         narrow(token(x), narrow_in, t0);
         let dst = &mut row[x * cout..(x + 1) * cout];
         let p = mat::prepare(t0, prep);
-        layer.each(&p, 0..cout, |o, acc, m| {
-            dst[o] = gelu_i8(acc, m, act);
+        layer.each(&p, 0..cout, |o, acc| {
+            dst[o] = gelu_i8(acc, layer.m.get(o), act);
         });
     }
 }
@@ -660,27 +649,26 @@ fn depthwise_pixel(
         taps3x3(
             t,
             &layer.w[9 * start..9 * (start + n)],
-            layer.b.skip(start),
-            layer.m.skip(start),
-            |i, acc, m| {
-                out[i] = gelu_i8(acc, m, act);
+            layer.b,
+            start,
+            |i, acc| {
+                out[i] = gelu_i8(acc, layer.m.get(start + i), act);
             },
         );
         start += n;
     }
 }
 
-/// `f(i, b[i] + sum_k w[i][k] taps[k][i], m[i])` for every channel `i` of nine tap pixels
-/// (`taps`: `[n]` each; `w`: `[n, 9]`, tap-minor; `b`, `m`: the channels' biases and
-/// multipliers from the first): one zipped walk over the nine, the weights, biases and
-/// multipliers, so no index into them and no bounds checks. Integer sums, the taps in order.
+/// `f(i, b[first + i] + sum_k w[i][k] taps[k][i])` for every channel `i` of nine tap pixels
+/// (`taps`: `[n]` each; `w`: `[n, 9]`, tap-minor): one zipped walk over the nine, so no
+/// index into them and no bounds checks. Integer sums, the taps in order.
 #[inline(always)]
 fn taps3x3<T: Copy + Into<i32>>(
     taps: [&[T]; 9],
     w: &[i8],
     b: I32s<'_>,
-    m: Multipliers<'_>,
-    mut f: impl FnMut(usize, i32, Multiplier),
+    first: usize,
+    mut f: impl FnMut(usize, i32),
 ) {
     let [t0, t1, t2, t3, t4, t5, t6, t7, t8] = taps;
     let zipped = t0
@@ -693,15 +681,15 @@ fn taps3x3<T: Copy + Into<i32>>(
         .zip(t6)
         .zip(t7)
         .zip(t8);
-    let params = b.iter().zip(m.iter());
-    for (i, ((w, ((((((((a0, a1), a2), a3), a4), a5), a6), a7), a8)), (b, m))) in
-        w.chunks_exact(9).zip(zipped).zip(params).enumerate()
+    for (i, (w, ((((((((a0, a1), a2), a3), a4), a5), a6), a7), a8))) in
+        w.chunks_exact(9).zip(zipped).enumerate()
     {
         let &[w0, w1, w2, w3, w4, w5, w6, w7, w8] = w else {
             continue;
         };
         let p = |w: i8, a: &T| w as i32 * (*a).into();
         let acc = b
+            .get(first + i)
             .wrapping_add(p(w0, a0))
             .wrapping_add(p(w1, a1))
             .wrapping_add(p(w2, a2))
@@ -711,7 +699,7 @@ fn taps3x3<T: Copy + Into<i32>>(
             .wrapping_add(p(w6, a6))
             .wrapping_add(p(w7, a7))
             .wrapping_add(p(w8, a8));
-        f(i, acc, m);
+        f(i, acc);
     }
 }
 
@@ -748,7 +736,8 @@ fn depthwise_pointwise_row(
         depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox + 1, dw, act, m1);
         let (t0, t1) = two_tokens(row, cout, ox, ox + 1);
         let p = mat::prepare_pair(m0, m1, prep);
-        pw.each_pair(&p, 0..cout, |o, [a0, a1], m| {
+        pw.each_pair(&p, 0..cout, |o, [a0, a1]| {
+            let m = pw.m.get(o);
             f(&mut t0[o], a0, m);
             f(&mut t1[o], a1, m);
         });
@@ -758,7 +747,7 @@ fn depthwise_pointwise_row(
         depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0);
         let t = &mut row[ox * cout..(ox + 1) * cout];
         let p = mat::prepare(m0, prep);
-        pw.each(&p, 0..cout, |o, acc, m| f(&mut t[o], acc, m));
+        pw.each(&p, 0..cout, |o, acc| f(&mut t[o], acc, pw.m.get(o)));
     }
 }
 
@@ -936,12 +925,14 @@ fn tinyvit_block(
         mlp_norm.apply(t0, n0);
         mlp_norm.apply(t1, n1);
         let p = mat::prepare_pair(n0, n1, prep);
-        fc1.each_pair(&p, 0..hid, |o, [a0, a1], m| {
+        fc1.each_pair(&p, 0..hid, |o, [a0, a1]| {
+            let m = fc1.m.get(o);
             h0[o] = gelu_i8(a0, m, mlp_act);
             h1[o] = gelu_i8(a1, m, mlp_act);
         });
         let p = mat::prepare_pair(h0, h1, prep);
-        fc2.each_pair(&p, 0..c, |o, [a0, a1], m| {
+        fc2.each_pair(&p, 0..c, |o, [a0, a1]| {
+            let m = fc2.m.get(o);
             residual(&mut t0[o], a0, m);
             residual(&mut t1[o], a1, m);
         });
@@ -949,11 +940,11 @@ fn tinyvit_block(
     for tok in pairs.into_remainder().chunks_exact_mut(c) {
         mlp_norm.apply(tok, n0);
         let p = mat::prepare(n0, prep);
-        fc1.each(&p, 0..hid, |o, acc, m| {
-            h0[o] = gelu_i8(acc, m, mlp_act);
+        fc1.each(&p, 0..hid, |o, acc| {
+            h0[o] = gelu_i8(acc, fc1.m.get(o), mlp_act);
         });
         let p = mat::prepare(h0, prep);
-        fc2.each(&p, 0..c, |o, acc, m| residual(&mut tok[o], acc, m));
+        fc2.each(&p, 0..c, |o, acc| residual(&mut tok[o], acc, fc2.m.get(o)));
     }
     Ok(())
 }
@@ -1003,7 +994,8 @@ fn attention(
                         prep,
                     );
                     let (r0, r1) = two_tokens(qkv, 3 * hd, i, i + 1);
-                    wt.qkv.each_pair(&p, outs.clone(), |ch, [a0, a1], m| {
+                    wt.qkv.each_pair(&p, outs.clone(), |ch, [a0, a1]| {
+                        let m = wt.qkv.m.get(ch);
                         r0[ch - first] = sat_i8(requant(a0, m));
                         r1[ch - first] = sat_i8(requant(a1, m));
                     });
@@ -1012,8 +1004,8 @@ fn attention(
                 if i < t {
                     let p = mat::prepare(&win[i * c..(i + 1) * c], prep);
                     let row = &mut qkv[i * 3 * hd..(i + 1) * 3 * hd];
-                    wt.qkv.each(&p, outs.clone(), |ch, acc, m| {
-                        row[ch - first] = sat_i8(requant(acc, m));
+                    wt.qkv.each(&p, outs.clone(), |ch, acc| {
+                        row[ch - first] = sat_i8(requant(acc, wt.qkv.m.get(ch)));
                     });
                 }
                 for i in 0..t {
@@ -1054,7 +1046,8 @@ fn attention(
                 let p =
                     mat::prepare_pair(&out[i0 * c..(i0 + 1) * c], &out[i * c..(i + 1) * c], prep);
                 let (d0, d1) = two_tokens(x, c, at0, y * r + xx);
-                wt.proj.each_pair(&p, 0..c, |o, [a0, a1], m| {
+                wt.proj.each_pair(&p, 0..c, |o, [a0, a1]| {
+                    let m = wt.proj.m.get(o);
                     residual(&mut d0[o], a0, m);
                     residual(&mut d1[o], a1, m);
                 });
@@ -1062,8 +1055,9 @@ fn attention(
             if let Some((i, at)) = pending {
                 let p = mat::prepare(&out[i * c..(i + 1) * c], prep);
                 let dst = &mut x[at * c..(at + 1) * c];
-                wt.proj
-                    .each(&p, 0..c, |o, acc, m| residual(&mut dst[o], acc, m));
+                wt.proj.each(&p, 0..c, |o, acc| {
+                    residual(&mut dst[o], acc, wt.proj.m.get(o))
+                });
             }
         }
     }
@@ -1160,10 +1154,10 @@ fn local_conv(
                     taps3x3(
                         tp,
                         &layer.w[9 * start..9 * (start + n)],
-                        layer.b.skip(start),
-                        layer.m.skip(start),
-                        |i, acc, m| {
-                            out[i] = sat_i16(requant(acc, m), lim);
+                        layer.b,
+                        start,
+                        |i, acc| {
+                            out[i] = sat_i16(requant(acc, layer.m.get(start + i)), lim);
                         },
                     );
                     start += n;
@@ -1214,8 +1208,8 @@ fn head(
     }
     norm.apply(pooled, normed);
     let p = mat::prepare(normed, prep);
-    fc.each(&p, 0..logits.len(), |o, acc, m| {
-        logits[o] = requant(acc, m);
+    fc.each(&p, 0..logits.len(), |o, acc| {
+        logits[o] = requant(acc, fc.m.get(o));
     });
     Ok(())
 }

@@ -1170,12 +1170,6 @@ impl<'a> I32s<'a> {
         i32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
 
-    /// The values from value `n` on (none when `n` is past the end).
-    #[inline]
-    pub fn skip(self, n: usize) -> I32s<'a> {
-        I32s(self.0.get(n.saturating_mul(4)..).unwrap_or(&[]))
-    }
-
     /// The values in order (no index checks).
     #[inline]
     pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
@@ -1210,15 +1204,6 @@ impl<'a> Multipliers<'a> {
         Multiplier {
             m: I32s(self.m).get(i),
             shift: self.shift[i] as u32,
-        }
-    }
-
-    /// The multipliers from multiplier `n` on (none when `n` is past the end).
-    #[inline]
-    pub fn skip(self, n: usize) -> Multipliers<'a> {
-        Multipliers {
-            m: self.m.get(n.saturating_mul(4)..).unwrap_or(&[]),
-            shift: self.shift.get(n..).unwrap_or(&[]),
         }
     }
 
