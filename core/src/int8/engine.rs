@@ -10,7 +10,7 @@
 //! - Everything a matrix product reads is `i8`: LayerNorm and GELU outputs, q/k/v, attention
 //!   outputs, MBConv and PatchMerging intermediates.
 //! - GELU reads a table: the accumulator is requantised to an `i8` pre-activation (one scale
-//!   per tensor) that indexes the layer's 255-entry table of `i8` outputs ([`gelu_table`],
+//!   per tensor) that indexes the layer's 256-entry table of `i8` outputs ([`gelu_table`],
 //!   built in the arena from the file's two multipliers before the layer runs); MBConv's last
 //!   GELU, on the residual sum, runs [`gelu_q12`] on Q12 per value. Scores are Q10
 //!   (`q.k` requantised plus the Q10 bias table) and the softmax gives Q15 probabilities that
@@ -23,7 +23,7 @@
 //! # Arena
 //! `i32` words: regions `A` and `B` hold the `i16` stage activations (alternating as in
 //! `exact`), then one scratch region sized for the hungriest layer, then the matrix kernels'
-//! prepared activations ([`arena_plan`]).
+//! prepared activations, then two GELU tables of 256 bytes ([`arena_plan`]).
 //!
 //! # Matrix products two tokens at a time
 //! Wherever two tokens go through the same matrix (the stem's second conv, MBConv and
