@@ -20,7 +20,7 @@
 //! | [`exp_q10`]      | `[-2^31, 0]` (Q10)           | 2 LSB of Q16 (1.57)           |
 //! | [`softmax_q15`]  | rows of Q10 scores           | 2 LSB of Q15 per prob. (0.71) |
 //! | [`gelu_q12`]     | `[-2^20, 2^20]` (Q12)        | 1.5 LSB of Q12 (1.08)         |
-//! | [`gelu_table`]   | `i8` pre-activations         | 1/2 + 2.07 Q12 LSB of the `i8` output |
+//! | [`gelu_table`]   | `i8` pre-activations         | 1/2 LSB + 2.07 Q12 LSB (0.5 + 0.20 of the `i8` output) |
 //! | [`layer_norm`]   | `i16` tokens, `C <= 2^16`    | 1 LSB of the `i8` output (0.99)|
 //!
 //! The worst-seen figures are printed by
