@@ -397,12 +397,14 @@ impl Builder<'_> {
 
     /// The GELU `key` after the layer `p`: `p` requantises to the `i8` pre-activation (the
     /// scale of the calibrated point `<key>.pre`), and `key` holds that scale to Q12 and Q12
-    /// to `key`'s own scale (the engine's table, [`ops::gelu_table`]).
-    fn gelu_layer(&mut self, p: &str, s_in: f64, key: &str, stem: bool) -> Result<(), QuantError> {
+    /// to `key`'s own scale (the engine's table, [`ops::gelu_table`]). Returns `key`'s scale,
+    /// the input scale of the layer that reads the GELU.
+    fn gelu_layer(&mut self, p: &str, s_in: f64, key: &str, stem: bool) -> Result<f64, QuantError> {
         let s_pre = self.act(&std::format!("{key}.pre"));
         self.layer(p, s_in, Target::Scale(s_pre), stem)?;
         let s_act = self.act(key);
-        self.mul(key, &[s_pre / Q12, Q12 / s_act])
+        self.mul(key, &[s_pre / Q12, Q12 / s_act])?;
+        Ok(s_act)
     }
 
     /// A LayerNorm `p` over `i16` values of scale `s_in`, output `i8` of scale `s_out`.
@@ -427,20 +429,15 @@ impl Builder<'_> {
     fn build(&mut self, cfg: &ModelConfig) -> Result<(), QuantError> {
         let e = cfg.embed_dims.map(|v| v as usize);
         let s_in = self.act("input");
-        let s_g = self.act("patch_embed.seq.1.act");
-        self.gelu_layer("patch_embed.seq.0", s_in, "patch_embed.seq.1.act", true)?;
+        let s_g = self.gelu_layer("patch_embed.seq.0", s_in, "patch_embed.seq.1.act", true)?;
         let ss0 = self.stream(0);
         self.layer("patch_embed.seq.2", s_g, Target::Scale(ss0), true)?;
         for j in 0..cfg.depths[0] {
             let p = |s: &str| std::format!("layers.0.blocks.{j}.{s}");
-            let (s_x, s_1, s_2) = (
-                self.act(&p("in")),
-                self.act(&p("act1")),
-                self.act(&p("act2")),
-            );
+            let s_x = self.act(&p("in"));
             self.mul(&p("in"), &[ss0 / s_x])?;
-            self.gelu_layer(&p("conv1"), s_x, &p("act1"), false)?;
-            self.gelu_layer(&p("conv2"), s_1, &p("act2"), false)?;
+            let s_1 = self.gelu_layer(&p("conv1"), s_x, &p("act1"), false)?;
+            let s_2 = self.gelu_layer(&p("conv2"), s_1, &p("act2"), false)?;
             self.layer(&p("conv3"), s_2, Target::Q12, false)?;
             self.mul(&p("res"), &[ss0 / Q12])?;
             self.mul(&p("out"), &[Q12 / ss0])?;
@@ -473,22 +470,17 @@ impl Builder<'_> {
                     self.layer(&p("attn.proj"), s_o, Target::Scale(ss), false)?;
                     let s_m = self.act(&p("mlp.norm"));
                     self.norm(&p("mlp.norm"), ss, s_m)?;
-                    self.gelu_layer(&p("mlp.fc1"), s_m, &p("mlp.act"), false)?;
-                    let s_h = self.act(&p("mlp.act"));
+                    let s_h = self.gelu_layer(&p("mlp.fc1"), s_m, &p("mlp.act"), false)?;
                     self.layer(&p("mlp.fc2"), s_h, Target::Scale(ss), false)?;
                     self.layer(&p("local_conv"), ss, Target::Scale(ss), false)?;
                 }
             }
             if s + 1 < STAGES {
                 let p = |x: &str| std::format!("layers.{s}.downsample.{x}");
-                let (s_x, s_1, s_2) = (
-                    self.act(&p("in")),
-                    self.act(&p("act1")),
-                    self.act(&p("act2")),
-                );
+                let s_x = self.act(&p("in"));
                 self.mul(&p("in"), &[ss / s_x])?;
-                self.gelu_layer(&p("conv1"), s_x, &p("act1"), false)?;
-                self.gelu_layer(&p("conv2"), s_1, &p("act2"), false)?;
+                let s_1 = self.gelu_layer(&p("conv1"), s_x, &p("act1"), false)?;
+                let s_2 = self.gelu_layer(&p("conv2"), s_1, &p("act2"), false)?;
                 let next = self.stream(s + 1);
                 self.layer(&p("conv3"), s_2, Target::Scale(next), false)?;
             }
