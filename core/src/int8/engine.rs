@@ -1066,10 +1066,10 @@ fn attention(
 
 /// `f(d, sum_j p[j] v_j[d])` for the `n` columns `d` of the vectors `v_j` at offset `off` of
 /// the rows of `rows` (`[p.len(), stride]`; attention's `p v` with the value vectors inside the
-/// qkv rows), in column order; columns past a row's end are left out. Four columns a pass: one word of four
-/// `i8` values per row, each value sign-extended by a shift pair (`SXTB` or `SBFX` on
-/// Armv7E-M), four sums in registers; the same wrapping `i32` sums in row order as one column
-/// at a time.
+/// qkv rows), in column order; columns past a row's end are left out. Four columns a pass:
+/// one word of four `i8` values per row, each value sign-extended by a shift pair (`SXTB` or
+/// `SBFX` on Armv7E-M), four sums in registers; the same wrapping `i32` sums in row order as
+/// one column at a time.
 fn weighted_sum(
     p: &[i32],
     rows: &[i8],
