@@ -389,6 +389,12 @@ fn kernel_bench(data: &[u8], arena: &mut [i32]) {
         out::exit(EXIT_FAILED);
     }
     say!("kernel: self-check ok (fan-ins 4 to 64 and {BENCH_K})");
+    // The depthwise sums, on the model's bytes as pixels and weights.
+    if let Err(c) = tinyvit_core::int8::dw::self_check(data) {
+        say!("error: kernel: the DSP depthwise sums disagree with the portable sum at stride {c}");
+        out::exit(EXIT_FAILED);
+    }
+    say!("kernel: depthwise self-check ok");
     let (p, prepare) = counter::measure(|| mat::prepare_pair(x, y, prep));
     let (sum, kernel) = counter::measure(|| mat::probe_pair(w, b, &p));
     say!(

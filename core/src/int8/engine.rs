@@ -32,6 +32,7 @@
 //! Integer sums: the grouping changes no bit.
 #![deny(clippy::float_arithmetic)]
 
+use super::dw;
 use super::file::Model;
 use super::ops::{
     dot_i8, gelu_q12, gelu_table, layer_norm, mat, requant, sat_i16, sat_i8, softmax_q15, I32s,
@@ -133,7 +134,7 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
     let mut scratch = add(w8(mul(mul(3, w1)?, half)?), w8(mul(18, half)?))?;
     scratch = add(scratch, w8(mul(9, cin)?))?;
     scratch = scratch.max(add(
-        add(w8(mul(2, e0)?), w8(mul(mul(3, r[0])?, hid0)?))?,
+        add(w8(mul(2, e0)?), w8(ring_len(r[0], hid0)?))?,
         w8(mul(2, hid0)?),
     )?);
     for s in 0..STAGES {
@@ -141,12 +142,12 @@ pub fn arena_plan(cfg: &ModelConfig) -> Result<ArenaPlan, EngineError> {
             let ws = cfg.window_sizes[s] as usize;
             let hd = e[s] / cfg.num_heads[s] as usize;
             scratch = scratch.max(attention_words(mul(ws, ws)?, e[s], hd)?);
-            scratch = scratch.max(w16(mul(mul(k, r[s])?, e[s])?));
+            scratch = scratch.max(w16(local_ring_len(k, r[s], e[s])?));
             let hid = mul(e[s], cfg.mlp_ratio as usize)?;
             scratch = scratch.max(add(w8(mul(2, e[s])?), w8(mul(2, hid)?))?);
         }
         if s + 1 < STAGES {
-            let pm = add(w8(mul(2, e[s])?), w8(mul(mul(3, r[s])?, e[s + 1])?))?;
+            let pm = add(w8(mul(2, e[s])?), w8(ring_len(r[s], e[s + 1])?))?;
             scratch = scratch.max(add(pm, w8(mul(2, e[s + 1])?))?);
         }
     }
@@ -288,17 +289,29 @@ impl<'a> Layer<'a> {
         }
     }
 
-    /// `f(o, [accumulator of x, accumulator of y])` for the outputs `o` in `outs`, in order,
-    /// over the pair `p`; two outputs by two vectors per kernel pass, a block of passes per
-    /// kernel call ([`mat::pair_rows`]).
+    /// `f([accumulator of x, accumulator of y], multiplier, d0[i], d1[i])` for the outputs
+    /// `o = outs.start + i` in `outs`, in order, over the pair `p` (`d0`, `d1`: the two tokens'
+    /// destinations, indexed from `outs.start`); two outputs by two vectors per kernel pass, a
+    /// block of passes per kernel call ([`mat::pair_rows`]), each block's multipliers and
+    /// destinations walked by iterator.
     #[inline]
-    fn each_pair(
+    fn each_pair<T>(
         &self,
         p: &Pair<'_>,
         outs: core::ops::Range<usize>,
-        f: impl FnMut(usize, [i32; 2]),
+        d0: &mut [T],
+        d1: &mut [T],
+        mut f: impl FnMut([i32; 2], Multiplier, &mut T, &mut T),
     ) {
-        mat::pair_rows(self.b, p, self.w, outs, f);
+        let first = outs.start;
+        mat::pair_rows(self.b, p, self.w, outs, |os, acc| {
+            let m = self.m.range(os.clone());
+            let r = os.start - first..os.end - first;
+            let (x, y) = (&mut d0[r.clone()], &mut d1[r]);
+            for (((a, m), x), y) in acc.iter().zip(m.iter()).zip(x).zip(y) {
+                f(*a, m, x, y);
+            }
+        });
     }
 }
 
@@ -466,6 +479,43 @@ fn tap(o: usize, stride: usize, k: usize, pad: usize, n: usize) -> Option<usize>
     (i < n).then_some(i)
 }
 
+/// Values of a 3x3 ring ([`ring_taps`]) of `w`-pixel rows of `c` values: three rows of
+/// `w + 2` pixels (a zero pixel each side), then three zero pixels for rows outside the map.
+fn ring_len(w: usize, c: usize) -> Result<usize, EngineError> {
+    mul(add(mul(3, add(w, 2)?)?, 3)?, c)
+}
+
+/// Values of the local conv's ring of `k` rows of `w` pixels (`c` values), each between `k / 2`
+/// zero pixels, then three zero pixels ([`ring_taps`] for `k = 3`).
+fn local_ring_len(k: usize, w: usize, c: usize) -> Result<usize, EngineError> {
+    add(mul(mul(k, add(w, 2 * (k / 2))?)?, c)?, mul(3, c)?)
+}
+
+/// Row `y`'s pixels `0..w` in its ring slot `y % slots` (rows of `w + 2 pad` pixels of `c`
+/// values, `pad` zero pixels each side).
+fn ring_row<T>(ring: &mut [T], y: usize, slots: usize, w: usize, pad: usize, c: usize) -> &mut [T] {
+    let at = ((y % slots) * (w + 2 * pad) + pad) * c;
+    &mut ring[at..at + w * c]
+}
+
+/// The three row pointers of the 3x3 taps at input row `y0 + ky - 1` and column `x0 + kx - 1`
+/// over a ring of [`ring_len`] (`h` rows of `w` pixels of `c` values, row `y` in slot `y % 3`):
+/// tap `(ky, kx)` of channel `ch` is `rows[ky][kx * c + ch]` ([`super::dw`]), rows outside the
+/// map read the ring's zero pixels, columns outside it the zero pixel beside each row.
+fn ring_taps<T>(ring: &[T], h: usize, w: usize, c: usize, y0: usize, x0: usize) -> [&[T]; 3] {
+    let zero = 3 * (w + 2) * c;
+    core::array::from_fn(|ky| {
+        let at = match tap(y0, 1, ky, 1, h) {
+            Some(iy) => ((iy % 3) * (w + 2) + x0) * c,
+            None => zero,
+        };
+        &ring[at..]
+    })
+}
+
+/// Channels a depthwise pixel sums at a time (a stack buffer of `i32`).
+const DW_CHUNK: usize = 64;
+
 /// Requantises `i16` tokens to `i8`.
 fn narrow(src: &[i16], k: Multiplier, dst: &mut [i8]) {
     for (d, s) in dst.iter_mut().zip(src) {
@@ -549,10 +599,9 @@ fn stem(
             let p = mat::prepare_pair(patch0, patch1, prep);
             let at = oy * r0 + ox;
             let (t0, t1) = two_tokens(out, e0, at, at + 1);
-            c2.each_pair(&p, 0..e0, |o, [a0, a1]| {
-                let m = c2.m.get(o);
-                t0[o] = sat_i16(requant(a0, m), lim);
-                t1[o] = sat_i16(requant(a1, m), lim);
+            c2.each_pair(&p, 0..e0, t0, t1, |[a0, a1], m, v0, v1| {
+                *v0 = sat_i16(requant(a0, m), lim);
+                *v1 = sat_i16(requant(a1, m), lim);
             });
             ox += 2;
         }
@@ -584,9 +633,8 @@ fn pointwise_row(
     ring: &mut [i8],
     prep: &mut [u32],
 ) {
-    let slot = y % 3;
     let (t0, t1) = tok.split_at_mut(cin);
-    let row = &mut ring[slot * w * cout..(slot + 1) * w * cout];
+    let row = ring_row(ring, y, 3, w, 1, cout);
     let token = |x: usize| &src[(y * w + x) * cin..(y * w + x + 1) * cin];
     let mut x = 0;
     while x + 2 <= w {
@@ -594,10 +642,9 @@ fn pointwise_row(
         narrow(token(x + 1), narrow_in, t1);
         let (d0, d1) = two_tokens(row, cout, x, x + 1);
         let p = mat::prepare_pair(t0, t1, prep);
-        layer.each_pair(&p, 0..cout, |o, [a0, a1]| {
-            let m = layer.m.get(o);
-            d0[o] = gelu_i8(a0, m, act);
-            d1[o] = gelu_i8(a1, m, act);
+        layer.each_pair(&p, 0..cout, d0, d1, |[a0, a1], m, v0, v1| {
+            *v0 = gelu_i8(a0, m, act);
+            *v1 = gelu_i8(a1, m, act);
         });
         x += 2;
     }
@@ -612,9 +659,9 @@ fn pointwise_row(
 }
 
 /// A depthwise 3x3 conv (padding 1) at output pixel `(oy, ox)`, every channel, then GELU to
-/// `i8` into `mid` (`[c]`), over a ring of 3 input rows (`[3, w_in, c]`, row `y` in slot
-/// `y % 3`). The taps in range are found once per pixel. Integer sums: any tap order gives the
-/// same `i32`.
+/// `i8` into `mid` (`[c]`), over a ring of 3 input rows ([`ring_len`], row `y` in slot
+/// `y % 3`): [`dw::sums3x3`] a chunk of channels at a time, then bias, requantisation and the
+/// GELU table.
 fn depthwise_pixel(
     ring: &[i8],
     h_in: usize,
@@ -627,86 +674,33 @@ fn depthwise_pixel(
     act: Gelu<'_>,
     mid: &mut [i8],
 ) {
-    let (ky0, ky1) = tap_range(oy, stride, 3, 1, h_in);
-    let (kx0, kx1) = tap_range(ox, stride, 3, 1, w_in);
-    // The nine taps' pixels in the ring (`[c]` each), found once for every channel; a tap
-    // outside the map reads zeros (which add nothing), so that interior and border pixels
-    // run the same unrolled loop.
-    let mut taps: [Option<&[i8]>; 9] = [None; 9];
-    for ky in ky0..ky1 {
-        let iy = oy * stride + ky - 1;
-        let r = &ring[(iy % 3) * w_in * c..(iy % 3 + 1) * w_in * c];
-        for kx in kx0..kx1 {
-            let ix = ox * stride + kx - 1;
-            taps[ky * 3 + kx] = Some(&r[ix * c..(ix + 1) * c]);
-        }
-    }
+    let rows = ring_taps(ring, h_in, w_in, c, oy * stride, ox * stride);
+    let mut acc = [0i32; DW_CHUNK];
     let mut start = 0;
     while start < c {
-        let n = (c - start).min(ZERO_PIXEL.len());
-        let t = taps.map(|t| t.map_or(&ZERO_PIXEL[..n], |p| &p[start..start + n]));
-        let out = &mut mid[start..start + n];
-        taps3x3(
-            t,
+        let n = (c - start).min(DW_CHUNK);
+        let acc = &mut acc[..n];
+        dw::sums3x3(
+            rows.map(|r| &r[start..]),
+            c,
             &layer.w[9 * start..9 * (start + n)],
-            layer.b,
-            start,
-            |i, acc| {
-                out[i] = gelu_i8(acc, layer.m.get(start + i), act);
-            },
+            acc,
         );
+        let (b, m) = (
+            layer.b.range(start..start + n),
+            layer.m.range(start..start + n),
+        );
+        for (((a, o), b), m) in acc
+            .iter()
+            .zip(&mut mid[start..])
+            .zip(b.iter())
+            .zip(m.iter())
+        {
+            *o = gelu_i8(a.wrapping_add(b), m, act);
+        }
         start += n;
     }
 }
-
-/// `f(i, b[first + i] + sum_k w[i][k] taps[k][i])` for every channel `i` of nine tap pixels
-/// (`taps`: `[n]` each; `w`: `[n, 9]`, tap-minor): one zipped walk over the nine, so no
-/// index into them and no bounds checks. Integer sums, the taps in order.
-#[inline(always)]
-fn taps3x3<T: Copy + Into<i32>>(
-    taps: [&[T]; 9],
-    w: &[i8],
-    b: I32s<'_>,
-    first: usize,
-    mut f: impl FnMut(usize, i32),
-) {
-    let [t0, t1, t2, t3, t4, t5, t6, t7, t8] = taps;
-    let zipped = t0
-        .iter()
-        .zip(t1)
-        .zip(t2)
-        .zip(t3)
-        .zip(t4)
-        .zip(t5)
-        .zip(t6)
-        .zip(t7)
-        .zip(t8);
-    for (i, (w, ((((((((a0, a1), a2), a3), a4), a5), a6), a7), a8))) in
-        w.chunks_exact(9).zip(zipped).enumerate()
-    {
-        let &[w0, w1, w2, w3, w4, w5, w6, w7, w8] = w else {
-            continue;
-        };
-        let p = |w: i8, a: &T| w as i32 * (*a).into();
-        let acc = b
-            .get(first + i)
-            .wrapping_add(p(w0, a0))
-            .wrapping_add(p(w1, a1))
-            .wrapping_add(p(w2, a2))
-            .wrapping_add(p(w3, a3))
-            .wrapping_add(p(w4, a4))
-            .wrapping_add(p(w5, a5))
-            .wrapping_add(p(w6, a6))
-            .wrapping_add(p(w7, a7))
-            .wrapping_add(p(w8, a8));
-        f(i, acc);
-    }
-}
-
-/// Zeros standing in for a depthwise tap outside the map (channels taken 256 at a time).
-const ZERO_PIXEL: [i8; 256] = [0; 256];
-/// The same for the local conv, which reads the `i16` stream.
-const ZERO_PIXEL_I16: [i16; 256] = [0; 256];
 
 /// Output row `oy` of a 3x3 depthwise conv + GELU ([`depthwise_pixel`], over `ring` of
 /// `c`-channel pixels) followed by the 1x1 `pw` to `cout` channels, two pixels at a time
@@ -736,10 +730,9 @@ fn depthwise_pointwise_row(
         depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox + 1, dw, act, m1);
         let (t0, t1) = two_tokens(row, cout, ox, ox + 1);
         let p = mat::prepare_pair(m0, m1, prep);
-        pw.each_pair(&p, 0..cout, |o, [a0, a1]| {
-            let m = pw.m.get(o);
-            f(&mut t0[o], a0, m);
-            f(&mut t1[o], a1, m);
+        pw.each_pair(&p, 0..cout, t0, t1, |[a0, a1], m, v0, v1| {
+            f(v0, a0, m);
+            f(v1, a1, m);
         });
         ox += 2;
     }
@@ -775,7 +768,8 @@ fn mbconv(
     let out = rd.mul1()?;
     let mut carve = Carver { rest: scratch };
     let tok = carve.i8s(2 * c)?;
-    let ring = carve.i8s(3 * r * hid)?;
+    let ring = carve.i8s(ring_len(r, hid)?)?;
+    ring.fill(0);
     let mid = carve.i8s(2 * hid)?;
     let mut filled = 0;
     for oy in 0..r {
@@ -831,7 +825,8 @@ fn patch_merging(
     let r2 = r.div_ceil(2);
     let mut carve = Carver { rest: scratch };
     let tok = carve.i8s(2 * cin)?;
-    let ring = carve.i8s(3 * r * cout)?;
+    let ring = carve.i8s(ring_len(r, cout)?)?;
+    ring.fill(0);
     let mid = carve.i8s(2 * cout)?;
     let mut filled = 0;
     for oy in 0..r2 {
@@ -925,16 +920,14 @@ fn tinyvit_block(
         mlp_norm.apply(t0, n0);
         mlp_norm.apply(t1, n1);
         let p = mat::prepare_pair(n0, n1, prep);
-        fc1.each_pair(&p, 0..hid, |o, [a0, a1]| {
-            let m = fc1.m.get(o);
-            h0[o] = gelu_i8(a0, m, mlp_act);
-            h1[o] = gelu_i8(a1, m, mlp_act);
+        fc1.each_pair(&p, 0..hid, h0, h1, |[a0, a1], m, v0, v1| {
+            *v0 = gelu_i8(a0, m, mlp_act);
+            *v1 = gelu_i8(a1, m, mlp_act);
         });
         let p = mat::prepare_pair(h0, h1, prep);
-        fc2.each_pair(&p, 0..c, |o, [a0, a1]| {
-            let m = fc2.m.get(o);
-            residual(&mut t0[o], a0, m);
-            residual(&mut t1[o], a1, m);
+        fc2.each_pair(&p, 0..c, t0, t1, |[a0, a1], m, v0, v1| {
+            residual(v0, a0, m);
+            residual(v1, a1, m);
         });
     }
     for tok in pairs.into_remainder().chunks_exact_mut(c) {
@@ -994,11 +987,11 @@ fn attention(
                         prep,
                     );
                     let (r0, r1) = two_tokens(qkv, 3 * hd, i, i + 1);
-                    wt.qkv.each_pair(&p, outs.clone(), |ch, [a0, a1]| {
-                        let m = wt.qkv.m.get(ch);
-                        r0[ch - first] = sat_i8(requant(a0, m));
-                        r1[ch - first] = sat_i8(requant(a1, m));
-                    });
+                    wt.qkv
+                        .each_pair(&p, outs.clone(), r0, r1, |[a0, a1], m, v0, v1| {
+                            *v0 = sat_i8(requant(a0, m));
+                            *v1 = sat_i8(requant(a1, m));
+                        });
                     i += 2;
                 }
                 if i < t {
@@ -1046,10 +1039,9 @@ fn attention(
                 let p =
                     mat::prepare_pair(&out[i0 * c..(i0 + 1) * c], &out[i * c..(i + 1) * c], prep);
                 let (d0, d1) = two_tokens(x, c, at0, y * r + xx);
-                wt.proj.each_pair(&p, 0..c, |o, [a0, a1]| {
-                    let m = wt.proj.m.get(o);
-                    residual(&mut d0[o], a0, m);
-                    residual(&mut d1[o], a1, m);
+                wt.proj.each_pair(&p, 0..c, d0, d1, |[a0, a1], m, v0, v1| {
+                    residual(v0, a0, m);
+                    residual(v1, a1, m);
                 });
             }
             if let Some((i, at)) = pending {
@@ -1109,7 +1101,8 @@ fn weighted_sum(
 
 /// Depthwise `k x k` conv (padding `k/2`) in place on the stream `x: [r*r, c]`, reading the
 /// `i16` values themselves (the conv has no residual: an `i8` input would cap the stream's
-/// precision at 8 bits every block); the last `k` input rows wait in a ring.
+/// precision at 8 bits every block); the last `k` input rows wait in a ring of zero-bordered
+/// rows ([`local_ring_len`]). The official `k = 3` runs [`dw::sums3x3`].
 fn local_conv(
     x: &mut [i16],
     r: usize,
@@ -1119,62 +1112,52 @@ fn local_conv(
     lim: i16,
     scratch: &mut [i32],
 ) -> Result<(), EngineError> {
-    let ring = Carver { rest: scratch }.i16s(k * r * c)?;
+    let ring = Carver { rest: scratch }.i16s(local_ring_len(k, r, c)?)?;
+    ring.fill(0);
     let pad = k / 2;
+    let wp = r + 2 * pad;
     let mut filled = 0;
+    let mut acc = [0i32; DW_CHUNK];
     for oy in 0..r {
         let last = (oy + pad).min(r - 1);
         while filled <= last {
-            let slot = filled % k;
-            ring[slot * r * c..(slot + 1) * r * c]
+            ring_row(ring, filled, k, r, pad, c)
                 .copy_from_slice(&x[filled * r * c..(filled + 1) * r * c]);
             filled += 1;
         }
         let (ky0, ky1) = tap_range(oy, 1, k, pad, r);
         for ox in 0..r {
-            let (kx0, kx1) = tap_range(ox, 1, k, pad, r);
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
             if k == 3 {
-                // The official kernel size: the nine taps' pixels found once, a tap outside
-                // the map reading zeros, one zipped walk ([`taps3x3`]).
-                let mut taps: [Option<&[i16]>; 9] = [None; 9];
-                for ky in ky0..ky1 {
-                    let iy = oy + ky - 1;
-                    let row = &ring[(iy % 3) * r * c..(iy % 3 + 1) * r * c];
-                    for kx in kx0..kx1 {
-                        let ix = ox + kx - 1;
-                        taps[ky * 3 + kx] = Some(&row[ix * c..(ix + 1) * c]);
-                    }
-                }
+                let rows = ring_taps(ring, r, r, c, oy, ox);
                 let mut start = 0;
                 while start < c {
-                    let n = (c - start).min(ZERO_PIXEL_I16.len());
-                    let tp = taps.map(|t| t.map_or(&ZERO_PIXEL_I16[..n], |p| &p[start..start + n]));
-                    let out = &mut t[start..start + n];
-                    taps3x3(
-                        tp,
-                        &layer.w[9 * start..9 * (start + n)],
-                        layer.b,
-                        start,
-                        |i, acc| {
-                            out[i] = sat_i16(requant(acc, layer.m.get(start + i)), lim);
-                        },
-                    );
+                    let n = (c - start).min(DW_CHUNK);
+                    let acc = &mut acc[..n];
+                    let w = &layer.w[9 * start..9 * (start + n)];
+                    dw::sums3x3(rows.map(|row| &row[start..]), c, w, acc);
+                    let b = layer.b.range(start..start + n);
+                    let m = layer.m.range(start..start + n);
+                    for (((a, v), b), m) in
+                        acc.iter().zip(&mut t[start..]).zip(b.iter()).zip(m.iter())
+                    {
+                        *v = sat_i16(requant(a.wrapping_add(b), m), lim);
+                    }
                     start += n;
                 }
                 continue;
             }
+            // Any other kernel size: the rows inside the map, every column of the padded row
+            // (the zero pixels add nothing).
             for (ch, v) in t.iter_mut().enumerate() {
                 let mut acc = layer.b.get(ch);
                 let w = &layer.w[ch * k * k..(ch + 1) * k * k];
-                let ky1 = if kx0 == kx1 { ky0 } else { ky1 };
                 for ky in ky0..ky1 {
                     let iy = oy + ky - pad;
-                    let row = &ring[(iy % k) * r * c..(iy % k + 1) * r * c];
+                    let row = &ring[(iy % k) * wp * c..(iy % k + 1) * wp * c];
                     let wr = &w[ky * k..(ky + 1) * k];
-                    let ix0 = ox + kx0 - pad;
-                    for (kx, px) in (kx0..kx1).zip(row[ix0 * c + ch..].iter().step_by(c)) {
-                        acc = acc.wrapping_add(wr[kx] as i32 * *px as i32);
+                    for (wv, px) in wr.iter().zip(row[ox * c + ch..].iter().step_by(c)) {
+                        acc = acc.wrapping_add(*wv as i32 * *px as i32);
                     }
                 }
                 *v = sat_i16(requant(acc, layer.m.get(ch)), lim);

@@ -17,6 +17,7 @@
 //! - [`quantize`] (std): ranges and f32 weights to int8 items.
 #[cfg(feature = "std")]
 pub mod calib;
+pub mod dw;
 pub mod engine;
 pub mod file;
 pub mod layout;

@@ -681,29 +681,29 @@ pub mod mat {
     /// Rows a [`pair_rows`] block holds at most.
     pub const BLOCK_ROWS: usize = 16;
 
-    /// `f(o, [accumulator of x, accumulator of y])` for the outputs `o` in `outs` of `w`
-    /// (`[out, k]`, `Kind::Mat`), in order, over the pair `p`: up to [`BLOCK_ROWS`] rows a
-    /// kernel call ([`acc_pair_block`]), a last odd row by [`acc_pair1`].
+    /// `f(block, accumulators)` for the outputs in `outs` of `w` (`[out, k]`, `Kind::Mat`), in
+    /// order, over the pair `p`: `accumulators[i]` holds `[x, y]`'s sums of output
+    /// `block.start + i`. Up to [`BLOCK_ROWS`] rows a kernel call ([`acc_pair_block`]), a last
+    /// odd row by [`acc_pair1`] (a block of one), so that callers walk each block's
+    /// multipliers and destinations by iterator.
     #[inline(always)]
     pub fn pair_rows(
         b: I32s<'_>,
         p: &Pair<'_>,
         w: &[i8],
         outs: core::ops::Range<usize>,
-        mut f: impl FnMut(usize, [i32; 2]),
+        mut f: impl FnMut(core::ops::Range<usize>, &[[i32; 2]]),
     ) {
         let mut buf = [[0i32; 2]; BLOCK_ROWS];
         let mut o = outs.start;
         while o + 2 <= outs.end {
             let n = (outs.end - o).min(BLOCK_ROWS) & !1;
             acc_pair_block(b, p, w, o, &mut buf[..n]);
-            for (i, a) in buf[..n].iter().enumerate() {
-                f(o + i, *a);
-            }
+            f(o..o + n, &buf[..n]);
             o += n;
         }
         if o < outs.end {
-            f(o, acc_pair1(b, p, w, o));
+            f(o..o + 1, &[acc_pair1(b, p, w, o)]);
         }
     }
 
@@ -920,8 +920,10 @@ pub mod mat {
             let p = prepare_pair(x, y, prep);
             let mut bad = false;
             // Three row pairs in one block, then a last odd row.
-            pair_rows(b, &p, w, 0..5, |o, r| {
-                bad |= r[0] != want(x, o) || r[1] != want(y, o);
+            pair_rows(b, &p, w, 0..5, |os, acc| {
+                for (o, r) in os.zip(acc) {
+                    bad |= r[0] != want(x, o) || r[1] != want(y, o);
+                }
             });
             if bad {
                 return Err(k);
@@ -1170,6 +1172,12 @@ impl<'a> I32s<'a> {
         i32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
 
+    /// Values `r` (empty past the end).
+    #[inline]
+    pub fn range(&self, r: core::ops::Range<usize>) -> I32s<'a> {
+        I32s(self.0.get(4 * r.start..4 * r.end).unwrap_or(&[]))
+    }
+
     /// The values in order (no index checks).
     #[inline]
     pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
@@ -1204,6 +1212,15 @@ impl<'a> Multipliers<'a> {
         Multiplier {
             m: I32s(self.m).get(i),
             shift: self.shift[i] as u32,
+        }
+    }
+
+    /// Multipliers `r` (empty past the end).
+    #[inline]
+    pub fn range(&self, r: core::ops::Range<usize>) -> Multipliers<'a> {
+        match (self.m.get(4 * r.start..4 * r.end), self.shift.get(r)) {
+            (Some(m), Some(shift)) => Multipliers { m, shift },
+            _ => Multipliers { m: &[], shift: &[] },
         }
     }
 
