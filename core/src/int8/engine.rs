@@ -32,6 +32,7 @@
 //! Integer sums: the grouping changes no bit.
 #![deny(clippy::float_arithmetic)]
 
+use super::att;
 use super::dw;
 use super::file::Model;
 use super::ops::{
@@ -92,14 +93,19 @@ fn w16(n: usize) -> usize {
 }
 
 /// Scratch words of one attention block: the normalised window `i8 [T, C]`, one head's qkv
-/// `i8 [T, 3 hd]`, a score row `i32 [T]`, the head outputs `i8 [T, C]` and a zero token
-/// `i16 [C]`.
+/// `i8 [T, 3 hd]`, a score row `i32 [T]`, the head outputs `i8 [T, C]`, a zero token
+/// `i16 [C]`, then for the lane forms ([`att`]) the head's values transposed `i8 [hd, T4]`
+/// (`T4`: `T` rounded up to a multiple of 4) and the lanes of one query (`hd / 2` words) and
+/// of one probability row (`T4 / 2` words).
 fn attention_words(t: usize, c: usize, hd: usize) -> Result<usize, EngineError> {
     let tc = mul(t, c)?;
+    let t4 = mul(t.div_ceil(4), 4)?;
     let mut s = add(w8(tc), w8(mul(mul(t, 3)?, hd)?))?;
     s = add(s, t)?;
     s = add(s, w8(tc))?;
-    add(s, w16(c))
+    s = add(s, w16(c))?;
+    s = add(s, w8(mul(hd, t4)?))?;
+    add(add(s, hd / 2)?, t4 / 2)
 }
 
 /// The arena layout for `cfg`, after checking the engine's limits ([`MAX_FAN_IN`],
@@ -964,6 +970,12 @@ fn attention(
     let out = carve.i8s(t * c)?;
     let zero = carve.i16s(c)?;
     zero.fill(0);
+    let t4 = t.div_ceil(4) * 4;
+    let vt = carve.i8s(hd * t4)?;
+    let q_lanes: &mut [u32] = bytemuck::cast_slice_mut(carve.words(hd / 2)?);
+    let p_lanes: &mut [u32] = bytemuck::cast_slice_mut(carve.words(t4 / 2)?);
+    // The lane forms ([`att`]) where they apply: queries of a multiple of 4 values.
+    let lanes = att::ENABLED && hd.is_multiple_of(4);
     let nwin = r.div_ceil(ws);
     for wy in 0..nwin {
         for wx in 0..nwin {
@@ -1001,8 +1013,16 @@ fn attention(
                         row[ch - first] = sat_i8(requant(acc, wt.qkv.m.get(ch)));
                     });
                 }
+                if lanes {
+                    att::transpose(qkv, 3 * hd, 2 * hd, t, hd, vt, t4);
+                }
                 for i in 0..t {
                     let q = &qkv[i * 3 * hd..i * 3 * hd + hd];
+                    let ql = if lanes {
+                        att::lanes_i8(q, q_lanes)
+                    } else {
+                        None
+                    };
                     // `layers::bias_index(i, j, ws)` (|dy| ws + |dx|), walked row by row: no
                     // division per score.
                     let (yi, xi) = (i / ws, i % ws);
@@ -1012,14 +1032,30 @@ fn attention(
                             let j = yj * ws + xj;
                             let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
                             let b = wt.biases.get(row + xi.abs_diff(xj));
-                            scores[j] = requant(dot_i8(0, q, kj), wt.score).saturating_add(b);
+                            let dot = match ql {
+                                Some(l) => att::dot(0, l, kj),
+                                None => dot_i8(0, q, kj),
+                            };
+                            scores[j] = requant(dot, wt.score).saturating_add(b);
                         }
                     }
                     softmax_q15(scores);
                     let dst = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
-                    weighted_sum(scores, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
-                        dst[d] = sat_i8(requant(acc, wt.out));
-                    });
+                    let pl = if lanes {
+                        att::lanes_prob(scores, p_lanes)
+                    } else {
+                        None
+                    };
+                    match pl {
+                        Some(pl) => {
+                            for (d, v) in dst.iter_mut().zip(vt.chunks_exact(t4)) {
+                                *d = sat_i8(requant(att::dot(0, pl, v), wt.out));
+                            }
+                        }
+                        None => weighted_sum(scores, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
+                            dst[d] = sat_i8(requant(acc, wt.out));
+                        }),
+                    }
                 }
             }
             // The window's tokens inside the map, two at a time.

@@ -15,6 +15,7 @@
 //! - [`layout`]: the order and kinds of the file's items;
 //! - [`calib`] (std): the f32 reference forward that records activation ranges;
 //! - [`quantize`] (std): ranges and f32 weights to int8 items.
+pub mod att;
 #[cfg(feature = "std")]
 pub mod calib;
 pub mod dw;

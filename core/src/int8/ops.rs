@@ -206,6 +206,98 @@ pub mod dsp {
     }
 }
 
+/// The DSP instructions the kernels use (`SMLAD`, `SXTB16`, `SSUB16`): the instructions on
+/// Armv7E-M with `arm-dsp`, their exact emulation elsewhere (what the tests run).
+#[allow(dead_code)]
+pub(crate) mod insn {
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[allow(unsafe_code)]
+    mod imp {
+        use core::arch::asm;
+
+        /// `acc + lo(a) lo(b) + hi(a) hi(b)` on signed `i16` lanes, wrapping.
+        #[inline(always)]
+        pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+            let out: i32;
+            // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the
+            // APSR Q flag it may set is never read.
+            unsafe {
+                asm!("smlad {o}, {a}, {b}, {c}", o = lateout(reg) out, a = in(reg) a,
+                     b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack));
+            }
+            out
+        }
+
+        /// Bytes 1 and 3 of `x` sign-extended into two `i16` lanes.
+        #[inline(always)]
+        pub fn sxtb16_ror8(x: u32) -> u32 {
+            let out: u32;
+            // SAFETY: one register-only Armv7E-M instruction; no memory, no stack, no flags.
+            unsafe {
+                asm!("sxtb16 {o}, {x}, ror #8", o = lateout(reg) out, x = in(reg) x,
+                     options(pure, nomem, nostack, preserves_flags));
+            }
+            out
+        }
+
+        /// Bytes 0 and 2 of `x` sign-extended into two `i16` lanes.
+        #[inline(always)]
+        pub fn sxtb16(x: u32) -> u32 {
+            let out: u32;
+            // SAFETY: one register-only Armv7E-M instruction; no memory, no stack, no flags.
+            unsafe {
+                asm!("sxtb16 {o}, {x}", o = lateout(reg) out, x = in(reg) x,
+                     options(pure, nomem, nostack, preserves_flags));
+            }
+            out
+        }
+
+        /// `a - b` on each `i16` lane, modulo `2^16`.
+        #[inline(always)]
+        pub fn ssub16(a: u32, b: u32) -> u32 {
+            let out: u32;
+            // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the
+            // APSR GE flags it sets are never read.
+            unsafe {
+                asm!("ssub16 {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a,
+                     b = in(reg) b, options(pure, nomem, nostack));
+            }
+            out
+        }
+    }
+
+    #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
+    mod imp {
+        #[inline(always)]
+        pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+            let p0 = (a as i16 as i32) * (b as i16 as i32);
+            let p1 = ((a >> 16) as i16 as i32) * ((b >> 16) as i16 as i32);
+            acc.wrapping_add(p0).wrapping_add(p1)
+        }
+
+        #[inline(always)]
+        pub fn sxtb16_ror8(x: u32) -> u32 {
+            sxtb16(x >> 8)
+        }
+
+        #[inline(always)]
+        pub fn sxtb16(x: u32) -> u32 {
+            let lo = x as u8 as i8 as i16 as u16 as u32;
+            let hi = (x >> 16) as u8 as i8 as i16 as u16 as u32;
+            lo | (hi << 16)
+        }
+
+        #[inline(always)]
+        pub fn ssub16(a: u32, b: u32) -> u32 {
+            let lo = (a as u16).wrapping_sub(b as u16) as u32;
+            let hi = ((a >> 16) as u16).wrapping_sub((b >> 16) as u16) as u32;
+            lo | (hi << 16)
+        }
+    }
+
+    pub use imp::{smlad, ssub16, sxtb16, sxtb16_ror8};
+}
+
 /// The matrix kernels: `i8` activations times `Kind::Mat` weight rows, several output
 /// channels per pass.
 ///
@@ -408,98 +500,7 @@ pub mod mat {
         })
     }
 
-    /// `SMLAD` and `SXTB16 ror 8`: the instructions on Armv7E-M with `arm-dsp`, their exact
-    /// emulation elsewhere (used by the tests). The Arm build runs [`rows4_asm`] instead.
-    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
-    mod insn {
-        #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
-        #[allow(unsafe_code)]
-        mod imp {
-            use core::arch::asm;
-
-            /// `acc + lo(a) lo(b) + hi(a) hi(b)` on signed `i16` lanes, wrapping.
-            #[inline(always)]
-            pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-                let out: i32;
-                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the
-                // APSR Q flag it may set is never read.
-                unsafe {
-                    asm!("smlad {o}, {a}, {b}, {c}", o = lateout(reg) out, a = in(reg) a,
-                         b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack));
-                }
-                out
-            }
-
-            /// Bytes 1 and 3 of `x` sign-extended into two `i16` lanes.
-            #[inline(always)]
-            pub fn sxtb16_ror8(x: u32) -> u32 {
-                let out: u32;
-                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack, no flags.
-                unsafe {
-                    asm!("sxtb16 {o}, {x}, ror #8", o = lateout(reg) out, x = in(reg) x,
-                         options(pure, nomem, nostack, preserves_flags));
-                }
-                out
-            }
-
-            /// Bytes 0 and 2 of `x` sign-extended into two `i16` lanes.
-            #[inline(always)]
-            pub fn sxtb16(x: u32) -> u32 {
-                let out: u32;
-                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack, no flags.
-                unsafe {
-                    asm!("sxtb16 {o}, {x}", o = lateout(reg) out, x = in(reg) x,
-                         options(pure, nomem, nostack, preserves_flags));
-                }
-                out
-            }
-
-            /// `a - b` on each `i16` lane, modulo `2^16`.
-            #[inline(always)]
-            pub fn ssub16(a: u32, b: u32) -> u32 {
-                let out: u32;
-                // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the
-                // APSR GE flags it sets are never read.
-                unsafe {
-                    asm!("ssub16 {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a,
-                         b = in(reg) b, options(pure, nomem, nostack));
-                }
-                out
-            }
-        }
-
-        #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
-        mod imp {
-            #[inline(always)]
-            pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
-                let p0 = (a as i16 as i32) * (b as i16 as i32);
-                let p1 = ((a >> 16) as i16 as i32) * ((b >> 16) as i16 as i32);
-                acc.wrapping_add(p0).wrapping_add(p1)
-            }
-
-            #[inline(always)]
-            pub fn sxtb16_ror8(x: u32) -> u32 {
-                sxtb16(x >> 8)
-            }
-
-            #[inline(always)]
-            pub fn sxtb16(x: u32) -> u32 {
-                let lo = x as u8 as i8 as i16 as u16 as u32;
-                let hi = (x >> 16) as u8 as i8 as i16 as u16 as u32;
-                lo | (hi << 16)
-            }
-
-            #[inline(always)]
-            pub fn ssub16(a: u32, b: u32) -> u32 {
-                let lo = (a as u16).wrapping_sub(b as u16) as u32;
-                let hi = ((a >> 16) as u16).wrapping_sub((b >> 16) as u16) as u32;
-                lo | (hi << 16)
-            }
-        }
-
-        pub use imp::{smlad, ssub16, sxtb16, sxtb16_ror8};
-    }
-    use insn::{smlad, ssub16, sxtb16, sxtb16_ror8};
+    use super::insn::{smlad, ssub16, sxtb16, sxtb16_ror8};
 
     /// One weight word into an accumulator (see the module doc).
     #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
@@ -974,6 +975,32 @@ const LOG2E_Q16: i64 = 94548;
 /// Error: table rounding 2^-31, interpolation `(ln 2)^2 / 8 / 64^2 < 1.5e-5` relative, the
 /// Q16 exponent's rounding `2^-17` absolute in the exponent: at most 2 LSB of Q16.
 pub fn exp_q10(x: i32) -> i32 {
+    // In 32-bit words, the same bits as [`exp_q10_reference`] (tested over every input that
+    // can give a non-zero result): from `-x >= 2^15` the Q16 exponent `n` is at least
+    // `21 * 2^16`, where the reference returns 0; below it `-x * LOG2E_Q16 + 512 < 2^32`. For
+    // `q` in `18..=20` the reference's `(m + 2^(13+q)) >> (14+q)` is 0 since `m <= 2^30`, and for
+    // `q <= 17` the sum stays below `2^31 + 2^30`, inside `u32`.
+    let neg = x.min(0).unsigned_abs();
+    if neg >= 1 << 15 {
+        return 0;
+    }
+    let n = (neg * LOG2E_Q16 as u32 + 512) >> 10;
+    let q = n >> 16;
+    if q > 17 {
+        return 0;
+    }
+    let f = n & 0xFFFF;
+    let k = (f >> 10) as usize;
+    let w = f & 1023;
+    let (t0, t1) = (EXP2_Q30[k & 63] as u32, EXP2_Q30[(k & 63) + 1] as u32);
+    // `(t0 - t1) w < 2^24 2^10`: one `UMULL`.
+    let m = t0 - ((((t0 - t1) as u64 * w as u64) + 512) >> 10) as u32;
+    ((m + (1u32 << (13 + q))) >> (14 + q)) as i32
+}
+
+/// [`exp_q10`] as first written, in `i64`: the reference the 32-bit form is tested against.
+#[cfg(test)]
+pub(crate) fn exp_q10_reference(x: i32) -> i32 {
     let neg = -(x.min(0) as i64);
     // -x * log2(e) in Q16, rounded.
     let n = (neg * LOG2E_Q16 + 512) >> 10;
@@ -1481,6 +1508,21 @@ mod tests {
             layer_norm_reference(&x, gamma, beta, eps, &mut want);
             assert_eq!(got, want, "case {case} c {c}");
         }
+    }
+
+    /// The 32-bit exp is the `i64` reference for every input down to `-2^16` (the reference is
+    /// 0 from about `-14906`) and a sweep of the rest of the range.
+    #[test]
+    fn exp_q10_is_its_reference() {
+        for x in -(1i32 << 16)..=16 {
+            assert_eq!(exp_q10(x), exp_q10_reference(x), "x {x}");
+        }
+        let mut x = i32::MIN as i64;
+        while x < 0 {
+            assert_eq!(exp_q10(x as i32), exp_q10_reference(x as i32), "x {x}");
+            x += 65_537;
+        }
+        assert_eq!(exp_q10(i32::MIN), 0);
     }
 
     #[test]
