@@ -282,6 +282,11 @@ impl<'a> Layer<'a> {
     #[inline]
     fn each(&self, x: &Prepared<'_>, outs: core::ops::Range<usize>, mut f: impl FnMut(usize, i32)) {
         let mut o = outs.start;
+        if o % 2 == 1 && o < outs.end {
+            // Four-row passes start on a stored pair.
+            f(o, mat::acc::<1>(self.b, x, self.w, o)[0]);
+            o += 1;
+        }
         while o + 4 <= outs.end {
             let a = mat::acc::<4>(self.b, x, self.w, o);
             for (i, v) in a.into_iter().enumerate() {

@@ -1,8 +1,9 @@
-//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (4), parsed in place with
+//! The int8 model file: a `.tvb` whose format version is [`VERSION`] (5), parsed in place with
 //! no allocator. Version-1 files are f32 models ([`crate::tvb`]); [`crate::tvb::kind`] tells
-//! the two apart from the first 12 bytes. Versions 2 and 3 were earlier int8 layouts (2:
+//! the two apart from the first 12 bytes. Versions 2 to 4 were earlier int8 layouts (2:
 //! multipliers as two `i32`, matrix weights unflipped; 3: GELU on Q12 through a multiplier
-//! where version 4 has a table): such files are refused with [`FileError::Outdated`], which
+//! where version 4 has a table; 4: matrix rows one after the other, where version 5 stores
+//! them in word-interleaved pairs): such files are refused with [`FileError::Outdated`], which
 //! says to quantise the model again.
 //!
 //! # Layout (all integers little-endian)
@@ -59,13 +60,14 @@ use crate::tvb::{align16, MAGIC, PREFIX_LEN};
 use crate::tvb::{contract_tail, data_region, read_prefix, Prefix, Tail};
 
 /// The format version of int8 files.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Earlier int8 format versions: recognised as int8 files ([`crate::tvb::kind`]) and refused
 /// by [`parse`] with [`FileError::Outdated`]. Version 2 stored each multiplier as two `i32`
 /// (8 bytes; now 5) and matrix weights without the sign flip of `layout::Kind::Mat`; version 3
 /// requantised GELU inputs per channel to Q12 and outputs by a multiplier (the items that are
-/// GELU tables now, see `layout`).
-pub const OUTDATED_VERSIONS: [u32; 2] = [2, 3];
+/// GELU tables now, see `layout`); version 4 stored matrix rows one after the other (version 5
+/// interleaves them in pairs, `layout::Kind::Mat`).
+pub const OUTDATED_VERSIONS: [u32; 3] = [2, 3, 4];
 /// Largest header accepted, in bytes.
 pub const MAX_HEADER: u32 = 1 << 16;
 
@@ -316,7 +318,7 @@ fn check_items(cfg: &ModelConfig, data: &[u8]) -> Result<(), FileError> {
         let n = kind.bytes(len);
         let item = &data[pos..pos + n];
         let raw = match kind {
-            Kind::I8 | Kind::Mat => len,
+            Kind::I8 | Kind::Mat(_) => len,
             Kind::I32 => 4 * len,
             Kind::Mul => 5 * len,
         };

@@ -33,8 +33,11 @@ pub const GELU_MULS: usize = 2;
 pub enum Kind {
     /// `i8` values.
     I8,
-    /// `i8` matrix weights, even offsets sign-flipped ([`super::ops::mat_code`]).
-    Mat,
+    /// `i8` matrix weights `[out, k]` of fan-in `k`, even offsets sign-flipped
+    /// ([`super::ops::mat_code`]); when `k` is a multiple of 4, rows are stored in pairs
+    /// interleaved a word of four at a time (a last odd row alone), where
+    /// [`super::ops::mat::row_at`] finds them.
+    Mat(usize),
     /// Little-endian `i32` values.
     I32,
     /// Multipliers: `n` little-endian `i32` numerators, then `n` shift bytes.
@@ -45,7 +48,7 @@ impl Kind {
     /// Bytes of `n` values of this kind, padded to 4 (saturating).
     pub fn bytes(self, n: usize) -> usize {
         let raw = match self {
-            Kind::I8 | Kind::Mat => n,
+            Kind::I8 | Kind::Mat(_) => n,
             Kind::I32 => n.saturating_mul(4),
             Kind::Mul => n.saturating_mul(5),
         };
@@ -62,33 +65,38 @@ fn name(args: core::fmt::Arguments<'_>) -> Name {
 /// Calls `f(name, kind, len)` for every item in engine order. The config should be
 /// validated first; an invalid one never panics.
 pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
-    use Kind::{Mat, Mul, I32, I8};
+    use Kind::{Mat, Mul, I32};
+    // The kind of a layer's weights from its fan-in.
+    let conv = |_: usize| Kind::I8;
     let e: [usize; STAGES] = cfg.embed_dims.map(|v| v as usize);
     let cin = cfg.in_chans as usize;
     let half = e[0] / 2;
     // A conv of plain `i8` weights (stem, depthwise) or a matrix product (`Mat`).
-    let layer =
-        |f: &mut dyn FnMut(&str, Kind, usize), p: &str, kind: Kind, w: usize, out: usize| {
-            f(
-                &name(format_args!("{p}.weight")),
-                kind,
-                w.saturating_mul(out),
-            );
-            f(&name(format_args!("{p}.bias")), I32, out);
-            f(&name(format_args!("{p}.mult")), Mul, out);
-        };
-    layer(&mut f, "patch_embed.seq.0", I8, cin * 9, half);
+    let layer = |f: &mut dyn FnMut(&str, Kind, usize),
+                 p: &str,
+                 kind: &dyn Fn(usize) -> Kind,
+                 w: usize,
+                 out: usize| {
+        f(
+            &name(format_args!("{p}.weight")),
+            kind(w),
+            w.saturating_mul(out),
+        );
+        f(&name(format_args!("{p}.bias")), I32, out);
+        f(&name(format_args!("{p}.mult")), Mul, out);
+    };
+    layer(&mut f, "patch_embed.seq.0", &conv, cin * 9, half);
     f("patch_embed.seq.1.act", Mul, GELU_MULS);
-    layer(&mut f, "patch_embed.seq.2", Mat, half * 9, e[0]);
+    layer(&mut f, "patch_embed.seq.2", &Mat, half * 9, e[0]);
     let hid0 = e[0].saturating_mul(cfg.mbconv_expand_ratio as usize);
     for j in 0..cfg.depths[0] {
         let p = |s: &str| name(format_args!("layers.0.blocks.{j}.{s}"));
         f(&p("in"), Mul, 1);
-        layer(&mut f, &p("conv1"), Mat, e[0], hid0);
+        layer(&mut f, &p("conv1"), &Mat, e[0], hid0);
         f(&p("act1"), Mul, GELU_MULS);
-        layer(&mut f, &p("conv2"), I8, 9, hid0);
+        layer(&mut f, &p("conv2"), &conv, 9, hid0);
         f(&p("act2"), Mul, GELU_MULS);
-        layer(&mut f, &p("conv3"), Mat, hid0, e[0]);
+        layer(&mut f, &p("conv3"), &Mat, hid0, e[0]);
         f(&p("res"), Mul, 1);
         f(&p("out"), Mul, 1);
     }
@@ -107,30 +115,30 @@ pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
                     heads.saturating_mul(ws.saturating_mul(ws)),
                 );
                 norm(&mut f, &p("attn.norm"), c);
-                layer(&mut f, &p("attn.qkv"), Mat, c, 3 * c);
+                layer(&mut f, &p("attn.qkv"), &Mat, c, 3 * c);
                 f(&p("attn.score"), Mul, 1);
                 f(&p("attn.out"), Mul, 1);
-                layer(&mut f, &p("attn.proj"), Mat, c, c);
+                layer(&mut f, &p("attn.proj"), &Mat, c, c);
                 norm(&mut f, &p("mlp.norm"), c);
-                layer(&mut f, &p("mlp.fc1"), Mat, c, hid);
+                layer(&mut f, &p("mlp.fc1"), &Mat, c, hid);
                 f(&p("mlp.act"), Mul, GELU_MULS);
-                layer(&mut f, &p("mlp.fc2"), Mat, hid, c);
-                layer(&mut f, &p("local_conv"), I8, k * k, c);
+                layer(&mut f, &p("mlp.fc2"), &Mat, hid, c);
+                layer(&mut f, &p("local_conv"), &conv, k * k, c);
             }
         }
         if s + 1 < STAGES {
             let (cin, cout) = (e[s], e[s + 1]);
             let p = |x: &str| name(format_args!("layers.{s}.downsample.{x}"));
             f(&p("in"), Mul, 1);
-            layer(&mut f, &p("conv1"), Mat, cin, cout);
+            layer(&mut f, &p("conv1"), &Mat, cin, cout);
             f(&p("act1"), Mul, GELU_MULS);
-            layer(&mut f, &p("conv2"), I8, 9, cout);
+            layer(&mut f, &p("conv2"), &conv, 9, cout);
             f(&p("act2"), Mul, GELU_MULS);
-            layer(&mut f, &p("conv3"), Mat, cout, cout);
+            layer(&mut f, &p("conv3"), &Mat, cout, cout);
         }
     }
     norm(&mut f, "norm_head", e[3]);
-    layer(&mut f, "head", Mat, e[3], cfg.num_classes as usize);
+    layer(&mut f, "head", &Mat, e[3], cfg.num_classes as usize);
 }
 
 /// A LayerNorm's items: per-channel weight multipliers, biases and the scaled eps.

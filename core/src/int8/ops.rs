@@ -509,45 +509,95 @@ pub mod mat {
         smlad(sxtb16_ror8(w), o, smlad(w, e, acc))
     }
 
-    /// The DSP form in Rust over `R` rows of stored bytes (`rows`: `[R, 4 g]`, `g` the
-    /// prepared groups), one group a step.
+    /// Where row `o` of the `[len / k, k]` matrix weights `w` is stored ("Row pairs" in the
+    /// module doc): its first byte, and the bytes from one group of four to the next (8 inside
+    /// a stored pair, 4 for a row stored alone, whose bytes are then contiguous).
+    #[inline(always)]
+    pub fn row_at(len: usize, k: usize, o: usize) -> (usize, usize) {
+        if k > 0 && k.is_multiple_of(4) && (o | 1) < len / k {
+            ((o & !1) * k + (o & 1) * 4, 8)
+        } else {
+            (o * k, 4)
+        }
+    }
+
+    /// The stored position of weight `j` of row `o` in `[len / k, k]` matrix weights
+    /// ([`row_at`]): the writer's permutation.
+    pub fn stored_index(len: usize, k: usize, o: usize, j: usize) -> usize {
+        let (at, step) = row_at(len, k, o);
+        at + (j / 4) * step + j % 4
+    }
+
+    /// `init + sum_j x_j w[o, j]` for row `o` of the matrix weights `w` (`[len / k, k]`, stored
+    /// as [`row_at`] says), decoded by [`super::mat_code`], in fan-in order: the scalar
+    /// reference every kernel equals.
+    pub fn dot_row(init: i32, x: &[i8], w: &[i8], k: usize, o: usize) -> i32 {
+        let (at, step) = row_at(w.len(), k, o);
+        if step == 4 {
+            return dot_mat_scalar(init, x, &w[at..at + k], o * k);
+        }
+        // Inside a pair the stored offset of byte `j` has `j`'s parity (`at` is even and groups
+        // sit 8 bytes apart), so `mat_code` decodes with `j % 4`.
+        let mut acc = init;
+        for (g, xs) in x[..k].chunks_exact(4).enumerate() {
+            let b = &w[at + 8 * g..at + 8 * g + 4];
+            for (i, (a, b)) in xs.iter().zip(b).enumerate() {
+                acc = acc.wrapping_add(*a as i32 * super::mat_code(*b, i) as i32);
+            }
+        }
+        acc
+    }
+
+    /// Stored word `j` (weights `4 j .. 4 j + 4`) of row `o` of `w` (`[len / k, k]`).
     #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
-    pub(crate) fn dsp<const R: usize>(init: [i32; R], p: &Prepared<'_>, rows: &[i8]) -> [i32; R] {
-        let g = p.words.len() / 2;
-        let k = 4 * g;
+    #[inline(always)]
+    fn row_word(w: &[i8], k: usize, o: usize, j: usize) -> u32 {
+        let (at, step) = row_at(w.len(), k, o);
+        let b = &w[at + step * j..at + step * j + 4];
+        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    }
+
+    /// The DSP form in Rust over rows `o..o + R` of `w` (`[rows, 4 g]`, `g` the prepared
+    /// groups), one group a step.
+    #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
+    pub(crate) fn dsp<const R: usize>(
+        init: [i32; R],
+        p: &Prepared<'_>,
+        w: &[i8],
+        o: usize,
+    ) -> [i32; R] {
+        let k = p.words.len() * 2;
         let mut a = init.map(|v| v.wrapping_add(p.corr));
         for (j, act) in p.words.chunks_exact(2).enumerate() {
             for (i, acc) in a.iter_mut().enumerate() {
-                let b = &rows[i * k + 4 * j..i * k + 4 * j + 4];
-                let w = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
-                *acc = step(*acc, w, act[0], act[1]);
+                *acc = step(*acc, row_word(w, k, o + i, j), act[0], act[1]);
             }
         }
         a
     }
 
-    /// Four rows of the DSP form (`rows`: `[4, k]` stored bytes, `k = 4 g`, `g` the prepared
-    /// groups). On Armv7E-M with `arm-dsp`: [`rows4_asm`]; elsewhere the same steps in Rust
-    /// (what the tests run).
+    /// Rows `o..o + 4` (`o` even: two stored pairs) of the DSP form over `w` (`[rows, k]`,
+    /// `k = 4 g`, `g` the prepared groups). On Armv7E-M with `arm-dsp`: [`rows4_asm`];
+    /// elsewhere the same steps in Rust (what the tests run).
     #[inline(always)]
-    pub(crate) fn rows4(init: [i32; 4], p: &Prepared<'_>, rows: &[i8]) -> [i32; 4] {
+    pub(crate) fn rows4(init: [i32; 4], p: &Prepared<'_>, w: &[i8], o: usize) -> [i32; 4] {
         let g = p.words.len() / 2;
-        assert!(rows.len() >= 16 * g);
+        assert!(o.is_multiple_of(2) && w.len() >= (o + 4) * 4 * g);
         #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
         {
-            rows4_asm(init, p, rows, g)
+            rows4_asm(init, p, &w[o * 4 * g..(o + 4) * 4 * g], g)
         }
         #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
         {
-            dsp(init, p, rows)
+            dsp(init, p, w, o)
         }
     }
 
     /// [`rows4`] in assembly, one block: per group of four inputs one `LDRD` of the prepared
-    /// lanes and, per row, one (unaligned-capable) `LDR`, `SMLAD`, `SXTB16`, `SMLAD`; two
-    /// groups a loop step (an odd group first). Twelve registers: four accumulators, the lanes, one weight
-    /// word, the lane pointer and its end, two row pointers (rows 0 and 2; rows 1 and 3 at
-    /// `+k`) and `k`.
+    /// lanes and, per stored pair, one `LDRD` of both rows' weight words, then per row
+    /// `SMLAD`, `SXTB16`, `SMLAD`: 15 instructions for 16 multiply-accumulates; two groups a
+    /// loop step (an odd group first). Twelve registers: four accumulators, the lanes, two
+    /// weight words, the lane pointer and its end, and one pointer per stored pair.
     #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
     #[allow(unsafe_code)]
     #[inline(always)]
@@ -560,42 +610,42 @@ pub mod mat {
         let k = 4 * g;
         let mut pa = p.words.as_ptr();
         let mut r0 = rows.as_ptr();
-        // SAFETY: `rows` holds 4 k bytes (asserted by the caller), so rows 2 and 3 start
+        // SAFETY: `rows` holds 4 k bytes (asserted by the caller), so the second pair starts
         // inside it.
         let mut r2 = unsafe { r0.add(2 * k) };
         macro_rules! group {
             () => {
                 concat!(
                     "ldrd {e}, {o}, [{pa}], #8\n",
-                    "ldr {t}, [{r0}, {k}]\n",
-                    "smlad {a1}, {t}, {e}, {a1}\n",
-                    "sxtb16 {t}, {t}, ror #8\n",
-                    "smlad {a1}, {t}, {o}, {a1}\n",
-                    "ldr {t}, [{r0}], #4\n",
-                    "smlad {a0}, {t}, {e}, {a0}\n",
-                    "sxtb16 {t}, {t}, ror #8\n",
-                    "smlad {a0}, {t}, {o}, {a0}\n",
-                    "ldr {t}, [{r2}, {k}]\n",
-                    "smlad {a3}, {t}, {e}, {a3}\n",
-                    "sxtb16 {t}, {t}, ror #8\n",
-                    "smlad {a3}, {t}, {o}, {a3}\n",
-                    "ldr {t}, [{r2}], #4\n",
-                    "smlad {a2}, {t}, {e}, {a2}\n",
-                    "sxtb16 {t}, {t}, ror #8\n",
-                    "smlad {a2}, {t}, {o}, {a2}\n",
+                    "ldrd {wa}, {wb}, [{r0}], #8\n",
+                    "smlad {a0}, {wa}, {e}, {a0}\n",
+                    "sxtb16 {wa}, {wa}, ror #8\n",
+                    "smlad {a0}, {wa}, {o}, {a0}\n",
+                    "smlad {a1}, {wb}, {e}, {a1}\n",
+                    "sxtb16 {wb}, {wb}, ror #8\n",
+                    "smlad {a1}, {wb}, {o}, {a1}\n",
+                    "ldrd {wa}, {wb}, [{r2}], #8\n",
+                    "smlad {a2}, {wa}, {e}, {a2}\n",
+                    "sxtb16 {wa}, {wa}, ror #8\n",
+                    "smlad {a2}, {wa}, {o}, {a2}\n",
+                    "smlad {a3}, {wb}, {e}, {a3}\n",
+                    "sxtb16 {wb}, {wb}, ror #8\n",
+                    "smlad {a3}, {wb}, {o}, {a3}\n",
                 )
             };
         }
         // SAFETY: `pend` is the end of `p.words` (`2 g` words). The block runs one group when
         // `g` is odd, then two groups a step until `pa == pend`; each group reads 2 lane words
-        // at `pa` (inside `p.words`) and one word of each row at `r0`, `r0 + k`, `r2`,
-        // `r2 + k` (inside `rows`, which holds `4 k` bytes as the caller asserted); unaligned
-        // `LDR` is architectural on Armv7-M. Registers only otherwise; no stack.
+        // at `pa` (inside `p.words`, word-aligned as `u32`s, so `LDRD` may read them) and
+        // 8 bytes at `r0` and at `r2` (the two stored pairs, `2 k` bytes each, inside `rows`,
+        // which holds `4 k` bytes as the caller asserted; `LDRD` needs word alignment, which
+        // the file's items and the `i32` arena give every row pair: `k` is a multiple of 4).
+        // Registers only otherwise; no stack.
         let pend = unsafe { p.words.as_ptr().add(2 * g) };
         unsafe {
             asm!(
-                "sub {t}, {pend}, {pa}",
-                "tst {t}, #8",
+                "sub {wa}, {pend}, {pa}",
+                "tst {wa}, #8",
                 "beq 1f",
                 group!(),
                 "1:",
@@ -608,9 +658,9 @@ pub mod mat {
                 "bne 2b",
                 "3:",
                 pa = inout(reg) pa, pend = in(reg) pend, r0 = inout(reg) r0,
-                r2 = inout(reg) r2, k = in(reg) k, a0 = inout(reg) a0, a1 = inout(reg) a1,
+                r2 = inout(reg) r2, a0 = inout(reg) a0, a1 = inout(reg) a1,
                 a2 = inout(reg) a2, a3 = inout(reg) a3, e = out(reg) _, o = out(reg) _,
-                t = out(reg) _,
+                wa = out(reg) _, wb = out(reg) _,
                 options(readonly, nostack),
             );
         }
@@ -619,42 +669,43 @@ pub mod mat {
     }
 
     /// Accumulators of the outputs `o..o + R` of `w` (`[out, k]`, `Kind::Mat`, `k = x.len()`),
-    /// each starting from its bias `b`.
+    /// each starting from its bias `b`: four rows from an even `o` by [`rows4`] when `x` is
+    /// prepared, else [`dot_row`] a row.
     #[inline(always)]
     pub fn acc<const R: usize>(b: I32s<'_>, p: &Prepared<'_>, w: &[i8], o: usize) -> [i32; R] {
         let k = p.x.len();
         let init: [i32; R] = core::array::from_fn(|i| b.get(o + i));
-        let rows = &w[o * k..(o + R) * k];
-        if cfg!(all(feature = "arm-dsp", target_arch = "arm")) && R == 4 && !p.words.is_empty() {
+        if cfg!(all(feature = "arm-dsp", target_arch = "arm"))
+            && R == 4
+            && o.is_multiple_of(2)
+            && !p.words.is_empty()
+        {
             let mut i4 = [0i32; 4];
             for (d, v) in i4.iter_mut().zip(init) {
                 *d = v;
             }
-            let a = rows4(i4, p, rows);
+            let a = rows4(i4, p, w, o);
             return core::array::from_fn(|i| a[i]);
         }
-        core::array::from_fn(|i| {
-            dot_mat_scalar(init[i], p.x, &rows[i * k..(i + 1) * k], (o + i) * k)
-        })
+        core::array::from_fn(|i| dot_row(init[i], p.x, w, k, o + i))
     }
 
-    /// The two-column DSP form in Rust over `R` rows of stored bytes (`rows`: `[R, 4 g]`):
+    /// The two-column DSP form in Rust over rows `o..o + R` of `w` (`[rows, 4 g]`):
     /// `[row][column]` accumulators, one group a step.
     #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
     pub(crate) fn dsp_pair<const R: usize>(
         init: [[i32; 2]; R],
         p: &Pair<'_>,
-        rows: &[i8],
+        w: &[i8],
+        o: usize,
     ) -> [[i32; 2]; R] {
-        let g = p.words.len() / 4;
-        let k = 4 * g;
+        let k = p.words.len();
         let mut a = init.map(|r| [0, 1].map(|c| r[c].wrapping_add(p.corr[c])));
         for (j, l) in p.words.chunks_exact(4).enumerate() {
             for (i, acc) in a.iter_mut().enumerate() {
-                let b = &rows[i * k + 4 * j..i * k + 4 * j + 4];
-                let w = u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]);
+                let word = row_word(w, k, o + i, j);
                 for (c, v) in acc.iter_mut().enumerate() {
-                    *v = step(*v, w, l[c], l[2 + c]);
+                    *v = step(*v, word, l[c], l[2 + c]);
                 }
             }
         }
@@ -669,14 +720,10 @@ pub mod mat {
         let k = p.x[0].len();
         let (b0, b1) = (b.get(o), b.get(o + 1));
         let init = [[b0, b0], [b1, b1]];
-        let rows = &w[o * k..(o + 2) * k];
         if !p.words.is_empty() {
-            return dsp_pair(init, p, rows);
+            return dsp_pair(init, p, w, o);
         }
-        [0, 1].map(|i| {
-            [0, 1]
-                .map(|c| dot_mat_scalar(init[i][c], p.x[c], &rows[i * k..(i + 1) * k], (o + i) * k))
-        })
+        [0, 1].map(|i| [0, 1].map(|c| dot_row(init[i][c], p.x[c], w, k, o + i)))
     }
 
     /// Rows a [`pair_rows`] block holds at most.
@@ -684,9 +731,9 @@ pub mod mat {
 
     /// `f(block, accumulators)` for the outputs in `outs` of `w` (`[out, k]`, `Kind::Mat`), in
     /// order, over the pair `p`: `accumulators[i]` holds `[x, y]`'s sums of output
-    /// `block.start + i`. Up to [`BLOCK_ROWS`] rows a kernel call ([`acc_pair_block`]), a last
-    /// odd row by [`acc_pair1`] (a block of one), so that callers walk each block's
-    /// multipliers and destinations by iterator.
+    /// `block.start + i`. An odd first row alone ([`acc_pair1`], a block of one), then up to
+    /// [`BLOCK_ROWS`] rows (whole stored pairs) a kernel call ([`acc_pair_block`]), a last odd
+    /// row alone, so that callers walk each block's multipliers and destinations by iterator.
     #[inline(always)]
     pub fn pair_rows(
         b: I32s<'_>,
@@ -697,6 +744,10 @@ pub mod mat {
     ) {
         let mut buf = [[0i32; 2]; BLOCK_ROWS];
         let mut o = outs.start;
+        if o % 2 == 1 && o < outs.end {
+            f(o..o + 1, &[acc_pair1(b, p, w, o)]);
+            o += 1;
+        }
         while o + 2 <= outs.end {
             let n = (outs.end - o).min(BLOCK_ROWS) & !1;
             acc_pair_block(b, p, w, o, &mut buf[..n]);
@@ -708,10 +759,11 @@ pub mod mat {
         }
     }
 
-    /// Accumulators of outputs `o..o + out.len()` of `w` (an even count; `[out, k]`,
-    /// `Kind::Mat`) for both vectors of `p` into `out` (`[row][column]`), each from its bias
-    /// `b`: two rows a pass, all passes in one [`block_asm`] call on Armv7E-M with `arm-dsp`,
-    /// else [`dsp_pair`] a pass (what the tests run).
+    /// Accumulators of outputs `o..o + out.len()` of `w` (`o` and the count even: whole
+    /// stored pairs; `[out, k]`, `Kind::Mat`) for both vectors of `p` into `out`
+    /// (`[row][column]`), each from its bias `b`: two rows a pass, all passes in one
+    /// [`block_asm`] call on Armv7E-M with `arm-dsp`, else [`dsp_pair`] a pass (what the tests
+    /// run).
     #[inline(always)]
     pub fn acc_pair_block(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize, out: &mut [[i32; 2]]) {
         let rows = out.len() & !1;
@@ -721,7 +773,7 @@ pub mod mat {
         #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
         {
             let g = p.words.len() / 4;
-            if g > 0 && rows > 0 {
+            if g > 0 && rows > 0 && o.is_multiple_of(2) {
                 assert!(wr.len() >= rows * 4 * g);
                 block_asm(p, wr, br, g, &mut out[..rows]);
                 return;
@@ -735,39 +787,29 @@ pub mod mat {
         }
     }
 
-    /// [`acc_pair_block`] in assembly. For each pair of rows: per group of four inputs one
-    /// (unaligned-capable) `LDR` of each row's weight word, two `LDRD`s of the interleaved
-    /// lanes (the even lanes of both columns, then the odd ones), two `SXTB16` and eight
-    /// `SMLAD`s: 14 instructions for 16 multiply-accumulates, every weight word used by both
-    /// columns; four groups a loop step (`g mod 4` groups first: two if `g mod 4 >= 2`, then
-    /// one if `g` is odd). Between pairs, in the block itself: the next two biases plus the
-    /// columns' corrections into the accumulators, the four sums stored, the lanes rewound
-    /// and the row pointer moved on. The out pointer, bias pointer, pairs left and the
-    /// corrections live in `st`, whose address waits on the stack. Twelve registers: four
-    /// accumulators, two weight words, two lane words, the lane pointer and its end, the row
-    /// pointer (row 1 at `+k`) and `k`.
+    /// [`acc_pair_block`] in assembly over whole stored pairs. Per group of four inputs one
+    /// `LDRD` of both rows' weight words, two `LDRD`s of the interleaved lanes (the even lanes
+    /// of both columns, then the odd ones), two `SXTB16` and eight `SMLAD`s: 13 instructions
+    /// for 16 multiply-accumulates, every weight word used by both columns; four groups a loop
+    /// step, entered at the group that leaves a multiple of four (`g mod 4` groups first; the
+    /// entry is found once a block and kept on the stack). Between pairs, in the block itself:
+    /// the next two biases plus the columns' corrections into the accumulators, the four sums
+    /// stored, the lanes rewound; the weights run on into the next pair. The bias pointer, the
+    /// corrections, the entry, the lanes' start and the out end wait in 24 bytes of stack.
+    /// Twelve registers: four accumulators, two weight words, two lane words, the lane pointer
+    /// and its end, the row pointer and the out pointer.
     #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
     #[allow(unsafe_code)]
     #[inline(always)]
     fn block_asm(p: &Pair<'_>, rows: &[i8], bias: &[u8], g: usize, out: &mut [[i32; 2]]) {
         use core::arch::asm;
-        let k = 4 * g;
-        // [out, bias, pairs left, corr x, corr y, -] (u32 words: LDRD-aligned).
-        let mut st: [u32; 6] = [
-            out.as_mut_ptr() as u32,
-            bias.as_ptr() as u32,
-            (out.len() / 2) as u32,
-            p.corr[0] as u32,
-            p.corr[1] as u32,
-            0,
-        ];
         let pa = p.words.as_ptr();
         let r0 = rows.as_ptr();
+        let po = out.as_mut_ptr();
         macro_rules! group {
             () => {
                 concat!(
-                    "ldr {wb}, [{r0}, {k}]\n",
-                    "ldr {wa}, [{r0}], #4\n",
+                    "ldrd {wa}, {wb}, [{r0}], #8\n",
                     "ldrd {e0}, {e1}, [{pa}], #8\n",
                     "smlad {a00}, {wa}, {e0}, {a00}\n",
                     "smlad {a01}, {wa}, {e1}, {a01}\n",
@@ -784,74 +826,69 @@ pub mod mat {
             };
         }
         // SAFETY: `pend` is the end of `p.words` (`4 g` words, word-aligned as `u32`s, so
-        // `LDRD` may read them; `pend - pa = 16 g = 4 k` bytes). For each of the row pairs
-        // (`st[2]`, at least one) the block reads two biases at the bias pointer (inside
-        // `bias`, 8 bytes a pair; unaligned `LDR` is architectural on Armv7-M), runs two
-        // groups when bit 5 of `16 g` is set, one more when bit 4 is (read again after the
-        // two), then four a step until `pa == pend` (`g` groups, each reading 4 lane words at
-        // `pa` and one word of each row at `r0` and `r0 + k`, inside `rows`, `2 k` bytes a
-        // pair as the caller asserted), stores four `i32` at the out pointer (inside `out`,
-        // two entries a pair, word-aligned), rewinds `pa` by `4 k` to the start of the lanes
-        // and moves `r0` past the pair's second row. `st` (word-aligned, 24 bytes) is read
-        // and written through its address, which is pushed on the stack (8 bytes, keeping
-        // its alignment) and popped before the block ends.
+        // `LDRD` may read them; `pend - pa = 16 g` bytes). The block keeps 24 bytes of stack
+        // (word-aligned, released before it ends). For each of the `out.len() / 2` row pairs
+        // (at least one) it reads two biases at the bias pointer (inside `bias`, 8 bytes a
+        // pair), runs `g` groups (`g mod 4` through the computed entry, an address inside
+        // the loop body taken by `ADR` with the Thumb bit set for `BX`, then four a step until
+        // `pa == pend`), each reading 4 lane words at `pa` and 8 bytes at `r0` (inside `rows`,
+        // `2 k` bytes a pair as the caller asserted; word-aligned: the file's items and the
+        // `i32` arena are, and `k` is a multiple of 4), stores four `i32` at the out pointer
+        // (inside `out`, two entries a pair, word-aligned) and rewinds `pa` to the lanes'
+        // start. Registers only otherwise.
         let pend = unsafe { pa.add(4 * g) };
+        let oend = unsafe { po.add(out.len()) };
         unsafe {
             asm!(
-                "str {wa}, [sp, #-8]!",
+                "sub sp, sp, #24",
+                "str {a00}, [sp]",
+                "strd {a01}, {a10}, [sp, #4]",
+                "str {pa}, [sp, #16]",
+                "str {a11}, [sp, #20]",
+                "sub {wa}, {pend}, {pa}",
+                "ubfx {wa}, {wa}, #4, #2",
+                "str {wa}, [sp, #12]",
                 "5:",
-                "ldr {wa}, [sp]",
-                "ldr {wb}, [{wa}, #4]",
-                "ldr {a00}, [{wb}]",
-                "ldr {a10}, [{wb}, #4]",
-                "add {wb}, {wb}, #8",
-                "str {wb}, [{wa}, #4]",
-                "ldrd {e0}, {e1}, [{wa}, #12]",
+                "ldr {wb}, [sp]",
+                "ldr {a00}, [{wb}], #4",
+                "ldr {a10}, [{wb}], #4",
+                "str {wb}, [sp]",
+                "ldrd {e0}, {e1}, [sp, #4]",
                 "add {a01}, {a00}, {e1}",
                 "add {a00}, {a00}, {e0}",
                 "add {a11}, {a10}, {e1}",
                 "add {a10}, {a10}, {e0}",
-                "sub {wa}, {pend}, {pa}",
-                "tst {wa}, #32",
-                "beq 1f",
+                "ldr {wa}, [sp, #12]",
+                "tbb [pc, {wa}]",
+                "9:",
+                ".byte (30f - 9b) / 2",
+                ".byte (33f - 9b) / 2",
+                ".byte (32f - 9b) / 2",
+                ".byte (31f - 9b) / 2",
+                "30:",
                 group!(),
+                "31:",
                 group!(),
-                "1:",
-                // Two groups (32 bytes) leave bit 4 of the remaining length as it was.
-                "sub {wa}, {pend}, {pa}",
-                "tst {wa}, #16",
-                "beq 2f",
+                "32:",
                 group!(),
-                "2:",
-                "cmp {pa}, {pend}",
-                "beq 4f",
-                "3:",
-                group!(),
-                group!(),
-                group!(),
+                "33:",
                 group!(),
                 "cmp {pa}, {pend}",
-                "bne 3b",
-                "4:",
-                "ldr {wa}, [sp]",
-                "ldr {wb}, [{wa}]",
-                "strd {a00}, {a01}, [{wb}], #8",
-                "strd {a10}, {a11}, [{wb}], #8",
-                "str {wb}, [{wa}]",
-                "sub {pa}, {pend}, {k}, lsl #2",
-                "add {r0}, {r0}, {k}",
-                "ldr {wb}, [{wa}, #8]",
-                "subs {wb}, {wb}, #1",
-                "str {wb}, [{wa}, #8]",
+                "bne 30b",
+                "strd {a00}, {a01}, [{po}], #8",
+                "strd {a10}, {a11}, [{po}], #8",
+                "ldr {pa}, [sp, #16]",
+                "ldr {wa}, [sp, #20]",
+                "cmp {po}, {wa}",
                 "bne 5b",
-                "add sp, sp, #8",
+                "add sp, sp, #24",
                 pa = inout(reg) pa => _, pend = in(reg) pend, r0 = inout(reg) r0 => _,
-                k = in(reg) k, a00 = out(reg) _, a01 = out(reg) _, a10 = out(reg) _,
-                a11 = out(reg) _, wa = inout(reg) st.as_mut_ptr() => _, wb = out(reg) _,
-                e0 = out(reg) _, e1 = out(reg) _,
+                po = inout(reg) po => _,
+                a00 = inout(reg) bias.as_ptr() => _, a01 = inout(reg) p.corr[0] => _,
+                a10 = inout(reg) p.corr[1] => _, a11 = inout(reg) oend => _,
+                wa = out(reg) _, wb = out(reg) _, e0 = out(reg) _, e1 = out(reg) _,
             );
         }
-        let _ = &mut st;
     }
 
     /// Accumulators of output `o` of `w` for both vectors of `p`, from its bias `b`.
@@ -859,11 +896,10 @@ pub mod mat {
     pub fn acc_pair1(b: I32s<'_>, p: &Pair<'_>, w: &[i8], o: usize) -> [i32; 2] {
         let k = p.x[0].len();
         let init = [b.get(o); 2];
-        let row = &w[o * k..(o + 1) * k];
         if !p.words.is_empty() {
-            return dsp_pair::<1>([init], p, row)[0];
+            return dsp_pair::<1>([init], p, w, o)[0];
         }
-        [0, 1].map(|c| dot_mat_scalar(init[c], p.x[c], row, o * k))
+        [0, 1].map(|c| dot_row(init[c], p.x[c], w, k, o))
     }
 
     /// The matrix kernel as the engine calls it, alone, for the device's kernel benchmark:
@@ -912,8 +948,7 @@ pub mod mat {
                 return Err(k);
             }
             let (x, y) = (&x[..k], &y[..k]);
-            let want =
-                |v: &[i8], o: usize| dot_mat_scalar(b.get(o), v, &w[o * k..(o + 1) * k], o * k);
+            let want = |v: &[i8], o: usize| dot_row(b.get(o), v, &w[..6 * k], k, o);
             let single = acc::<4>(b, &prepare(x, prep), w, 0);
             if (0..4).any(|o| single[o] != want(x, o)) {
                 return Err(k);
@@ -1703,14 +1738,14 @@ mod tests {
             let init: [i32; 4] =
                 core::array::from_fn(|_| (splitmix64(&mut s) as i32) >> (case % 3));
             let p = mat::prepare_dsp(&x, &mut buf).unwrap();
-            let got = mat::dsp::<4>(init, &p, &w);
-            assert_eq!(mat::rows4(init, &p, &w), got, "case {case}");
+            let got = mat::dsp::<4>(init, &p, &w, 0);
+            assert_eq!(mat::rows4(init, &p, &w, 0), got, "case {case}");
             for r in 0..4 {
-                let want = dot_mat_scalar(init[r], &x, &w[r * k..(r + 1) * k], r * k);
+                let want = mat::dot_row(init[r], &x, &w, k, r);
                 assert_eq!(got[r], want, "case {case} k {k} row {r}");
             }
-            let one = mat::dsp::<1>([init[1]], &p, &w[k..2 * k]);
-            assert_eq!(one[0], dot_mat_scalar(init[1], &x, &w[k..2 * k], k));
+            let one = mat::dsp::<1>([init[1]], &p, &w, 1);
+            assert_eq!(one[0], mat::dot_row(init[1], &x, &w, k, 1));
         }
         assert!(mat::prepare_dsp(&[1, i8::MIN, 3, 4], &mut buf).is_none());
         assert!(mat::prepare_dsp(&[1, 2, 3], &mut buf).is_none());
@@ -1723,8 +1758,61 @@ mod tests {
         let p = mat::prepare(&x, &mut buf);
         let b = le(&[10, -20]);
         let got = mat::acc::<2>(I32s(&b), &p, &w, 0);
-        assert_eq!(got[0], dot_mat_scalar(10, &x, &w[..8], 0));
-        assert_eq!(got[1], dot_mat_scalar(-20, &x, &w[8..], 8));
+        assert_eq!(got[0], mat::dot_row(10, &x, &w, 8, 0));
+        assert_eq!(got[1], mat::dot_row(-20, &x, &w, 8, 1));
+    }
+
+    /// The stored row pairs: `stored_index` is a permutation that keeps each byte's offset
+    /// parity (so `mat_code` reads the same), and `dot_row` over the stored bytes is the plain
+    /// row's sum, for fan-ins that pair (multiples of 4) and that do not, odd and even row
+    /// counts; the pair / block / single kernels agree from odd and even first rows.
+    #[test]
+    fn stored_row_pairs_are_the_plain_rows() {
+        let mut s = 21u64;
+        let mut buf = std::vec![0u32; 1024];
+        for (k, rows) in [(8usize, 5usize), (12, 4), (4, 1), (6, 3), (16, 7), (3, 2)] {
+            let len = k * rows;
+            let plain: Vec<i8> = (0..len).map(|_| splitmix64(&mut s) as i8).collect();
+            let mut stored = std::vec![0i8; len];
+            let mut seen = std::vec![false; len];
+            for o in 0..rows {
+                for j in 0..k {
+                    let at = mat::stored_index(len, k, o, j);
+                    assert!(!seen[at], "k {k} rows {rows}: {o},{j} lands twice");
+                    assert_eq!(at % 2, (o * k + j) % 2, "parity of {o},{j}");
+                    seen[at] = true;
+                    stored[at] = mat_code(plain[o * k + j], o * k + j);
+                }
+            }
+            let x: Vec<i8> = (0..k).map(|_| (splitmix64(&mut s) % 255) as i8).collect();
+            let y: Vec<i8> = (0..k).map(|_| (splitmix64(&mut s) % 255) as i8).collect();
+            let bias: Vec<i32> = (0..rows as i32).map(|i| 7 * i - 9).collect();
+            let b = le(&bias);
+            let want = |v: &[i8], o: usize| {
+                (0..k).fold(bias[o], |a, j| {
+                    a.wrapping_add(v[j] as i32 * plain[o * k + j] as i32)
+                })
+            };
+            for o in 0..rows {
+                assert_eq!(
+                    mat::dot_row(bias[o], &x, &stored, k, o),
+                    want(&x, o),
+                    "k {k} row {o}"
+                );
+            }
+            let p = mat::prepare_pair(&x, &y, &mut buf);
+            for first in 0..rows {
+                let mut next = first;
+                mat::pair_rows(I32s(&b), &p, &stored, first..rows, |os, acc| {
+                    assert_eq!(os.start, next);
+                    for (o, a) in os.clone().zip(acc) {
+                        assert_eq!(*a, [want(&x, o), want(&y, o)], "k {k} row {o} from {first}");
+                    }
+                    next = os.end;
+                });
+                assert_eq!(next, rows);
+            }
+        }
     }
 
     #[test]
@@ -1774,10 +1862,10 @@ mod tests {
                 core::array::from_fn(|_| (splitmix64(&mut s) as i32) >> (case % 3))
             });
             let p = mat::prepare_pair_dsp(&x, &y, &mut buf).unwrap();
-            let got = mat::dsp_pair::<2>(init, &p, &w);
+            let got = mat::dsp_pair::<2>(init, &p, &w, 0);
             for r in 0..2 {
                 for (c, v) in [&x, &y].into_iter().enumerate() {
-                    let want = dot_mat_scalar(init[r][c], v, &w[r * k..(r + 1) * k], r * k);
+                    let want = mat::dot_row(init[r][c], v, &w, k, r);
                     assert_eq!(got[r][c], want, "case {case} k {k} row {r} column {c}");
                 }
             }
@@ -1796,10 +1884,9 @@ mod tests {
         let bias: Vec<i32> = (0..rows as i32).map(|i| 100 * i - 300).collect();
         let (mut want_pair, mut want_single) = (0i32, 0i32);
         for r in 0..rows {
-            let row = &w[r * k..(r + 1) * k];
             let (dx, dy) = (
-                dot_mat_scalar(bias[r], &x, row, r * k),
-                dot_mat_scalar(bias[r], &y, row, r * k),
+                mat::dot_row(bias[r], &x, &w, k, r),
+                mat::dot_row(bias[r], &y, &w, k, r),
             );
             want_pair = want_pair.wrapping_add(dx).wrapping_add(dy);
             want_single = want_single.wrapping_add(dx);
@@ -1824,8 +1911,9 @@ mod tests {
             mat::acc_pair_block(I32s(&b), &p, &w, 0, &mut got);
             let last = mat::acc_pair1(I32s(&b), &p, &w, 2);
             for (c, v) in [&x[..], &y[..]].into_iter().enumerate() {
-                assert_eq!(got[0][c], dot_mat_scalar(10, v, &w[..8], 0));
-                assert_eq!(got[1][c], dot_mat_scalar(-20, v, &w[8..16], 8));
+                assert_eq!(got[0][c], mat::dot_row(10, v, &w, 8, 0));
+                assert_eq!(got[1][c], mat::dot_row(-20, v, &w, 8, 1));
+                // The third row of three is stored alone, contiguous.
                 assert_eq!(last[c], dot_mat_scalar(30, v, &w[16..], 16));
             }
         }

@@ -252,14 +252,16 @@ pub fn quantize_with(
             data.extend_from_slice(bytes);
             data.resize(data.len().div_ceil(4) * 4, 0);
         }
-        // The weights of a matrix product, stored sign-flipped at even offsets.
-        Some((Kind::I8, n, bytes)) if kind == Kind::Mat && *n == len => {
-            data.extend(
-                bytes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| ops::mat_code(*b as i8, i) as u8),
-            );
+        // The weights of a matrix product: sign-flipped at even offsets, rows in stored pairs
+        // (`ops::mat::row_at`).
+        Some((Kind::I8, n, bytes)) if matches!(kind, Kind::Mat(_)) && *n == len => {
+            let Kind::Mat(k) = kind else { return };
+            let mut stored = std::vec![0u8; len];
+            for (i, b) in bytes.iter().enumerate() {
+                let (o, j) = (i / k.max(1), i % k.max(1));
+                stored[ops::mat::stored_index(len, k, o, j)] = ops::mat_code(*b as i8, i) as u8;
+            }
+            data.extend_from_slice(&stored);
             data.resize(data.len().div_ceil(4) * 4, 0);
         }
         _ => {
