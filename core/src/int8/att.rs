@@ -11,6 +11,7 @@
 //! engine's golden vectors run this form on the host, its instructions emulated).
 
 use super::ops::insn::{smlad, sxtb16, sxtb16_ror8};
+use super::ops::words4;
 
 /// Whether the engine takes these forms: on Armv7E-M with `arm-dsp`, and in the tests (which
 /// emulate the instructions). Elsewhere the scalar loops run, with the same results.
@@ -29,8 +30,7 @@ pub fn lanes_i8<'a>(x: &[i8], out: &'a mut [u32]) -> Option<&'a [u32]> {
     if !x.len().is_multiple_of(4) || out.len() < n {
         return None;
     }
-    for (g, w) in x.chunks_exact(4).zip(out.chunks_exact_mut(2)) {
-        let v = u32::from_le_bytes([g[0] as u8, g[1] as u8, g[2] as u8, g[3] as u8]);
+    for (v, w) in words4(x).zip(out.chunks_exact_mut(2)) {
         w[0] = sxtb16(v);
         w[1] = sxtb16_ror8(v);
     }
@@ -66,8 +66,7 @@ pub fn lanes_prob<'a>(p: &[i32], out: &'a mut [u32]) -> Option<&'a [u32]> {
 #[inline]
 pub fn dot(init: i32, lanes: &[u32], y: &[i8]) -> i32 {
     let mut acc = init;
-    for (l, g) in lanes.chunks_exact(2).zip(y.chunks_exact(4)) {
-        let v = u32::from_le_bytes([g[0] as u8, g[1] as u8, g[2] as u8, g[3] as u8]);
+    for (l, v) in lanes.chunks_exact(2).zip(words4(y)) {
         acc = smlad(sxtb16(v), l[0], acc);
         acc = smlad(sxtb16_ror8(v), l[1], acc);
     }

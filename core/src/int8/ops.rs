@@ -111,6 +111,24 @@ pub fn sat_i16(v: i32, max: i16) -> i16 {
     v.clamp(-m, m) as i16
 }
 
+/// The `i8` values of `x` as little-endian words of four, in order (one `LDR` each on
+/// Armv7E-M, where reading the bytes one by one costs seven instructions); a tail of fewer than
+/// four is left out.
+#[inline(always)]
+pub(crate) fn words4(x: &[i8]) -> impl Iterator<Item = u32> + '_ {
+    bytemuck::cast_slice::<i8, u8>(x)
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|b| u32::from_le_bytes(*b))
+}
+
+/// The first four `i8` of `g` as one little-endian word (0 when `g` holds fewer).
+#[inline(always)]
+pub(crate) fn word4(g: &[i8]) -> u32 {
+    words4(g).next().unwrap_or(0)
+}
+
 /// The int8 dot product, `init + sum a[i] * b[i]` in index order with wrapping `i32`
 /// additions. Every matrix product of the engine goes through here, so a DSP version
 /// (`SXTB16` + `SMLAD`) replaces this one function. Valid files never wrap: biases are clamped
@@ -147,12 +165,6 @@ pub fn dot_i8_scalar(init: i32, a: &[i8], b: &[i8]) -> i32 {
 pub mod dsp {
     use core::arch::asm;
 
-    /// Four little-endian `i8` at once.
-    #[inline(always)]
-    fn word(b: &[i8]) -> u32 {
-        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
-    }
-
     /// `acc + sum_{k<4} x_k y_k` over the bytes of `x` and `y`: `SXTB16` sign-extends bytes 0
     /// and 2 (and, rotated by 8, bytes 1 and 3) into two `i16` lanes; `SMLAD` adds both lane
     /// products to the accumulator (wrapping, as `wrapping_add`; the Q flag it may set is never
@@ -184,25 +196,17 @@ pub mod dsp {
         out
     }
 
-    /// [`super::dot_i8`] on the DSP extension: 8 then 4 pairs per step, the rest one by one.
+    /// [`super::dot_i8`] on the DSP extension: 4 pairs per step, the rest one by one.
     #[inline]
     pub fn dot_i8(init: i32, a: &[i8], b: &[i8]) -> i32 {
         let n = a.len().min(b.len());
         let (a, b) = (&a[..n], &b[..n]);
         let mut acc = init;
-        let mut ca = a.chunks_exact(8);
-        let mut cb = b.chunks_exact(8);
-        for (x, y) in (&mut ca).zip(&mut cb) {
-            acc = mac4(acc, word(&x[..4]), word(&y[..4]));
-            acc = mac4(acc, word(&x[4..]), word(&y[4..]));
+        for (x, y) in super::words4(a).zip(super::words4(b)) {
+            acc = mac4(acc, x, y);
         }
-        let (mut ra, mut rb) = (ca.remainder(), cb.remainder());
-        if ra.len() >= 4 {
-            acc = mac4(acc, word(ra), word(rb));
-            ra = &ra[4..];
-            rb = &rb[4..];
-        }
-        super::dot_i8_scalar(acc, ra, rb)
+        let done = n & !3;
+        super::dot_i8_scalar(acc, &a[done..], &b[done..])
     }
 }
 
@@ -373,8 +377,7 @@ pub mod mat {
         }
         let words = &mut buf[..n];
         let (mut even, mut bad) = (0i32, 0u32);
-        for (g, w) in x.chunks_exact(4).zip(words.chunks_exact_mut(2)) {
-            let v = word(g);
+        for (v, w) in super::words4(x).zip(words.chunks_exact_mut(2)) {
             bad |= has_min(v);
             let (e, o) = word_lanes(v);
             even = smlad(e, EVEN_SUM, even);
@@ -397,12 +400,6 @@ pub mod mat {
     pub(crate) fn group_lanes(g: &[i8]) -> (u32, u32) {
         let (x0, x1, x2, x3) = (g[0] as i32, g[1] as i32, g[2] as i32, g[3] as i32);
         (lanes(x0, x2), lanes(x1 - 256 * x0, x3 - 256 * x2))
-    }
-
-    /// Four inputs as one little-endian word (one `LDR` on Armv7E-M).
-    #[inline(always)]
-    fn word(g: &[i8]) -> u32 {
-        u32::from_le_bytes([g[0] as u8, g[1] as u8, g[2] as u8, g[3] as u8])
     }
 
     /// Non-zero when a byte of `v` is `0x80` (-128): the zero-byte test on `v ^ 0x80808080`
@@ -477,12 +474,10 @@ pub mod mat {
         }
         let words = &mut buf[..n];
         let (mut even, mut bad) = ([0i32; 2], 0u32);
-        for ((gx, gy), w) in x
-            .chunks_exact(4)
-            .zip(y.chunks_exact(4))
+        for ((vx, vy), w) in super::words4(x)
+            .zip(super::words4(y))
             .zip(words.chunks_exact_mut(4))
         {
-            let (vx, vy) = (word(gx), word(gy));
             bad |= has_min(vx) | has_min(vy);
             let (ex, ox) = word_lanes(vx);
             let (ey, oy) = word_lanes(vy);
@@ -553,8 +548,7 @@ pub mod mat {
     #[inline(always)]
     fn row_word(w: &[i8], k: usize, o: usize, j: usize) -> u32 {
         let (at, step) = row_at(w.len(), k, o);
-        let b = &w[at + step * j..at + step * j + 4];
-        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+        super::word4(&w[at + step * j..at + step * j + 4])
     }
 
     /// The DSP form in Rust over rows `o..o + R` of `w` (`[rows, 4 g]`, `g` the prepared
@@ -1230,8 +1224,7 @@ impl<'a> I32s<'a> {
     /// Value `i` (the caller stays below the length it asked the file for).
     #[inline]
     pub fn get(&self, i: usize) -> i32 {
-        let b = &self.0[4 * i..4 * i + 4];
-        i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        i32::from_le_bytes(self.0.as_chunks::<4>().0[i])
     }
 
     /// Values `r` (empty past the end).
@@ -1243,9 +1236,12 @@ impl<'a> I32s<'a> {
     /// The values in order (no index checks).
     #[inline]
     pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
+        // Whole 4-byte arrays: one (unaligned-capable) `LDR` each on Armv7E-M.
         self.0
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|b| i32::from_le_bytes(*b))
     }
 }
 
