@@ -684,9 +684,9 @@ fn depthwise_pixel(
     layer: &Layer<'_>,
     act: Gelu<'_>,
     mid: &mut [i8],
+    acc: &mut [i32; DW_CHUNK],
 ) {
     let rows = ring_taps(ring, h_in, w_in, c, oy * stride, ox * stride);
-    let mut acc = [0i32; DW_CHUNK];
     let mut start = 0;
     while start < c {
         let n = (c - start).min(DW_CHUNK);
@@ -735,10 +735,11 @@ fn depthwise_pointwise_row(
 ) {
     let w_out = row.len() / cout;
     let (m0, m1) = mid.split_at_mut(c);
+    let acc = &mut [0i32; DW_CHUNK];
     let mut ox = 0;
     while ox + 2 <= w_out {
-        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0);
-        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox + 1, dw, act, m1);
+        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0, acc);
+        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox + 1, dw, act, m1, acc);
         let (t0, t1) = two_tokens(row, cout, ox, ox + 1);
         let p = mat::prepare_pair(m0, m1, prep);
         pw.each_pair(&p, 0..cout, t0, t1, |[a0, a1], m, v0, v1| {
@@ -748,7 +749,7 @@ fn depthwise_pointwise_row(
         ox += 2;
     }
     if ox < w_out {
-        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0);
+        depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0, acc);
         let t = &mut row[ox * cout..(ox + 1) * cout];
         let p = mat::prepare(m0, prep);
         pw.each(&p, 0..cout, |o, acc| f(&mut t[o], acc, pw.m.get(o)));

@@ -1063,7 +1063,7 @@ pub fn softmax_q15(x: &mut [i32]) {
         *v = exp_q10(v.saturating_sub(max));
         sum += *v as u64;
     }
-    let factor = (1u64 << 47) / sum.max(1);
+    let factor = div_u64(1u64 << 47, sum.max(1));
     for v in x.iter_mut() {
         *v = ((*v as u64 * factor + (1u64 << 31)) >> 32) as i32;
     }
@@ -1366,7 +1366,8 @@ pub fn layer_norm(x: &[i16], gamma: Multipliers<'_>, beta: I32s<'_>, eps: i32, o
     let bits = 64 - v.leading_zeros();
     let p = (62 - bits) / 2;
     let r = isqrt_u64(v << (2 * p)) as i64;
-    let inv = (1i64 << 60) / r;
+    // `r` in `[2^30, 2^31)`.
+    let inv = div_u64(1u64 << 60, r as u64) as i64;
     // (mean - m) 2^p, rounded.
     let c = floor_div(2 * (t << p) + n, 2 * n);
     // `z = (u inv + 2^29) >> 30` with `u = (x - m) 2^p - c` is `(x k + b) >> 30` with
@@ -1383,6 +1384,58 @@ pub fn layer_norm(x: &[i16], gamma: Multipliers<'_>, beta: I32s<'_>, eps: i32, o
         let z = ((*xv as i64).wrapping_mul(k).wrapping_add(b0) >> 30) as i32;
         *o = sat_i8(requant(z, g).saturating_add(b));
     }
+}
+
+/// `floor(n / d)` for `d > 0`: by two 16-bit quotient digits from 32-bit divisions (one
+/// `UDIV` each on Cortex-M4/M7, where a 64-bit division is a library call of about 200
+/// instructions) when `d` fits 32 bits and the quotient does (`n < d 2^32`), else in `u64`.
+/// Softmax's and LayerNorm's normalisations are always the first case.
+#[inline]
+fn div_u64(n: u64, d: u64) -> u64 {
+    match u32::try_from(d) {
+        Ok(d32) if d32 > 0 && (n >> 32) < d => div_u64_u32(n, d32) as u64,
+        _ => n / d.max(1),
+    }
+}
+
+/// `floor(n / d)` for `d > 0` and `n < d 2^32` (the quotient fits `u32`): the long division of
+/// *Hacker's Delight* (2nd ed., fig. 9-3) in base `2^16`, the divisor normalised so that each
+/// estimated digit is at most 2 too large; each correction loop runs at most twice.
+fn div_u64_u32(n: u64, d: u32) -> u32 {
+    const B: u32 = 1 << 16;
+    let s = d.leading_zeros();
+    let v = d << s;
+    let (vn1, vn0) = (v >> 16, v & 0xFFFF);
+    let (u1, u0) = ((n >> 32) as u32, n as u32);
+    let un32 = if s == 0 {
+        u1
+    } else {
+        (u1 << s) | (u0 >> (32 - s))
+    };
+    let un10 = u0 << s;
+    let (un1, un0) = (un10 >> 16, un10 & 0xFFFF);
+    let mut q1 = un32 / vn1;
+    let mut rhat = un32 - q1 * vn1;
+    while q1 >= B || q1 * vn0 > (rhat << 16) + un1 {
+        q1 -= 1;
+        rhat += vn1;
+        if rhat >= B {
+            break;
+        }
+    }
+    let un21 = (un32 << 16)
+        .wrapping_add(un1)
+        .wrapping_sub(q1.wrapping_mul(v));
+    let mut q0 = un21 / vn1;
+    rhat = un21 - q0 * vn1;
+    while q0 >= B || q0 * vn0 > (rhat << 16) + un0 {
+        q0 -= 1;
+        rhat += vn1;
+        if rhat >= B {
+            break;
+        }
+    }
+    (q1 << 16) + q0
 }
 
 /// `floor(a / b)` for `b > 0`, by a 32-bit division when both fit (one instruction on
@@ -1551,6 +1604,36 @@ mod tests {
 
     /// The 32-bit exp is the `i64` reference for every input down to `-2^16` (the reference is
     /// 0 from about `-14906`) and a sweep of the rest of the range.
+    /// The two-digit division is `u64` division wherever it applies: random operands, divisors
+    /// at every normalisation shift, quotients at the top of the range, and the normalisations'
+    /// own operands.
+    #[test]
+    fn div_u64_is_the_u64_division() {
+        let mut s = 77u64;
+        let mut check = |n: u64, d: u64| assert_eq!(div_u64(n, d), n / d, "{n} / {d}");
+        for _ in 0..200_000 {
+            let d = (splitmix64(&mut s) >> (splitmix64(&mut s) % 64)).max(1);
+            let n = splitmix64(&mut s) >> (splitmix64(&mut s) % 64);
+            check(n, d);
+            let d32 = d as u32 as u64;
+            if d32 > 0 {
+                // Quotients near 2^32 - 1: n just below d 2^32.
+                check((d32 << 32) - 1 - (n % d32), d32);
+                check(n % (d32 << 32), d32);
+            }
+        }
+        for sh in 0..32 {
+            let d = (1u64 << sh) | (splitmix64(&mut s) & ((1 << sh) - 1));
+            check((d << 32) - 1, d);
+            check(1 << 47, d.max(1 << 16));
+        }
+        for r in [1u64 << 30, (1 << 30) + 1, (1 << 31) - 1] {
+            check(1 << 60, r);
+        }
+        check(1 << 47, 1);
+        check(5, 1);
+    }
+
     #[test]
     fn exp_q10_is_its_reference() {
         for x in -(1i32 << 16)..=16 {
