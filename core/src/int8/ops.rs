@@ -1610,7 +1610,7 @@ mod tests {
     #[test]
     fn div_u64_is_the_u64_division() {
         let mut s = 77u64;
-        let mut check = |n: u64, d: u64| assert_eq!(div_u64(n, d), n / d, "{n} / {d}");
+        let check = |n: u64, d: u64| assert_eq!(div_u64(n, d), n / d, "{n} / {d}");
         for _ in 0..200_000 {
             let d = (splitmix64(&mut s) >> (splitmix64(&mut s) % 64)).max(1);
             let n = splitmix64(&mut s) >> (splitmix64(&mut s) % 64);
