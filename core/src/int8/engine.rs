@@ -312,10 +312,13 @@ impl<'a> Layer<'a> {
         outs: core::ops::Range<usize>,
         d0: &mut [T],
         d1: &mut [T],
-        mut f: impl FnMut([i32; 2], Multiplier, &mut T, &mut T),
+        f: impl Fn([i32; 2], Multiplier, &mut T, &mut T) + Copy,
     ) {
         let first = outs.start;
         mat::pair_rows(self.b, p, self.w, outs, |os, acc| {
+            // A copy per block: what `f` captures (a GELU table, the stream's bound) then
+            // stays in registers instead of being reloaded after every store.
+            let f = f;
             let m = self.m.range(os.clone());
             let r = os.start - first..os.end - first;
             let (x, y) = (&mut d0[r.clone()], &mut d1[r]);
@@ -610,7 +613,7 @@ fn stem(
             let p = mat::prepare_pair(patch0, patch1, prep);
             let at = oy * r0 + ox;
             let (t0, t1) = two_tokens(out, e0, at, at + 1);
-            c2.each_pair(&p, 0..e0, t0, t1, |[a0, a1], m, v0, v1| {
+            c2.each_pair(&p, 0..e0, t0, t1, move |[a0, a1], m, v0, v1| {
                 *v0 = sat_i16(requant(a0, m), lim);
                 *v1 = sat_i16(requant(a1, m), lim);
             });
@@ -653,7 +656,7 @@ fn pointwise_row(
         narrow(token(x + 1), narrow_in, t1);
         let (d0, d1) = two_tokens(row, cout, x, x + 1);
         let p = mat::prepare_pair(t0, t1, prep);
-        layer.each_pair(&p, 0..cout, d0, d1, |[a0, a1], m, v0, v1| {
+        layer.each_pair(&p, 0..cout, d0, d1, move |[a0, a1], m, v0, v1| {
             *v0 = gelu_i8(a0, m, act);
             *v1 = gelu_i8(a1, m, act);
         });
@@ -731,7 +734,7 @@ fn depthwise_pointwise_row(
     prep: &mut [u32],
     row: &mut [i16],
     cout: usize,
-    mut f: impl FnMut(&mut i16, i32, Multiplier),
+    f: impl Fn(&mut i16, i32, Multiplier) + Copy,
 ) {
     let w_out = row.len() / cout;
     let (m0, m1) = mid.split_at_mut(c);
@@ -742,7 +745,7 @@ fn depthwise_pointwise_row(
         depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox + 1, dw, act, m1, acc);
         let (t0, t1) = two_tokens(row, cout, ox, ox + 1);
         let p = mat::prepare_pair(m0, m1, prep);
-        pw.each_pair(&p, 0..cout, t0, t1, |[a0, a1], m, v0, v1| {
+        pw.each_pair(&p, 0..cout, t0, t1, move |[a0, a1], m, v0, v1| {
             f(v0, a0, m);
             f(v1, a1, m);
         });
@@ -804,7 +807,7 @@ fn mbconv(
             prep,
             row,
             c,
-            |v, acc, m| {
+            move |v, acc, m| {
                 let sum = requant(acc, m).saturating_add(requant(*v as i32, res));
                 *v = sat_i16(requant(gelu_q12(sum), out), lim);
             },
@@ -863,7 +866,7 @@ fn patch_merging(
             prep,
             row,
             cout,
-            |v, acc, m| *v = sat_i16(requant(acc, m), lim),
+            move |v, acc, m| *v = sat_i16(requant(acc, m), lim),
         );
     }
     Ok(())
@@ -923,7 +926,7 @@ fn tinyvit_block(
     let mut carve = Carver { rest: scratch };
     let (n0, n1) = carve.i8s(2 * c)?.split_at_mut(c);
     let (h0, h1) = carve.i8s(2 * hid)?.split_at_mut(hid);
-    let residual = |t: &mut i16, acc: i32, m: Multiplier| {
+    let residual = move |t: &mut i16, acc: i32, m: Multiplier| {
         *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
     };
     let mut pairs = x.chunks_exact_mut(2 * c);
@@ -932,12 +935,12 @@ fn tinyvit_block(
         mlp_norm.apply(t0, n0);
         mlp_norm.apply(t1, n1);
         let p = mat::prepare_pair(n0, n1, prep);
-        fc1.each_pair(&p, 0..hid, h0, h1, |[a0, a1], m, v0, v1| {
+        fc1.each_pair(&p, 0..hid, h0, h1, move |[a0, a1], m, v0, v1| {
             *v0 = gelu_i8(a0, m, mlp_act);
             *v1 = gelu_i8(a1, m, mlp_act);
         });
         let p = mat::prepare_pair(h0, h1, prep);
-        fc2.each_pair(&p, 0..c, t0, t1, |[a0, a1], m, v0, v1| {
+        fc2.each_pair(&p, 0..c, t0, t1, move |[a0, a1], m, v0, v1| {
             residual(v0, a0, m);
             residual(v1, a1, m);
         });
@@ -1006,7 +1009,7 @@ fn attention(
                     );
                     let (r0, r1) = two_tokens(qkv, 3 * hd, i, i + 1);
                     wt.qkv
-                        .each_pair(&p, outs.clone(), r0, r1, |[a0, a1], m, v0, v1| {
+                        .each_pair(&p, outs.clone(), r0, r1, move |[a0, a1], m, v0, v1| {
                             *v0 = sat_i8(requant(a0, m));
                             *v1 = sat_i8(requant(a1, m));
                         });
@@ -1065,7 +1068,7 @@ fn attention(
                 }
             }
             // The window's tokens inside the map, two at a time.
-            let residual = |t: &mut i16, acc: i32, m: Multiplier| {
+            let residual = move |t: &mut i16, acc: i32, m: Multiplier| {
                 *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
             };
             let mut pending: Option<(usize, usize)> = None;
@@ -1081,7 +1084,7 @@ fn attention(
                 let p =
                     mat::prepare_pair(&out[i0 * c..(i0 + 1) * c], &out[i * c..(i + 1) * c], prep);
                 let (d0, d1) = two_tokens(x, c, at0, y * r + xx);
-                wt.proj.each_pair(&p, 0..c, d0, d1, |[a0, a1], m, v0, v1| {
+                wt.proj.each_pair(&p, 0..c, d0, d1, move |[a0, a1], m, v0, v1| {
                     residual(v0, a0, m);
                     residual(v1, a1, m);
                 });
