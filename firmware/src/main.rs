@@ -383,7 +383,7 @@ fn kernel_bench(data: &[u8], arena: &mut [i32]) {
     }
     let (x, y) = xy.split_at(BENCH_K);
     let prep: &mut [u32] = bytemuck::cast_slice_mut(prep);
-    // The assembly against the portable sums on this core, for every group count modulo 4.
+    // The assembly against the portable sums on this core, for every group count modulo 8.
     if let Err(k) = mat::self_check(w, b, x, y, prep) {
         say!("error: kernel: the DSP matrix kernels disagree with the portable sum at fan-in {k}");
         out::exit(EXIT_FAILED);

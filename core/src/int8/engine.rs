@@ -1084,10 +1084,11 @@ fn attention(
                 let p =
                     mat::prepare_pair(&out[i0 * c..(i0 + 1) * c], &out[i * c..(i + 1) * c], prep);
                 let (d0, d1) = two_tokens(x, c, at0, y * r + xx);
-                wt.proj.each_pair(&p, 0..c, d0, d1, move |[a0, a1], m, v0, v1| {
-                    residual(v0, a0, m);
-                    residual(v1, a1, m);
-                });
+                wt.proj
+                    .each_pair(&p, 0..c, d0, d1, move |[a0, a1], m, v0, v1| {
+                        residual(v0, a0, m);
+                        residual(v1, a1, m);
+                    });
             }
             if let Some((i, at)) = pending {
                 let p = mat::prepare(&out[i * c..(i + 1) * c], prep);

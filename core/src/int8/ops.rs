@@ -784,12 +784,13 @@ pub mod mat {
     /// [`acc_pair_block`] in assembly over whole stored pairs. Per group of four inputs one
     /// `LDRD` of both rows' weight words, two `LDRD`s of the interleaved lanes (the even lanes
     /// of both columns, then the odd ones), two `SXTB16` and eight `SMLAD`s: 13 instructions
-    /// for 16 multiply-accumulates, every weight word used by both columns; four groups a loop
-    /// step, entered at the group that leaves a multiple of four (`g mod 4` groups first; the
-    /// entry is found once a block and kept on the stack). Between pairs, in the block itself:
+    /// for 16 multiply-accumulates, every weight word used by both columns; eight groups a loop
+    /// step, entered through a `TBB` table at the group that leaves a multiple of eight
+    /// (`g mod 8` groups first; `g mod 8` is found once a block and kept on the stack).
+    /// Between pairs, in the block itself:
     /// the next two biases plus the columns' corrections into the accumulators, the four sums
     /// stored, the lanes rewound; the weights run on into the next pair. The bias pointer, the
-    /// corrections, the entry, the lanes' start and the out end wait in 24 bytes of stack.
+    /// corrections, `g mod 8`, the lanes' start and the out end wait in 24 bytes of stack.
     /// Twelve registers: four accumulators, two weight words, two lane words, the lane pointer
     /// and its end, the row pointer and the out pointer.
     #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
@@ -823,8 +824,8 @@ pub mod mat {
         // `LDRD` may read them; `pend - pa = 16 g` bytes). The block keeps 24 bytes of stack
         // (word-aligned, released before it ends). For each of the `out.len() / 2` row pairs
         // (at least one) it reads two biases at the bias pointer (inside `bias`, 8 bytes a
-        // pair), runs `g` groups (`g mod 4` through the computed entry, an address inside
-        // the loop body taken by `ADR` with the Thumb bit set for `BX`, then four a step until
+        // pair), runs `g` groups (`g mod 8` through the `TBB` entry, whose table of byte
+        // offsets follows it and lands on a group inside the loop body, then eight a step until
         // `pa == pend`), each reading 4 lane words at `pa` and 8 bytes at `r0` (inside `rows`,
         // `2 k` bytes a pair as the caller asserted; word-aligned: the file's items and the
         // `i32` arena are, and `k` is a multiple of 4), stores four `i32` at the out pointer
@@ -840,7 +841,7 @@ pub mod mat {
                 "str {pa}, [sp, #16]",
                 "str {a11}, [sp, #20]",
                 "sub {wa}, {pend}, {pa}",
-                "ubfx {wa}, {wa}, #4, #2",
+                "ubfx {wa}, {wa}, #4, #3",
                 "str {wa}, [sp, #12]",
                 "5:",
                 "ldr {wb}, [sp]",
@@ -856,6 +857,10 @@ pub mod mat {
                 "tbb [pc, {wa}]",
                 "9:",
                 ".byte (30f - 9b) / 2",
+                ".byte (37f - 9b) / 2",
+                ".byte (36f - 9b) / 2",
+                ".byte (35f - 9b) / 2",
+                ".byte (34f - 9b) / 2",
                 ".byte (33f - 9b) / 2",
                 ".byte (32f - 9b) / 2",
                 ".byte (31f - 9b) / 2",
@@ -866,6 +871,14 @@ pub mod mat {
                 "32:",
                 group!(),
                 "33:",
+                group!(),
+                "34:",
+                group!(),
+                "35:",
+                group!(),
+                "36:",
+                group!(),
+                "37:",
                 group!(),
                 "cmp {pa}, {pend}",
                 "bne 30b",
@@ -922,7 +935,7 @@ pub mod mat {
     }
 
     /// The device's check of its own kernels: for fan-ins `4, 8, ..., 64` (every group count
-    /// modulo 4, which the assembly treats apart) and `x.len()`, the one-vector kernel over
+    /// modulo 8, which the assembly treats apart) and `x.len()`, the one-vector kernel over
     /// `4` rows of `w` and the two-vector one over `5` (a block of three row pairs, then an odd
     /// row) against [`dot_mat_scalar`] (`w`: any bytes, at least `6 x.len()`). Returns the
     /// first fan-in that disagrees. `x`, `y`: equal lengths, a multiple of 4, no `-128`; `b`:
