@@ -718,8 +718,8 @@ fn depthwise_pixel(
 
 /// Output row `oy` of a 3x3 depthwise conv + GELU ([`depthwise_pixel`], over `ring` of
 /// `c`-channel pixels) followed by the 1x1 `pw` to `cout` channels, two pixels at a time
-/// (`mid`: `[2, c]`); `f(&mut value, accumulator, multiplier)` stores each output channel of a
-/// pixel into `row` (`[w_out, cout]`, the row's tokens).
+/// (`mid`: `[2, c]`); `f.put(&mut value, accumulator, multiplier)` stores each output channel
+/// of a pixel into `row` (`[w_out, cout]`, the row's tokens).
 #[allow(clippy::too_many_arguments)]
 fn depthwise_pointwise_row(
     ring: &[i8],
@@ -734,7 +734,7 @@ fn depthwise_pointwise_row(
     prep: &mut [u32],
     row: &mut [i16],
     cout: usize,
-    f: impl Fn(&mut i16, i32, Multiplier) + Copy,
+    f: impl RowOut,
 ) {
     let w_out = row.len() / cout;
     let (m0, m1) = mid.split_at_mut(c);
@@ -746,8 +746,8 @@ fn depthwise_pointwise_row(
         let (t0, t1) = two_tokens(row, cout, ox, ox + 1);
         let p = mat::prepare_pair(m0, m1, prep);
         pw.each_pair(&p, 0..cout, t0, t1, move |[a0, a1], m, v0, v1| {
-            f(v0, a0, m);
-            f(v1, a1, m);
+            f.put(v0, a0, m);
+            f.put(v1, a1, m);
         });
         ox += 2;
     }
@@ -755,7 +755,7 @@ fn depthwise_pointwise_row(
         depthwise_pixel(ring, h_in, h_in, c, stride, oy, ox, dw, act, m0, acc);
         let t = &mut row[ox * cout..(ox + 1) * cout];
         let p = mat::prepare(m0, prep);
-        pw.each(&p, 0..cout, |o, acc| f(&mut t[o], acc, pw.m.get(o)));
+        pw.each(&p, 0..cout, |o, acc| f.put(&mut t[o], acc, pw.m.get(o)));
     }
 }
 
@@ -807,13 +807,47 @@ fn mbconv(
             prep,
             row,
             c,
-            move |v, acc, m| {
-                let sum = requant(acc, m).saturating_add(requant(*v as i32, res));
-                *v = sat_i16(requant(gelu_q12(sum), out), lim);
-            },
+            MbconvOut { res, out, lim },
         );
     }
     Ok(())
+}
+
+/// How [`depthwise_pointwise_row`] stores an output channel: always inlined into the kernel's
+/// walk (a call per value cost MBConv a third of its epilogue).
+trait RowOut: Copy {
+    /// Stores the channel whose accumulator is `acc` (multiplier `m`) into the stream value `v`.
+    fn put(self, v: &mut i16, acc: i32, m: Multiplier);
+}
+
+/// MBConv's output: `v` (the block's input) plus the last 1x1's accumulator, both in Q12 (`m`,
+/// `res`), through [`gelu_q12`] back to the stream (`out`, saturated to `lim`).
+#[derive(Clone, Copy)]
+struct MbconvOut {
+    res: Multiplier,
+    out: Multiplier,
+    lim: i16,
+}
+
+impl RowOut for MbconvOut {
+    #[inline(always)]
+    fn put(self, v: &mut i16, acc: i32, m: Multiplier) {
+        let sum = requant(acc, m).saturating_add(requant(*v as i32, self.res));
+        *v = sat_i16(requant(gelu_q12(sum), self.out), self.lim);
+    }
+}
+
+/// PatchMerging's output: the accumulator to the next stage's stream, saturated to `lim`.
+#[derive(Clone, Copy)]
+struct MergeOut {
+    lim: i16,
+}
+
+impl RowOut for MergeOut {
+    #[inline(always)]
+    fn put(self, v: &mut i16, acc: i32, m: Multiplier) {
+        *v = sat_i16(requant(acc, m), self.lim);
+    }
 }
 
 /// PatchMerging: 1x1 GELU, 3x3 depthwise stride 2 GELU, 1x1, from the stream `src:
@@ -866,7 +900,7 @@ fn patch_merging(
             prep,
             row,
             cout,
-            move |v, acc, m| *v = sat_i16(requant(acc, m), lim),
+            MergeOut { lim },
         );
     }
     Ok(())

@@ -60,6 +60,17 @@ pub fn requant(x: i32, k: Multiplier) -> i32 {
         // parity goes. One multiply-high, two shifts and an add.
         return requant_high(x, k.m, t);
     }
+    // Shifts 2..=32 (multipliers from about 1/4 up: residual and per-tensor scales): with
+    // `j = 33 - s`, `floor((x m + 2^(s-1)) / 2^s) = floor((x 2^j m + 2^32) / 2^33)`, which is
+    // the shift-33 path on `x 2^j` whenever that fits `i32` (then `|x 2^j m| < 2^62` and the
+    // result needs no saturation).
+    let j = 33u32.wrapping_sub(k.shift);
+    if j.wrapping_sub(1) < 31 {
+        let xs = x << j;
+        if xs >> j == x {
+            return requant_high(xs, k.m, 0);
+        }
+    }
     let s = k.shift.clamp(MIN_SHIFT, MAX_SHIFT);
     if s >= 33 {
         // A shift above 62, clamped to 62.
