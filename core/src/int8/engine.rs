@@ -317,7 +317,9 @@ impl<'a> Layer<'a> {
         let first = outs.start;
         mat::pair_rows(self.b, p, self.w, outs, |os, acc| {
             // A copy per block: what `f` captures (a GELU table, the stream's bound) then
-            // stays in registers instead of being reloaded after every store.
+            // stays in registers instead of being reloaded after every store (measured: 0.2 %
+            // of an inference, which the lint cannot see).
+            #[allow(clippy::redundant_locals)]
             let f = f;
             let m = self.m.range(os.clone());
             let r = os.start - first..os.end - first;
