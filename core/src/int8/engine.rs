@@ -95,8 +95,9 @@ fn w16(n: usize) -> usize {
 /// Scratch words of one attention block: the normalised window `i8 [T, C]`, one head's qkv
 /// `i8 [T, 3 hd]`, a score row `i32 [T]`, the head outputs `i8 [T, C]`, a zero token
 /// `i16 [C]`, then for the lane forms ([`att`]) the head's values transposed `i8 [hd, T4]`
-/// (`T4`: `T` rounded up to a multiple of 4) and the lanes of one query (`hd / 2` words) and
-/// of one probability row (`T4 / 2` words).
+/// (`T4`: `T` rounded up to a multiple of 4), the lanes of one query (`hd / 2` words) and
+/// of one probability row (`T4 / 2` words), the head's keys as matrix weights `i8 [T, hd]`
+/// and a second score row `i32 [T]` (two queries a pass).
 fn attention_words(t: usize, c: usize, hd: usize) -> Result<usize, EngineError> {
     let tc = mul(t, c)?;
     let t4 = mul(t.div_ceil(4), 4)?;
@@ -105,7 +106,8 @@ fn attention_words(t: usize, c: usize, hd: usize) -> Result<usize, EngineError> 
     s = add(s, w8(tc))?;
     s = add(s, w16(c))?;
     s = add(s, w8(mul(hd, t4)?))?;
-    add(add(s, hd / 2)?, t4 / 2)
+    s = add(add(s, hd / 2)?, t4 / 2)?;
+    add(add(s, w8(mul(t, hd)?))?, t)
 }
 
 /// The arena layout for `cfg`, after checking the engine's limits ([`MAX_FAN_IN`],
@@ -528,6 +530,10 @@ fn ring_taps<T>(ring: &[T], h: usize, w: usize, c: usize, y0: usize, x0: usize) 
         &ring[at..]
     })
 }
+
+/// Zero biases for the attention scores through the matrix kernels (windows of up to 256
+/// tokens; larger ones take one query at a time).
+const ZERO_BIASES: [u8; 1024] = [0; 1024];
 
 /// Channels a depthwise pixel sums at a time (a stack buffer of `i32`).
 const DW_CHUNK: usize = 64;
@@ -1019,8 +1025,13 @@ fn attention(
     let vt = carve.i8s(hd * t4)?;
     let q_lanes: &mut [u32] = bytemuck::cast_slice_mut(carve.words(hd / 2)?);
     let p_lanes: &mut [u32] = bytemuck::cast_slice_mut(carve.words(t4 / 2)?);
+    let kmat = carve.i8s(t * hd)?;
+    let scores1 = carve.words(t)?;
     // The lane forms ([`att`]) where they apply: queries of a multiple of 4 values.
     let lanes = att::ENABLED && hd.is_multiple_of(4);
+    // Two queries a pass through the matrix kernels (`q_i . k_j` with the keys as weights):
+    // where the lane forms apply and the zero biases cover the window.
+    let pairs = lanes && t <= ZERO_BIASES.len() / 4;
     let nwin = r.div_ceil(ws);
     for wy in 0..nwin {
         for wx in 0..nwin {
@@ -1061,46 +1072,85 @@ fn attention(
                 if lanes {
                     att::transpose(qkv, 3 * hd, 2 * hd, t, hd, vt, t4);
                 }
-                for i in 0..t {
+                if pairs {
+                    // The keys as `Kind::Mat` weights `[t, hd]` (stored pairs, even offsets
+                    // sign-flipped), so that the block kernel takes two queries at once.
+                    // A word of four at a time: `mat_code` flips bytes 0 and 2 of each word
+                    // (`hd` is a multiple of 4), and row `j`'s group `g` goes where
+                    // `mat::stored_index` puts it.
+                    let km: &mut [u8] = bytemuck::cast_slice_mut(&mut kmat[..]);
+                    for j in 0..t {
+                        let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
+                        let (at, step) = mat::row_at(t * hd, hd, j);
+                        for (g, w) in super::ops::words4(kj).enumerate() {
+                            let b = (w ^ 0x0080_0080).to_le_bytes();
+                            km[at + step * g..at + step * g + 4].copy_from_slice(&b);
+                        }
+                    }
+                }
+                let mut i = 0;
+                while i < t {
                     let q = &qkv[i * 3 * hd..i * 3 * hd + hd];
-                    let ql = if lanes {
-                        att::lanes_i8(q, q_lanes)
+                    let two = pairs && i + 1 < t;
+                    if two {
+                        let q1 = &qkv[(i + 1) * 3 * hd..(i + 1) * 3 * hd + hd];
+                        let p = mat::prepare_pair(q, q1, prep);
+                        let zero = I32s(&ZERO_BIASES[..4 * t]);
+                        mat::pair_rows(zero, &p, kmat, 0..t, |js, acc| {
+                            for (j, a) in js.zip(acc) {
+                                scores[j] = a[0];
+                                scores1[j] = a[1];
+                            }
+                        });
                     } else {
-                        None
-                    };
-                    // `layers::bias_index(i, j, ws)` (|dy| ws + |dx|), walked row by row: no
-                    // division per score.
-                    let (yi, xi) = (i / ws, i % ws);
-                    for yj in 0..ws {
-                        let row = h * t + yi.abs_diff(yj) * ws;
-                        for xj in 0..ws {
-                            let j = yj * ws + xj;
+                        let ql = if lanes {
+                            att::lanes_i8(q, q_lanes)
+                        } else {
+                            None
+                        };
+                        for (j, s) in scores.iter_mut().enumerate() {
                             let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
-                            let b = wt.biases.get(row + xi.abs_diff(xj));
-                            let dot = match ql {
+                            *s = match ql {
                                 Some(l) => att::dot(0, l, kj),
                                 None => dot_i8(0, q, kj),
                             };
-                            scores[j] = requant(dot, wt.score).saturating_add(b);
                         }
                     }
-                    softmax_q15(scores);
-                    let dst = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
-                    let pl = if lanes {
-                        att::lanes_prob(scores, p_lanes)
-                    } else {
-                        None
-                    };
-                    match pl {
-                        Some(pl) => {
-                            for (d, v) in dst.iter_mut().zip(vt.chunks_exact(t4)) {
-                                *d = sat_i8(requant(att::dot(0, pl, v), wt.out));
+                    for (r, sc) in [&mut *scores, &mut *scores1]
+                        .into_iter()
+                        .take(1 + two as usize)
+                        .enumerate()
+                    {
+                        let i = i + r;
+                        // `layers::bias_index(i, j, ws)` (|dy| ws + |dx|), walked row by row:
+                        // no division per score.
+                        let (yi, xi) = (i / ws, i % ws);
+                        for (yj, srow) in sc.chunks_exact_mut(ws).enumerate() {
+                            let row = h * t + yi.abs_diff(yj) * ws;
+                            for (xj, s) in srow.iter_mut().enumerate() {
+                                let b = wt.biases.get(row + xi.abs_diff(xj));
+                                *s = requant(*s, wt.score).saturating_add(b);
                             }
                         }
-                        None => weighted_sum(scores, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
-                            dst[d] = sat_i8(requant(acc, wt.out));
-                        }),
+                        softmax_q15(sc);
+                        let dst = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
+                        let pl = if lanes {
+                            att::lanes_prob(sc, p_lanes)
+                        } else {
+                            None
+                        };
+                        match pl {
+                            Some(pl) => {
+                                for (d, v) in dst.iter_mut().zip(vt.chunks_exact(t4)) {
+                                    *d = sat_i8(requant(att::dot(0, pl, v), wt.out));
+                                }
+                            }
+                            None => weighted_sum(sc, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
+                                dst[d] = sat_i8(requant(acc, wt.out));
+                            }),
+                        }
                     }
+                    i += 1 + two as usize;
                 }
             }
             // The window's tokens inside the map, two at a time.
