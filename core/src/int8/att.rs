@@ -73,6 +73,19 @@ pub fn dot(init: i32, lanes: &[u32], y: &[i8]) -> i32 {
     acc
 }
 
+/// [`dot`] of two lane sets against the same `y` (two probability rows against one transposed
+/// value channel): each word of `y` loaded and sign-extended once for both.
+#[inline]
+pub fn dot2(l0: &[u32], l1: &[u32], y: &[i8]) -> [i32; 2] {
+    let (mut a0, mut a1) = (0i32, 0i32);
+    for ((p, q), v) in l0.chunks_exact(2).zip(l1.chunks_exact(2)).zip(words4(y)) {
+        let (e, o) = (sxtb16(v), sxtb16_ror8(v));
+        a0 = smlad(o, p[1], smlad(e, p[0], a0));
+        a1 = smlad(o, q[1], smlad(e, q[0], a1));
+    }
+    [a0, a1]
+}
+
 /// `vt` (`[n, stride]`, `stride >= t`) gets the transpose of the `n` value channels at offset
 /// `off` of the `t` rows of `rows` (`[t, row]`), columns `t..stride` zero.
 pub fn transpose(
@@ -137,6 +150,12 @@ mod tests {
             let want_p = (0..n).fold(0i32, |a, i| a.wrapping_add(p[i] * y[i] as i32));
             let l = lanes_prob(&p, &mut buf).expect("probabilities fit");
             assert_eq!(dot(0, l, &y), want_p, "p . v, n {n}");
+            let l = l.to_vec();
+            let p1: std::vec::Vec<i32> = p.iter().rev().copied().collect();
+            let mut buf1 = [0u32; 64];
+            let l1 = lanes_prob(&p1, &mut buf1).expect("probabilities fit");
+            let want_p1 = (0..n).fold(0i32, |a, i| a.wrapping_add(p1[i] * y[i] as i32));
+            assert_eq!(dot2(&l, l1, &y), [want_p, want_p1], "two rows, n {n}");
             match lanes_i8(&x, &mut buf) {
                 Some(l) => {
                     let want = (0..n).fold(5i32, |a, i| a.wrapping_add(x[i] as i32 * y[i] as i32));

@@ -96,7 +96,7 @@ fn w16(n: usize) -> usize {
 /// `i8 [T, 3 hd]`, a score row `i32 [T]`, the head outputs `i8 [T, C]`, a zero token
 /// `i16 [C]`, then for the lane forms ([`att`]) the head's values transposed `i8 [hd, T4]`
 /// (`T4`: `T` rounded up to a multiple of 4), the lanes of one query (`hd / 2` words) and
-/// of one probability row (`T4 / 2` words), the head's keys as matrix weights `i8 [T, hd]`
+/// of two probability rows (`T4 / 2` words each), the head's keys as matrix weights `i8 [T, hd]`
 /// and a second score row `i32 [T]` (two queries a pass).
 fn attention_words(t: usize, c: usize, hd: usize) -> Result<usize, EngineError> {
     let tc = mul(t, c)?;
@@ -106,7 +106,7 @@ fn attention_words(t: usize, c: usize, hd: usize) -> Result<usize, EngineError> 
     s = add(s, w8(tc))?;
     s = add(s, w16(c))?;
     s = add(s, w8(mul(hd, t4)?))?;
-    s = add(add(s, hd / 2)?, t4 / 2)?;
+    s = add(add(s, hd / 2)?, t4)?;
     add(add(s, w8(mul(t, hd)?))?, t)
 }
 
@@ -1025,6 +1025,7 @@ fn attention(
     let vt = carve.i8s(hd * t4)?;
     let q_lanes: &mut [u32] = bytemuck::cast_slice_mut(carve.words(hd / 2)?);
     let p_lanes: &mut [u32] = bytemuck::cast_slice_mut(carve.words(t4 / 2)?);
+    let p_lanes1: &mut [u32] = bytemuck::cast_slice_mut(carve.words(t4 / 2)?);
     let kmat = carve.i8s(t * hd)?;
     let scores1 = carve.words(t)?;
     // The lane forms ([`att`]) where they apply: queries of a multiple of 4 values.
@@ -1116,9 +1117,10 @@ fn attention(
                             };
                         }
                     }
+                    let n_rows = 1 + two as usize;
                     for (r, sc) in [&mut *scores, &mut *scores1]
                         .into_iter()
-                        .take(1 + two as usize)
+                        .take(n_rows)
                         .enumerate()
                     {
                         let i = i + r;
@@ -1133,21 +1135,44 @@ fn attention(
                             }
                         }
                         softmax_q15(sc);
-                        let dst = &mut out[i * c + h * hd..i * c + (h + 1) * hd];
-                        let pl = if lanes {
-                            att::lanes_prob(sc, p_lanes)
-                        } else {
-                            None
-                        };
-                        match pl {
-                            Some(pl) => {
-                                for (d, v) in dst.iter_mut().zip(vt.chunks_exact(t4)) {
-                                    *d = sat_i8(requant(att::dot(0, pl, v), wt.out));
+                    }
+                    // `p v`: both rows' probabilities as lanes against each transposed value
+                    // word when they fit, else one row at a time.
+                    let (pl0, pl1) = if lanes {
+                        (
+                            att::lanes_prob(scores, p_lanes),
+                            att::lanes_prob(scores1, p_lanes1).filter(|_| two),
+                        )
+                    } else {
+                        (None, None)
+                    };
+                    let (o0, o1) = out.split_at_mut((i + 1) * c);
+                    let dst0 = &mut o0[i * c + h * hd..i * c + (h + 1) * hd];
+                    let dst1 = o1.get_mut(h * hd..(h + 1) * hd).filter(|_| two);
+                    match (pl0, pl1, dst1) {
+                        (Some(l0), Some(l1), Some(dst1)) => {
+                            let dst = dst0.iter_mut().zip(dst1.iter_mut());
+                            for ((d0, d1), v) in dst.zip(vt.chunks_exact(t4)) {
+                                let [a0, a1] = att::dot2(l0, l1, v);
+                                *d0 = sat_i8(requant(a0, wt.out));
+                                *d1 = sat_i8(requant(a1, wt.out));
+                            }
+                        }
+                        (pl0, pl1, dst1) => {
+                            let rows = [(pl0, &*scores, Some(dst0)), (pl1, &*scores1, dst1)];
+                            for (pl, sc, dst) in rows.into_iter().take(n_rows) {
+                                let Some(dst) = dst else { continue };
+                                match pl {
+                                    Some(pl) => {
+                                        for (d, v) in dst.iter_mut().zip(vt.chunks_exact(t4)) {
+                                            *d = sat_i8(requant(att::dot(0, pl, v), wt.out));
+                                        }
+                                    }
+                                    None => weighted_sum(sc, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
+                                        dst[d] = sat_i8(requant(acc, wt.out));
+                                    }),
                                 }
                             }
-                            None => weighted_sum(sc, qkv, 3 * hd, 2 * hd, hd, |d, acc| {
-                                dst[d] = sat_i8(requant(acc, wt.out));
-                            }),
                         }
                     }
                     i += 1 + two as usize;
