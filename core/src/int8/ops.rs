@@ -290,6 +290,19 @@ pub(crate) mod insn {
             out
         }
 
+        /// `a - b` on each unsigned byte, saturated at 0.
+        #[inline(always)]
+        pub fn uqsub8(a: u32, b: u32) -> u32 {
+            let out: u32;
+            // SAFETY: one register-only Armv7E-M instruction; no memory, no stack; the APSR GE
+            // flags it sets are never read.
+            unsafe {
+                asm!("uqsub8 {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a,
+                     b = in(reg) b, options(pure, nomem, nostack));
+            }
+            out
+        }
+
         /// `a - b` on each `i16` lane, modulo `2^16`.
         #[inline(always)]
         pub fn ssub16(a: u32, b: u32) -> u32 {
@@ -326,6 +339,12 @@ pub(crate) mod insn {
         }
 
         #[inline(always)]
+        pub fn uqsub8(a: u32, b: u32) -> u32 {
+            let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+            u32::from_le_bytes(core::array::from_fn(|i| a[i].saturating_sub(b[i])))
+        }
+
+        #[inline(always)]
         pub fn ssub16(a: u32, b: u32) -> u32 {
             let lo = (a as u16).wrapping_sub(b as u16) as u32;
             let hi = ((a >> 16) as u16).wrapping_sub((b >> 16) as u16) as u32;
@@ -333,7 +352,7 @@ pub(crate) mod insn {
         }
     }
 
-    pub use imp::{smlad, ssub16, sxtb16, sxtb16_ror8};
+    pub use imp::{smlad, ssub16, sxtb16, sxtb16_ror8, uqsub8};
 }
 
 /// The matrix kernels: `i8` activations times `Kind::Mat` weight rows, several output
@@ -436,12 +455,11 @@ pub mod mat {
         (lanes(x0, x2), lanes(x1 - 256 * x0, x3 - 256 * x2))
     }
 
-    /// Non-zero when a byte of `v` is `0x80` (-128): the zero-byte test on `v ^ 0x80808080`
-    /// (exact as to whether there is one).
+    /// Non-zero when a byte of `v` is `0x80` (-128): `UQSUB8(0x01010101, v ^ 0x80808080)` is 1
+    /// in each byte that is 0 after the flip and 0 elsewhere (two instructions on Armv7E-M).
     #[inline(always)]
-    fn has_min(v: u32) -> u32 {
-        let z = v ^ 0x8080_8080;
-        z.wrapping_sub(0x0101_0101) & !z & 0x8080_8080
+    pub(crate) fn has_min(v: u32) -> u32 {
+        uqsub8(0x0101_0101, v ^ 0x8080_8080)
     }
 
     /// `SMLAD` with these lanes `(1, 1)` adds `x0 + x2` of the even lanes to the sum the
@@ -529,7 +547,7 @@ pub mod mat {
         })
     }
 
-    use super::insn::{smlad, ssub16, sxtb16, sxtb16_ror8};
+    use super::insn::{smlad, ssub16, sxtb16, sxtb16_ror8, uqsub8};
 
     /// One weight word into an accumulator (see the module doc).
     #[cfg_attr(all(feature = "arm-dsp", target_arch = "arm"), allow(dead_code))]
@@ -1948,6 +1966,26 @@ mod tests {
                     next = os.end;
                 });
                 assert_eq!(next, rows);
+            }
+        }
+    }
+
+    /// The -128 test sees a 0x80 byte in every position among any other bytes, and nothing else.
+    #[test]
+    fn has_min_finds_exactly_the_minus_128_bytes() {
+        let mut s = 13u64;
+        for pos in 0..4 {
+            for b in 0..=255u32 {
+                for _ in 0..8 {
+                    let mut v = splitmix64(&mut s) as u32;
+                    for k in 0..4 {
+                        if (v >> (8 * k)) & 0xFF == 0x80 {
+                            v ^= 1 << (8 * k);
+                        }
+                    }
+                    let v = (v & !(0xFF << (8 * pos))) | (b << (8 * pos));
+                    assert_eq!(mat::has_min(v) != 0, b == 0x80, "{v:#010x}");
+                }
             }
         }
     }
