@@ -612,7 +612,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             let what = match form.as_str() {
                 "pair" => {
                     "two tokens a pass (int8::ops::mat::acc_pair_block: 2 rows x 2 tokens a \
-                     pass, up to 16 rows a call), with the lane preparation of the two vectors"
+                     pass, up to 64 rows a call), with the lane preparation of the two vectors"
                 }
                 "pair-kernel" => "two tokens a pass, the blocks alone on prepared lanes",
                 _ => "one token (int8::ops::mat::acc: 4 rows)",

@@ -1877,7 +1877,9 @@ mod tests {
         use tinyvit_core::config::ModelConfig;
         assert!(int8_instr(ModelConfig::tiny_vit_mcu_h7_q8()) < f32_instr);
         assert!(int8_instr(ModelConfig::tiny_vit_mcu_m4_q8()) < f32_instr);
-        let flash = tinyvit_core::config::mcu_budget("tiny_vit_mcu_m4").unwrap().model_bytes;
+        let flash = tinyvit_core::config::mcu_budget("tiny_vit_mcu_m4")
+            .unwrap()
+            .model_bytes;
         let h7_q8 = ModelConfig::tiny_vit_mcu_h7_q8().with_img_size(28);
         assert!(tinyvit_core::int8::layout::data_len(&h7_q8) as u64 > flash);
         assert!(super::contract_budget("nope", 28, true).is_err());

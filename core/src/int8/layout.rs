@@ -65,6 +65,14 @@ fn name(args: core::fmt::Arguments<'_>) -> Name {
 /// Calls `f(name, kind, len)` for every item in engine order. The config should be
 /// validated first; an invalid one never panics.
 pub fn for_each_item(cfg: &ModelConfig, mut f: impl FnMut(&str, Kind, usize)) {
+    // Opaque to the optimiser, which would otherwise clone `items` for each caller's closure.
+    items(cfg, core::hint::black_box(&mut f));
+}
+
+/// [`for_each_item`]'s walk, one copy for every caller (the item names' formatting made each
+/// monomorphised copy about 20 KB of device flash).
+#[inline(never)]
+fn items(cfg: &ModelConfig, mut f: &mut dyn FnMut(&str, Kind, usize)) {
     use Kind::{Mat, Mul, I32};
     // The kind of a layer's weights from its fan-in.
     let conv = |_: usize| Kind::I8;
