@@ -11,17 +11,11 @@
 //! engine's golden vectors run this form on the host, its instructions emulated).
 
 use super::ops::insn::{smlad, sxtb16, sxtb16_ror8};
-use super::ops::words4;
+use super::ops::{lanes16, words4};
 
 /// Whether the engine takes these forms: on Armv7E-M with `arm-dsp`, and in the tests (which
 /// emulate the instructions). Elsewhere the scalar loops run, with the same results.
 pub const ENABLED: bool = cfg!(any(test, all(feature = "arm-dsp", target_arch = "arm")));
-
-/// Two `i16` lanes, `lo` in the low half (each value modulo `2^16`).
-#[inline(always)]
-fn pack(lo: i32, hi: i32) -> u32 {
-    (lo as u16 as u32) | ((hi as u16 as u32) << 16)
-}
 
 /// The lanes of `x` (`len` a multiple of 4) into `out` (`len / 2` words): `None` when the
 /// length is not a multiple of 4 or `out` is short.
@@ -48,14 +42,14 @@ pub fn lanes_prob<'a>(p: &[i32], out: &'a mut [u32]) -> Option<&'a [u32]> {
     let mut groups = p.chunks_exact(4);
     let mut w = out.chunks_exact_mut(2);
     for (g, w) in (&mut groups).zip(&mut w) {
-        w[0] = pack(g[0], g[2]);
-        w[1] = pack(g[1], g[3]);
+        w[0] = lanes16(g[0], g[2]);
+        w[1] = lanes16(g[1], g[3]);
     }
     let r = groups.remainder();
     if let Some(w) = w.next().filter(|_| !r.is_empty()) {
         let v = |i: usize| r.get(i).copied().unwrap_or(0);
-        w[0] = pack(v(0), v(2));
-        w[1] = pack(v(1), v(3));
+        w[0] = lanes16(v(0), v(2));
+        w[1] = lanes16(v(1), v(3));
     }
     Some(&out[..n])
 }

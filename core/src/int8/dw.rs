@@ -19,17 +19,27 @@
 //! [`self_check`], and by every golden vector replayed there).
 
 /// A pixel value type the kernels read: `i8` (MBConv, PatchMerging) or `i16` (local conv).
-pub trait Px: Copy + Into<i32> + Default + 'static {
-    /// `true` for `i16`.
-    const WIDE: bool;
+pub trait Px: Copy + Into<i32> + 'static {
+    /// [`sums3x3`] in this type's assembly (`rows`, `w` and `out` checked by the caller: every
+    /// row holds `2 c + out.len()` values, `w` `9 out.len()` bytes, `out` at least one).
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    fn sums_asm(rows: [&[Self]; 3], c: usize, w: &[i8], out: &mut [i32]);
 }
 
 impl Px for i8 {
-    const WIDE: bool = false;
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[inline(always)]
+    fn sums_asm(rows: [&[Self]; 3], c: usize, w: &[i8], out: &mut [i32]) {
+        asm::sums_i8(rows, c, w, out);
+    }
 }
 
 impl Px for i16 {
-    const WIDE: bool = true;
+    #[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
+    #[inline(always)]
+    fn sums_asm(rows: [&[Self]; 3], c: usize, w: &[i8], out: &mut [i32]) {
+        asm::sums_i16(rows, c, w, out);
+    }
 }
 
 /// Channels the kernels can sum for these buffers: `out.len()`, cut to what `w` (`9` per
@@ -51,32 +61,13 @@ pub fn sums3x3<T: Px>(rows: [&[T]; 3], c: usize, w: &[i8], out: &mut [i32]) {
     {
         let n = channels(&rows, c, w, out);
         if n > 0 {
-            if T::WIDE {
-                // SAFETY (of the cast): `T` is `i16` when `WIDE`; the slices keep their
-                // lengths and alignment.
-                let rows = rows.map(|r| unsafe_cast::<T, i16>(r));
-                asm::sums_i16(rows, c, &w[..9 * n], &mut out[..n]);
-            } else {
-                let rows = rows.map(|r| unsafe_cast::<T, i8>(r));
-                asm::sums_i8(rows, c, &w[..9 * n], &mut out[..n]);
-            }
+            T::sums_asm(rows, c, &w[..9 * n], &mut out[..n]);
         }
     }
     #[cfg(not(all(feature = "arm-dsp", target_arch = "arm")))]
     {
         sums3x3_portable(rows, c, w, out);
     }
-}
-
-/// `r` as a slice of `U`, which is `T` (checked by size and the `WIDE` flag at the call).
-#[cfg(all(feature = "arm-dsp", target_arch = "arm"))]
-#[allow(unsafe_code)]
-#[inline(always)]
-fn unsafe_cast<T: Px, U: Px>(r: &[T]) -> &[U] {
-    assert!(core::mem::size_of::<T>() == core::mem::size_of::<U>() && T::WIDE == U::WIDE);
-    // SAFETY: `T` and `U` are the same type (`i8` or `i16`: the same size and `WIDE` flag, and
-    // `Px` is implemented for those two only); same length, same alignment.
-    unsafe { core::slice::from_raw_parts(r.as_ptr().cast::<U>(), r.len()) }
 }
 
 /// [`sums3x3`] in Rust, nine products a channel in tap order: the reference and the form every

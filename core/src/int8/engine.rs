@@ -698,27 +698,39 @@ fn depthwise_pixel(
     acc: &mut [i32; DW_CHUNK],
 ) {
     let rows = ring_taps(ring, h_in, w_in, c, oy * stride, ox * stride);
+    depthwise_channels(rows, c, layer, acc, mid, |o, a, m| *o = gelu_i8(a, m, act));
+}
+
+/// `put(&mut out[ch], sum + bias, multiplier)` for every channel `ch` of the 3x3 depthwise
+/// pixel whose tap rows are `rows` ([`ring_taps`], `c` values a pixel): [`dw::sums3x3`] a chunk
+/// of [`DW_CHUNK`] channels at a time into `acc`, then the layer's biases and multipliers
+/// walked alongside.
+#[inline(always)]
+fn depthwise_channels<T: dw::Px, O>(
+    rows: [&[T]; 3],
+    c: usize,
+    layer: &Layer<'_>,
+    acc: &mut [i32; DW_CHUNK],
+    out: &mut [O],
+    put: impl Fn(&mut O, i32, Multiplier),
+) {
     let mut start = 0;
     while start < c {
         let n = (c - start).min(DW_CHUNK);
         let acc = &mut acc[..n];
-        dw::sums3x3(
-            rows.map(|r| &r[start..]),
-            c,
-            &layer.w[9 * start..9 * (start + n)],
-            acc,
-        );
+        let w = &layer.w[9 * start..9 * (start + n)];
+        dw::sums3x3(rows.map(|r| &r[start..]), c, w, acc);
         let (b, m) = (
             layer.b.range(start..start + n),
             layer.m.range(start..start + n),
         );
-        for (((a, o), b), m) in acc
+        let walk = acc
             .iter()
-            .zip(&mut mid[start..])
+            .zip(&mut out[start..])
             .zip(b.iter())
-            .zip(m.iter())
-        {
-            *o = gelu_i8(a.wrapping_add(b), m, act);
+            .zip(m.iter());
+        for (((a, o), b), m) in walk {
+            put(o, a.wrapping_add(b), m);
         }
         start += n;
     }
@@ -914,6 +926,13 @@ fn patch_merging(
     Ok(())
 }
 
+/// A residual add into the stream (attention's proj, the MLP's fc2): `t + requant(acc, m)`,
+/// saturated to `lim`.
+#[inline(always)]
+fn residual(t: &mut i16, acc: i32, m: Multiplier, lim: i16) {
+    *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
+}
+
 /// The attention items of one block.
 struct Attn<'a> {
     /// Q10 `[heads, ws*ws]`.
@@ -968,9 +987,6 @@ fn tinyvit_block(
     let mut carve = Carver { rest: scratch };
     let (n0, n1) = carve.i8s(2 * c)?.split_at_mut(c);
     let (h0, h1) = carve.i8s(2 * hid)?.split_at_mut(hid);
-    let residual = move |t: &mut i16, acc: i32, m: Multiplier| {
-        *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
-    };
     let mut pairs = x.chunks_exact_mut(2 * c);
     for pair in &mut pairs {
         let (t0, t1) = pair.split_at_mut(c);
@@ -983,8 +999,8 @@ fn tinyvit_block(
         });
         let p = mat::prepare_pair(h0, h1, prep);
         fc2.each_pair(&p, 0..c, t0, t1, move |[a0, a1], m, v0, v1| {
-            residual(v0, a0, m);
-            residual(v1, a1, m);
+            residual(v0, a0, m, lim);
+            residual(v1, a1, m, lim);
         });
     }
     for tok in pairs.into_remainder().chunks_exact_mut(c) {
@@ -994,7 +1010,9 @@ fn tinyvit_block(
             h0[o] = gelu_i8(acc, fc1.m.get(o), mlp_act);
         });
         let p = mat::prepare(h0, prep);
-        fc2.each(&p, 0..c, |o, acc| residual(&mut tok[o], acc, fc2.m.get(o)));
+        fc2.each(&p, 0..c, |o, acc| {
+            residual(&mut tok[o], acc, fc2.m.get(o), lim)
+        });
     }
     Ok(())
 }
@@ -1074,19 +1092,11 @@ fn attention(
                     att::transpose(qkv, 3 * hd, 2 * hd, t, hd, vt, t4);
                 }
                 if pairs {
-                    // The keys as `Kind::Mat` weights `[t, hd]` (stored pairs, even offsets
-                    // sign-flipped), so that the block kernel takes two queries at once.
-                    // A word of four at a time: `mat_code` flips bytes 0 and 2 of each word
-                    // (`hd` is a multiple of 4), and row `j`'s group `g` goes where
-                    // `mat::stored_index` puts it.
-                    let km: &mut [u8] = bytemuck::cast_slice_mut(&mut kmat[..]);
+                    // The keys as `Kind::Mat` weights `[t, hd]`, so that the block kernel takes
+                    // two queries at once.
                     for j in 0..t {
                         let kj = &qkv[j * 3 * hd + hd..j * 3 * hd + 2 * hd];
-                        let (at, step) = mat::row_at(t * hd, hd, j);
-                        for (g, w) in super::ops::words4(kj).enumerate() {
-                            let b = (w ^ 0x0080_0080).to_le_bytes();
-                            km[at + step * g..at + step * g + 4].copy_from_slice(&b);
-                        }
+                        mat::store_row(kmat, hd, j, kj);
                     }
                 }
                 let mut i = 0;
@@ -1141,7 +1151,11 @@ fn attention(
                     let (pl0, pl1) = if lanes {
                         (
                             att::lanes_prob(scores, p_lanes),
-                            att::lanes_prob(scores1, p_lanes1).filter(|_| two),
+                            if two {
+                                att::lanes_prob(scores1, p_lanes1)
+                            } else {
+                                None
+                            },
                         )
                     } else {
                         (None, None)
@@ -1179,9 +1193,6 @@ fn attention(
                 }
             }
             // The window's tokens inside the map, two at a time.
-            let residual = move |t: &mut i16, acc: i32, m: Multiplier| {
-                *t = sat_i16((*t as i32).saturating_add(requant(acc, m)), lim);
-            };
             let mut pending: Option<(usize, usize)> = None;
             for i in 0..t {
                 let (y, xx) = (wy * ws + i / ws, wx * ws + i % ws);
@@ -1197,15 +1208,15 @@ fn attention(
                 let (d0, d1) = two_tokens(x, c, at0, y * r + xx);
                 wt.proj
                     .each_pair(&p, 0..c, d0, d1, move |[a0, a1], m, v0, v1| {
-                        residual(v0, a0, m);
-                        residual(v1, a1, m);
+                        residual(v0, a0, m, lim);
+                        residual(v1, a1, m, lim);
                     });
             }
             if let Some((i, at)) = pending {
                 let p = mat::prepare(&out[i * c..(i + 1) * c], prep);
                 let dst = &mut x[at * c..(at + 1) * c];
                 wt.proj.each(&p, 0..c, |o, acc| {
-                    residual(&mut dst[o], acc, wt.proj.m.get(o))
+                    residual(&mut dst[o], acc, wt.proj.m.get(o), lim)
                 });
             }
         }
@@ -1233,10 +1244,10 @@ fn weighted_sum(
     while d + 4 <= n {
         let mut acc = [0i32; 4];
         for (p, row) in p.iter().zip(from(d)) {
-            let &[v0, v1, v2, v3, ..] = row else {
+            let Some(w) = super::ops::words4(row).next() else {
                 break;
             };
-            let w = u32::from_le_bytes([v0 as u8, v1 as u8, v2 as u8, v3 as u8]) as i32;
+            let w = w as i32;
             acc[0] = acc[0].wrapping_add(p.wrapping_mul((w << 24) >> 24));
             acc[1] = acc[1].wrapping_add(p.wrapping_mul((w << 16) >> 24));
             acc[2] = acc[2].wrapping_add(p.wrapping_mul((w << 8) >> 24));
@@ -1287,21 +1298,9 @@ fn local_conv(
             let t = &mut x[(oy * r + ox) * c..(oy * r + ox + 1) * c];
             if k == 3 {
                 let rows = ring_taps(ring, r, r, c, oy, ox);
-                let mut start = 0;
-                while start < c {
-                    let n = (c - start).min(DW_CHUNK);
-                    let acc = &mut acc[..n];
-                    let w = &layer.w[9 * start..9 * (start + n)];
-                    dw::sums3x3(rows.map(|row| &row[start..]), c, w, acc);
-                    let b = layer.b.range(start..start + n);
-                    let m = layer.m.range(start..start + n);
-                    for (((a, v), b), m) in
-                        acc.iter().zip(&mut t[start..]).zip(b.iter()).zip(m.iter())
-                    {
-                        *v = sat_i16(requant(a.wrapping_add(b), m), lim);
-                    }
-                    start += n;
-                }
+                depthwise_channels(rows, c, layer, &mut acc, t, |v, a, m| {
+                    *v = sat_i16(requant(a, m), lim);
+                });
                 continue;
             }
             // Any other kernel size: the rows inside the map, every column of the padded row

@@ -157,6 +157,12 @@ pub(crate) fn words4(x: &[i8]) -> impl Iterator<Item = u32> + '_ {
         .map(|b| u32::from_le_bytes(*b))
 }
 
+/// Two `i16` lanes of a DSP word (each value modulo `2^16`), `lo` in the low half.
+#[inline(always)]
+pub(crate) fn lanes16(lo: i32, hi: i32) -> u32 {
+    (lo as u16 as u32) | ((hi as u16 as u32) << 16)
+}
+
 /// The first four `i8` of `g` as one little-endian word (0 when `g` holds fewer).
 #[inline(always)]
 pub(crate) fn word4(g: &[i8]) -> u32 {
@@ -402,12 +408,6 @@ pub mod mat {
         }
     }
 
-    /// Two `i16` lanes (each value modulo `2^16`), `lo` in the low half.
-    #[cfg(test)]
-    fn lanes(lo: i32, hi: i32) -> u32 {
-        (lo as u16 as u32) | ((hi as u16 as u32) << 16)
-    }
-
     /// Prepares `x` for the kernels in `buf` (at least [`prep_words`] words, else the scalar
     /// loop runs). On targets without the DSP form it only wraps `x`.
     pub fn prepare<'a>(x: &'a [i8], buf: &'a mut [u32]) -> Prepared<'a> {
@@ -452,7 +452,10 @@ pub mod mat {
     #[cfg(test)]
     pub(crate) fn group_lanes(g: &[i8]) -> (u32, u32) {
         let (x0, x1, x2, x3) = (g[0] as i32, g[1] as i32, g[2] as i32, g[3] as i32);
-        (lanes(x0, x2), lanes(x1 - 256 * x0, x3 - 256 * x2))
+        (
+            super::lanes16(x0, x2),
+            super::lanes16(x1 - 256 * x0, x3 - 256 * x2),
+        )
     }
 
     /// Non-zero when a byte of `v` is `0x80` (-128): `UQSUB8(0x01010101, v ^ 0x80808080)` is 1
@@ -573,6 +576,27 @@ pub mod mat {
     pub fn stored_index(len: usize, k: usize, o: usize, j: usize) -> usize {
         let (at, step) = row_at(len, k, o);
         at + (j / 4) * step + j % 4
+    }
+
+    /// Writes the plain weights `row` (`k` values) as row `o` of the stored matrix `w`
+    /// (`[w.len() / k, k]`): each byte coded by [`super::mat_code`] at its stored offset and
+    /// placed by [`stored_index`]. The one writer of the layout (the quantiser's files, the
+    /// attention keys the engine runs as weights); rows inside a stored pair go a word at a
+    /// time (`mat_code` then flips bytes 0 and 2, since the pair starts on an even offset and
+    /// its words 4 bytes apart).
+    pub fn store_row(w: &mut [i8], k: usize, o: usize, row: &[i8]) {
+        let (at, step) = row_at(w.len(), k, o);
+        if step == 8 {
+            let w: &mut [u8] = bytemuck::cast_slice_mut(w);
+            for (g, v) in super::words4(&row[..k]).enumerate() {
+                let b = (v ^ 0x0080_0080).to_le_bytes();
+                w[at + 8 * g..at + 8 * g + 4].copy_from_slice(&b);
+            }
+            return;
+        }
+        for (j, v) in row[..k].iter().enumerate() {
+            w[at + j] = super::mat_code(*v, at + j);
+        }
     }
 
     /// `init + sum_j x_j w[o, j]` for row `o` of the matrix weights `w` (`[len / k, k]`, stored
@@ -1939,6 +1963,12 @@ mod tests {
                     stored[at] = mat_code(plain[o * k + j], o * k + j);
                 }
             }
+            // The layout's writer puts every row where the permutation says.
+            let mut written = std::vec![0i8; len];
+            for (o, row) in plain.chunks_exact(k).enumerate() {
+                mat::store_row(&mut written, k, o, row);
+            }
+            assert_eq!(written, stored, "k {k} rows {rows}");
             let x: Vec<i8> = (0..k).map(|_| (splitmix64(&mut s) % 255) as i8).collect();
             let y: Vec<i8> = (0..k).map(|_| (splitmix64(&mut s) % 255) as i8).collect();
             let bias: Vec<i32> = (0..rows as i32).map(|i| 7 * i - 9).collect();

@@ -252,16 +252,15 @@ pub fn quantize_with(
             data.extend_from_slice(bytes);
             data.resize(data.len().div_ceil(4) * 4, 0);
         }
-        // The weights of a matrix product: sign-flipped at even offsets, rows in stored pairs
-        // (`ops::mat::row_at`).
-        Some((Kind::I8, n, bytes)) if matches!(kind, Kind::Mat(_)) && *n == len => {
+        // The weights of a matrix product, stored as `ops::mat::store_row` writes them.
+        Some((Kind::I8, n, bytes)) if *n == len && matches!(kind, Kind::Mat(_)) => {
             let Kind::Mat(k) = kind else { return };
-            let mut stored = std::vec![0u8; len];
-            for (i, b) in bytes.iter().enumerate() {
-                let (o, j) = (i / k.max(1), i % k.max(1));
-                stored[ops::mat::stored_index(len, k, o, j)] = ops::mat_code(*b as i8, i) as u8;
+            let plain: &[i8] = bytemuck::cast_slice(bytes);
+            let mut stored = std::vec![0i8; len];
+            for (o, row) in plain.chunks_exact(k.max(1)).enumerate() {
+                ops::mat::store_row(&mut stored, k, o, row);
             }
-            data.extend_from_slice(&stored);
+            data.extend_from_slice(bytemuck::cast_slice(&stored));
             data.resize(data.len().div_ceil(4) * 4, 0);
         }
         _ => {
